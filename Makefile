@@ -1,0 +1,49 @@
+# Segue: `make demo` and `make test` each set up everything they need on a fresh Debian machine.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+SEGUE  := $(VENV)/bin/segue
+STAMP  := $(VENV)/.installed
+PYTHON ?= python3
+PYTEST_ARGS ?=
+
+.PHONY: setup deps venv image demo test unit component integration lint clean
+
+setup: deps venv image
+
+deps:
+	@sh scripts/install-deps.sh
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+image: deps venv
+	$(SEGUE) image build
+
+demo: setup
+	$(SEGUE) lab demo
+
+lint: venv
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+component: venv
+	$(PY) -m pytest tests/component $(PYTEST_ARGS)
+
+integration: setup
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test: setup lint
+	$(PY) -m pytest tests -ra $(PYTEST_ARGS)
+
+clean:
+	-$(SEGUE) lab down
+	rm -rf $(VENV) build src/*.egg-info

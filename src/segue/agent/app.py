@@ -1,0 +1,125 @@
+"""The host agent's HTTP API (FastAPI).
+
+Routes: ``GET /health``, ``GET /host`` (facts), ``GET/POST /vms``, ``GET/DELETE /vms/{name}``,
+``POST /vms/{name}/start``, ``POST /vms/{name}/stop``, ``GET /vms/{name}/events``,
+``GET /vms/{name}/serial``. Errors are ``{"error": {code, message, hint}, "kind": ...}``
+with the HTTP status mapped from the error's kind here, and only here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from segue import __version__
+from segue.agent.config import AgentConfig
+from segue.agent.facts import QemuCapabilities, detect_accel, host_facts, probe_qemu
+from segue.agent.vms import VMManager
+from segue.domain.errors import SegueError
+from segue.domain.vm import VMSpec
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_KIND = {"invalid": 400, "not_found": 404, "conflict": 409, "insufficient": 409,
+                  "unavailable": 503}
+
+
+def create_app(config: AgentConfig, caps: QemuCapabilities | None = None) -> FastAPI:
+    """The agent app; probes QEMU at startup unless ``caps`` is given (tests)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        accel, reason = detect_accel(config.accel)
+        probed = caps or await probe_qemu(config.qemu_binary, accel, reason)
+        log.info("host %s: accelerator %s (%s)", config.host, probed.accel, probed.accel_reason)
+        manager = VMManager(config, probed)
+        async with asyncio.TaskGroup() as tg:
+            await manager.load(tg)
+            app.state.manager = manager
+            try:
+                yield
+            finally:
+                await manager.close()
+
+    app = FastAPI(title=f"Segue agent ({config.host})", version=__version__, lifespan=lifespan)
+
+    @app.exception_handler(SegueError)
+    async def segue_error(_: Request, err: SegueError) -> JSONResponse:
+        return JSONResponse(status_code=STATUS_BY_KIND.get(err.kind, 500),
+                            content={"error": err.to_dict(), "kind": err.kind})
+
+    _routes(app, config)
+    return app
+
+
+def _manager(request: Request) -> VMManager:
+    manager: VMManager = request.app.state.manager
+    return manager
+
+
+def _routes(app: FastAPI, config: AgentConfig) -> None:
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "host": config.host, "version": __version__}
+
+    @app.get("/host")
+    def facts(request: Request) -> dict[str, Any]:  # sync: FastAPI runs it in a thread
+        m = _manager(request)
+        return host_facts(config, m.caps, vms=len(m.vms)).to_dict()
+
+    @app.get("/vms")
+    async def list_vms(request: Request) -> list[dict[str, Any]]:
+        return await _manager(request).list()
+
+    @app.post("/vms", status_code=201)
+    async def define_vm(request: Request, spec: VMSpec, start: bool = False) -> dict[str, Any]:
+        m = _manager(request)
+        info = await m.define(spec)
+        return await m.start(spec.name) if start else info
+
+    @app.get("/vms/{name}")
+    async def show_vm(request: Request, name: str) -> dict[str, Any]:
+        return await _manager(request).info(name)
+
+    @app.post("/vms/{name}/start")
+    async def start_vm(request: Request, name: str) -> dict[str, Any]:
+        return await _manager(request).start(name)
+
+    @app.post("/vms/{name}/stop")
+    async def stop_vm(request: Request, name: str, timeout: float = 30.0,
+                      force: bool = False) -> dict[str, Any]:
+        return await _manager(request).stop(name, timeout=timeout, force=force)
+
+    @app.delete("/vms/{name}", status_code=204)
+    async def destroy_vm(request: Request, name: str) -> None:
+        await _manager(request).destroy(name)
+
+    @app.get("/vms/{name}/events")
+    async def vm_events(request: Request, name: str, since: int = 0) -> list[dict[str, Any]]:
+        return _manager(request).events(name, since)
+
+    @app.get("/vms/{name}/serial")
+    async def vm_serial(request: Request, name: str, lines: int = 50) -> dict[str, Any]:
+        info = await _manager(request).info(name)
+        return {"name": name, "lines": tail_lines(Path(info["serial_log"]), lines)}
+
+
+def tail_lines(path: Path, lines: int, max_bytes: int = 256 * 1024) -> list[str]:
+    """The last ``lines`` lines of a (possibly large) text file; [] if it does not exist."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    text = data.decode(errors="replace").replace("\r", "")
+    return [line for line in text.splitlines() if line][-lines:]

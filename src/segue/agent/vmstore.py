@@ -1,0 +1,100 @@
+"""Where VM definitions live on disk.
+
+A host keeps each VM it owns in ``<state_dir>/vms/<name>/spec.json`` beside its runtime
+files (pidfile, QMP socket, logs). The same spec is written to the VM's home datastore as
+``<datastore>/<name>/vm.json`` with the owning host, so any host mounting the datastore
+can see (and later start) it; this is also how names and MACs are kept unique across hosts
+that share a datastore.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from segue.domain.vm import VMSpec, vm_spec_from_dict
+
+VM_FILE = "vm.json"
+
+
+@dataclass(frozen=True)
+class DatastoreEntry:
+    """A VM spec found on a datastore, with the host that defined it."""
+
+    spec: VMSpec
+    host: str
+    path: Path
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON so readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+class VMStore:
+    """Definition files of the VMs of one host."""
+
+    def __init__(self, host: str, vms_dir: Path, datastores: dict[str, Path]) -> None:
+        self.host = host
+        self.vms_dir = vms_dir
+        self.datastores = datastores
+
+    def runtime_dir(self, name: str) -> Path:
+        return self.vms_dir / name
+
+    def local_specs(self) -> list[VMSpec]:
+        """Every VM this host owns, read from its state dir (corrupt files skipped)."""
+        out = []
+        for spec_file in sorted(self.vms_dir.glob("*/spec.json")):
+            try:
+                out.append(vm_spec_from_dict(json.loads(spec_file.read_text())))
+            except (ValueError, OSError):
+                continue
+        return out
+
+    def datastore_entries(self) -> Iterator[DatastoreEntry]:
+        """Every VM spec on every datastore this host mounts."""
+        for root in self.datastores.values():
+            for vm_file in sorted(root.glob(f"*/{VM_FILE}")):
+                try:
+                    data = json.loads(vm_file.read_text())
+                    yield DatastoreEntry(vm_spec_from_dict(data["spec"]), str(data["host"]),
+                                         vm_file)
+                except (ValueError, KeyError, OSError, TypeError):
+                    continue
+
+    def save(self, spec: VMSpec) -> None:
+        """Write the spec locally and on its datastore; on failure neither stays written."""
+        local = self.runtime_dir(spec.name) / "spec.json"
+        shared = self.datastores[spec.datastore] / spec.name / VM_FILE
+        created_shared_dir = not shared.parent.exists()
+        try:
+            write_json_atomic(local, spec.to_dict())
+            write_json_atomic(shared, {"host": self.host, "spec": spec.to_dict()})
+        except OSError:
+            shutil.rmtree(self.runtime_dir(spec.name), ignore_errors=True)
+            shared.unlink(missing_ok=True)
+            if created_shared_dir:
+                shutil.rmtree(shared.parent, ignore_errors=True)
+            raise
+
+    def remove(self, spec: VMSpec) -> None:
+        """Remove the definition everywhere (the datastore dir only if nothing else is in it)."""
+        shutil.rmtree(self.runtime_dir(spec.name), ignore_errors=True)
+        root = self.datastores.get(spec.datastore)
+        if root is None:
+            return
+        shared = root / spec.name / VM_FILE
+        shared.unlink(missing_ok=True)
+        try:
+            shared.parent.rmdir()
+        except OSError:
+            pass  # disks or other files stay: they are the user's

@@ -1,0 +1,253 @@
+"""``segue lab``: a real multi-host cluster on this machine, and its guests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from segue.cli.output import console, handles_errors, print_json
+from segue.lab import guests
+from segue.lab import lab as labops
+from segue.lab.topology import LabPlan
+
+lab_app = typer.Typer(help="A cluster of namespaced hosts on this machine.", no_args_is_help=True)
+vm_app = typer.Typer(help="Guests in the lab (booted from the test image).",
+                     no_args_is_help=True)
+lab_app.add_typer(vm_app, name="vm")
+
+NAME = typer.Option("segue", "--name", help="Lab name (prefix of its namespaces).")
+
+
+def _plan(name: str) -> LabPlan:
+    return labops.load_state(name).plan
+
+
+@lab_app.command("up")
+@handles_errors
+def up(hosts: int = typer.Option(2, help="Number of hosts."), name: str = NAME) -> None:
+    """Build the lab: namespaces, fabric, shared datastore, one agent per host."""
+    from segue.image.builder import build_image
+
+    with console.status("building the guest image"):
+        build_image()
+    with console.status(f"bringing lab {name} up with {hosts} hosts"):
+        labops.lab_up(name, hosts)
+    console.print(f"lab [bold]{name}[/] is up:")
+    _status_table(labops.lab_status(name).to_dict())
+
+
+@lab_app.command("down")
+@handles_errors
+def down(name: str = NAME) -> None:
+    """Remove every namespace, process and file the lab made."""
+    report = labops.lab_down(name)
+    console.print(report.message)
+
+
+@lab_app.command("status")
+@handles_errors
+def status(name: str = NAME, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Namespaces and agents of the lab."""
+    data = labops.lab_status(name).to_dict()
+    if as_json:
+        print_json(data)
+    else:
+        _status_table(data)
+
+
+def _status_table(data: dict[str, Any]) -> None:
+    if not data.get("up") and not data.get("hosts"):
+        console.print(f"lab {data.get('name')} is not up")
+        return
+    table = Table("host", "namespace", "management ip", "agent pid", "agent")
+    for host in data.get("hosts", []):
+        table.add_row(host["name"], host["netns"], host.get("mgmt_ip", ""),
+                      str(host.get("agent_pid") or "-"),
+                      "up" if host.get("agent_healthy") else "DOWN")
+    console.print(table)
+
+
+@lab_app.command("probe")
+@handles_errors
+def probe(vm: str, seconds: float = typer.Option(5.0, help="How long to probe."),
+          interval_ms: float = typer.Option(1.5, help="Send interval."), name: str = NAME,
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """Probe a guest over UDP from the client namespace: loss and the longest gap."""
+    result = guests.probe_vm(_plan(name), vm, seconds, interval_ms)
+    if as_json:
+        print_json(result)
+        return
+    console.print(
+        f"{vm}: sent {result['sent']} received {result['received']} lost {result['lost']} "
+        f"longest gap {result['longest_gap_ms']:.1f} ms (max rtt {result['max_rtt_ms']:.1f} ms) "
+        f"boot id {','.join(result['boot_ids']) or '-'}", highlight=False)
+    if result["received"] == 0:
+        raise typer.Exit(1)
+
+
+@lab_app.command("verify")
+@handles_errors
+def verify(vm: str, name: str = NAME) -> None:
+    """Ask the guest's checker to verify all of its memory."""
+    line = guests.verify_vm(_plan(name), vm)
+    console.print(line, highlight=False)
+    if "result=ok" not in line:
+        raise typer.Exit(1)
+
+
+@lab_app.command("facts")
+@handles_errors
+def facts(host: str, name: str = NAME, as_json: bool = typer.Option(False, "--json")) -> None:
+    """What a host's agent reports about its host."""
+    with guests.agent(_plan(name).host(host)) as client:
+        data = client.facts()
+    if as_json:
+        print_json(data)
+        return
+    cpu, mem, mig = data["cpu"], data["memory"], data["migration"]
+    console.print(f"[bold]{data['name']}[/]: {cpu['host_model']}, {cpu['logical_cpus']} CPUs, "
+                  f"{mem['available_mib']}/{mem['total_mib']} MiB free", highlight=False)
+    console.print(f"  accelerator {cpu['accel']} ({cpu['accel_reason']}), "
+                  f"{len(cpu['features'])} CPU features, QEMU {data['qemu']['version']}",
+                  highlight=False)
+    console.print(f"  migration {mig['interface']} {','.join(mig['addresses'])} "
+                  f"{'up' if mig['up'] else 'DOWN'} {mig['speed_mbps']} Mbit/s", highlight=False)
+    for pg in data["port_groups"]:
+        console.print(f"  port group {pg['name']} on {pg['bridge']}: "
+                      f"{'up' if pg['up'] else 'DOWN'}", highlight=False)
+    for ds in data["datastores"]:
+        console.print(f"  datastore {ds['name']} at {ds['path']} id {ds['uuid']}", highlight=False)
+
+
+@vm_app.command("create")
+@handles_errors
+def vm_create(vm: str, host: str = typer.Option(..., help="Host to define it on."),
+              memory: int = typer.Option(256, help="Memory in MiB."),
+              dirty_mbps: int = typer.Option(0, help="Rate at which the checker rewrites memory."),
+              hot_mib: int = typer.Option(16, help="Size of the rewritten region."),
+              start: bool = typer.Option(True, help="Start it right away."),
+              name: str = NAME) -> None:
+    """Define (and start) a guest from the test image on a lab host."""
+    from segue.image.builder import build_image
+
+    plan = _plan(name)
+    target = plan.host(host)
+    opts = guests.GuestOptions(memory_mib=memory, dirty_mbps=dirty_mbps, hot_mib=hot_mib)
+    spec = guests.guest_spec(plan, vm, build_image(), opts)
+    with guests.agent(target) as client:
+        info = client.define_vm(spec, start=start)
+    console.print(f"{vm} on {host}: {info['state']} (ip {guests.guest_ip(info)}, "
+                  f"mac {info['spec']['nics'][0]['mac']})", highlight=False)
+
+
+@vm_app.command("list")
+@handles_errors
+def vm_list(name: str = NAME, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every guest of the lab with its host and state."""
+    vms = guests.all_vms(_plan(name))
+    if as_json:
+        print_json(vms)
+        return
+    table = Table("name", "host", "state", "pid", "memory", "ip")
+    for vm in vms:
+        ip = guests.guest_ip(vm) if "segue.ip" in str(vm["spec"].get("cmdline")) else "-"
+        table.add_row(vm["name"], vm["host"], vm["state"], str(vm["pid"] or "-"),
+                      f"{vm['spec']['memory_mib']} MiB", ip)
+    console.print(table)
+
+
+@vm_app.command("show")
+@handles_errors
+def vm_show(vm: str, name: str = NAME) -> None:
+    """A guest's full record (JSON)."""
+    _, info = guests.find_vm(_plan(name), vm)
+    print_json(info)
+
+
+@vm_app.command("start")
+@handles_errors
+def vm_start(vm: str, name: str = NAME) -> None:
+    """Start a defined guest."""
+    host, _ = guests.find_vm(_plan(name), vm)
+    with guests.agent(host) as client:
+        console.print(f"{vm}: {client.start_vm(vm)['state']}")
+
+
+@vm_app.command("stop")
+@handles_errors
+def vm_stop(vm: str, force: bool = typer.Option(False, help="Hard power-off at once."),
+            timeout: float = typer.Option(30.0, help="Seconds to wait for ACPI shutdown."),
+            name: str = NAME) -> None:
+    """Shut a guest down (ACPI, then hard after the timeout)."""
+    host, _ = guests.find_vm(_plan(name), vm)
+    with guests.agent(host) as client:
+        info = client.stop_vm(vm, timeout=timeout, force=force)
+    console.print(f"{vm}: {info['state']} ({info['last_exit']})", highlight=False)
+
+
+@vm_app.command("destroy")
+@handles_errors
+def vm_destroy(vm: str, name: str = NAME) -> None:
+    """Power off (hard) and remove a guest's definition."""
+    host, _ = guests.find_vm(_plan(name), vm)
+    with guests.agent(host) as client:
+        client.destroy_vm(vm)
+    console.print(f"{vm}: destroyed")
+
+
+@vm_app.command("serial")
+@handles_errors
+def vm_serial(vm: str, lines: int = typer.Option(20), name: str = NAME) -> None:
+    """The last lines of a guest's serial console."""
+    host, _ = guests.find_vm(_plan(name), vm)
+    with guests.agent(host) as client:
+        for line in client.serial(vm, lines):
+            console.print(line, highlight=False, markup=False)
+
+
+@lab_app.command("demo")
+@handles_errors
+def demo(keep: bool = typer.Option(False, help="Leave the lab up afterwards."),
+         seconds: float = typer.Option(5.0, help="How long to probe each guest."),
+         name: str = typer.Option("demo", "--name", help="Lab name.")) -> None:
+    """Bring a 2-host lab up, boot a guest on each host, probe and verify them from outside."""
+    from segue.image.builder import build_image
+
+    with console.status("building the guest image"):
+        image = build_image()
+    with console.status(f"bringing lab {name} up"):
+        labops.lab_up(name, 2)
+    try:
+        plan = _plan(name)
+        rows = []
+        for i, host in enumerate(plan.hosts, start=1):
+            vm = f"web{i}"
+            spec = guests.guest_spec(plan, vm, image, guests.GuestOptions(dirty_mbps=4))
+            with guests.agent(host) as client, console.status(f"booting {vm} on {host.name}"):
+                client.define_vm(spec, start=True)
+                guests.wait_answering(plan, vm)
+            result = guests.probe_vm(plan, vm, seconds)
+            rows.append((vm, host.name, guests.guest_ip(spec_as_info(spec)), result,
+                         guests.verify_vm(plan, vm)))
+        _demo_table(rows)
+    finally:
+        if not keep:
+            console.print(labops.lab_down(name).message)
+        else:
+            console.print(f"lab {name} kept: `segue lab down --name {name}` removes it")
+
+
+def spec_as_info(spec: dict[str, Any]) -> dict[str, Any]:
+    return {"name": spec["name"], "spec": spec}
+
+
+def _demo_table(rows: list[tuple[str, str, str, dict[str, Any], str]]) -> None:
+    table = Table("guest", "host", "ip", "sent", "received", "lost", "longest gap",
+                  "boot id", "memory check")
+    for vm, host, ip, r, verify_line in rows:
+        table.add_row(vm, host, ip, str(r["sent"]), str(r["received"]), str(r["lost"]),
+                      f"{r['longest_gap_ms']:.1f} ms", ",".join(r["boot_ids"]),
+                      "ok" if "result=ok" in verify_line else verify_line)
+    console.print(table)

@@ -1,0 +1,54 @@
+"""The ``segue`` command (Typer + Rich).
+
+Every command prints a clear one-line error (code, message, hint) and exits 1 on a
+``SegueError``; read commands take ``--json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from segue.cli.lab import lab_app
+from segue.cli.output import console, handles_errors, print_json
+
+app = typer.Typer(help="Segue: live migration and cluster management for QEMU/KVM.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+image_app = typer.Typer(help="The guest test image.", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("build")
+@handles_errors
+def image_build(force: bool = typer.Option(False, help="Rebuild even if cached."),
+                as_json: bool = typer.Option(False, "--json")) -> None:
+    """Build (or find in the cache) the guest image: kernel + initramfs with the checker."""
+    from segue.image.builder import build_image
+
+    with console.status("building the guest image"):
+        image = build_image(force=force)
+    data = {"kernel": str(image.kernel), "initrd": str(image.initrd), "key": image.key,
+            "kernel_version": image.kernel_version}
+    if as_json:
+        print_json(data)
+    else:
+        console.print(f"guest image {image.key[:12]} (kernel {image.kernel_version})")
+        console.print(f"  kernel {image.kernel}\n  initrd {image.initrd}")
+
+
+@app.command("agent")
+@handles_errors
+def agent(config: Path = typer.Option(..., help="Agent configuration file (JSON).")) -> None:
+    """Run the host agent on this host (normally as root, inside the host's namespace)."""
+    from segue.agent.config import load_config
+    from segue.agent.server import run_agent
+
+    run_agent(load_config(config))
+
+
+app.add_typer(lab_app, name="lab")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,178 @@
+"""A virtual machine's definition (its spec) and its run state.
+
+A ``VMSpec`` is plain data: what the VM is (memory, vCPUs, CPU model, machine type, NICs on
+port groups, disks on datastores, how it boots). ``validate_vm_spec`` checks what can be
+checked without a host and raises ``InvalidRequest`` naming the field and the fix; checks
+against a host (does the port group exist, is there memory) belong to the agent.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
+from typing import Any
+
+from segue.domain.errors import InvalidRequest
+
+VM_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")
+MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+DISK_FORMATS = ("qcow2", "raw")
+NIC_MODELS = ("virtio-net-pci", "e1000")
+MAX_VCPUS = 64
+
+
+class VMState(str, Enum):
+    """Run state of a VM as its host sees it (QEMU's run state, folded)."""
+
+    STOPPED = "stopped"  # defined, no QEMU process
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    INMIGRATE = "inmigrate"  # waiting for an incoming migration
+    POSTMIGRATE = "postmigrate"  # migrated away, source side
+    SHUTDOWN = "shutdown"  # guest shut down, process still there
+    CRASHED = "crashed"  # guest panicked or QEMU internal error
+    UNKNOWN = "unknown"
+
+
+QMP_STATUS_TO_STATE: dict[str, VMState] = {
+    "running": VMState.RUNNING,
+    "paused": VMState.PAUSED,
+    "prelaunch": VMState.PAUSED,
+    "suspended": VMState.PAUSED,
+    "save-vm": VMState.PAUSED,
+    "restore-vm": VMState.PAUSED,
+    "debug": VMState.PAUSED,
+    "io-error": VMState.PAUSED,
+    "watchdog": VMState.PAUSED,
+    "colo": VMState.PAUSED,
+    "finish-migrate": VMState.PAUSED,
+    "inmigrate": VMState.INMIGRATE,
+    "postmigrate": VMState.POSTMIGRATE,
+    "shutdown": VMState.SHUTDOWN,
+    "guest-panicked": VMState.CRASHED,
+    "internal-error": VMState.CRASHED,
+}
+
+
+def state_from_qmp_status(status: str) -> VMState:
+    """Fold a QMP ``query-status`` status into a VMState (unknown strings → UNKNOWN)."""
+    return QMP_STATUS_TO_STATE.get(status, VMState.UNKNOWN)
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    """A NIC: the port group it plugs into and its MAC (kept across migrations)."""
+
+    port_group: str
+    mac: str
+    model: str = "virtio-net-pci"
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """A disk file on a datastore, named by datastore and path relative to its root."""
+
+    datastore: str
+    path: str
+    format: str = "qcow2"
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    """Everything needed to start the VM on any host that has its port groups and datastores.
+
+    Boot is direct kernel boot when ``kernel`` is set (``initrd``/``cmdline`` optional),
+    else from the first disk. ``datastore`` is the VM's home: its spec file lives there.
+    """
+
+    name: str
+    datastore: str
+    uuid: str = ""
+    memory_mib: int = 256
+    vcpus: int = 1
+    cpu_model: str = "qemu64"
+    machine: str = "pc"
+    nics: list[NicSpec] = field(default_factory=list)
+    disks: list[DiskSpec] = field(default_factory=list)
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str = ""
+    serial_log: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_changes(self, **changes: Any) -> VMSpec:
+        return replace(self, **changes)
+
+
+def vm_spec_from_dict(data: dict[str, Any]) -> VMSpec:
+    """Rebuild a spec from its ``to_dict`` form; raises InvalidRequest on a malformed one."""
+    try:
+        fields = dict(data)
+        fields["nics"] = [NicSpec(**n) for n in fields.get("nics") or []]
+        fields["disks"] = [DiskSpec(**d) for d in fields.get("disks") or []]
+        return VMSpec(**fields)
+    except TypeError as err:
+        raise InvalidRequest(
+            "VM_SPEC_INVALID", f"malformed VM spec: {err}", "compare it with the VMSpec fields"
+        ) from err
+
+
+def _invalid(field_name: str, problem: str, hint: str) -> InvalidRequest:
+    return InvalidRequest("VM_SPEC_INVALID", f"{field_name}: {problem}", hint, field=field_name)
+
+
+def validate_vm_spec(spec: VMSpec) -> None:
+    """Check a spec on its own; raises InvalidRequest (code VM_SPEC_INVALID) on the first fault."""
+    if not VM_NAME_RE.match(spec.name):
+        raise _invalid(
+            "name", f"{spec.name!r} is not a valid VM name",
+            "use 1-48 lowercase letters, digits, '.', '_' or '-', starting with a letter/digit",
+        )
+    if spec.uuid and not UUID_RE.match(spec.uuid):
+        raise _invalid("uuid", f"{spec.uuid!r} is not a UUID", "leave it empty to generate one")
+    if not 16 <= spec.memory_mib <= 1024 * 1024:
+        raise _invalid("memory_mib", f"{spec.memory_mib} MiB is out of range", "use 16 MiB to 1 TiB")
+    if not 1 <= spec.vcpus <= MAX_VCPUS:
+        raise _invalid("vcpus", f"{spec.vcpus} vCPUs is out of range", f"use 1 to {MAX_VCPUS}")
+    _validate_nics(spec.nics)
+    _validate_disks(spec.disks)
+    if spec.kernel is None and not spec.disks:
+        raise _invalid("kernel", "the VM has neither a kernel nor a disk to boot from",
+                       "give kernel (and initrd) or at least one disk")
+    if spec.kernel is None and spec.initrd is not None:
+        raise _invalid("initrd", "an initrd needs a kernel", "give kernel too, or drop initrd")
+
+
+def _validate_nics(nics: list[NicSpec]) -> None:
+    seen: set[str] = set()
+    for i, nic in enumerate(nics):
+        mac = nic.mac.lower()
+        if not MAC_RE.match(mac) or int(mac[:2], 16) & 1:
+            raise _invalid(f"nics[{i}].mac", f"{nic.mac!r} is not a unicast MAC address",
+                           "use six hex pairs like 52:54:00:12:34:56")
+        if mac in seen:
+            raise _invalid(f"nics[{i}].mac", f"MAC {mac} is used twice in this VM",
+                           "give each NIC its own MAC")
+        seen.add(mac)
+        if nic.model not in NIC_MODELS:
+            raise _invalid(f"nics[{i}].model", f"unknown NIC model {nic.model!r}",
+                           f"use one of {', '.join(NIC_MODELS)}")
+        if not nic.port_group:
+            raise _invalid(f"nics[{i}].port_group", "empty port group", "name a port group")
+
+
+def _validate_disks(disks: list[DiskSpec]) -> None:
+    for i, disk in enumerate(disks):
+        if disk.format not in DISK_FORMATS:
+            raise _invalid(f"disks[{i}].format", f"unknown disk format {disk.format!r}",
+                           f"use one of {', '.join(DISK_FORMATS)}")
+        parts = disk.path.split("/")
+        if disk.path.startswith("/") or ".." in parts or not disk.path:
+            raise _invalid(f"disks[{i}].path", f"{disk.path!r} is not a path inside the datastore",
+                           "give a relative path such as web1/disk0.qcow2")

@@ -1,0 +1,134 @@
+"""Guests in a lab: define them on a host's agent from the test image, find them, and
+probe or verify them from the client namespace (as an outside user of the VM network would).
+
+Errors: ``NotFound`` (``VM_NOT_FOUND``) for an unknown VM, ``Unavailable``
+(``PROBE_FAILED``) when the prober cannot run, plus the agents' own errors.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from segue.agent.client import AgentClient
+from segue.domain.errors import InvalidRequest, NotFound, Unavailable
+from segue.image.builder import GuestImage
+from segue.image.cmdline import guest_cmdline, parse_guest_cmdline
+from segue.lab.netns import run_in_netns
+from segue.lab.topology import (
+    DATASTORE_NAME,
+    PREFIXLEN,
+    HostPlan,
+    LabPlan,
+    next_guest_ip,
+    random_guest_mac,
+)
+
+
+@dataclass(frozen=True)
+class GuestOptions:
+    """What a lab guest looks like: size and the checker's workload."""
+
+    memory_mib: int = 256
+    hot_mib: int = 16
+    dirty_mbps: int = 0
+    pattern_mib: int = 16
+    zero_mib: int = 8
+    port_group: str = "vm-net"
+
+
+def agent(host: HostPlan) -> AgentClient:
+    """A client of the host's agent over its unix socket."""
+    return AgentClient(uds=str(host.agent_socket))
+
+
+def all_vms(plan: LabPlan) -> list[dict[str, Any]]:
+    """Every VM on every host of the lab (each with its ``host``)."""
+    out: list[dict[str, Any]] = []
+    for host in plan.hosts:
+        with agent(host) as client:
+            out.extend(client.list_vms())
+    return out
+
+
+def find_vm(plan: LabPlan, name: str) -> tuple[HostPlan, dict[str, Any]]:
+    """The host running (or defining) VM ``name`` and the agent's view of it."""
+    for host in plan.hosts:
+        with agent(host) as client:
+            for vm in client.list_vms():
+                if vm["name"] == name:
+                    return host, vm
+    raise NotFound("VM_NOT_FOUND", f"no VM named {name} in lab {plan.name}",
+                   "see `segue lab vm list`")
+
+
+def guest_ip(vm: dict[str, Any]) -> str:
+    """The guest's address, read back from its kernel command line."""
+    keys = parse_guest_cmdline(str(vm["spec"].get("cmdline", "")))
+    if "ip" not in keys:
+        raise InvalidRequest("VM_NOT_A_LAB_GUEST", f"{vm['name']} has no segue.ip on its cmdline",
+                             "only VMs made with `segue lab vm create` can be probed")
+    return keys["ip"].split("/")[0]
+
+
+def guest_spec(plan: LabPlan, name: str, image: GuestImage, opts: GuestOptions) -> dict[str, Any]:
+    """A VM spec for a lab guest with a free IP and MAC."""
+    existing = all_vms(plan)
+    used_ips = [guest_ip(vm) for vm in existing if "segue.ip" in str(vm["spec"].get("cmdline"))]
+    used_macs = [n["mac"] for vm in existing for n in vm["spec"]["nics"]]
+    ip = next_guest_ip(used_ips)
+    return {
+        "name": name, "datastore": DATASTORE_NAME, "memory_mib": opts.memory_mib, "vcpus": 1,
+        "cpu_model": "qemu64", "machine": "pc",
+        "nics": [{"port_group": opts.port_group, "mac": random_guest_mac(used_macs)}],
+        "kernel": str(image.kernel), "initrd": str(image.initrd),
+        "cmdline": guest_cmdline(f"{ip}/{PREFIXLEN}", hot_mib=opts.hot_mib,
+                                 dirty_mbps=opts.dirty_mbps, pattern_mib=opts.pattern_mib,
+                                 zero_mib=opts.zero_mib),
+    }
+
+
+def run_prober(plan: LabPlan, args: list[str], timeout: float) -> str:
+    """Run the prober inside the client namespace; returns its stdout."""
+    proc = run_in_netns(plan.client_ns, [sys.executable, "-m", "segue.lab.prober", *args],
+                        timeout=timeout)
+    if proc.returncode != 0:
+        raise Unavailable("PROBE_FAILED", f"prober failed: {proc.stderr.strip()[-500:]}",
+                          "check that the VM runs (segue lab vm list)")
+    return proc.stdout
+
+
+def probe_vm(plan: LabPlan, name: str, seconds: float, interval_ms: float = 1.5
+             ) -> dict[str, Any]:
+    """Probe VM ``name`` from the client namespace for ``seconds``; the prober's result."""
+    _, vm = find_vm(plan, name)
+    out = run_prober(plan, ["--ip", guest_ip(vm), "--seconds", str(seconds),
+                            "--interval-ms", str(interval_ms), "--json"], timeout=seconds + 30)
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def verify_vm(plan: LabPlan, name: str) -> str:
+    """Ask VM ``name``'s checker for a full memory verification; its VERIFY line."""
+    _, vm = find_vm(plan, name)
+    return run_prober(plan, ["--ip", guest_ip(vm), "--verify"], timeout=60).strip()
+
+
+def wait_answering(plan: LabPlan, name: str, timeout: float = 180.0) -> str:
+    """Wait until VM ``name``'s checker answers VERIFY; returns the reply line.
+
+    Raises Unavailable (``GUEST_NOT_ANSWERING``) after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            return verify_vm(plan, name)
+        except Unavailable as err:
+            last = err.message
+    raise Unavailable("GUEST_NOT_ANSWERING",
+                      f"{name} did not answer within {timeout:.0f} s ({last})",
+                      f"look at its console: segue lab vm serial {name}")

@@ -1,0 +1,137 @@
+"""QEMU command line from a VM spec (pure: no I/O).
+
+The argv fixes the whole device model with explicit ids and addresses, so that the same
+spec gives the same device model on every host: this is what makes a migration's
+destination accept the source's device state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from segue.domain.vm import VMSpec
+
+# Guest PCI slots: NICs from 0x3, disks after them; fixed so every host builds the same layout.
+FIRST_NIC_SLOT = 3
+FIRST_DISK_SLOT = 16
+
+
+@dataclass(frozen=True)
+class RuntimePaths:
+    """Per-VM files on the running host."""
+
+    directory: Path
+
+    @property
+    def pidfile(self) -> Path:
+        return self.directory / "qemu.pid"
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.directory / "qmp.sock"
+
+    @property
+    def serial_socket(self) -> Path:
+        return self.directory / "serial.sock"
+
+    @property
+    def default_serial_log(self) -> Path:
+        return self.directory / "serial.log"
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.directory / "qemu.log"
+
+    @property
+    def events_log(self) -> Path:
+        return self.directory / "events.jsonl"
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Host-side facts the argv needs besides the spec."""
+
+    binary: str
+    accel: str  # "kvm" or "tcg"
+    runtime: RuntimePaths
+    disk_files: tuple[Path, ...]  # absolute path per spec disk, same order
+    incoming: str | None = None  # e.g. "defer" for a migration destination
+
+
+def tap_name(vm_uuid: str, index: int) -> str:
+    """A host-unique tap name (<= 15 chars) for NIC ``index`` of the VM."""
+    digest = hashlib.sha1(vm_uuid.encode()).hexdigest()[:8]
+    return f"tap{digest}n{index}"
+
+
+def build_argv(spec: VMSpec, plan: LaunchPlan) -> list[str]:
+    """The full QEMU argv: daemonized, paused (-S), QMP on a unix socket."""
+    rt = plan.runtime
+    serial_log = spec.serial_log or str(rt.default_serial_log)
+    accel = "kvm" if plan.accel == "kvm" else "tcg,tb-size=64"
+    argv = [
+        plan.binary,
+        "-name", f"guest={spec.name},debug-threads=on",
+        "-uuid", spec.uuid,
+        "-machine", spec.machine,
+        "-accel", accel,
+        "-cpu", spec.cpu_model,
+        "-m", f"{spec.memory_mib}M",
+        "-smp", str(spec.vcpus),
+        "-nodefaults", "-no-user-config", "-display", "none",
+        "-msg", "timestamp=on",
+        "-daemonize", "-pidfile", str(rt.pidfile),
+        "-qmp", f"unix:{rt.qmp_socket},server=on,wait=off",
+        "-chardev",
+        f"socket,id=serial0,path={rt.serial_socket},server=on,wait=off,"
+        f"logfile={serial_log},logappend=on",
+        "-serial", "chardev:serial0",
+        "-S",
+    ]
+    argv += _nic_args(spec)
+    argv += _disk_args(spec, plan.disk_files)
+    argv += _boot_args(spec)
+    if plan.incoming is not None:
+        argv += ["-incoming", plan.incoming]
+    return argv
+
+
+def _nic_args(spec: VMSpec) -> list[str]:
+    out: list[str] = []
+    for i, nic in enumerate(spec.nics):
+        out += [
+            "-netdev", f"tap,id=net{i},ifname={tap_name(spec.uuid, i)},script=no,downscript=no",
+            "-device",
+            f"{nic.model},id=nic{i},netdev=net{i},mac={nic.mac.lower()},"
+            f"addr={FIRST_NIC_SLOT + i:#x}",
+        ]
+    return out
+
+
+def _disk_args(spec: VMSpec, files: tuple[Path, ...]) -> list[str]:
+    out: list[str] = []
+    for i, (disk, path) in enumerate(zip(spec.disks, files, strict=True)):
+        ro = "on" if disk.readonly else "off"
+        out += [
+            "-blockdev",
+            f"driver=file,node-name=file{i},filename={path},read-only={ro},"
+            "cache.direct=off,cache.no-flush=off",
+            "-blockdev", f"driver={disk.format},node-name=disk{i},file=file{i},read-only={ro}",
+            "-device",
+            f"virtio-blk-pci,id=blk{i},drive=disk{i},addr={FIRST_DISK_SLOT + i:#x}"
+            + (",bootindex=1" if i == 0 and spec.kernel is None else ""),
+        ]
+    return out
+
+
+def _boot_args(spec: VMSpec) -> list[str]:
+    if spec.kernel is None:
+        return []
+    out = ["-kernel", spec.kernel]
+    if spec.initrd:
+        out += ["-initrd", spec.initrd]
+    if spec.cmdline:
+        out += ["-append", spec.cmdline]
+    return out

@@ -1,0 +1,131 @@
+"""The lab topology: names, addresses, paths and input checks (pure, no root needed)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from segue.agent.config import config_from_dict
+from segue.domain.errors import InsufficientResources, InvalidRequest, NotFound
+from segue.lab.topology import (
+    IFNAME_MAX,
+    guest_mac,
+    next_guest_ip,
+    plan_lab,
+    plan_to_dict,
+    port_group_tag,
+    random_guest_mac,
+)
+
+LONG_GROUPS = ("vm-net", "storage-network-long", "mgmt", "mig", "a")
+
+
+def _all_ifnames(plan_hosts: int, groups: tuple[str, ...]) -> dict[str, list[str]]:
+    plan = plan_lab("lab", plan_hosts, groups, root=Path("/x"))
+    names: dict[str, list[str]] = {ns: ["lo"] for ns in plan.namespaces}
+    for bridge in plan.bridges:
+        names[bridge.netns].append(bridge.ifname)
+    for pair in plan.veths:
+        names[pair.switch.netns].append(pair.switch.ifname)
+        names[pair.far.netns].append(pair.far.ifname)
+    return names
+
+
+def test_default_plan() -> None:
+    plan = plan_lab("segue", 2, root=Path("/labs/segue"))
+    assert plan.namespaces == ("segue-sw", "segue-host1", "segue-host2", "segue-client")
+    host1 = plan.host("host1")
+    assert (host1.mgmt_ip, host1.mig_ip) == ("10.210.0.11", "10.210.1.11")
+    assert host1.port_groups == {"vm-net": "br-vm-net"}
+    assert plan.fabric_bridges == {"mgmt": "fab-mgmt", "mig": "fab-mig", "vm-net": "fab-vm-net"}
+    assert plan.client_ip == "10.210.2.2"
+    client = [p.far for p in plan.veths if p.far.netns == "segue-client"]
+    assert [(c.ifname, c.address) for c in client] == [("vm0", "10.210.2.2/24")]
+    assert plan.datastore_identity == Path("/labs/segue/datastores/shared/.segue-datastore.json")
+    assert host1.agent_socket == Path("/labs/segue/host1/agent.sock")
+
+
+def test_plan_root_defaults_to_segue_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEGUE_HOME", "/tmp/sh")
+    assert plan_lab("abc", 1).lab_dir == Path("/tmp/sh/lab/abc")
+
+
+@pytest.mark.parametrize("hosts", [1, 16])
+def test_interface_names_fit_and_are_unique(hosts: int) -> None:
+    for ns, names in _all_ifnames(hosts, LONG_GROUPS).items():
+        assert all(len(n) <= IFNAME_MAX for n in names), names
+        assert len(names) == len(set(names)), ns
+
+
+def test_tags_are_short_and_avoid_reserved() -> None:
+    assert port_group_tag("vm-net") == "vm-net"
+    for group in ("mgmt", "mig", "storage-network-long"):
+        tag = port_group_tag(group)
+        assert tag not in ("mgmt", "mig") and len(tag) <= 8
+
+
+def test_addresses_are_unique() -> None:
+    plan = plan_lab("lab", 16, root=Path("/x"))
+    addresses = [p.far.address for p in plan.veths if p.far.address]
+    assert len(addresses) == 2 * 16 + 1
+    assert len(set(addresses)) == len(addresses)
+
+
+def test_agent_config_round_trips() -> None:
+    plan = plan_lab("segue", 2, root=Path("/labs/segue"))
+    data = plan.host("host2").agent_config()
+    config = config_from_dict(data)
+    assert config.listen.address == "10.210.0.12"
+    assert config.listen.port == 7600
+    assert config.listen.unix_socket == "/labs/segue/host2/agent.sock"
+    assert config.port_groups == {"vm-net": "br-vm-net"}
+    assert config.datastores == {"shared": Path("/labs/segue/datastores/shared")}
+    assert config.migration_interface == "mig0"
+    assert config.state_dir == Path("/labs/segue/host2")
+    assert plan_to_dict(plan)["hosts"][1]["mgmt_ip"] == "10.210.0.12"
+
+
+@pytest.mark.parametrize(
+    ("name", "hosts", "groups"),
+    [
+        ("Bad", 2, ("vm-net",)),
+        ("a-b", 2, ("vm-net",)),
+        ("", 2, ("vm-net",)),
+        ("x" * 17, 2, ("vm-net",)),
+        ("lab", 0, ("vm-net",)),
+        ("lab", 17, ("vm-net",)),
+        ("lab", 2, ()),
+        ("lab", 2, ("Vm net",)),
+        ("lab", 2, ("vm-net", "vm-net")),
+    ],
+)
+def test_bad_input_is_rejected(name: str, hosts: int, groups: tuple[str, ...]) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        plan_lab(name, hosts, groups, root=Path("/x"))
+    assert err.value.code == "LAB_INVALID"
+    assert err.value.hint
+
+
+def test_unknown_host() -> None:
+    with pytest.raises(NotFound):
+        plan_lab("lab", 2, root=Path("/x")).host("host3")
+
+
+def test_guest_ip_allocation() -> None:
+    assert next_guest_ip([]) == "10.210.2.100"
+    assert next_guest_ip(["10.210.2.100", "10.210.2.102"]) == "10.210.2.101"
+    every = [f"10.210.2.{i}" for i in range(100, 255)]
+    assert next_guest_ip(every[:-1]) == "10.210.2.254"
+    with pytest.raises(InsufficientResources):
+        next_guest_ip(every)
+
+
+def test_macs() -> None:
+    mac = guest_mac("vm1")
+    assert mac == guest_mac("vm1") != guest_mac("vm2")
+    assert mac.startswith("52:54:00:") and len(mac) == 17
+    rng = random.Random(1)
+    first = random_guest_mac([], random.Random(1))
+    assert random_guest_mac([first.upper()], rng) != first
