@@ -23,6 +23,7 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -46,6 +47,8 @@
 #define MAX_BURST_MS 50        /* a late writer catches up at most this much work */
 #define MAX_VERIFIERS 4        /* concurrent VERIFY requests served at once */
 #define LINE_MAX_LEN 512
+#define UDP_PRIORITY 20        /* SCHED_FIFO priorities: replies and heartbeats preempt the */
+#define HEARTBEAT_PRIORITY 10  /* CPU-bound writer and verifiers at once on a single vCPU */
 
 struct config {
     long port, hot_mib, dirty_mbps, pattern_mib, zero_mib, heartbeat_ms;
@@ -122,6 +125,17 @@ static void console_line(const char *fmt, ...)
         off += w;
     }
     pthread_mutex_unlock(&console_lock);
+}
+
+/*
+ * Gives the calling thread a real-time priority. These threads only ever block (recvfrom,
+ * clock_nanosleep) or do a few microseconds of work, so they cannot starve the others. Failure
+ * (not root, e.g. when testing on a host) only costs latency.
+ */
+static void realtime_thread(int priority)
+{
+    struct sched_param sp = {.sched_priority = priority};
+    pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp);
 }
 
 /* ---- configuration -------------------------------------------------------------------- */
@@ -418,11 +432,29 @@ static void *verify_worker(void *arg)
     return NULL;
 }
 
+/*
+ * Starts a detached thread at normal priority rather than inheriting the caller's real-time
+ * one: it is meant for long, CPU-bound work. Returns pthread_create's result.
+ */
+static int spawn_normal(void *(*fn)(void *), void *arg)
+{
+    pthread_attr_t attr;
+    pthread_t th;
+    struct sched_param normal = {.sched_priority = 0};
+    pthread_attr_init(&attr);
+    pthread_attr_setinheritsched(&attr, PTHREAD_EXPLICIT_SCHED);
+    pthread_attr_setschedpolicy(&attr, SCHED_OTHER);
+    pthread_attr_setschedparam(&attr, &normal);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&th, &attr, fn, arg);
+    pthread_attr_destroy(&attr);
+    return rc;
+}
+
 /* VERIFY runs in its own thread so PINGs keep being answered while memory is checked. */
 static void start_verify(const struct sockaddr_storage *peer, socklen_t len)
 {
     struct verify_request *req = malloc(sizeof(*req));
-    pthread_t th;
     if (req == NULL || atomic_fetch_add(&verifiers, 1) >= MAX_VERIFIERS) {
         if (req != NULL)
             atomic_fetch_sub(&verifiers, 1);
@@ -432,13 +464,12 @@ static void start_verify(const struct sockaddr_storage *peer, socklen_t len)
     }
     req->peer = *peer;
     req->peer_len = len;
-    if (pthread_create(&th, NULL, verify_worker, req) != 0) {
+    int rc = spawn_normal(verify_worker, req);
+    if (rc != 0) {
         atomic_fetch_sub(&verifiers, 1);
         free(req);
         send_reply("ERR busy", peer, len);
-        return;
     }
-    pthread_detach(th);
 }
 
 /* Parses a decimal unsigned number that makes up the whole of s. */
@@ -463,10 +494,12 @@ static void handle_request(char *req, const struct sockaddr_storage *peer, sockl
     if (strncmp(req, "PING ", 5) == 0 && parse_u64(req + 5, &n)) {
         send_pong(n, peer, len);
         return;
-    } else if (strcmp(req, "VERIFY") == 0) {
+    }
+    if (strcmp(req, "VERIFY") == 0) {
         start_verify(peer, len);
         return;
-    } else if (strncmp(req, "RATE ", 5) == 0 && parse_u64(req + 5, &n) && n <= 1000000) {
+    }
+    if (strncmp(req, "RATE ", 5) == 0 && parse_u64(req + 5, &n) && n <= 1000000) {
         atomic_store(&dirty_rate, (long)n);
         snprintf(out, sizeof(out), "RATE %" PRIu64, n);
     } else {
@@ -490,6 +523,7 @@ static int udp_open(long port)
 static void *udp_main(void *arg)
 {
     (void)arg;
+    realtime_thread(UDP_PRIORITY);
     char buf[LINE_MAX_LEN];
     for (;;) {
         struct sockaddr_storage peer;
@@ -511,6 +545,7 @@ static void *udp_main(void *arg)
 static void *heartbeat_main(void *arg)
 {
     (void)arg;
+    realtime_thread(HEARTBEAT_PRIORITY);
     struct timespec next;
     clock_gettime(CLOCK_MONOTONIC, &next);
     for (uint64_t seq = 1;; seq++) {

@@ -1,7 +1,8 @@
 """The guest kernel: Debian's cloud kernel package, fetched with apt and unpacked, not installed.
 
-``resolve_package`` names the current ``linux-image-*-cloud-amd64`` package, ``fetch_package``
-brings its .deb into a directory (``apt-get update`` only when the lists are missing), and
+``resolve_package`` names the current ``linux-image-*-cloud-amd64`` package and version (from
+``apt-cache show`` of the ``linux-image-cloud-amd64`` meta-package), ``fetch_package`` brings its
+.deb into a directory (``apt-get update`` only when the lists are missing), and
 ``unpack_kernel`` extracts it with ``dpkg-deb -x`` and picks the kernel and the modules the
 guest needs, in load order. Module dependencies come from each module's ``.modinfo`` section
 (the package carries no modules.dep: depmod makes it at install time); built-in drivers come
@@ -11,6 +12,7 @@ from ``modules.builtin``. Failures raise ``Unavailable("IMAGE_BUILD_FAILED", ...
 from __future__ import annotations
 
 import lzma
+import re
 import shutil
 import struct
 import subprocess
@@ -72,62 +74,68 @@ def run(argv: Sequence[str], what: str, cwd: Path | None = None) -> str:
     return proc.stdout
 
 
-def resolve_package() -> str:
-    """The concrete kernel package the cloud meta-package depends on (apt lists refreshed once
-    if they are missing); raises IMAGE_BUILD_FAILED when there is none."""
-    for attempt in range(2):
-        out = run(["apt-cache", "depends", KERNEL_META_PACKAGE], "resolving the kernel")
-        names = parse_depends(out)
-        if names:
-            return names[0]
-        if attempt == 0:
-            run(["apt-get", "update"], "refreshing the apt lists")
-    raise Unavailable(
-        "IMAGE_BUILD_FAILED", f"apt knows no package behind {KERNEL_META_PACKAGE}", hint=_HINT
-    )
+@dataclass(frozen=True)
+class KernelCandidate:
+    """The kernel package version apt would install now."""
+
+    name: str
+    version: str
+    arch: str
+
+    @property
+    def deb_filename(self) -> str:
+        """The file name ``apt-get download`` gives the package (epoch colon quoted)."""
+        return f"{self.name}_{self.version.replace(':', '%3a')}_{self.arch}.deb"
 
 
-def parse_depends(apt_cache_output: str) -> list[str]:
-    """The ``linux-image-*`` names in ``apt-cache depends`` output, in order."""
-    names = []
-    for line in apt_cache_output.splitlines():
-        kind, _, name = line.strip().partition(": ")
-        if kind.endswith("Depends") and name.startswith("linux-image-"):
-            names.append(name.strip("<>"))
-    return names
+def resolve_package() -> KernelCandidate:
+    """The concrete kernel package the cloud meta-package depends on, refreshing the apt lists
+    once when apt does not know the meta-package; raises IMAGE_BUILD_FAILED when it still does not.
+    """
+    argv = ["apt-cache", "show", "--no-all-versions", KERNEL_META_PACKAGE]
+    try:
+        candidate = parse_meta_package(run(argv, "resolving the kernel"))
+    except Unavailable:
+        candidate = None
+    if candidate is None:
+        run(["apt-get", "update"], "refreshing the apt lists")
+        candidate = parse_meta_package(run(argv, "resolving the kernel"))
+    if candidate is None:
+        message = f"apt knows no kernel package behind {KERNEL_META_PACKAGE}"
+        raise Unavailable("IMAGE_BUILD_FAILED", message, hint=_HINT)
+    return candidate
 
 
-def fetch_package(name: str, into: Path) -> KernelPackage:
-    """The package's .deb in ``into``, downloaded unless apt's current version is already there.
+def parse_meta_package(apt_cache_show: str) -> KernelCandidate | None:
+    """The exact ``linux-image-*`` dependency in ``apt-cache show`` output of the meta-package
+    (``Depends: linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2)``), or None when there is none."""
+    fields = dict(line.split(": ", 1) for line in apt_cache_show.splitlines() if ": " in line[:40])
+    for dep in fields.get("Depends", "").split(","):
+        match = re.fullmatch(r"\s*(linux-image-\S+)\s+\(=\s*(\S+)\)\s*", dep)
+        if match:
+            return KernelCandidate(match[1], match[2], fields.get("Architecture", "amd64"))
+    return None
+
+
+def fetch_package(candidate: KernelCandidate, into: Path) -> KernelPackage:
+    """The candidate's .deb in ``into``, downloaded unless it is already there.
 
     Runs ``apt-get update`` and retries once when the download fails (missing lists); raises
     IMAGE_BUILD_FAILED with apt's stderr when it still fails.
     """
     into.mkdir(parents=True, exist_ok=True)
-    filename = _candidate_filename(name)
-    if filename and (into / filename).is_file():
-        return KernelPackage(name, into / filename)
-    try:
-        run(["apt-get", "download", name], f"downloading {name}", cwd=into)
-    except Unavailable:
-        run(["apt-get", "update"], "refreshing the apt lists")
-        run(["apt-get", "download", name], f"downloading {name}", cwd=into)
-    debs = sorted(into.glob(f"{name}_*.deb"), key=lambda p: p.stat().st_mtime)
-    if not debs:
-        raise Unavailable("IMAGE_BUILD_FAILED", f"apt-get download left no {name} .deb", _HINT)
-    return KernelPackage(name, debs[-1])
-
-
-def _candidate_filename(name: str) -> str | None:
-    """The .deb file name of apt's candidate version, or None when apt cannot tell."""
-    try:
-        out = run(["apt-cache", "show", "--no-all-versions", name], f"looking up {name}")
-    except Unavailable:
-        return None
-    for line in out.splitlines():
-        if line.startswith("Filename:"):
-            return line.split("/")[-1].strip()
-    return None
+    deb = into / candidate.deb_filename
+    if not deb.is_file():
+        spec = f"{candidate.name}={candidate.version}"
+        try:
+            run(["apt-get", "download", spec], f"downloading {spec}", cwd=into)
+        except Unavailable:
+            run(["apt-get", "update"], "refreshing the apt lists")
+            run(["apt-get", "download", spec], f"downloading {spec}", cwd=into)
+    if not deb.is_file():
+        message = f"apt-get download left no {deb.name} in {into}"
+        raise Unavailable("IMAGE_BUILD_FAILED", message, hint=_HINT)
+    return KernelPackage(candidate.name, deb)
 
 
 def unpack_kernel(package: KernelPackage, workdir: Path) -> UnpackedKernel:

@@ -114,7 +114,12 @@ def probe_vm(plan: LabPlan, name: str, seconds: float, interval_ms: float = 1.5
 def verify_vm(plan: LabPlan, name: str) -> str:
     """Ask VM ``name``'s checker for a full memory verification; its VERIFY line."""
     _, vm = find_vm(plan, name)
-    return run_prober(plan, ["--ip", guest_ip(vm), "--verify"], timeout=60).strip()
+    return verify_ip(plan, guest_ip(vm))
+
+
+def verify_ip(plan: LabPlan, ip: str) -> str:
+    """The VERIFY line of the guest at ``ip``, asked from the client namespace."""
+    return run_prober(plan, ["--ip", ip, "--verify"], timeout=60).strip()
 
 
 def wait_answering(plan: LabPlan, name: str, timeout: float = 180.0) -> str:
