@@ -7,7 +7,6 @@ takes the lab down and checks that nothing is left behind.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -158,7 +157,8 @@ def test_bad_input_is_refused_and_changes_nothing(lab: LabPlan, running: dict[st
     spec = guests.guest_spec(lab, "x1", build_image(), guests.GuestOptions())
     g1_mac = running["g1"]["spec"]["nics"][0]["mac"]
     cases = {
-        "PORTGROUP_NOT_FOUND": {**spec, "nics": [{"port_group": "dmz", "mac": "52:54:00:aa:00:01"}]},
+        "PORTGROUP_NOT_FOUND": {**spec,
+                                "nics": [{"port_group": "dmz", "mac": "52:54:00:aa:00:01"}]},
         "DATASTORE_NOT_FOUND": {**spec, "datastore": "nfs9"},
         "MAC_IN_USE": {**spec, "nics": [{"port_group": "vm-net", "mac": g1_mac.upper()}]},
         "IMAGE_NOT_FOUND": {**spec, "kernel": "/nonexistent/vmlinuz"},

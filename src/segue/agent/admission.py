@@ -74,7 +74,8 @@ def check_references(spec: VMSpec, view: HostView, paths: dict[str, str]) -> Non
         if nic.port_group not in view.port_groups:
             known = ", ".join(sorted(view.port_groups)) or "none"
             raise NotFound("PORTGROUP_NOT_FOUND",
-                           f"nics[{i}]: port group {nic.port_group!r} does not exist on {view.host}",
+                           f"nics[{i}]: port group {nic.port_group!r} does not exist "
+                           f"on {view.host}",
                            f"use one of: {known}")
         if not view.port_groups[nic.port_group]:
             raise Conflict("PORTGROUP_DOWN",

@@ -76,7 +76,7 @@ def _routes(app: FastAPI, config: AgentConfig) -> None:
 
     @app.get("/vms")
     async def list_vms(request: Request) -> list[dict[str, Any]]:
-        return await _manager(request).list()
+        return await _manager(request).list_all()
 
     @app.post("/vms", status_code=201)
     async def define_vm(request: Request, spec: VMSpec, start: bool = False) -> dict[str, Any]:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import logging
+import os
 import time
 import uuid as uuidlib
 from collections import deque
@@ -129,7 +129,7 @@ class VMManager:
             "spec": vm.spec.to_dict(),
         }
 
-    async def list(self) -> list[dict[str, Any]]:
+    async def list_all(self) -> list[dict[str, Any]]:
         return [await self.info(name) for name in sorted(self.vms)]
 
     async def _refresh_state(self, vm: ManagedVM) -> None:

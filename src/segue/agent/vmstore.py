@@ -9,6 +9,7 @@ that share a datastore.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -94,7 +95,5 @@ class VMStore:
             return
         shared = root / spec.name / VM_FILE
         shared.unlink(missing_ok=True)
-        try:
+        with contextlib.suppress(OSError):  # disks or other files stay: they are the user's
             shared.parent.rmdir()
-        except OSError:
-            pass  # disks or other files stay: they are the user's

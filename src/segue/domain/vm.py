@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from segue.domain.errors import InvalidRequest
@@ -23,7 +23,7 @@ NIC_MODELS = ("virtio-net-pci", "e1000")
 MAX_VCPUS = 64
 
 
-class VMState(str, Enum):
+class VMState(StrEnum):
     """Run state of a VM as its host sees it (QEMU's run state, folded)."""
 
     STOPPED = "stopped"  # defined, no QEMU process
@@ -137,7 +137,8 @@ def validate_vm_spec(spec: VMSpec) -> None:
     if spec.uuid and not UUID_RE.match(spec.uuid):
         raise _invalid("uuid", f"{spec.uuid!r} is not a UUID", "leave it empty to generate one")
     if not 16 <= spec.memory_mib <= 1024 * 1024:
-        raise _invalid("memory_mib", f"{spec.memory_mib} MiB is out of range", "use 16 MiB to 1 TiB")
+        raise _invalid("memory_mib", f"{spec.memory_mib} MiB is out of range",
+                       "use 16 MiB to 1 TiB")
     if not 1 <= spec.vcpus <= MAX_VCPUS:
         raise _invalid("vcpus", f"{spec.vcpus} vCPUs is out of range", f"use 1 to {MAX_VCPUS}")
     _validate_nics(spec.nics)

@@ -64,8 +64,8 @@ class QMPSession:
                 return await self._client.execute(command, arguments)
         except ExecuteError as err:
             raise QMPCommandFailed(
-                "QMP_COMMAND_FAILED", f"{command} failed on {self.name}: {err.error.desc}",
-                "see QEMU's message", qmp_class=err.error.class_,
+                "QMP_COMMAND_FAILED", f"{command} failed on {self.name}: {err.error.error.desc}",
+                "see QEMU's message", qmp_class=err.error.error.class_,
             ) from err
         except (QMPError, TimeoutError, OSError) as err:
             raise QMPUnavailable(
@@ -86,5 +86,5 @@ class QMPSession:
         """Disconnect; never raises (the peer may already be gone)."""
         try:
             await self._client.disconnect()
-        except Exception as err:  # noqa: BLE001 - EOFError and friends when QEMU already left
+        except Exception as err:
             log.debug("disconnect of %s: %r", self.name, err)
