@@ -60,6 +60,10 @@ class Lab:
         spec.update(changes)
         return spec
 
+    def qemu_pids(self) -> list[int]:
+        """Pids of this lab's live fake QEMUs."""
+        return fake_qemu_pids(str(self.root))
+
 
 def fake_qemu_pids(marker: str) -> list[int]:
     """Pids of live fake QEMUs whose command line mentions ``marker``."""

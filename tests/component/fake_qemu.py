@@ -135,27 +135,14 @@ class FakeQemu:
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         send(writer, GREETING)
         negotiated = False
+        stream = JSONStream()
         try:
             while not self.done.is_set():
-                line = await reader.readline()
-                if not line:
+                data = await reader.read(4096)
+                if not data:
                     return
-                if not line.strip():
-                    continue
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    send(writer, error("GenericError", "JSON parse error"))
-                    continue
-                reply = self.command(msg, negotiated)
-                if msg.get("execute") == "qmp_capabilities" and "return" in reply:
-                    negotiated = True
-                    self.clients.append(writer)
-                if "id" in msg:
-                    reply["id"] = msg["id"]
-                send(writer, reply)
-                await writer.drain()
-                await self.after(msg.get("execute"))
+                for msg in stream.feed(data):
+                    negotiated = await self.handle(writer, msg, negotiated)
         except (ConnectionError, OSError):
             return
         finally:
@@ -163,6 +150,22 @@ class FakeQemu:
                 self.clients.remove(writer)
             if not self.done.is_set():
                 writer.close()
+
+    async def handle(self, writer: asyncio.StreamWriter, msg: object, negotiated: bool) -> bool:
+        """Answer one message; returns whether the session is now negotiated."""
+        if not isinstance(msg, dict):
+            send(writer, error("GenericError", "QMP input must be a JSON object"))
+            return negotiated
+        reply = self.command(msg, negotiated)
+        if msg.get("execute") == "qmp_capabilities" and "return" in reply:
+            negotiated = True
+            self.clients.append(writer)
+        if "id" in msg:
+            reply["id"] = msg["id"]
+        send(writer, reply)
+        await writer.drain()
+        await self.after(msg.get("execute"))
+        return negotiated
 
     def command(self, msg: dict[str, Any], negotiated: bool) -> dict[str, Any]:
         """The reply to one command (events it causes are emitted here too)."""
@@ -208,6 +211,31 @@ class FakeQemu:
                 return  # no guest OS listening to ACPI
             await asyncio.sleep(0.2)  # the guest shuts down
             self.shutdown_now(guest=True, reason="guest-shutdown")
+
+
+class JSONStream:
+    """QMP input is a stream of JSON objects with no delimiter (QEMU parses it incrementally):
+    qemu.qmp sends compact JSON without a newline."""
+
+    def __init__(self) -> None:
+        self.buffer = ""
+        self.decoder = json.JSONDecoder()
+
+    def feed(self, data: bytes) -> list[object]:
+        self.buffer += data.decode()
+        out = []
+        while True:
+            text = self.buffer.lstrip()
+            if not text:
+                self.buffer = ""
+                return out
+            try:
+                obj, end = self.decoder.raw_decode(text)
+            except ValueError:
+                self.buffer = text  # incomplete: wait for more
+                return out
+            out.append(obj)
+            self.buffer = text[end:]
 
 
 def error(cls: str, desc: str) -> dict[str, Any]:

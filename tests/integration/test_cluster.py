@@ -163,6 +163,8 @@ def test_bad_input_is_refused_and_changes_nothing(lab: LabPlan, running: dict[st
         "MAC_IN_USE": {**spec, "nics": [{"port_group": "vm-net", "mac": g1_mac.upper()}]},
         "IMAGE_NOT_FOUND": {**spec, "kernel": "/nonexistent/vmlinuz"},
         "VM_SPEC_INVALID": {**spec, "name": "Bad Name!"},
+        # QEMU itself refuses a file that is no kernel: the define is undone too
+        "QEMU_LAUNCH_FAILED": {**spec, "kernel": "/etc/hostname"},
     }
     with guests.agent(host3) as client:
         for code, bad in cases.items():
@@ -171,6 +173,7 @@ def test_bad_input_is_refused_and_changes_nothing(lab: LabPlan, running: dict[st
             assert err.value.code == code, err.value
             assert err.value.hint
     assert vm_names(lab) == before
+    assert not [p for p in qemu_pids_of(lab) if b"x1" in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert sorted(p.name for p in lab.datastore_dir.iterdir()) == files
     assert not list((host3.state_dir / "vms").glob("*"))
 
@@ -202,6 +205,24 @@ def qemu_pids_of(plan: LabPlan) -> list[int]:
             if b"qemu-system" in cmd and str(plan.lab_dir).encode() in cmd:
                 out.append(int(proc.name))
     return out
+
+
+def test_own_disk_image_boots_and_destroy_keeps_the_disk(lab: LabPlan) -> None:
+    disk = lab.datastore_dir / "disks" / "blank.qcow2"
+    disk.parent.mkdir(exist_ok=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    proc = segue("lab", "vm", "create", "own1", "--host", "host3", "--memory", "128",
+                 "--disk", "disks/blank.qcow2")
+    assert "own1 on host3: running" in proc.stdout, proc.stdout
+    info = guests.find_vm(lab, "own1")[1]
+    assert info["spec"]["disks"][0]["format"] == "qcow2" and info["spec"]["kernel"] is None
+    assert str(disk).encode() in Path(f"/proc/{info['pid']}/cmdline").read_bytes()
+    expect_error("DISK_NOT_FOUND", "lab", "vm", "create", "own2", "--host", "host3",
+                 "--disk", "disks/missing.qcow2")
+    segue("lab", "vm", "destroy", "own1")
+    assert not pid_alive(info["pid"]) and disk.exists()
+    disk.unlink()
+    disk.parent.rmdir()
 
 
 def test_zz_lab_down_leaves_nothing(lab: LabPlan, running: dict[str, Any]) -> None:

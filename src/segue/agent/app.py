@@ -80,9 +80,16 @@ def _routes(app: FastAPI, config: AgentConfig) -> None:
 
     @app.post("/vms", status_code=201)
     async def define_vm(request: Request, spec: VMSpec, start: bool = False) -> dict[str, Any]:
+        """Define a VM; with ``start``, also start it, and if that fails, define nothing."""
         m = _manager(request)
         info = await m.define(spec)
-        return await m.start(spec.name) if start else info
+        if not start:
+            return info
+        try:
+            return await m.start(spec.name)
+        except BaseException:
+            await asyncio.shield(m.destroy(spec.name))
+            raise
 
     @app.get("/vms/{name}")
     async def show_vm(request: Request, name: str) -> dict[str, Any]:

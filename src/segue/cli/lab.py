@@ -128,17 +128,25 @@ def vm_create(vm: str, host: str = typer.Option(..., help="Host to define it on.
               dirty_mbps: int = typer.Option(0, help="Rate at which the checker rewrites memory."),
               hot_mib: int = typer.Option(16, help="Size of the rewritten region."),
               start: bool = typer.Option(True, help="Start it right away."),
+              kernel: str = typer.Option("", help="Your own kernel (absolute path)."),
+              initrd: str = typer.Option("", help="Your own initrd (absolute path)."),
+              append: str = typer.Option("", help="Kernel command line for --kernel."),
+              disk: str = typer.Option("", help="Boot from this qcow2/raw file, relative "
+                                                "to the shared datastore."),
               name: str = NAME) -> None:
-    """Define (and start) a guest from the test image on a lab host."""
+    """Define (and start) a guest on a lab host: the test image, or your own kernel or disk."""
     from segue.image.builder import build_image
 
     plan = _plan(name)
     target = plan.host(host)
     opts = guests.GuestOptions(memory_mib=memory, dirty_mbps=dirty_mbps, hot_mib=hot_mib)
     spec = guests.guest_spec(plan, vm, build_image(), opts)
+    if kernel or disk:
+        spec = guests.own_image(spec, kernel=kernel, initrd=initrd, cmdline=append, disk=disk)
     with guests.agent(target) as client:
         info = client.define_vm(spec, start=start)
-    console.print(f"{vm} on {host}: {info['state']} (ip {guests.guest_ip(info)}, "
+    ip = guests.guest_ip(info) if not (kernel or disk) else "set by your image"
+    console.print(f"{vm} on {host}: {info['state']} (ip {ip}, "
                   f"mac {info['spec']['nics'][0]['mac']})", highlight=False)
 
 

@@ -16,8 +16,9 @@ from segue.domain.errors import SegueError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-console = Console()
-err_console = Console(stderr=True)
+# Rich assumes 80 columns when output is not a terminal; tables then squeeze into ellipses.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def fail(err: SegueError) -> None:

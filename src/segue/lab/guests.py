@@ -91,6 +91,20 @@ def guest_spec(plan: LabPlan, name: str, image: GuestImage, opts: GuestOptions) 
     }
 
 
+def own_image(spec: dict[str, Any], *, kernel: str = "", initrd: str = "", cmdline: str = "",
+              disk: str = "") -> dict[str, Any]:
+    """The spec booting the user's kernel (+initrd) or disk instead of the test image.
+
+    ``disk`` is relative to the shared datastore; ``.qcow2`` files are qcow2, others raw.
+    """
+    out = {**spec, "kernel": kernel or None, "initrd": initrd or None,
+           "cmdline": cmdline if kernel else ""}
+    if disk:
+        fmt = "qcow2" if disk.endswith(".qcow2") else "raw"
+        out["disks"] = [{"datastore": DATASTORE_NAME, "path": disk, "format": fmt}]
+    return out
+
+
 def run_prober(plan: LabPlan, args: list[str], timeout: float) -> str:
     """Run the prober inside the client namespace; returns its stdout."""
     proc = run_in_netns(plan.client_ns, [sys.executable, "-m", "segue.lab.prober", *args],
