@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,10 +83,8 @@ def fake_qemu_pids(marker: str) -> list[int]:
 
 def kill_fakes(marker: str) -> None:
     for pid in fake_qemu_pids(marker):
-        try:
+        with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + 5
     while fake_qemu_pids(marker) and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -33,13 +33,13 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 REEXEC_FLAG = "FAKE_QEMU_REEXECUTED"
 PROGRAM = "qemu-system-fake"
 VALUE_OPTIONS = ("-pidfile", "-qmp", "-uuid", "-incoming", "-name")
-GREETING = {"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": ""},
-                    "capabilities": []}}
+VERSION: dict[str, Any] = {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": ""}
+GREETING: dict[str, Any] = {"QMP": {"version": VERSION, "capabilities": []}}
 
 
 def parse_args(args: list[str]) -> dict[str, Any]:
@@ -60,7 +60,7 @@ def qmp_socket_path(qmp: str | None) -> Path:
     return Path(path)
 
 
-def die(message: str) -> None:
+def die(message: str) -> NoReturn:
     sys.stderr.write(f"qemu-system-x86_64: {message}\n")
     sys.stderr.flush()
     sys.exit(1)
@@ -184,7 +184,7 @@ class FakeQemu:
             return {"return": {"status": self.status, "running": self.status == "running",
                                "singlestep": False}}
         if name == "query-version":
-            return {"return": {"qemu": GREETING["QMP"]["version"]["qemu"], "package": ""}}
+            return {"return": VERSION}
         if name == "cont":
             if self.status == "inmigrate":
                 return error("GenericError", "Guest is waiting for an incoming migration")
@@ -223,7 +223,7 @@ class JSONStream:
 
     def feed(self, data: bytes) -> list[object]:
         self.buffer += data.decode()
-        out = []
+        out: list[object] = []
         while True:
             text = self.buffer.lstrip()
             if not text:

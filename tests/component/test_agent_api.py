@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -21,7 +22,10 @@ from segue.agent.client import AgentClient
 from segue.agent.facts import QemuCapabilities
 from segue.agent.facts_parse import parse_meminfo
 from segue.domain.errors import Conflict, NotFound
+from segue.domain.vm import VMSpec
 from segue.qemu import process
+from segue.qemu.argv import LaunchPlan, RuntimePaths, build_argv
+from segue.qemu.qmp import QMPCommandFailed, QMPSession
 
 if TYPE_CHECKING:  # fixtures come from conftest.py; only their types are imported
     from conftest import AgentFactory, Lab
@@ -215,8 +219,6 @@ async def test_vm_killed_behind_the_agents_back_becomes_stopped(
         assert (await start(http, "web1"))["state"] == "running"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG vms.py _on_event: a host-side SHUTDOWN "
-                   "(guest=false, reason host-signal) is reported as 'guest shut down'")
 async def test_sigterm_from_the_host_is_not_reported_as_guest_shutdown(
         lab: Lab, agent: AgentFactory) -> None:
     async with agent() as http:
@@ -423,8 +425,20 @@ async def test_launch_failure_is_503_and_leaves_nothing(lab: Lab, agent: AgentFa
         assert (await start(http, "web1"))["state"] == "running"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG vms.py _launch/_kill: after a failed launch the "
-                   "VM's state stays 'starting' instead of 'stopped'")
+async def test_define_with_start_that_fails_defines_nothing(
+        lab: Lab, agent: AgentFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_QEMU_FAIL_START", "1")
+    async with agent() as http:
+        before = tree(lab.datastore)
+        resp = await http.post("/vms", json=lab.spec("web1"), params={"start": True})
+        assert resp.status_code == 503, resp.text
+        assert error_of(resp)["code"] == "QEMU_LAUNCH_FAILED"
+        assert (await http.get("/vms/web1")).status_code == 404
+        assert tree(lab.datastore) == before
+        assert not vm_dir(lab, "web1").exists()
+        assert lab.qemu_pids() == []
+
+
 async def test_launch_failure_leaves_the_vm_stopped(lab: Lab, agent: AgentFactory,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     async with agent() as http:
@@ -511,3 +525,66 @@ def test_agent_client_round_trip(lab: Lab, served_agent: str) -> None:
             client.get_vm("web1")
         assert missing.value.code == "VM_NOT_FOUND"
     assert lab.qemu_pids() == []
+
+
+# ---- the fake itself, through Segue's own QEMU layer (it must behave like QEMU) ----
+
+async def launch_fake(lab: Lab, name: str = "probe") -> tuple[int, RuntimePaths, str]:
+    runtime = RuntimePaths(lab.state_dir / "vms" / name)
+    runtime.directory.mkdir(parents=True)
+    vm_uuid = "11111111-2222-4333-8444-555555555555"
+    spec = VMSpec(name=name, datastore="shared", uuid=vm_uuid, kernel=str(lab.kernel))
+    argv = build_argv(spec, LaunchPlan(binary=str(lab.qemu_binary), accel="tcg",
+                                       runtime=runtime, disk_files=()))
+    pid = await process.launch_daemon(argv, runtime.qemu_log, runtime.pidfile, timeout=20)
+    return pid, runtime, vm_uuid
+
+
+async def test_fake_qemu_speaks_qmp(lab: Lab) -> None:
+    pid, runtime, vm_uuid = await launch_fake(lab)
+    assert process.is_qemu_of(pid, vm_uuid)
+    assert not process.is_qemu_of(pid, "00000000-0000-4000-8000-000000000000")
+    qmp = QMPSession("probe")
+    await qmp.connect(runtime.qmp_socket, timeout=5)
+    assert await qmp.execute("query-status") == {"status": "prelaunch", "running": False,
+                                                 "singlestep": False}
+    with pytest.raises(QMPCommandFailed) as exc:
+        await qmp.execute("no-such-command")
+    assert exc.value.details["qmp_class"] == "CommandNotFound"
+    await qmp.execute("cont")
+    resume = await qmp.next_event(2)
+    assert resume is not None and resume["event"] == "RESUME"
+    assert set(resume["timestamp"]) == {"seconds", "microseconds"}
+    await qmp.execute("stop")
+    stop = await qmp.next_event(2)
+    assert stop is not None and stop["event"] == "STOP"
+    assert (await qmp.execute("query-status"))["status"] == "paused"
+    await qmp.close()
+
+    again = QMPSession("probe-again")  # a new client after the first one left
+    await again.connect(runtime.qmp_socket, timeout=5)
+    assert (await again.execute("query-status"))["status"] == "paused"
+    await again.execute("quit")
+    assert await process.wait_exit(pid, 5)
+    await again.close()
+    assert not runtime.pidfile.exists()
+
+
+async def test_fake_qemu_launch_failure(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_QEMU_FAIL_START", "1")
+    with pytest.raises(process.QEMULaunchFailed) as exc:
+        await launch_fake(lab)
+    assert exc.value.code == "QEMU_LAUNCH_FAILED"
+    assert "simulated launch failure" in exc.value.message
+    assert lab.qemu_pids() == []
+
+
+@pytest.mark.parametrize("how", ["runtime dir removed", "lifetime over"])
+async def test_fake_qemu_cannot_leak(lab: Lab, monkeypatch: pytest.MonkeyPatch,
+                                     how: str) -> None:
+    if how == "lifetime over":
+        monkeypatch.setenv("FAKE_QEMU_MAX_LIFETIME", "0.5")
+    pid, runtime, _ = await launch_fake(lab)
+    if how == "runtime dir removed":
+        shutil.rmtree(runtime.directory)
+    assert await process.wait_exit(pid, 5)

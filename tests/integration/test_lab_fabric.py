@@ -7,7 +7,6 @@ SEGUE_HOME; every test removes what it made, even when it fails.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -21,10 +20,7 @@ from segue.lab import netns
 from segue.lab.lab import lab_down, lab_status, lab_up, load_state, start_agent, stop_agent
 from segue.lab.topology import plan_lab
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
-]
+pytestmark = pytest.mark.integration
 
 LAB = "segt"
 

@@ -292,6 +292,8 @@ class VMManager:
                         await asyncio.sleep(0.25)
                     continue
                 self._on_event(vm, event)
+            while vm.qmp is not None and (event := await vm.qmp.next_event(0)) is not None:
+                self._on_event(vm, event)  # what QEMU said just before it went
             await self._exited(vm)
         except asyncio.CancelledError:
             raise
@@ -305,7 +307,10 @@ class VMManager:
         vm.record_event(entry)
         name = entry["event"]
         if name == "SHUTDOWN":
-            vm.last_exit = f"guest shut down ({entry['data'].get('reason', 'unknown')})"
+            reason = entry["data"].get("reason", "unknown")
+            by = "guest" if entry["data"].get("guest", True) else "host"
+            vm.last_exit = f"{'guest shut down' if by == 'guest' else 'shut down by host'} " \
+                           f"({reason})"
         new_state = {"STOP": VMState.PAUSED, "RESUME": VMState.RUNNING,
                      "SHUTDOWN": VMState.SHUTDOWN, "GUEST_PANICKED": VMState.CRASHED}.get(str(name))
         if new_state is not None:
@@ -314,6 +319,8 @@ class VMManager:
     async def _exited(self, vm: ManagedVM) -> None:
         """The QEMU is gone: forget its pid and session and remove its runtime files."""
         if vm.pid is None and vm.qmp is None:
+            if vm.state == VMState.STARTING:  # the launch failed before QEMU had a pid
+                vm.state = VMState.STOPPED
             return
         log.info("%s: QEMU (pid %s) exited: %s", vm.spec.name, vm.pid, vm.last_exit)
         qmp, vm.qmp, vm.pid = vm.qmp, None, None

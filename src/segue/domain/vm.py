@@ -15,9 +15,12 @@ from typing import Any
 
 from segue.domain.errors import InvalidRequest
 
-VM_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")
-MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+VM_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,47}")
+MAC_RE = re.compile(r"([0-9a-f]{2}:){5}[0-9a-f]{2}")
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# Fixed PCI slots leave room for this many of each (see segue.qemu.argv).
+MAX_NICS = 8
+MAX_DISKS = 8
 DISK_FORMATS = ("qcow2", "raw")
 NIC_MODELS = ("virtio-net-pci", "e1000")
 MAX_VCPUS = 64
@@ -129,12 +132,12 @@ def _invalid(field_name: str, problem: str, hint: str) -> InvalidRequest:
 
 def validate_vm_spec(spec: VMSpec) -> None:
     """Check a spec on its own; raises InvalidRequest (code VM_SPEC_INVALID) on the first fault."""
-    if not VM_NAME_RE.match(spec.name):
+    if not VM_NAME_RE.fullmatch(spec.name):
         raise _invalid(
             "name", f"{spec.name!r} is not a valid VM name",
             "use 1-48 lowercase letters, digits, '.', '_' or '-', starting with a letter/digit",
         )
-    if spec.uuid and not UUID_RE.match(spec.uuid):
+    if spec.uuid and not UUID_RE.fullmatch(spec.uuid):
         raise _invalid("uuid", f"{spec.uuid!r} is not a UUID", "leave it empty to generate one")
     if not 16 <= spec.memory_mib <= 1024 * 1024:
         raise _invalid("memory_mib", f"{spec.memory_mib} MiB is out of range",
@@ -146,15 +149,22 @@ def validate_vm_spec(spec: VMSpec) -> None:
     if spec.kernel is None and not spec.disks:
         raise _invalid("kernel", "the VM has neither a kernel nor a disk to boot from",
                        "give kernel (and initrd) or at least one disk")
+    if spec.serial_log is not None and ("," in spec.serial_log
+                                        or not spec.serial_log.startswith("/")):
+        raise _invalid("serial_log", f"{spec.serial_log!r} is not an absolute path without commas",
+                       "give an absolute path such as /var/log/segue/web1.log, or leave it out")
     if spec.kernel is None and spec.initrd is not None:
         raise _invalid("initrd", "an initrd needs a kernel", "give kernel too, or drop initrd")
 
 
 def _validate_nics(nics: list[NicSpec]) -> None:
+    if len(nics) > MAX_NICS:
+        raise _invalid("nics", f"{len(nics)} NICs, at most {MAX_NICS} are supported",
+                       "use fewer NICs")
     seen: set[str] = set()
     for i, nic in enumerate(nics):
         mac = nic.mac.lower()
-        if not MAC_RE.match(mac) or int(mac[:2], 16) & 1:
+        if not MAC_RE.fullmatch(mac) or int(mac[:2], 16) & 1:
             raise _invalid(f"nics[{i}].mac", f"{nic.mac!r} is not a unicast MAC address",
                            "use six hex pairs like 52:54:00:12:34:56")
         if mac in seen:
@@ -169,11 +179,17 @@ def _validate_nics(nics: list[NicSpec]) -> None:
 
 
 def _validate_disks(disks: list[DiskSpec]) -> None:
+    if len(disks) > MAX_DISKS:
+        raise _invalid("disks", f"{len(disks)} disks, at most {MAX_DISKS} are supported",
+                       "use fewer disks")
     for i, disk in enumerate(disks):
         if disk.format not in DISK_FORMATS:
             raise _invalid(f"disks[{i}].format", f"unknown disk format {disk.format!r}",
                            f"use one of {', '.join(DISK_FORMATS)}")
         parts = disk.path.split("/")
+        if "," in disk.path:  # QEMU option syntax: a comma would start a new option
+            raise _invalid(f"disks[{i}].path", f"{disk.path!r} contains a comma",
+                           "rename the file without commas")
         if disk.path.startswith("/") or ".." in parts or not disk.path:
             raise _invalid(f"disks[{i}].path", f"{disk.path!r} is not a path inside the datastore",
                            "give a relative path such as web1/disk0.qcow2")
