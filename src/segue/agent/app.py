@@ -16,20 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
 from segue import __version__
 from segue.agent.config import AgentConfig
 from segue.agent.facts import QemuCapabilities, detect_accel, host_facts, probe_qemu
 from segue.agent.vms import VMManager
-from segue.domain.errors import SegueError
 from segue.domain.vm import VMSpec
+from segue.httpapi import install_error_handler
 
 log = logging.getLogger(__name__)
-
-STATUS_BY_KIND = {"invalid": 400, "not_found": 404, "conflict": 409, "insufficient": 409,
-                  "unavailable": 503}
-
 
 def create_app(config: AgentConfig, caps: QemuCapabilities | None = None) -> FastAPI:
     """The agent app; probes QEMU at startup unless ``caps`` is given (tests)."""
@@ -50,11 +45,7 @@ def create_app(config: AgentConfig, caps: QemuCapabilities | None = None) -> Fas
 
     app = FastAPI(title=f"Segue agent ({config.host})", version=__version__, lifespan=lifespan)
 
-    @app.exception_handler(SegueError)
-    async def segue_error(_: Request, err: SegueError) -> JSONResponse:
-        return JSONResponse(status_code=STATUS_BY_KIND.get(err.kind, 500),
-                            content={"error": err.to_dict(), "kind": err.kind})
-
+    install_error_handler(app)
     _routes(app, config)
     return app
 

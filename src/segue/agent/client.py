@@ -14,6 +14,25 @@ import httpx
 from segue.domain.errors import Unavailable, error_from_dict
 
 
+def unreachable(where: str, err: Exception) -> Unavailable:
+    return Unavailable("AGENT_UNREACHABLE", f"agent at {where} did not answer: {err}",
+                       "check that the agent runs (segue lab status)")
+
+
+def decode_response(resp: httpx.Response) -> Any:
+    """The JSON body of a success; the agent's own error raised again for a failure."""
+    if resp.status_code >= 400:
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {}
+        if isinstance(body, dict) and "error" in body:
+            raise error_from_dict(str(body.get("kind")), body["error"])
+        raise Unavailable("AGENT_ERROR", f"agent answered {resp.status_code}: {resp.text}",
+                          "see the agent log")
+    return resp.json() if resp.content else None
+
+
 class AgentClient:
     """Talks to one agent at ``base_url``, or over its unix socket ``uds``."""
 
@@ -37,18 +56,8 @@ class AgentClient:
         try:
             resp = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as err:
-            raise Unavailable("AGENT_UNREACHABLE", f"agent at {self.where} did not answer: {err}",
-                              "check that the agent runs (segue lab status)") from err
-        if resp.status_code >= 400:
-            try:
-                body = resp.json()
-            except ValueError:
-                body = {}
-            if isinstance(body, dict) and "error" in body:
-                raise error_from_dict(str(body.get("kind")), body["error"])
-            raise Unavailable("AGENT_ERROR", f"agent answered {resp.status_code}: {resp.text}",
-                              "see the agent log")
-        return resp.json() if resp.content else None
+            raise unreachable(self.where, err) from err
+        return decode_response(resp)
 
     def health(self) -> dict[str, Any]:
         return dict(self._call("GET", "/health"))
@@ -80,3 +89,92 @@ class AgentClient:
 
     def serial(self, name: str, lines: int = 50) -> list[str]:
         return list(self._call("GET", f"/vms/{name}/serial", params={"lines": lines})["lines"])
+
+
+class AsyncAgentClient:
+    """The async client the controller uses; same answers and errors as AgentClient.
+
+    Migration calls (agent side of a live migration):
+    - ``prepare_incoming(spec, migration_id, capabilities, parameters)`` on the destination:
+      starts QEMU with ``-incoming defer`` and the same device model, plugs its taps,
+      listens on the migration interface; returns ``{"uri": "tcp:IP:PORT", "pid": ...}``.
+    - ``start_migration(name, uri, capabilities, parameters)`` on the source.
+    - ``migration_status(name)``: QEMU's ``query-migrate`` plus the VM's run state.
+    - ``cancel_migration(name)`` on the source; ``abort_incoming(name)`` on the destination
+      (kills the incoming QEMU, forgets it; never touches a VM this host owns).
+    - ``claim(name)`` on the destination once it runs: it now owns the VM.
+    - ``release(name)`` on the source once the destination owns it: QEMU quits, the local
+      definition goes (the datastore's copy now names the destination).
+    """
+
+    def __init__(self, base_url: str, *, transport: httpx.AsyncBaseTransport | None = None,
+                 timeout: float = 60.0) -> None:
+        self.where = base_url
+        self._http = httpx.AsyncClient(base_url=base_url, transport=transport, timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            resp = await self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as err:
+            raise unreachable(self.where, err) from err
+        return decode_response(resp)
+
+    async def health(self) -> dict[str, Any]:
+        return dict(await self._call("GET", "/health"))
+
+    async def facts(self) -> dict[str, Any]:
+        return dict(await self._call("GET", "/host"))
+
+    async def list_vms(self) -> list[dict[str, Any]]:
+        return list(await self._call("GET", "/vms"))
+
+    async def define_vm(self, spec: dict[str, Any], start: bool = False) -> dict[str, Any]:
+        return dict(await self._call("POST", "/vms", json=spec, params={"start": start}))
+
+    async def get_vm(self, name: str) -> dict[str, Any]:
+        return dict(await self._call("GET", f"/vms/{name}"))
+
+    async def start_vm(self, name: str) -> dict[str, Any]:
+        return dict(await self._call("POST", f"/vms/{name}/start"))
+
+    async def stop_vm(self, name: str, timeout: float = 30.0,
+                      force: bool = False) -> dict[str, Any]:
+        return dict(await self._call("POST", f"/vms/{name}/stop",
+                                     params={"timeout": timeout, "force": force}))
+
+    async def destroy_vm(self, name: str) -> None:
+        await self._call("DELETE", f"/vms/{name}")
+
+    async def events(self, name: str, since: int = 0) -> list[dict[str, Any]]:
+        return list(await self._call("GET", f"/vms/{name}/events", params={"since": since}))
+
+    async def prepare_incoming(self, spec: dict[str, Any], migration_id: str,
+                               capabilities: dict[str, bool] | None = None,
+                               parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = {"spec": spec, "migration_id": migration_id,
+                "capabilities": capabilities or {}, "parameters": parameters or {}}
+        return dict(await self._call("POST", "/migrations/incoming", json=body))
+
+    async def start_migration(self, name: str, uri: str,
+                              capabilities: dict[str, bool] | None = None,
+                              parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = {"uri": uri, "capabilities": capabilities or {}, "parameters": parameters or {}}
+        return dict(await self._call("POST", f"/vms/{name}/migrate", json=body))
+
+    async def migration_status(self, name: str) -> dict[str, Any]:
+        return dict(await self._call("GET", f"/vms/{name}/migration"))
+
+    async def cancel_migration(self, name: str) -> dict[str, Any]:
+        return dict(await self._call("POST", f"/vms/{name}/migration/cancel"))
+
+    async def abort_incoming(self, name: str) -> None:
+        await self._call("POST", f"/vms/{name}/incoming/abort")
+
+    async def claim(self, name: str) -> dict[str, Any]:
+        return dict(await self._call("POST", f"/vms/{name}/incoming/claim"))
+
+    async def release(self, name: str) -> None:
+        await self._call("POST", f"/vms/{name}/release")
