@@ -9,7 +9,10 @@ the device model. Behaviour, as QEMU 7.2 does it:
 - QMP: greeting, ``qmp_capabilities`` negotiation (commands before it are refused),
   ``query-status``, ``query-version``, ``cont`` (RESUME), ``stop`` (STOP), ``system_powerdown``
   (POWERDOWN, then the "guest" shuts down: SHUTDOWN guest=true/guest-shutdown, exit),
-  ``quit`` (SHUTDOWN host-qmp-quit, exit), anything else: ``CommandNotFound``. Replies echo
+  ``quit`` (SHUTDOWN host-qmp-quit, exit), the migration commands (``fake_migration.py``:
+  ``migrate-incoming``, ``migrate``, ``migrate_cancel``, ``query-migrate``,
+  ``migrate-set-capabilities``, ``migrate-set-parameters``, ...), anything else:
+  ``CommandNotFound``. ``cont`` also resumes a ``postmigrate`` source. Replies echo
   ``id``. A new client is accepted after one disconnects. SIGTERM: SHUTDOWN host-signal, exit.
 - On a clean exit the pidfile is removed (QEMU does); the QMP socket file is left behind.
 
@@ -35,9 +38,11 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+from fake_migration import FakeMigration  # beside this file: on sys.path when run as a script
+
 REEXEC_FLAG = "FAKE_QEMU_REEXECUTED"
 PROGRAM = "qemu-system-fake"
-VALUE_OPTIONS = ("-pidfile", "-qmp", "-uuid", "-incoming", "-name")
+VALUE_OPTIONS = ("-pidfile", "-qmp", "-uuid", "-incoming", "-name", "-m")
 VERSION: dict[str, Any] = {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": ""}
 GREETING: dict[str, Any] = {"QMP": {"version": VERSION, "capabilities": []}}
 
@@ -82,6 +87,7 @@ class FakeQemu:
         self.ignore_acpi = os.environ.get("FAKE_QEMU_IGNORE_ACPI") == "1"
         self.started = time.monotonic()
         self.max_lifetime = float(os.environ.get("FAKE_QEMU_MAX_LIFETIME", "120"))
+        self.migration = FakeMigration(self)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -199,6 +205,9 @@ class FakeQemu:
             return {"return": {}}
         if name in ("system_powerdown", "quit"):
             return {"return": {}}
+        reply = self.migration.command(name, msg.get("arguments") or {})
+        if reply is not None:
+            return reply
         return error("CommandNotFound", f"The command {name} has not been found")
 
     async def after(self, name: object) -> None:

@@ -118,7 +118,8 @@ def test_destroy_half_made_fabric(home: Path) -> None:
 
 
 def test_lab_up_down(home: Path, stand_in: list[str]) -> None:
-    state = lab_up(LAB, 2, agent_argv=lambda cfg: [*stand_in, str(cfg)], health_timeout=30)
+    state = lab_up(LAB, 2, agent_argv=lambda cfg: [*stand_in, str(cfg)],
+                   controller_argv=None, health_timeout=30)
     plan = state.plan
     identity = json.loads(plan.datastore_identity.read_text())
     assert identity["name"] == "shared" and identity["uuid"]
@@ -131,7 +132,8 @@ def test_lab_up_down(home: Path, stand_in: list[str]) -> None:
     assert _reachable(f"{LAB}-host1", "10.210.0.12")
 
     with pytest.raises(Conflict) as err:
-        lab_up(LAB, 2, agent_argv=lambda cfg: [*stand_in, str(cfg)])
+        lab_up(LAB, 2, agent_argv=lambda cfg: [*stand_in, str(cfg)],
+                   controller_argv=None)
     assert err.value.code == "LAB_EXISTS"
 
     report = lab_down(LAB)
@@ -144,7 +146,8 @@ def test_lab_up_down(home: Path, stand_in: list[str]) -> None:
 
 
 def test_restart_agent_keeps_other_processes(home: Path, stand_in: list[str]) -> None:
-    lab_up(LAB, 1, agent_argv=lambda cfg: [*stand_in, str(cfg)])
+    lab_up(LAB, 1, agent_argv=lambda cfg: [*stand_in, str(cfg)],
+                   controller_argv=None)
     host = plan_lab(LAB, 1).host("host1")
     guest = netns.spawn_in_netns(host.netns, ["sleep", "300"], host.state_dir / "guest.log")
     old = stop_agent(LAB, "host1")
@@ -158,17 +161,20 @@ def test_restart_agent_keeps_other_processes(home: Path, stand_in: list[str]) ->
 
 
 def test_crashed_lab_is_cleaned_by_lab_up(home: Path, stand_in: list[str]) -> None:
-    state = lab_up(LAB, 1, agent_argv=lambda cfg: [*stand_in, str(cfg)])
+    state = lab_up(LAB, 1, agent_argv=lambda cfg: [*stand_in, str(cfg)],
+                   controller_argv=None)
     netns.kill_pids([pid for pid in state.agents.values() if pid is not None])
     netns.ensure_namespace(f"{LAB}-stale")
-    again = lab_up(LAB, 1, agent_argv=lambda cfg: [*stand_in, str(cfg)])
+    again = lab_up(LAB, 1, agent_argv=lambda cfg: [*stand_in, str(cfg)],
+                   controller_argv=None)
     assert f"{LAB}-stale" not in netns.list_namespaces(f"{LAB}-")
     assert lab_status(LAB).up and again.created >= state.created
 
 
 def test_failing_agent_undoes_lab_up(home: Path) -> None:
     with pytest.raises(Unavailable) as err:
-        lab_up(LAB, 1, agent_argv=lambda cfg: [sys.executable, "-c", "print('boom'); exit(3)"])
+        lab_up(LAB, 1, agent_argv=lambda cfg: [sys.executable, "-c", "print('boom'); exit(3)"],
+               controller_argv=None)
     assert err.value.code == "LAB_UP_FAILED"
     assert "boom" in err.value.details["log_tail"]["host1"]
     assert netns.list_namespaces(f"{LAB}-") == []

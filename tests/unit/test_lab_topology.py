@@ -35,7 +35,8 @@ def _all_ifnames(plan_hosts: int, groups: tuple[str, ...]) -> dict[str, list[str
 
 def test_default_plan() -> None:
     plan = plan_lab("segue", 2, root=Path("/labs/segue"))
-    assert plan.namespaces == ("segue-sw", "segue-host1", "segue-host2", "segue-client")
+    assert plan.namespaces == ("segue-sw", "segue-ctl", "segue-host1", "segue-host2",
+                               "segue-client")
     host1 = plan.host("host1")
     assert (host1.mgmt_ip, host1.mig_ip) == ("10.210.0.11", "10.210.1.11")
     assert host1.port_groups == {"vm-net": "br-vm-net"}
@@ -45,6 +46,12 @@ def test_default_plan() -> None:
     assert [(c.ifname, c.address) for c in client] == [("vm0", "10.210.2.2/24")]
     assert plan.datastore_identity == Path("/labs/segue/datastores/shared/.segue-datastore.json")
     assert host1.agent_socket == Path("/labs/segue/host1/agent.sock")
+    ctl = [p.far for p in plan.veths if p.far.netns == "segue-ctl"]
+    assert [(c.ifname, c.address) for c in ctl] == [("mgmt0", "10.210.0.2/24")]
+    assert plan.controller.socket == Path("/labs/segue/controller.sock")
+    config = host1.agent_config()
+    assert config["controller_url"] == "http://10.210.0.2:7700"
+    assert config["advertise_url"] == "http://10.210.0.11:7600"
 
 
 def test_plan_root_defaults_to_segue_home(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,7 +76,7 @@ def test_tags_are_short_and_avoid_reserved() -> None:
 def test_addresses_are_unique() -> None:
     plan = plan_lab("lab", 16, root=Path("/x"))
     addresses = [p.far.address for p in plan.veths if p.far.address]
-    assert len(addresses) == 2 * 16 + 1
+    assert len(addresses) == 2 * 16 + 2  # hosts, the client, the controller
     assert len(set(addresses)) == len(addresses)
 
 

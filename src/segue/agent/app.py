@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from segue import __version__
 from segue.agent.config import AgentConfig
 from segue.agent.facts import QemuCapabilities, detect_accel, host_facts, probe_qemu
+from segue.agent.heartbeat import run_heartbeats
 from segue.agent.vms import VMManager
 from segue.domain.vm import VMSpec
 from segue.httpapi import install_error_handler
@@ -38,9 +39,13 @@ def create_app(config: AgentConfig, caps: QemuCapabilities | None = None) -> Fas
         async with asyncio.TaskGroup() as tg:
             await manager.load(tg)
             app.state.manager = manager
+            beats = (tg.create_task(run_heartbeats(config, manager), name="heartbeats")
+                     if config.controller_url is not None else None)
             try:
                 yield
             finally:
+                if beats is not None:
+                    beats.cancel()
                 await manager.close()
 
     app = FastAPI(title=f"Segue agent ({config.host})", version=__version__, lifespan=lifespan)
@@ -56,6 +61,8 @@ def _manager(request: Request) -> VMManager:
 
 
 def _routes(app: FastAPI, config: AgentConfig) -> None:
+    from segue.agent.api_migration import router as migration_router
+    app.include_router(migration_router)
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "host": config.host, "version": __version__}

@@ -178,3 +178,6 @@ class AsyncAgentClient:
 
     async def release(self, name: str) -> None:
         await self._call("POST", f"/vms/{name}/release")
+
+    async def resume_vm(self, name: str) -> dict[str, Any]:
+        return dict(await self._call("POST", f"/vms/{name}/resume"))

@@ -10,12 +10,18 @@ Example::
       "port_groups": {"vm-net": "br-vm-net"},
       "datastores": {"shared": "/var/lib/segue/lab/segue/datastores/shared"},
       "migration_interface": "mig0",
-      "accel": "auto"
+      "accel": "auto",
+      "controller_url": "http://10.210.0.2:7700",
+      "advertise_url": "http://10.210.0.11:7600",
+      "heartbeat_interval": 2.0
     }
 
 ``port_groups`` maps a port group name to the bridge that carries it on this host;
 ``datastores`` maps a datastore name to the directory where this host mounts it;
 ``accel`` is ``auto`` (KVM where it can run a stock guest, else TCG), ``kvm`` or ``tcg``.
+With ``controller_url`` (``http(s)://...`` or ``unix:PATH``) the agent sends the controller
+a heartbeat every ``heartbeat_interval`` seconds, saying it is reachable at
+``advertise_url`` (default: ``http://<listen.address>:<listen.port>``).
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ class AgentConfig:
     migration_interface: str | None = None
     accel: str = "auto"
     qemu_binary: str = "qemu-system-x86_64"
+    controller_url: str | None = None
+    advertise_url: str | None = None
+    heartbeat_interval: float = 2.0
 
     @property
     def vms_dir(self) -> Path:
@@ -64,6 +73,9 @@ class AgentConfig:
             "migration_interface": self.migration_interface,
             "accel": self.accel,
             "qemu_binary": self.qemu_binary,
+            "controller_url": self.controller_url,
+            "advertise_url": self.advertise_url,
+            "heartbeat_interval": self.heartbeat_interval,
         }
 
 
@@ -78,19 +90,23 @@ def config_from_dict(data: dict[str, Any]) -> AgentConfig:
                 f"accel must be auto, kvm or tcg, not {accel!r}",
                 "fix 'accel' in the agent configuration",
             )
+        listen_config = ListenConfig(
+            address=listen.get("address"),
+            port=int(listen.get("port", 7600)),
+            unix_socket=listen.get("unix_socket"),
+        )
         return AgentConfig(
             host=str(data["host"]),
             state_dir=Path(data["state_dir"]),
-            listen=ListenConfig(
-                address=listen.get("address"),
-                port=int(listen.get("port", 7600)),
-                unix_socket=listen.get("unix_socket"),
-            ),
+            listen=listen_config,
             port_groups={str(k): str(v) for k, v in (data.get("port_groups") or {}).items()},
             datastores={str(k): Path(v) for k, v in (data.get("datastores") or {}).items()},
             migration_interface=data.get("migration_interface"),
             accel=accel,
             qemu_binary=str(data.get("qemu_binary", "qemu-system-x86_64")),
+            controller_url=data.get("controller_url"),
+            advertise_url=_advertise_url(data, listen_config),
+            heartbeat_interval=float(data.get("heartbeat_interval", 2.0)),
         )
     except KeyError as err:
         raise InvalidRequest(
@@ -98,6 +114,21 @@ def config_from_dict(data: dict[str, Any]) -> AgentConfig:
             f"agent configuration lacks the field {err.args[0]!r}",
             "add it to the configuration file",
         ) from err
+
+
+def _advertise_url(data: dict[str, Any], listen: ListenConfig) -> str | None:
+    """The URL the controller reaches this agent at (needed only with a controller)."""
+    if data.get("advertise_url"):
+        return str(data["advertise_url"])
+    if not data.get("controller_url"):
+        return None
+    if listen.address is None:
+        raise InvalidRequest(
+            "AGENT_CONFIG_INVALID",
+            "controller_url is set but the agent has no advertise_url nor listen.address",
+            "add advertise_url: the URL at which the controller reaches this agent",
+        )
+    return f"http://{listen.address}:{listen.port}"
 
 
 def load_config(path: Path) -> AgentConfig:

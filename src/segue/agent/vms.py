@@ -5,8 +5,14 @@ and one QMP session owned by this agent. A watcher task per VM records QEMU's ev
 notices when the process ends. Stopping the agent never stops a VM: a restarted agent
 adopts every QEMU whose pidfile still names a live QEMU of that VM.
 
+A VM has a role on this host (``segue.agent.roles``): ``owner``, ``source`` of a running
+migration, or ``incoming`` (a migration's destination, not yet claimed; marked by a role
+file in its runtime dir so a restarted agent knows). An incoming VM is never started from
+scratch and its removal never touches the datastore's vm.json, which names its owner; the
+migration operations themselves are in ``segue.agent.migration``.
+
 Errors: ``NotFound`` (``VM_NOT_FOUND``), ``Conflict`` (``VM_NOT_STOPPED``,
-``VM_NOT_RUNNING``), the admission errors of ``segue.agent.admission``, and
+``VM_NOT_RUNNING``, ``VM_INCOMING``), the admission errors of ``segue.agent.admission``, and
 ``Unavailable`` from the QEMU layer.
 """
 
@@ -16,6 +22,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import time
 import uuid as uuidlib
 from collections import deque
@@ -26,8 +33,9 @@ from typing import Any
 from segue.agent import admission
 from segue.agent.config import AgentConfig
 from segue.agent.facts import QemuCapabilities, datastore_facts, memory_facts, port_group_facts
+from segue.agent.roles import migration_completed, role_of
 from segue.agent.taps import attach_tap
-from segue.agent.vmstore import VMStore
+from segue.agent.vmstore import VM_FILE, VMStore
 from segue.domain.errors import Conflict, NotFound, SegueError
 from segue.domain.vm import VMSpec, VMState, state_from_qmp_status, validate_vm_spec
 from segue.qemu import process
@@ -51,6 +59,7 @@ class ManagedVM:
     started_at: float | None = None
     last_exit: str | None = None
     adopted: bool = False
+    incoming: str | None = None  # migration id while this host is its unclaimed destination
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=EVENTS_KEPT))
     event_seq: int = 0
@@ -80,9 +89,15 @@ class VMManager:
         self.config.vms_dir.mkdir(parents=True, exist_ok=True)
         for spec in self.store.local_specs():
             vm = ManagedVM(spec=spec, runtime=RuntimePaths(self.store.runtime_dir(spec.name)))
-            self.vms[spec.name] = vm
+            vm.incoming = read_incoming(vm.runtime)
             pid = process.read_pid(vm.runtime.pidfile)
-            if pid is not None and process.is_qemu_of(pid, spec.uuid):
+            alive = pid is not None and process.is_qemu_of(pid, spec.uuid)
+            if vm.incoming is not None and not alive:
+                log.info("forgetting %s: its incoming QEMU is gone", spec.name)
+                shutil.rmtree(vm.runtime.directory, ignore_errors=True)
+                continue
+            self.vms[spec.name] = vm
+            if pid is not None and alive:
                 await self._adopt(vm, pid)
             else:
                 self._clear_runtime(vm)
@@ -97,8 +112,11 @@ class VMManager:
             return
         vm.pid, vm.qmp, vm.adopted = pid, qmp, True
         vm.started_at = Path(f"/proc/{pid}").stat().st_mtime
-        await self._refresh_state(vm)
+        await self.refresh_state(vm)
         log.info("adopted %s (pid %d, %s)", vm.spec.name, pid, vm.state.value)
+        if vm.incoming is not None and vm.state == VMState.PAUSED \
+                and migration_completed(await self.migration_info(vm)):
+            await self._resume_arrived(vm)  # it arrived while no agent was there to resume it
         self._watch(vm)
 
     async def close(self) -> None:
@@ -120,10 +138,13 @@ class VMManager:
     async def info(self, name: str) -> dict[str, Any]:
         """The VM's spec and live state (QEMU is asked, not remembered)."""
         vm = self.get(name)
-        await self._refresh_state(vm)
+        await self.refresh_state(vm)
+        migration = await self.migration_info(vm)
         return {
             "name": vm.spec.name, "uuid": vm.spec.uuid, "host": self.config.host,
-            "state": vm.state.value, "pid": vm.pid, "started_at": vm.started_at,
+            "state": vm.state.value,
+            "role": role_of(vm.incoming is not None, migration, vm.state).value,
+            "migration_id": vm.incoming, "pid": vm.pid, "started_at": vm.started_at,
             "adopted": vm.adopted, "last_exit": vm.last_exit, "accel": self.caps.accel,
             "serial_log": vm.spec.serial_log or str(vm.runtime.default_serial_log),
             "spec": vm.spec.to_dict(),
@@ -132,7 +153,8 @@ class VMManager:
     async def list_all(self) -> list[dict[str, Any]]:
         return [await self.info(name) for name in sorted(self.vms)]
 
-    async def _refresh_state(self, vm: ManagedVM) -> None:
+    async def refresh_state(self, vm: ManagedVM) -> None:
+        """Ask QEMU for the VM's run state (kept as it was if QEMU does not answer)."""
         if vm.qmp is None or not vm.qmp.connected:
             return
         try:
@@ -140,6 +162,15 @@ class VMManager:
             vm.state = state_from_qmp_status(str(status["status"]))
         except SegueError:
             pass  # the watcher notices a dead QEMU; keep the last known state
+
+    async def migration_info(self, vm: ManagedVM) -> dict[str, Any]:
+        """QEMU's ``query-migrate`` answer; {} without a QEMU or if it does not answer."""
+        if vm.qmp is None or not vm.qmp.connected:
+            return {}
+        try:
+            return dict(await vm.qmp.execute("query-migrate", timeout=3))
+        except SegueError:
+            return {}
 
     def events(self, name: str, since: int = 0) -> list[dict[str, Any]]:
         return [e for e in self.get(name).events if e["seq"] > since]
@@ -194,13 +225,30 @@ class VMManager:
         return await self.info(spec.name)
 
     async def destroy(self, name: str) -> None:
-        """Hard power-off if running, then remove the definition everywhere."""
+        """Hard power-off if running, then remove the definition: everywhere, except the
+        datastore's vm.json when it names another host (an incoming or migrated-away VM)."""
         vm = self.get(name)
         async with vm.lock:
-            await self._kill(vm, reason="destroyed")
-            self.store.remove(vm.spec)
-            del self.vms[name]
+            await self.kill(vm, reason="destroyed")
+            if self.owns_datastore_entry(vm.spec):
+                self.store.remove(vm.spec)
+            self.forget(vm)
         log.info("destroyed %s", name)
+
+    def owns_datastore_entry(self, spec: VMSpec) -> bool:
+        """True unless the datastore's vm.json of the VM names another host."""
+        root = self.config.datastores.get(spec.datastore)
+        try:
+            data = json.loads((root / spec.name / VM_FILE).read_text()) if root else {}
+        except (OSError, ValueError):
+            return True
+        return not isinstance(data, dict) or data.get("host", self.config.host) == self.config.host
+
+    def forget(self, vm: ManagedVM) -> None:
+        """Remove the VM's local definition and runtime dir (never the datastore's vm.json)."""
+        shutil.rmtree(vm.runtime.directory, ignore_errors=True)
+        if self.vms.get(vm.spec.name) is vm:
+            del self.vms[vm.spec.name]
 
     # ---- start / stop ----
     def _is_running(self, vm: ManagedVM) -> bool:
@@ -210,6 +258,11 @@ class VMManager:
         """Start the VM's QEMU, plug its taps, let it run. A failed start leaves no QEMU."""
         vm = self.get(name)
         async with vm.lock:
+            if vm.incoming is not None:
+                raise Conflict("VM_INCOMING",
+                               f"{name} is the destination of migration {vm.incoming}; "
+                               "it cannot be started from scratch",
+                               "wait for the migration, or abort the incoming side")
             if self._is_running(vm):
                 raise Conflict("VM_NOT_STOPPED", f"{name} is already running (pid {vm.pid})",
                                "stop it first")
@@ -217,15 +270,18 @@ class VMManager:
             view = self.host_view(list(paths.values()))
             admission.check_references(vm.spec, view, paths)
             admission.check_fits(vm.spec, view, starting=True)
-            await self._launch(vm)
+            await self.launch(vm)
         return await self.info(name)
 
-    async def _launch(self, vm: ManagedVM) -> None:
+    async def launch(self, vm: ManagedVM, incoming: str | None = None) -> None:
+        """Start the VM's QEMU, connect QMP, plug its taps; then let it run, unless
+        ``incoming`` (``-incoming``): it then waits for a migration. Leaves no QEMU on failure."""
         self._clear_runtime(vm)
         vm.runtime.directory.mkdir(parents=True, exist_ok=True)
         plan = LaunchPlan(
             binary=self.config.qemu_binary, accel=self.caps.accel, runtime=vm.runtime,
             disk_files=tuple(self.config.datastores[d.datastore] / d.path for d in vm.spec.disks),
+            incoming=incoming,
         )
         vm.state = VMState.STARTING
         try:
@@ -237,14 +293,15 @@ class VMManager:
                 # pyroute2's sync netlink socket cannot run inside the event loop's thread
                 await asyncio.to_thread(attach_tap, tap_name(vm.spec.uuid, i),
                                         self.config.port_groups[nic.port_group])
-            await vm.qmp.execute("cont")
+            if incoming is None:
+                await vm.qmp.execute("cont")
         except BaseException:
-            await asyncio.shield(self._kill(vm, reason="start failed"))
+            await asyncio.shield(self.kill(vm, reason="start failed"))
             raise
         vm.started_at, vm.adopted, vm.last_exit = time.time(), False, None
-        await self._refresh_state(vm)
+        await self.refresh_state(vm)
         self._watch(vm)
-        log.info("started %s (pid %d)", vm.spec.name, vm.pid)
+        log.info("started %s (pid %d%s)", vm.spec.name, vm.pid, ", incoming" if incoming else "")
 
     async def stop(self, name: str, timeout: float = 30.0, force: bool = False) -> dict[str, Any]:
         """ACPI power-off; if the guest has not gone after ``timeout`` s, hard power-off."""
@@ -253,18 +310,18 @@ class VMManager:
             if not self._is_running(vm) or vm.pid is None:
                 raise Conflict("VM_NOT_RUNNING", f"{name} is not running", "start it first")
             if force or vm.qmp is None:
-                await self._kill(vm, reason="powered off")
+                await self.kill(vm, reason="powered off")
             else:
                 await vm.qmp.execute("system_powerdown")
                 if await process.wait_exit(vm.pid, timeout):
                     await self._await_exit(vm)
                 else:
                     log.warning("%s ignored ACPI power-off for %.0f s", name, timeout)
-                    await self._kill(vm, reason=f"no ACPI shutdown within {timeout:.0f} s; "
+                    await self.kill(vm, reason=f"no ACPI shutdown within {timeout:.0f} s; "
                                                 "powered off")
         return await self.info(name)
 
-    async def _kill(self, vm: ManagedVM, reason: str) -> None:
+    async def kill(self, vm: ManagedVM, reason: str) -> None:
         """Hard power-off (idempotent); returns when the process and its files are gone."""
         if vm.pid is not None and process.is_qemu_of(vm.pid, vm.spec.uuid):
             await process.kill_hard(vm.pid)
@@ -292,6 +349,9 @@ class VMManager:
                         await asyncio.sleep(0.25)
                     continue
                 self._on_event(vm, event)
+                if vm.incoming is not None and migration_completed(event.get("data") or {}) \
+                        and event.get("event") == "MIGRATION":
+                    await self._resume_arrived(vm)
             while vm.qmp is not None and (event := await vm.qmp.next_event(0)) is not None:
                 self._on_event(vm, event)  # what QEMU said just before it went
             await self._exited(vm)
@@ -316,6 +376,15 @@ class VMManager:
         if new_state is not None:
             vm.state = new_state
 
+    async def _resume_arrived(self, vm: ManagedVM) -> None:
+        """An incoming migration completed: run the guest at once (its QEMU has -S, so it
+        waits paused; QEMU announced the MACs already, at completion)."""
+        try:
+            if vm.qmp is not None:
+                await vm.qmp.execute("cont")
+        except SegueError as err:
+            log.error("%s arrived but does not resume: %s", vm.spec.name, err)
+
     async def _exited(self, vm: ManagedVM) -> None:
         """The QEMU is gone: forget its pid and session and remove its runtime files."""
         if vm.pid is None and vm.qmp is None:
@@ -333,3 +402,14 @@ class VMManager:
     def _clear_runtime(vm: ManagedVM) -> None:
         for path in (vm.runtime.pidfile, vm.runtime.qmp_socket, vm.runtime.serial_socket):
             path.unlink(missing_ok=True)
+
+
+def read_incoming(runtime: RuntimePaths) -> str | None:
+    """The migration id in the VM's role file, or None if it is no unclaimed destination."""
+    try:
+        data = json.loads(runtime.role_file.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("role") != "incoming":
+        return None
+    return str(data.get("migration_id", ""))

@@ -143,8 +143,8 @@ def vm_create(vm: str, host: str = typer.Option(..., help="Host to define it on.
     spec = guests.guest_spec(plan, vm, build_image(), opts)
     if kernel or disk:
         spec = guests.own_image(spec, kernel=kernel, initrd=initrd, cmdline=append, disk=disk)
-    with guests.agent(target) as client:
-        info = client.define_vm(spec, start=start)
+    with guests.controller(plan) as client:
+        info = client.create_vm(target.name, spec, start=start)
     ip = guests.guest_ip(info) if not (kernel or disk) else "set by your image"
     console.print(f"{vm} on {host}: {info['state']} (ip {ip}, "
                   f"mac {info['spec']['nics'][0]['mac']})", highlight=False)
@@ -178,8 +178,7 @@ def vm_show(vm: str, name: str = NAME) -> None:
 @handles_errors
 def vm_start(vm: str, name: str = NAME) -> None:
     """Start a defined guest."""
-    host, _ = guests.find_vm(_plan(name), vm)
-    with guests.agent(host) as client:
+    with guests.controller(_plan(name)) as client:
         console.print(f"{vm}: {client.start_vm(vm)['state']}")
 
 
@@ -189,18 +188,17 @@ def vm_stop(vm: str, force: bool = typer.Option(False, help="Hard power-off at o
             timeout: float = typer.Option(30.0, help="Seconds to wait for ACPI shutdown."),
             name: str = NAME) -> None:
     """Shut a guest down (ACPI, then hard after the timeout)."""
-    host, _ = guests.find_vm(_plan(name), vm)
-    with guests.agent(host) as client:
+    with guests.controller(_plan(name)) as client:
         info = client.stop_vm(vm, timeout=timeout, force=force)
-    console.print(f"{vm}: {info['state']} ({info['last_exit']})", highlight=False)
+    live = info.get("live") or info
+    console.print(f"{vm}: {live['state']} ({live.get('last_exit')})", highlight=False)
 
 
 @vm_app.command("destroy")
 @handles_errors
 def vm_destroy(vm: str, name: str = NAME) -> None:
     """Power off (hard) and remove a guest's definition."""
-    host, _ = guests.find_vm(_plan(name), vm)
-    with guests.agent(host) as client:
+    with guests.controller(_plan(name)) as client:
         client.destroy_vm(vm)
     console.print(f"{vm}: destroyed")
 
@@ -218,27 +216,25 @@ def vm_serial(vm: str, lines: int = typer.Option(20), name: str = NAME) -> None:
 @lab_app.command("demo")
 @handles_errors
 def demo(keep: bool = typer.Option(False, help="Leave the lab up afterwards."),
-         seconds: float = typer.Option(5.0, help="How long to probe each guest."),
+         dirty_mbps: int = typer.Option(8, help="How fast the guest rewrites its memory."),
          name: str = typer.Option("demo", "--name", help="Lab name.")) -> None:
-    """Bring a 2-host lab up, boot a guest on each host, probe and verify them from outside."""
+    """A 2-host lab, a guest dirtying memory, migrated host1 -> host2 -> host1 under a prober."""
     from segue.image.builder import build_image
 
     with console.status("building the guest image"):
         image = build_image()
-    with console.status(f"bringing lab {name} up"):
+    with console.status(f"bringing lab {name} up (2 hosts, controller, agents)"):
         labops.lab_up(name, 2)
     try:
         plan = _plan(name)
-        rows = []
-        for i, host in enumerate(plan.hosts, start=1):
-            vm = f"web{i}"
-            spec = guests.guest_spec(plan, vm, image, guests.GuestOptions(dirty_mbps=4))
-            with guests.agent(host) as client, console.status(f"booting {vm} on {host.name}"):
-                client.define_vm(spec, start=True)
-                guests.wait_answering(plan, vm)
-            result = guests.probe_vm(plan, vm, seconds)
-            rows.append((vm, host.name, guests.guest_ip(spec_as_info(spec)), result,
-                         guests.verify_vm(plan, vm)))
+        spec = guests.guest_spec(plan, "web1", image,
+                                 guests.GuestOptions(dirty_mbps=dirty_mbps))
+        with guests.controller(plan) as client, console.status("booting web1 on host1"):
+            client.create_vm("host1", spec, start=True)
+            first = _fields(guests.wait_answering(plan, "web1"))
+        console.print(f"web1 runs on host1, ip {guests.guest_ip(spec_as_info(spec))}, "
+                      f"boot id {first['boot']}, rewriting {dirty_mbps} MiB/s", highlight=False)
+        rows = [_demo_migration(plan, "web1", dest, first["boot"]) for dest in ("host2", "host1")]
         _demo_table(rows)
     finally:
         if not keep:
@@ -247,15 +243,43 @@ def demo(keep: bool = typer.Option(False, help="Leave the lab up afterwards."),
             console.print(f"lab {name} kept: `segue lab down --name {name}` removes it")
 
 
+def _fields(line: str) -> dict[str, str]:
+    return dict(tok.split("=", 1) for tok in line.split()[1:] if "=" in tok)
+
+
 def spec_as_info(spec: dict[str, Any]) -> dict[str, Any]:
     return {"name": spec["name"], "spec": spec}
 
 
-def _demo_table(rows: list[tuple[str, str, str, dict[str, Any], str]]) -> None:
-    table = Table("guest", "host", "ip", "sent", "received", "lost", "longest gap",
-                  "boot id", "memory check")
-    for vm, host, ip, r, verify_line in rows:
-        table.add_row(vm, host, ip, str(r["sent"]), str(r["received"]), str(r["lost"]),
-                      f"{r['longest_gap_ms']:.1f} ms", ",".join(r["boot_ids"]),
-                      "ok" if "result=ok" in verify_line else verify_line)
+def _demo_migration(plan: LabPlan, vm: str, dest: str, boot: str) -> dict[str, Any]:
+    from segue.cli.migrations import follow
+
+    _, info = guests.find_vm(plan, vm)
+    probe = guests.BackgroundProbe(plan, guests.guest_ip(info))
+    console.print(f"migrating {vm} {info['host']} -> {dest}")
+    with guests.controller(plan) as client:
+        job = client.call("POST", f"/vms/{vm}/migrations", json={"to": dest})
+        job = follow(client, job)
+    seen = probe.stop()
+    verdict = _fields(guests.verify_vm(plan, vm))
+    return {"job": job, "probe": seen, "verdict": verdict, "same_boot": verdict["boot"] == boot}
+
+
+def _demo_table(rows: list[dict[str, Any]]) -> None:
+    table = Table("migration", "result", "total", "QEMU downtime", "switchover",
+                  "blackout (prober)", "sent / RAM", "iterations", "checker",
+                  title="live migrations of web1")
+    for row in rows:
+        job, seen, verdict = row["job"], row["probe"], row["verdict"]
+        s = job.get("summary") or {}
+        sent = s.get("bytes_sent") or 0
+        ram = s.get("ram_total") or 0
+        checker = ("same boot, memory ok" if row["same_boot"] and verdict["result"] == "ok"
+                   else f"boot {verdict['boot']} result {verdict['result']}")
+        table.add_row(f"{job['source']} -> {job['destination']}", job["phase"],
+                      f"{s.get('total_s', '-')} s", f"{s.get('qemu_downtime_ms', '-')} ms",
+                      f"{s.get('switchover_ms', '-')} ms",
+                      f"{seen['longest_gap_ms']:.0f} ms ({seen['lost']} lost)",
+                      f"{sent / 2**20:.0f} / {ram / 2**20:.0f} MiB", str(s.get("iterations")),
+                      checker)
     console.print(table)

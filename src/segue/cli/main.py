@@ -10,8 +10,11 @@ from pathlib import Path
 
 import typer
 
+from segue.cli.hosts import host_app
 from segue.cli.lab import lab_app
+from segue.cli.migrations import migration_app  # also adds `segue vm migrate`
 from segue.cli.output import console, handles_errors, print_json
+from segue.cli.vms import vm_app
 
 app = typer.Typer(help="Segue: live migration and cluster management for QEMU/KVM.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -47,7 +50,20 @@ def agent(config: Path = typer.Option(..., help="Agent configuration file (JSON)
     run_agent(load_config(config))
 
 
+@app.command("server")
+@handles_errors
+def server(config: Path = typer.Option(..., help="Controller configuration file (JSON).")) -> None:
+    """Run the controller: inventory, migrations and the cluster's API."""
+    from segue.controller.config import load_controller_config
+    from segue.controller.server import run_controller
+
+    run_controller(load_controller_config(config))
+
+
 app.add_typer(lab_app, name="lab")
+app.add_typer(host_app, name="host")
+app.add_typer(vm_app, name="vm")
+app.add_typer(migration_app, name="migration")
 
 
 def main() -> None:

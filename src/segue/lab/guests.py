@@ -8,13 +8,16 @@ Errors: ``NotFound`` (``VM_NOT_FOUND``) for an unknown VM, ``Unavailable``
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from segue.agent.client import AgentClient
-from segue.domain.errors import InvalidRequest, NotFound, Unavailable
+from segue.controller.client import ControllerClient
+from segue.domain.errors import InvalidRequest, Unavailable
 from segue.image.builder import GuestImage
 from segue.image.cmdline import guest_cmdline, parse_guest_cmdline
 from segue.lab.netns import run_in_netns
@@ -45,24 +48,26 @@ def agent(host: HostPlan) -> AgentClient:
     return AgentClient(uds=str(host.agent_socket))
 
 
+def controller(plan: LabPlan) -> ControllerClient:
+    """A client of the lab's controller over its unix socket."""
+    return ControllerClient(f"unix:{plan.controller.socket}")
+
+
 def all_vms(plan: LabPlan) -> list[dict[str, Any]]:
-    """Every VM on every host of the lab (each with its ``host``)."""
-    out: list[dict[str, Any]] = []
-    for host in plan.hosts:
-        with agent(host) as client:
-            out.extend(client.list_vms())
-    return out
+    """Every VM of the lab as the controller's inventory has it (each with its ``host``)."""
+    with controller(plan) as client:
+        return client.list_vms()
 
 
 def find_vm(plan: LabPlan, name: str) -> tuple[HostPlan, dict[str, Any]]:
-    """The host running (or defining) VM ``name`` and the agent's view of it."""
-    for host in plan.hosts:
-        with agent(host) as client:
-            for vm in client.list_vms():
-                if vm["name"] == name:
-                    return host, vm
-    raise NotFound("VM_NOT_FOUND", f"no VM named {name} in lab {plan.name}",
-                   "see `segue lab vm list`")
+    """The host that owns VM ``name`` and the VM, with its agent's live state if it answers.
+
+    Raises NotFound (``VM_NOT_FOUND``) for a VM the controller does not know.
+    """
+    with controller(plan) as client:
+        record = client.get_vm(name)
+    live = record.get("live") or {}
+    return plan.host(str(record["host"])), {**record, **live}
 
 
 def guest_ip(vm: dict[str, Any]) -> str:
@@ -151,3 +156,24 @@ def wait_answering(plan: LabPlan, name: str, timeout: float = 180.0) -> str:
     raise Unavailable("GUEST_NOT_ANSWERING",
                       f"{name} did not answer within {timeout:.0f} s ({last})",
                       f"look at its console: segue lab vm serial {name}")
+
+
+class BackgroundProbe:
+    """A prober running in the client namespace until ``stop()`` (for timing a migration)."""
+
+    def __init__(self, plan: LabPlan, ip: str, interval_ms: float = 1.5) -> None:
+        argv = ["ip", "netns", "exec", plan.client_ns, sys.executable, "-m", "segue.lab.prober",
+                "--ip", ip, "--seconds", "3600", "--interval-ms", str(interval_ms), "--json"]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        time.sleep(0.3)  # let it start sending before what it should time begins
+
+    def stop(self) -> dict[str, Any]:
+        """End the probe; its result (sent, received, lost, longest gap and when)."""
+        self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=30)
+        if self.proc.returncode != 0:
+            raise Unavailable("PROBE_FAILED", f"prober failed: {err.strip()[-500:]}",
+                              "check the lab's client namespace")
+        result: dict[str, Any] = json.loads(out)
+        return result

@@ -45,6 +45,10 @@ HEALTH_TIMEOUT_S = 30.0
 LOG_TAIL_LINES = 30
 
 
+def default_controller_argv(config_path: Path) -> list[str]:
+    return [sys.executable, "-m", "segue", "server", "--config", str(config_path)]
+
+
 def default_agent_argv(config_path: Path) -> list[str]:
     """The real agent: ``python -m segue agent --config <config_path>``."""
     return [sys.executable, "-m", "segue", "agent", "--config", str(config_path)]
@@ -58,6 +62,7 @@ class LabState:
     agents: dict[str, int | None]
     agent_argv: dict[str, list[str]]
     created: float
+    controller_pid: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +72,7 @@ class LabState:
             "created": self.created,
             "agents": dict(self.agents),
             "agent_argv": dict(self.agent_argv),
+            "controller_pid": self.controller_pid,
             "plan": plan_to_dict(self.plan),
         }
 
@@ -164,6 +170,7 @@ def load_state(name: str) -> LabState:
         agents={str(k): v for k, v in data["agents"].items()},
         agent_argv={str(k): list(v) for k, v in data["agent_argv"].items()},
         created=float(data["created"]),
+        controller_pid=data.get("controller_pid"),
     )
 
 
@@ -234,9 +241,48 @@ def _write_host_files(plan: LabPlan) -> None:
         host.agent_config_path.write_text(json.dumps(host.agent_config(), indent=2) + "\n")
 
 
-def _build(plan: LabPlan, agent_argv: AgentArgv, health_timeout: float) -> LabState:
+def _start_controller(plan: LabPlan, argv: list[str], deadline: float) -> int:
+    """Start the controller in its namespace; returns its pid once it answers /health."""
+    ctl = plan.controller
+    ctl.config_path.write_text(json.dumps(ctl.config(), indent=2) + "\n")
+    ctl.socket.unlink(missing_ok=True)
+    pid = netns.spawn_in_netns(ctl.netns, argv, ctl.log).pid
+    while time.monotonic() < deadline and netns.pid_alive(pid):
+        if agent_healthy(ctl.socket):
+            return pid
+        time.sleep(0.1)
+    raise Unavailable("CONTROLLER_START_FAILED", "the lab's controller did not start",
+                      f"read {ctl.log}", log_tail=_log_tail(ctl.log))
+
+
+def _wait_registered(plan: LabPlan, deadline: float) -> None:
+    """Wait until every host's agent has registered with the controller and is connected."""
+    want = {h.name for h in plan.hosts}
+    seen: set[str] = set()
+    transport = httpx.HTTPTransport(uds=str(plan.controller.socket))
+    with httpx.Client(transport=transport, base_url="http://controller", timeout=5) as http:
+        while time.monotonic() < deadline:
+            try:
+                hosts = http.get("/hosts").json()
+                seen = {h["name"] for h in hosts if h.get("state") == "connected"}
+            except (httpx.HTTPError, ValueError, TypeError, KeyError):
+                seen = set()
+            if want <= seen:
+                return
+            time.sleep(0.2)
+    raise Unavailable("LAB_REGISTRATION_FAILED",
+                      f"hosts {sorted(want - seen)} did not register with the controller",
+                      "read the agents' logs (heartbeats to the controller)")
+
+
+def _build(plan: LabPlan, agent_argv: AgentArgv, health_timeout: float,
+           controller_argv: AgentArgv | None) -> LabState:
     netns.create_fabric(plan)
     _write_host_files(plan)
+    controller_pid = None
+    if controller_argv is not None:
+        controller_pid = _start_controller(plan, controller_argv(plan.controller.config_path),
+                                           time.monotonic() + health_timeout)
     argvs = {h.name: agent_argv(h.agent_config_path) for h in plan.hosts}
     pids: dict[str, int | None] = {h.name: _spawn_agent(h, argvs[h.name]) for h in plan.hosts}
     deadline = time.monotonic() + health_timeout
@@ -244,7 +290,9 @@ def _build(plan: LabPlan, agent_argv: AgentArgv, health_timeout: float) -> LabSt
         pid = pids[host.name]
         assert pid is not None  # just spawned
         _wait_healthy(host, pid, deadline)
-    state = LabState(plan, pids, argvs, created=time.time())
+    if controller_argv is not None:
+        _wait_registered(plan, time.monotonic() + health_timeout)
+    state = LabState(plan, pids, argvs, created=time.time(), controller_pid=controller_pid)
     _write_state(state)
     return state
 
@@ -264,6 +312,7 @@ def lab_up(
     port_groups: tuple[str, ...] = ("vm-net",),
     agent_argv: AgentArgv = default_agent_argv,
     health_timeout: float = HEALTH_TIMEOUT_S,
+    controller_argv: AgentArgv | None = default_controller_argv,
 ) -> LabState:
     """Build lab ``name`` and start its agents (see the module docstring); returns its state.
 
@@ -276,9 +325,10 @@ def lab_up(
         )
     _clean(name)
     try:
-        return _build(plan, agent_argv, health_timeout)
+        return _build(plan, agent_argv, health_timeout, controller_argv)
     except BaseException as err:
         tails = {h.name: _log_tail(h.agent_log) for h in plan.hosts}
+        tails["controller"] = _log_tail(plan.controller.log)
         _clean(name)
         if not isinstance(err, Exception):
             raise

@@ -22,10 +22,11 @@ import contextlib
 import itertools
 import json
 import selectors
+import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -133,6 +134,7 @@ class _Probe:
         self.boot_ids: list[str] = []
         self.last_reply: _Reply | None = None
         self.malformed = 0
+        self.stop_requested: Callable[[], bool] = lambda: False
 
     def close(self) -> None:
         self.selector.close()
@@ -172,7 +174,7 @@ class _Probe:
         skipped, never sent in a burst), then wait GRACE_S for replies; returns (start, end)."""
         start = time.monotonic()
         stop, seq = start + seconds, 0
-        while (due := start + seq * self.interval) < stop:
+        while (due := start + seq * self.interval) < stop and not self.stop_requested():
             self.drain(due - time.monotonic())
             if time.monotonic() >= due:
                 self.send(seq)
@@ -188,13 +190,16 @@ class _Probe:
 
 
 def probe(
-    ip: str, port: int = DEFAULT_PORT, seconds: float = 10.0, interval_ms: float = 1.5
+    ip: str, port: int = DEFAULT_PORT, seconds: float = 10.0, interval_ms: float = 1.5,
+    stop: Callable[[], bool] | None = None,
 ) -> ProbeResult:
     """Ping the guest at ``ip:port`` every ``interval_ms`` for ``seconds`` and measure the
     longest gap between replies (see the module docstring). Never raises for a silent guest:
     it reports everything lost."""
     wall0, mono0 = time.time(), time.monotonic()
     runner = _Probe(ip, port, interval_ms / 1000.0)
+    if stop is not None:
+        runner.stop_requested = stop
     try:
         start, end = runner.run(seconds)
     finally:
@@ -260,7 +265,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(str(err), file=sys.stderr)
             return 1
         return 0
-    result = probe(args.ip, args.port, args.seconds, args.interval_ms)
+    # SIGTERM/SIGINT end the probe early and still print its result: a caller probes
+    # "for as long as something takes" by starting it long and signalling it when done.
+    stopped: list[bool] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopped.append(True))
+    result = probe(args.ip, args.port, args.seconds, args.interval_ms,
+                   stop=lambda: bool(stopped))
     if args.json:
         print(json.dumps(result.to_dict()))
     else:

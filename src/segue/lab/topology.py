@@ -44,6 +44,9 @@ GUEST_LAST = IPv4Address(f"{VM_NET}.254")
 DATASTORE_NAME = "shared"
 DATASTORE_IDENTITY = ".segue-datastore.json"
 MIGRATION_INTERFACE = "mig0"
+CONTROLLER_IP = f"{MGMT_NET}.2"
+CONTROLLER_PORT = 7700
+CONTROLLER_URL = f"http://{CONTROLLER_IP}:{CONTROLLER_PORT}"
 
 _LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 _PORT_GROUP = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -109,7 +112,40 @@ class HostPlan:
             datastores={DATASTORE_NAME: self.datastore_dir},
             migration_interface=MIGRATION_INTERFACE,
             accel="auto",
-        ).to_dict()
+        ).to_dict() | {
+            "controller_url": CONTROLLER_URL,
+            "advertise_url": f"http://{self.mgmt_ip}:{AGENT_PORT}",
+        }
+
+
+@dataclass(frozen=True)
+class ControllerPlan:
+    """The lab's controller: its namespace on the management network and its files."""
+
+    netns: str
+    mgmt_ip: str
+    directory: Path
+
+    @property
+    def socket(self) -> Path:
+        return self.directory / "controller.sock"
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "controller.json"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "controller.log"
+
+    def config(self) -> dict[str, Any]:
+        """The controller's configuration (``segue.controller.config`` reads it)."""
+        return {
+            "database_url": f"sqlite:///{self.directory / 'controller.db'}",
+            "listen": {"address": self.mgmt_ip, "port": CONTROLLER_PORT,
+                       "unix_socket": str(self.socket)},
+            "heartbeat_timeout": 10.0,
+        }
 
 
 @dataclass(frozen=True)
@@ -126,11 +162,13 @@ class LabPlan:
     bridges: tuple[BridgePlan, ...]
     veths: tuple[VethPair, ...]
     datastore_dir: Path
+    controller: ControllerPlan
     fabric_bridges: dict[str, str] = field(default_factory=dict)
 
     @property
     def namespaces(self) -> tuple[str, ...]:
-        return (self.switch_ns, *(h.netns for h in self.hosts), self.client_ns)
+        return (self.switch_ns, self.controller.netns, *(h.netns for h in self.hosts),
+                self.client_ns)
 
     @property
     def ns_prefix(self) -> str:
@@ -247,6 +285,10 @@ def plan_lab(
     for i, host in enumerate(host_plans, start=1):
         bridges.extend(BridgePlan(host.netns, br) for br in host.port_groups.values())
         veths.extend(_host_veths(host, i, switch_ns))
+    controller = ControllerPlan(f"{name}-ctl", CONTROLLER_IP, root)
+    veths.append(VethPair(VethEnd(switch_ns, "ctl-mgmt", "fab-mgmt"),
+                          VethEnd(controller.netns, "mgmt0", None,
+                                  f"{CONTROLLER_IP}/{PREFIXLEN}")))
     client_tag = port_group_tag(port_groups[0])
     veths.append(
         VethPair(
@@ -265,6 +307,7 @@ def plan_lab(
         bridges=tuple(bridges),
         veths=tuple(veths),
         datastore_dir=root / "datastores" / DATASTORE_NAME,
+        controller=controller,
         fabric_bridges=fabric,
     )
 

@@ -48,6 +48,11 @@ class RuntimePaths:
     def events_log(self) -> Path:
         return self.directory / "events.jsonl"
 
+    @property
+    def role_file(self) -> Path:
+        """Present while the VM is a migration's destination (see segue.agent.migration)."""
+        return self.directory / "role.json"
+
 
 @dataclass(frozen=True)
 class LaunchPlan:
@@ -67,7 +72,10 @@ def tap_name(vm_uuid: str, index: int) -> str:
 
 
 def build_argv(spec: VMSpec, plan: LaunchPlan) -> list[str]:
-    """The full QEMU argv: daemonized, paused (-S), QMP on a unix socket."""
+    """The full QEMU argv: daemonized, paused (-S), QMP on a unix socket.
+
+    A destination (``incoming``) stays paused after the migration too: its agent resumes it.
+    """
     rt = plan.runtime
     serial_log = spec.serial_log or str(rt.default_serial_log)
     accel = "kvm" if plan.accel == "kvm" else "tcg,tb-size=64"

@@ -1,0 +1,78 @@
+"""HTTP routes of the agent side of a live migration (``segue.agent.migration``).
+
+Destination: ``POST /migrations/incoming``, ``POST /vms/{name}/incoming/claim``,
+``POST /vms/{name}/incoming/abort``. Source: ``POST /vms/{name}/migrate``,
+``POST /vms/{name}/migration/cancel``, ``POST /vms/{name}/release``,
+``POST /vms/{name}/resume``. Either: ``GET /vms/{name}/migration``. Bodies and answers are
+those of ``segue.agent.client.AsyncAgentClient``; errors map to HTTP in ``segue.httpapi``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+
+from segue.agent.migration import Migrations
+from segue.domain.vm import VMSpec
+
+router = APIRouter()
+
+
+class IncomingRequest(BaseModel):
+    spec: VMSpec
+    migration_id: str
+    capabilities: dict[str, bool] = Field(default_factory=dict)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class MigrateRequest(BaseModel):
+    uri: str
+    capabilities: dict[str, bool] = Field(default_factory=dict)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+def _migrations(request: Request) -> Migrations:
+    return Migrations(request.app.state.manager)
+
+
+@router.post("/migrations/incoming", status_code=201)
+async def prepare_incoming(request: Request, body: IncomingRequest) -> dict[str, Any]:
+    return await _migrations(request).prepare_incoming(
+        body.spec, body.migration_id, body.capabilities, body.parameters)
+
+
+@router.post("/vms/{name}/migrate")
+async def start_migration(request: Request, name: str, body: MigrateRequest) -> dict[str, Any]:
+    return await _migrations(request).start(name, body.uri, body.capabilities, body.parameters)
+
+
+@router.get("/vms/{name}/migration")
+async def migration_status(request: Request, name: str) -> dict[str, Any]:
+    return await _migrations(request).status(name)
+
+
+@router.post("/vms/{name}/migration/cancel")
+async def cancel_migration(request: Request, name: str) -> dict[str, Any]:
+    return await _migrations(request).cancel(name)
+
+
+@router.post("/vms/{name}/incoming/abort", status_code=204)
+async def abort_incoming(request: Request, name: str) -> None:
+    await _migrations(request).abort_incoming(name)
+
+
+@router.post("/vms/{name}/incoming/claim")
+async def claim(request: Request, name: str) -> dict[str, Any]:
+    return await _migrations(request).claim(name)
+
+
+@router.post("/vms/{name}/release", status_code=204)
+async def release(request: Request, name: str) -> None:
+    await _migrations(request).release(name)
+
+
+@router.post("/vms/{name}/resume")
+async def resume(request: Request, name: str) -> dict[str, Any]:
+    return await _migrations(request).resume(name)

@@ -1,0 +1,135 @@
+"""``segue vm migrate`` and ``segue migration list|show|cancel``: talk to the controller only."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+from rich.table import Table
+
+from segue.cli.output import console, handles_errors, print_json
+from segue.cli.vms import vm_app
+from segue.controller.client import ControllerClient
+
+migration_app = typer.Typer(help="Live migrations: list, show, cancel.", no_args_is_help=True)
+URL = typer.Option(None, "--url", help="Controller URL (default: $SEGUE_URL or the lab's).")
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def _mib(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1024**2:.1f} MiB"
+
+
+def _rate(n: float | None) -> str:
+    return "-" if not n else f"{n / 1024**2:.1f} MiB/s"
+
+
+@vm_app.command("migrate")
+@handles_errors
+def migrate(vm: str, to: str = typer.Option(..., "--to", help="Destination host."),
+            wait: bool = typer.Option(True, help="Follow the migration until it ends."),
+            downtime_ms: int = typer.Option(300, help="Target downtime (ms)."),
+            max_bandwidth: int = typer.Option(0, help="Cap in MiB/s (0: no cap)."),
+            deadline: float = typer.Option(600.0, help="Give up after this many seconds."),
+            stall_timeout: float = typer.Option(15.0, help="Give up when no data moved for "
+                                                           "this many seconds."),
+            url: str | None = URL, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Live-migrate a running VM to another host, with live progress and a final summary."""
+    body = {"to": to, "downtime_limit_ms": downtime_ms, "deadline_s": deadline,
+            "stall_timeout_s": stall_timeout, "max_bandwidth_mibs": max_bandwidth or None}
+    with ControllerClient.from_env(url) as client:
+        job = client.call("POST", f"/vms/{vm}/migrations", json=body)
+        if not wait:
+            print_json(job) if as_json else console.print(
+                f"migration {job['id']} of {vm} to {to} started ({job['phase']})")
+            return
+        job = follow(client, job, quiet=as_json)
+    if as_json:
+        print_json(job)
+    else:
+        print_summary(job)
+    if job["phase"] != "completed":
+        raise typer.Exit(1)
+
+
+def follow(client: ControllerClient, job: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
+    """Poll the job until it ends, drawing a progress bar; returns the final job."""
+    columns = [TextColumn("[bold]{task.fields[phase]:<10}"), BarColumn(), DownloadColumn(),
+               TextColumn("dirty {task.fields[dirty]}  sent at {task.fields[speed]}  "
+                          "iter {task.fields[iteration]}  ETA {task.fields[eta]}")]
+    with Progress(*columns, console=console, disable=quiet, transient=False) as bar:
+        task = bar.add_task("migrate", total=None, phase=job["phase"], dirty="-", speed="-",
+                            iteration=0, eta="-")
+        while job["phase"] not in TERMINAL:
+            time.sleep(0.25)
+            job = client.call("GET", f"/migrations/{job['id']}")
+            p = job.get("progress") or {}
+            eta = p.get("eta_s")
+            bar.update(task, total=p.get("total") or None, completed=p.get("transferred", 0),
+                       phase=job["phase"], dirty=_rate(p.get("dirty_rate")),
+                       speed=_rate(p.get("throughput")), iteration=p.get("iteration", 0),
+                       eta="-" if eta is None else f"{eta:.1f}s")
+    return job
+
+
+def print_summary(job: dict[str, Any]) -> None:
+    s = job.get("summary") or {}
+    if job["phase"] != "completed":
+        console.print(f"[bold red]{job['phase']}[/]: migration {job['id']} of {job['vm']} "
+                      f"{job['source']} -> {job['destination']}: {job.get('reason')}",
+                      highlight=False)
+        return
+    table = Table("vm", "from", "to", "total", "QEMU downtime", "switchover", "sent",
+                  "RAM", "iterations", title=f"migration {job['id']}")
+    table.add_row(job["vm"], job["source"], job["destination"], f"{s.get('total_s')} s",
+                  f"{s.get('qemu_downtime_ms')} ms", f"{s.get('switchover_ms')} ms",
+                  _mib(s.get("bytes_sent")), _mib(s.get("ram_total")), str(s.get("iterations")))
+    console.print(table)
+
+
+@migration_app.command("list")
+@handles_errors
+def list_migrations(vm: str | None = typer.Option(None, help="Only this VM's."),
+                    url: str | None = URL, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every migration, oldest first, with its phase."""
+    with ControllerClient.from_env(url) as client:
+        rows = client.call("GET", "/migrations", params={"vm": vm} if vm else None)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("id", "vm", "from", "to", "phase", "created", "total", "reason")
+    for r in rows:
+        table.add_row(r["id"], r["vm"], r["source"], r["destination"], r["phase"],
+                      r["created_at"][:19], str((r.get("summary") or {}).get("total_s", "-")),
+                      r.get("reason") or "")
+    console.print(table)
+
+
+@migration_app.command("show")
+@handles_errors
+def show_migration(migration_id: str, url: str | None = URL,
+                   as_json: bool = typer.Option(False, "--json")) -> None:
+    """One migration with every phase transition and decision."""
+    with ControllerClient.from_env(url) as client:
+        job = client.call("GET", f"/migrations/{migration_id}")
+    if as_json:
+        print_json(job)
+        return
+    console.print(f"migration {job['id']}: {job['vm']} {job['source']} -> "
+                  f"{job['destination']}, {job['phase']}", highlight=False)
+    table = Table("at", "from", "to", "message")
+    for t in job["transitions"]:
+        table.add_row(t["at"][11:23], t["from"] or "", t["to"], t["message"])
+    console.print(table)
+    print_summary(job)
+
+
+@migration_app.command("cancel")
+@handles_errors
+def cancel_migration(migration_id: str, url: str | None = URL) -> None:
+    """Cancel a migration that is still copying; the VM stays on its source."""
+    with ControllerClient.from_env(url) as client:
+        job = client.call("POST", f"/migrations/{migration_id}/cancel")
+    console.print(f"cancel requested for {job['id']} ({job['phase']})")

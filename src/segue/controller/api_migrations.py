@@ -1,0 +1,61 @@
+"""Migration routes of the controller API.
+
+``POST /vms/{name}/migrations`` (202: the job, already past its request checks),
+``GET /migrations``, ``GET /migrations/{id}``, ``GET /migrations/{id}/samples``,
+``POST /migrations/{id}/cancel``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from segue.controller.migrations import MigrationOptions, MigrationService
+
+router = APIRouter()
+
+
+@dataclass(frozen=True)
+class MigrationRequest:
+    """Body of a migration request: the destination host and optional settings."""
+
+    to: str
+    downtime_limit_ms: int = 300
+    max_bandwidth_mibs: int | None = None
+    deadline_s: float = 600.0
+    stall_timeout_s: float = 15.0
+
+
+def _service(request: Request) -> MigrationService:
+    service: MigrationService = request.app.state.migrations
+    return service
+
+
+@router.post("/vms/{name}/migrations", status_code=202)
+async def migrate_vm(request: Request, name: str, body: MigrationRequest) -> dict[str, Any]:
+    options = MigrationOptions(downtime_limit_ms=body.downtime_limit_ms,
+                               max_bandwidth_mibs=body.max_bandwidth_mibs,
+                               deadline_s=body.deadline_s, stall_timeout_s=body.stall_timeout_s)
+    return await _service(request).request(name, body.to, options)
+
+
+@router.get("/migrations")
+def list_migrations(request: Request, vm: str | None = None) -> list[dict[str, Any]]:
+    return _service(request).list_all(vm)
+
+
+@router.get("/migrations/{migration_id}")
+def show_migration(request: Request, migration_id: str) -> dict[str, Any]:
+    return _service(request).get(migration_id)
+
+
+@router.get("/migrations/{migration_id}/samples")
+def migration_samples(request: Request, migration_id: str) -> list[dict[str, Any]]:
+    return _service(request).samples(migration_id)
+
+
+@router.post("/migrations/{migration_id}/cancel")
+def cancel_migration(request: Request, migration_id: str) -> dict[str, Any]:
+    return _service(request).cancel(migration_id)

@@ -1,0 +1,258 @@
+"""The inventory: hosts and VMs as the controller knows them, and each VM's event log.
+
+Service functions over an SQLAlchemy ``Session`` (the caller owns the transaction: use
+``Database.session()``). Used by the API routes and by the migration engine; none of them
+talks to an agent. Every change of a VM's state or host is stored as a ``VMEvent``.
+
+Times are timezone-aware UTC datetimes (``segue.controller.models.utcnow``).
+
+Errors: ``NotFound`` (``HOST_NOT_FOUND``, ``VM_NOT_FOUND``), ``Conflict`` (``VM_EXISTS``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from segue.controller.models import VM, Host, HostState, VMEvent, utcnow
+from segue.domain.errors import Conflict, NotFound
+
+log = logging.getLogger(__name__)
+MISSING = "missing"  # VM state: its host's agent no longer reports it
+
+
+def migration_address(facts: dict[str, Any]) -> str | None:
+    """The first IPv4 address of the host's migration interface (``facts.migration``).
+
+    Addresses may carry a prefix length (``10.0.0.1/24``); None when there is none.
+    """
+    for text in (facts.get("migration") or {}).get("addresses") or []:
+        try:
+            address = ipaddress.ip_interface(str(text)).ip
+        except ValueError:
+            continue
+        if address.version == 4:
+            return str(address)
+    return None
+
+
+# ---- hosts ----
+def list_hosts(session: Session) -> list[Host]:
+    return list(session.scalars(select(Host).order_by(Host.name)))
+
+
+def get_host(session: Session, name: str) -> Host:
+    """The host named ``name``; raises NotFound (HOST_NOT_FOUND) naming the known hosts."""
+    host = session.scalars(select(Host).where(Host.name == name)).first()
+    if host is None:
+        known = [h.name for h in list_hosts(session)]
+        hint = (f"known hosts: {', '.join(known)}" if known else
+                "no agent has sent a heartbeat yet: set controller_url in the agents' config")
+        raise NotFound("HOST_NOT_FOUND", f"no host named {name}", hint)
+    return host
+
+
+def host_connected(host: Host, now: datetime, timeout: float) -> bool:
+    """Whether the host's last heartbeat is at most ``timeout`` seconds old at ``now``."""
+    if host.state != HostState.CONNECTED or host.last_heartbeat is None:
+        return False
+    return (now - host.last_heartbeat).total_seconds() <= timeout
+
+
+def mark_stale_hosts(session: Session, now: datetime, timeout: float) -> list[str]:
+    """Mark disconnected every connected host silent for over ``timeout`` s; their names."""
+    stale = []
+    for host in session.scalars(select(Host).where(Host.state == HostState.CONNECTED)):
+        if not host_connected(host, now, timeout):
+            host.state = HostState.DISCONNECTED
+            stale.append(host.name)
+            log.warning("host %s: no heartbeat since %s; disconnected", host.name,
+                        host.last_heartbeat)
+    return stale
+
+
+def set_migration_enabled(host: Host, enabled: bool) -> None:
+    """Allow (or forbid) live migrations to this host."""
+    host.migration_enabled = enabled
+
+
+# ---- heartbeats ----
+def record_heartbeat(session: Session, name: str, url: str, facts: dict[str, Any],
+                     vms: list[dict[str, Any]], now: datetime) -> Host:
+    """Store an agent's heartbeat: upsert its host (connected) and reconcile its VMs.
+
+    ``vms`` are the agent's VMs (``name``, ``state``, ``pid``, ``uuid``, ``spec``). A VM
+    this host owns gets its state and pid updated (a state change is an event); a VM unknown
+    to the inventory is added (``discovered``); a VM owned by another host is left alone (an
+    incoming migration); a VM this host owns but no longer reports becomes ``missing``.
+    """
+    host = session.scalars(select(Host).where(Host.name == name)).first()
+    if host is None:
+        host = Host(name=name, created_at=now, facts={})
+        session.add(host)
+        log.info("host %s joined (%s)", name, url)
+    elif host.state != HostState.CONNECTED:
+        log.info("host %s reconnected", name)
+    host.url, host.facts, host.last_heartbeat = url, facts, now
+    host.state = HostState.CONNECTED
+    host.migration_address = migration_address(facts)
+    session.flush()
+    _reconcile_vms(session, host, vms, now)
+    return host
+
+
+def _reconcile_vms(session: Session, host: Host, reported: list[dict[str, Any]],
+                   now: datetime) -> None:
+    by_name = {str(info["name"]): info for info in reported}
+    known = {vm.name: vm for vm in session.scalars(select(VM).where(VM.name.in_(by_name)))}
+    for name, info in by_name.items():
+        vm = known.get(name)
+        if vm is None:
+            add_vm(session, info, host, now, kind="discovered")
+        elif vm.host == host.name:
+            update_vm_state(session, vm, str(info["state"]), info.get("pid"), now)
+    owned = session.scalars(select(VM).where(VM.host == host.name, VM.name.not_in(by_name),
+                                             VM.state != MISSING))
+    for vm in owned:
+        update_vm_state(session, vm, MISSING, None, now)
+
+
+# ---- VMs ----
+def list_vms(session: Session, host: str | None = None) -> list[VM]:
+    """All VMs, or those of one host, by name."""
+    query = select(VM).order_by(VM.name)
+    if host is not None:
+        query = query.where(VM.host == host)
+    return list(session.scalars(query))
+
+
+def find_vm(session: Session, name: str) -> VM | None:
+    return session.scalars(select(VM).where(VM.name == name)).first()
+
+
+def get_vm(session: Session, name: str) -> VM:
+    """The VM named ``name``; raises NotFound (VM_NOT_FOUND)."""
+    vm = find_vm(session, name)
+    if vm is None:
+        raise NotFound("VM_NOT_FOUND", f"no VM named {name} in the inventory",
+                       "list VMs with: segue vm list")
+    return vm
+
+
+def refuse_existing_vm(session: Session, name: str) -> None:
+    """Raise Conflict (VM_EXISTS) if the inventory has a VM named ``name``."""
+    vm = find_vm(session, name)
+    if vm is not None:
+        raise Conflict("VM_EXISTS", f"a VM named {name} already exists (on {vm.host})",
+                       "choose another name, or destroy the existing VM first")
+
+
+def add_vm(session: Session, info: dict[str, Any], host: Host, now: datetime | None = None,
+           kind: str = "defined") -> VM:
+    """Insert a VM from an agent's answer (``name``, ``uuid``, ``state``, ``pid``, ``spec``).
+
+    Records a ``kind`` event. If a heartbeat already added the same VM (same uuid on the same
+    host) it is returned as is; any other VM of that name raises Conflict (VM_EXISTS).
+    """
+    now = now or utcnow()
+    name = str(info["name"])
+    existing = find_vm(session, name)
+    if existing is not None:
+        if existing.host == host.name and existing.uuid == info.get("uuid"):
+            return existing
+        refuse_existing_vm(session, name)
+    vm = VM(name=name, uuid=str(info.get("uuid") or ""), host=host.name,
+            spec=dict(info.get("spec") or {}), state=str(info["state"]), pid=info.get("pid"),
+            updated_at=now)
+    session.add(vm)
+    record_vm_event(session, name, kind, {"host": host.name, "uuid": vm.uuid,
+                                          "state": vm.state}, now)
+    session.flush()
+    return vm
+
+
+def update_vm_state(session: Session, vm: VM, state: str, pid: int | None,
+                    now: datetime | None = None) -> bool:
+    """Set the VM's state and pid; a state change is recorded as a ``state`` event.
+
+    Returns whether the state changed.
+    """
+    now = now or utcnow()
+    changed = vm.state != state
+    if changed:
+        record_vm_event(session, vm.name, "state", {"from": vm.state, "to": state,
+                                                    "host": vm.host}, now)
+        vm.state = state
+    if changed or vm.pid != pid:
+        vm.pid, vm.updated_at = pid, now
+    return changed
+
+
+def move_vm(session: Session, name: str, new_host: str, now: datetime | None = None) -> VM:
+    """Record that ``new_host`` now owns the VM (a ``moved`` event); raises NotFound."""
+    now = now or utcnow()
+    vm = get_vm(session, name)
+    get_host(session, new_host)
+    old_host, vm.host, vm.updated_at = vm.host, new_host, now
+    record_vm_event(session, name, "moved", {"from": old_host, "to": new_host}, now)
+    return vm
+
+
+def remove_vm(session: Session, name: str, now: datetime | None = None) -> None:
+    """Delete the VM from the inventory (its events stay, plus a ``destroyed`` one)."""
+    vm = get_vm(session, name)
+    record_vm_event(session, name, "destroyed", {"host": vm.host}, now)
+    session.delete(vm)
+
+
+def record_vm_event(session: Session, vm_name: str, kind: str, detail: dict[str, Any],
+                    now: datetime | None = None) -> VMEvent:
+    """Append an event to the VM's log (kinds: defined, discovered, started, stopped, state,
+    moved, destroyed, and whatever the migration engine adds)."""
+    event = VMEvent(vm_name=vm_name, at=now or utcnow(), kind=kind, detail=detail)
+    session.add(event)
+    return event
+
+
+def vm_events(session: Session, vm_name: str) -> list[VMEvent]:
+    """The VM's events, oldest first (also those of a destroyed VM of that name)."""
+    return list(session.scalars(select(VMEvent).where(VMEvent.vm_name == vm_name)
+                                .order_by(VMEvent.id)))
+
+
+# ---- views (API JSON) ----
+def host_view(host: Host, vms: Iterable[str], now: datetime, timeout: float) -> dict[str, Any]:
+    """The host as the API shows it; ``state`` is fresh (not only the last stored one)."""
+    facts = host.facts or {}
+    cpu, memory = facts.get("cpu") or {}, facts.get("memory") or {}
+    return {
+        "name": host.name, "url": host.url,
+        "state": (HostState.CONNECTED if host_connected(host, now, timeout)
+                  else HostState.DISCONNECTED).value,
+        "migration_address": host.migration_address, "maintenance": host.maintenance,
+        "migration_enabled": host.migration_enabled,
+        "last_heartbeat": _iso(host.last_heartbeat), "created_at": _iso(host.created_at),
+        "cpus": cpu.get("logical_cpus"), "accel": cpu.get("accel"),
+        "memory_total_mib": memory.get("total_mib"),
+        "memory_available_mib": memory.get("available_mib"), "vms": sorted(vms),
+    }
+
+
+def vm_view(vm: VM) -> dict[str, Any]:
+    return {"name": vm.name, "uuid": vm.uuid, "host": vm.host, "state": vm.state,
+            "pid": vm.pid, "updated_at": _iso(vm.updated_at), "spec": vm.spec}
+
+
+def event_view(event: VMEvent) -> dict[str, Any]:
+    return {"id": event.id, "vm": event.vm_name, "at": _iso(event.at), "kind": event.kind,
+            "detail": event.detail}
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None

@@ -1,0 +1,66 @@
+"""The phases of a migration job and the transitions allowed between them (pure).
+
+    check -> prepare -> start -> monitor -> switchover -> finalize -> completed
+    any phase before ``finalize`` -> rolling_back -> failed | cancelled
+
+``finalize`` begins only once the destination runs the VM; from then on the move is not
+undone (the destination owns the VM), so finalize never rolls back.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from segue.domain.errors import Conflict, SegueError, Unavailable
+
+
+class Phase(StrEnum):
+    CHECK = "check"
+    PREPARE = "prepare"
+    START = "start"
+    MONITOR = "monitor"
+    SWITCHOVER = "switchover"
+    FINALIZE = "finalize"
+    COMPLETED = "completed"
+    ROLLING_BACK = "rolling_back"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ROLLBACK_FROM = (Phase.CHECK, Phase.PREPARE, Phase.START, Phase.MONITOR, Phase.SWITCHOVER)
+
+ALLOWED: dict[Phase, frozenset[Phase]] = {
+    Phase.CHECK: frozenset({Phase.PREPARE, Phase.ROLLING_BACK}),
+    Phase.PREPARE: frozenset({Phase.START, Phase.ROLLING_BACK}),
+    Phase.START: frozenset({Phase.MONITOR, Phase.ROLLING_BACK}),
+    Phase.MONITOR: frozenset({Phase.SWITCHOVER, Phase.ROLLING_BACK}),
+    Phase.SWITCHOVER: frozenset({Phase.FINALIZE, Phase.ROLLING_BACK}),
+    Phase.FINALIZE: frozenset({Phase.COMPLETED}),
+    Phase.ROLLING_BACK: frozenset({Phase.FAILED, Phase.CANCELLED}),
+    Phase.COMPLETED: frozenset(),
+    Phase.FAILED: frozenset(),
+    Phase.CANCELLED: frozenset(),
+}
+
+TERMINAL = frozenset({Phase.COMPLETED, Phase.FAILED, Phase.CANCELLED})
+ACTIVE = frozenset(Phase) - TERMINAL
+
+
+class InvalidTransition(SegueError):
+    kind = "conflict"
+
+
+def check_transition(current: Phase, target: Phase) -> None:
+    """Raise InvalidTransition unless ``current -> target`` is allowed."""
+    if target not in ALLOWED[current]:
+        raise InvalidTransition("MIGRATION_BAD_TRANSITION",
+                                f"a migration cannot go from {current} to {target}",
+                                "this is a bug in the migration engine")
+
+
+class MigrationFailed(Unavailable):
+    """The migration could not complete; the VM stays (or is put back) on its source."""
+
+
+class MigrationCancelled(Conflict):
+    """The user cancelled the migration; the VM stays on its source."""

@@ -1,0 +1,234 @@
+"""Live migration in the fake QEMU (``fake_qemu.py``): a real TCP stream between two fakes.
+
+As QEMU 7.2 does it, in miniature:
+
+- destination (started with ``-incoming defer``, run state ``inmigrate``):
+  ``migrate-incoming {"uri": "tcp:HOST:PORT"}`` listens (port 0: the kernel picks one, and
+  ``query-migrate`` reports it under ``socket-address``). A stream that ends with ``COMPLETE``
+  completes the migration: run state ``paused`` with ``-S`` (a ``cont`` resumes it), else
+  ``running`` (RESUME). A stream that breaks off, or carries another VM's uuid, fails the
+  migration and the process exits, like QEMU after a failed incoming migration.
+- source: ``migrate {"uri": "tcp:HOST:PORT"}`` connects and "transfers" the guest RAM (``-m``)
+  at ``max-bandwidth`` bytes/s (QEMU's default 128 MiB/s), counting in ``query-migrate``;
+  then stops the VM (STOP), sends ``COMPLETE``: status ``completed``, run state
+  ``postmigrate``. ``migrate_cancel`` breaks the stream off: status ``cancelled``, the VM keeps
+  its run state. A refused connection: status ``failed``.
+- ``migrate-set-capabilities`` / ``migrate-set-parameters`` (refused while a migration runs,
+  unknown names refused, ``announce-initial`` checked against 0..100000),
+  ``query-migrate-parameters``, ``query-migrate-capabilities``. MIGRATION events
+  (``{"status": ...}``) are sent only with the ``events`` capability, as QEMU does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any, Protocol
+
+CAPABILITIES = (
+    "xbzrle", "rdma-pin-all", "auto-converge", "zero-blocks", "compress", "events",
+    "postcopy-ram", "x-colo", "release-ram", "block", "return-path", "pause-before-switchover",
+    "multifd", "dirty-bitmaps", "postcopy-blocktime", "late-block-activate", "x-ignore-shared",
+    "validate-uuid", "background-snapshot", "zero-copy-send", "postcopy-preempt",
+)
+DEFAULT_PARAMETERS: dict[str, Any] = {
+    "announce-initial": 50, "announce-max": 550, "announce-rounds": 5, "announce-step": 100,
+    "max-bandwidth": 134217728, "downtime-limit": 300, "cpu-throttle-initial": 20,
+    "cpu-throttle-increment": 10, "max-cpu-throttle": 99, "multifd-channels": 2,
+    "xbzrle-cache-size": 67108864, "max-postcopy-bandwidth": 0, "tls-creds": "",
+    "tls-hostname": "",
+}
+ACTIVE = ("setup", "active", "device", "cancelling")
+TCP_URI = re.compile(r"tcp:([^:]+):(\d+)")
+STEP_S = 0.02
+
+
+class FakeVM(Protocol):
+    """What the migration needs of the fake QEMU (``fake_qemu.FakeQemu``)."""
+
+    status: str
+    opts: dict[str, Any]
+    done: asyncio.Event
+
+    def emit(self, event: str, data: dict[str, Any] | None = None) -> None: ...
+
+
+def error(cls: str, desc: str) -> dict[str, Any]:
+    return {"error": {"class": cls, "desc": desc}}
+
+
+def ram_bytes(value: str | None) -> int:
+    """``-m`` as QEMU reads it (``64M``, ``1G``, a bare number is MiB); 128 MiB by default."""
+    if not value:
+        return 128 << 20
+    unit = value[-1].upper()
+    shift = {"K": 10, "M": 20, "G": 30}.get(unit)
+    return int(value[:-1]) << shift if shift else int(value) << 20
+
+
+class FakeMigration:
+    """The migration state of one fake QEMU: source, destination, or neither."""
+
+    def __init__(self, vm: FakeVM) -> None:
+        self.vm = vm
+        self.caps = dict.fromkeys(CAPABILITIES, False)
+        self.params = dict(DEFAULT_PARAMETERS)
+        self.info: dict[str, Any] = {}
+        self.ram = ram_bytes(vm.opts.get("m"))
+        self.cancel = asyncio.Event()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.server: asyncio.Server | None = None
+
+    def command(self, name: str, args: dict[str, Any]) -> dict[str, Any] | None:
+        """The reply to a migration command, or None if ``name`` is none."""
+        handler = {
+            "migrate-set-capabilities": self.set_capabilities,
+            "migrate-set-parameters": self.set_parameters,
+            "query-migrate-capabilities": lambda _: {"return": [
+                {"capability": k, "state": v} for k, v in self.caps.items()]},
+            "query-migrate-parameters": lambda _: {"return": dict(self.params)},
+            "query-migrate": lambda _: {"return": dict(self.info)},
+            "migrate-incoming": self.incoming,
+            "migrate": self.migrate,
+            "migrate_cancel": self.migrate_cancel,
+        }.get(name)
+        return handler(args) if handler else None
+
+    def set_status(self, status: str, **extra: Any) -> None:
+        self.info = {**{k: v for k, v in self.info.items() if k == "socket-address"},
+                     "status": status, **extra}
+        if self.caps["events"]:
+            self.vm.emit("MIGRATION", {"status": status})
+
+    def busy(self) -> bool:
+        return self.info.get("status") in ACTIVE
+
+    def set_capabilities(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.busy():
+            return error("GenericError", "There's a migration process in progress")
+        for cap in args.get("capabilities", []):
+            if cap.get("capability") not in self.caps:
+                return error("GenericError",
+                             f"Parameter 'capability' does not accept value "
+                             f"'{cap.get('capability')}'")
+        for cap in args.get("capabilities", []):
+            self.caps[cap["capability"]] = bool(cap["state"])
+        return {"return": {}}
+
+    def set_parameters(self, args: dict[str, Any]) -> dict[str, Any]:
+        for key, value in args.items():
+            if key not in self.params:
+                return error("GenericError", f"Parameter '{key}' is unexpected")
+            if key == "announce-initial" and not 0 <= int(value) <= 100000:
+                return error("GenericError",
+                             "Option announce_initial expects a value between 0 and 100000")
+        self.params.update(args)
+        return {"return": {}}
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # ---- destination ----
+    def incoming(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.vm.opts.get("incoming") != "defer":
+            return error("GenericError", "'-incoming' was not specified on the command line")
+        if self.server is not None or self.vm.status != "inmigrate":
+            return error("GenericError", "The incoming migration has already been started")
+        match = TCP_URI.fullmatch(str(args.get("uri", "")))
+        if not match:
+            return error("GenericError", f"unknown migration protocol: {args.get('uri')}")
+        self.spawn(self.listen(match.group(1), int(match.group(2))))
+        return {"return": {}}
+
+    async def listen(self, host: str, port: int) -> None:
+        self.server = await asyncio.start_server(self.receive, host, port)
+        real = self.server.sockets[0].getsockname()[1]
+        self.info = {"socket-address": [{"type": "inet", "host": host, "port": str(real),
+                                         "ipv4": True}]}
+
+    async def receive(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert self.server is not None
+        self.server.close()  # one migration stream, as QEMU accepts
+        header = await reader.readline()
+        ok = header.decode().split() == ["SEGUE-FAKE-MIGRATION", self.vm.opts.get("uuid", "")]
+        if ok:
+            self.set_status("active")
+            ok = (await reader.readline()).strip() == b"COMPLETE"
+        writer.close()
+        if not ok:
+            self.set_status("failed")
+            self.vm.done.set()  # QEMU exits when an incoming migration fails
+            return
+        if self.vm.opts["paused"]:
+            self.vm.status = "paused"
+        else:
+            self.vm.status = "running"
+            self.vm.emit("RESUME")
+        self.set_status("completed")
+
+    # ---- source ----
+    def migrate(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.busy():
+            return error("GenericError", "There's a migration process in progress")
+        if self.vm.status == "inmigrate":
+            return error("GenericError", "Guest is waiting for an incoming migration")
+        match = TCP_URI.fullmatch(str(args.get("uri", "")))
+        if not match:
+            return error("GenericError", f"unknown migration protocol: {args.get('uri')}")
+        self.cancel.clear()
+        self.set_status("setup")
+        self.spawn(self.send(match.group(1), int(match.group(2))))
+        return {"return": {}}
+
+    def migrate_cancel(self, _: dict[str, Any]) -> dict[str, Any]:
+        if self.busy():
+            self.cancel.set()
+        return {"return": {}}
+
+    async def send(self, host: str, port: int) -> None:
+        start = time.monotonic()
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError as err:
+            self.set_status("failed", **{"error-desc": f"Failed to connect to {host}:{port}: "
+                                                       f"{err.strerror}"})
+            return
+        writer.write(f"SEGUE-FAKE-MIGRATION {self.vm.opts.get('uuid', '')}\n".encode())
+        self.set_status("active")
+        if not await self.transfer(start):
+            self.set_status("cancelling")
+            writer.close()
+            self.set_status("cancelled")
+            return
+        stop = time.monotonic()
+        if self.vm.status == "running":
+            self.vm.status = "finish-migrate"
+            self.vm.emit("STOP")
+        writer.write(b"COMPLETE\n")
+        await writer.drain()
+        writer.close()
+        self.vm.status = "postmigrate"
+        downtime = max(1, round((time.monotonic() - stop) * 1000))
+        self.set_status("completed", **self.stats(start, self.ram), downtime=downtime)
+
+    async def transfer(self, start: float) -> bool:
+        """RAM goes over at max-bandwidth; False if cancelled first."""
+        bandwidth = max(1, int(self.params["max-bandwidth"]))
+        while (sent := min(self.ram, int((time.monotonic() - start) * bandwidth))) < self.ram:
+            self.info.update(self.stats(start, sent))
+            try:
+                await asyncio.wait_for(self.cancel.wait(), STEP_S)
+                return False
+            except TimeoutError:
+                continue
+        return True
+
+    def stats(self, start: float, sent: int) -> dict[str, Any]:
+        elapsed = time.monotonic() - start
+        return {"total-time": round(elapsed * 1000), "setup-time": 0,
+                "expected-downtime": self.params["downtime-limit"],
+                "ram": {"total": self.ram, "transferred": sent, "remaining": self.ram - sent,
+                        "mbps": sent * 8 / 1e6 / max(elapsed, 1e-3), "dirty-sync-count": 1}}

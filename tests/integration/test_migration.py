@@ -1,0 +1,267 @@
+"""Live migration for real: a 2-host lab, its controller, TCG guests whose checker dirties
+memory, driven with the CLI as a user would.
+
+Every migration is watched by a sampler that asks both agents every 100 ms how many QEMUs
+run the VM; the VM's memory is verified by its checker after every move.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from segue.agent.client import AgentClient
+from segue.image.builder import build_image
+from segue.lab import guests, netns
+from segue.lab.lab import lab_down, lab_up, load_state, start_agent, stop_agent
+from segue.lab.topology import LabPlan
+from segue.qemu.process import pid_alive
+
+pytestmark = pytest.mark.integration
+LAB = "mtest"
+
+
+def segue(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SEGUE_URL": f"unix:{load_state(LAB).plan.controller.socket}"}
+    proc = subprocess.run([sys.executable, "-m", "segue", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"segue {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def expect_error(code: str, *args: str) -> None:
+    proc = segue(*args, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert code in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[LabPlan]:
+    lab_down(LAB)
+    build_image()
+    lab_up(LAB, 2)
+    try:
+        yield load_state(LAB).plan
+    finally:
+        lab_down(LAB)
+    assert not netns.list_namespaces(f"{LAB}-")
+
+
+def create_guest(plan: LabPlan, name: str, host: str, dirty_mbps: int) -> None:
+    segue("lab", "vm", "create", name, "--host", host, "--dirty-mbps", str(dirty_mbps),
+          "--hot-mib", "16", "--name", LAB)
+    guests.wait_answering(plan, name, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def vm(lab: LabPlan) -> str:
+    create_guest(lab, "mig1", "host1", dirty_mbps=8)
+    return "mig1"
+
+
+def fields(line: str) -> dict[str, str]:
+    return dict(tok.split("=", 1) for tok in line.split()[1:] if "=" in tok)
+
+
+class Sampler:
+    """Every 100 ms: how many QEMUs run the VM (QMP status running), over both agents."""
+
+    def __init__(self, plan: LabPlan, name: str) -> None:
+        self.clients = [AgentClient(uds=str(h.agent_socket), timeout=5) for h in plan.hosts]
+        self.name = name
+        self.samples: list[int] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _count(self) -> int:
+        running = 0
+        for client in self.clients:
+            for info in client.list_vms():
+                if info["name"] == self.name and info["state"] == "running":
+                    running += 1
+        return running
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.samples.append(self._count())
+            time.sleep(0.1)
+
+    def finish(self) -> list[int]:
+        self.stop.set()
+        self.thread.join(timeout=10)
+        for client in self.clients:
+            client.close()
+        return self.samples
+
+
+def host_of(plan: LabPlan, name: str) -> str:
+    return str(guests.find_vm(plan, name)[0].name)
+
+
+def migrate(plan: LabPlan, name: str, to: str, *extra: str) -> dict[str, Any]:
+    proc = segue("vm", "migrate", name, "--to", to, "--json", *extra, check=False)
+    job: dict[str, Any] = json.loads(proc.stdout)
+    return job
+
+
+def last_heartbeat_seq(plan: LabPlan, name: str) -> int:
+    host, _ = guests.find_vm(plan, name)
+    with guests.agent(host) as client:
+        lines = [ln for ln in client.serial(name, 20) if ln.startswith("HB ")]
+    return int(fields(lines[-1])["seq"])
+
+
+def test_five_round_trips_keep_memory_identity_and_one_running_qemu(lab: LabPlan, vm: str
+                                                                      ) -> None:
+    boot = fields(guests.verify_vm(lab, vm))["boot"]
+    mac = guests.find_vm(lab, vm)[1]["spec"]["nics"][0]["mac"]
+    for trip in range(5):
+        for dest in ("host2", "host1"):
+            seq_before = last_heartbeat_seq(lab, vm)
+            sampler = Sampler(lab, vm)
+            job = migrate(lab, vm, dest)
+            samples = sampler.finish()
+            assert job["phase"] == "completed", job
+            assert host_of(lab, vm) == dest
+            assert max(samples) == 1, f"trip {trip}: two QEMUs ran the VM at once: {samples}"
+            assert samples.count(1) >= len(samples) - 10, samples  # blackout: a few samples
+            verdict = fields(guests.verify_vm(lab, vm))
+            assert verdict["boot"] == boot and verdict["result"] == "ok", verdict
+            assert last_heartbeat_seq(lab, vm) > seq_before
+            info = guests.find_vm(lab, vm)[1]
+            assert info["spec"]["nics"][0]["mac"] == mac
+            summary = job["summary"]
+            assert summary["bytes_sent"] > 0 and summary["iterations"] >= 1
+            assert summary["qemu_downtime_ms"] is not None
+
+
+def test_prober_sees_a_short_blackout_and_no_reboot(lab: LabPlan, vm: str) -> None:
+    src = host_of(lab, vm)
+    dest = "host2" if src == "host1" else "host1"
+    probe = guests.BackgroundProbe(lab, guests.guest_ip(guests.find_vm(lab, vm)[1]))
+    job = migrate(lab, vm, dest)
+    result = probe.stop()
+    assert job["phase"] == "completed", job
+    assert len(result["boot_ids"]) == 1, result
+    assert result["received"] > 0.8 * result["sent"], result
+    assert result["longest_gap_ms"] < 5000, result
+
+
+def kill_dest_qemu_when_copying(plan: LabPlan, name: str, dest: str) -> None:
+    client = AgentClient(uds=str(plan.host(dest).agent_socket))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for info in client.list_vms():
+            if info["name"] == name and info.get("pid"):
+                time.sleep(1.0)  # let the copy start
+                os.kill(int(info["pid"]), 9)
+                return
+        time.sleep(0.05)
+    raise AssertionError("no incoming QEMU appeared")
+
+
+def start_slow(name: str, dest: str) -> str:
+    proc = segue("vm", "migrate", name, "--to", dest, "--no-wait", "--json",
+                 "--max-bandwidth", "2")
+    return str(json.loads(proc.stdout)["id"])
+
+
+def wait_job(job_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = json.loads(segue("migration", "show", job_id, "--json").stdout)
+        if job["phase"] in ("completed", "failed", "cancelled"):
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"migration {job_id} did not end")
+
+
+def assert_back_on_source(plan: LabPlan, name: str, src: str, dest: str, boot: str) -> None:
+    assert host_of(plan, name) == src
+    verdict = fields(guests.verify_vm(plan, name))
+    assert verdict["boot"] == boot and verdict["result"] == "ok", verdict
+    with guests.agent(plan.host(dest)) as client:
+        assert name not in [v["name"] for v in client.list_vms()], "destination left behind"
+    job = migrate(plan, name, dest)  # and a following migration succeeds
+    assert job["phase"] == "completed", job
+
+
+def test_destination_qemu_killed_mid_migration(lab: LabPlan, vm: str) -> None:
+    src = host_of(lab, vm)
+    dest = "host2" if src == "host1" else "host1"
+    boot = fields(guests.verify_vm(lab, vm))["boot"]
+    job_id = start_slow(vm, dest)
+    kill_dest_qemu_when_copying(lab, vm, dest)
+    job = wait_job(job_id)
+    assert job["phase"] == "failed" and job["reason"], job
+    assert_back_on_source(lab, vm, src, dest, boot)
+
+
+def test_migration_link_cut_mid_migration(lab: LabPlan, vm: str) -> None:
+    src = host_of(lab, vm)
+    dest = "host2" if src == "host1" else "host1"
+    boot = fields(guests.verify_vm(lab, vm))["boot"]
+    proc = segue("vm", "migrate", vm, "--to", dest, "--no-wait", "--json",
+                 "--max-bandwidth", "2", "--stall-timeout", "4")
+    job_id = json.loads(proc.stdout)["id"]
+    time.sleep(2.0)
+    ns = lab.host(dest).netns
+    netns.run_in_netns(ns, ["ip", "link", "set", "mig0", "down"])
+    try:
+        job = wait_job(job_id)
+    finally:
+        netns.run_in_netns(ns, ["ip", "link", "set", "mig0", "up"])
+    assert job["phase"] == "failed" and job["error_code"] == "MIGRATION_STALLED", job
+    time.sleep(1.0)  # the link is back
+    assert_back_on_source(lab, vm, src, dest, boot)
+
+
+def test_cancel_during_copy(lab: LabPlan, vm: str) -> None:
+    src = host_of(lab, vm)
+    dest = "host2" if src == "host1" else "host1"
+    boot = fields(guests.verify_vm(lab, vm))["boot"]
+    job_id = start_slow(vm, dest)
+    deadline = time.monotonic() + 60
+    while json.loads(segue("migration", "show", job_id, "--json").stdout)["phase"] != "monitor":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    segue("migration", "cancel", job_id)
+    job = wait_job(job_id)
+    assert job["phase"] == "cancelled", job
+    assert_back_on_source(lab, vm, src, dest, boot)
+
+
+def test_bad_requests_change_nothing(lab: LabPlan, vm: str) -> None:
+    src = host_of(lab, vm)
+    dest = "host2" if src == "host1" else "host1"
+    before = json.loads(segue("migration", "list", "--json").stdout)
+    expect_error("VM_NOT_FOUND", "vm", "migrate", "nosuchvm", "--to", dest)
+    expect_error("HOST_NOT_FOUND", "vm", "migrate", vm, "--to", "host9")
+    expect_error("MIGRATION_SAME_HOST", "vm", "migrate", vm, "--to", src)
+    segue("lab", "vm", "create", "idle1", "--host", src, "--no-start", "--name", LAB)
+    expect_error("VM_NOT_RUNNING", "vm", "migrate", "idle1", "--to", dest)
+    job_id = start_slow(vm, dest)
+    expect_error("MIGRATION_IN_PROGRESS", "vm", "migrate", vm, "--to", dest)
+    segue("migration", "cancel", job_id)
+    assert wait_job(job_id)["phase"] == "cancelled"
+    stop_agent(LAB, dest)
+    try:
+        expect_error("AGENT_UNREACHABLE", "vm", "migrate", vm, "--to", dest)
+    finally:
+        start_agent(LAB, dest)
+    after = json.loads(segue("migration", "list", "--json").stdout)
+    assert len(after) == len(before) + 1  # only the cancelled one
+    assert host_of(lab, vm) == src
+    pid = guests.find_vm(lab, vm)[1]["pid"]
+    assert pid_alive(pid)

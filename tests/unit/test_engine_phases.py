@@ -1,0 +1,57 @@
+"""The migration job's state machine: every allowed transition, and the refused ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from segue.engine.phases import (
+    ACTIVE,
+    ALLOWED,
+    ROLLBACK_FROM,
+    TERMINAL,
+    InvalidTransition,
+    Phase,
+    check_transition,
+)
+
+HAPPY_PATH = [Phase.CHECK, Phase.PREPARE, Phase.START, Phase.MONITOR, Phase.SWITCHOVER,
+              Phase.FINALIZE, Phase.COMPLETED]
+
+
+def test_the_happy_path_is_allowed_step_by_step() -> None:
+    for current, target in zip(HAPPY_PATH, HAPPY_PATH[1:], strict=False):
+        check_transition(current, target)
+
+
+@pytest.mark.parametrize("phase", ROLLBACK_FROM)
+def test_every_phase_before_finalize_can_roll_back(phase: Phase) -> None:
+    check_transition(phase, Phase.ROLLING_BACK)
+
+
+def test_finalize_never_rolls_back() -> None:
+    """Once the destination runs the VM, undoing the move could run it twice."""
+    with pytest.raises(InvalidTransition) as err:
+        check_transition(Phase.FINALIZE, Phase.ROLLING_BACK)
+    assert err.value.code == "MIGRATION_BAD_TRANSITION"
+
+
+@pytest.mark.parametrize("current", sorted(TERMINAL))
+@pytest.mark.parametrize("target", list(Phase))
+def test_terminal_phases_are_final(current: Phase, target: Phase) -> None:
+    with pytest.raises(InvalidTransition):
+        check_transition(current, target)
+
+
+@pytest.mark.parametrize(("current", "target"), [
+    (Phase.CHECK, Phase.MONITOR), (Phase.PREPARE, Phase.SWITCHOVER),
+    (Phase.MONITOR, Phase.COMPLETED), (Phase.ROLLING_BACK, Phase.COMPLETED),
+    (Phase.START, Phase.FAILED),
+])
+def test_skipping_phases_is_refused(current: Phase, target: Phase) -> None:
+    with pytest.raises(InvalidTransition):
+        check_transition(current, target)
+
+
+def test_rollback_ends_failed_or_cancelled_only() -> None:
+    assert ALLOWED[Phase.ROLLING_BACK] == {Phase.FAILED, Phase.CANCELLED}
+    assert ACTIVE.isdisjoint(TERMINAL) and ACTIVE | TERMINAL == set(Phase)
