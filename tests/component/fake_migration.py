@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import time
 from typing import Any, Protocol
 
@@ -135,19 +136,26 @@ class FakeMigration:
     def incoming(self, args: dict[str, Any]) -> dict[str, Any]:
         if self.vm.opts.get("incoming") != "defer":
             return error("GenericError", "'-incoming' was not specified on the command line")
-        if self.server is not None or self.vm.status != "inmigrate":
+        if "socket-address" in self.info or self.vm.status != "inmigrate":
             return error("GenericError", "The incoming migration has already been started")
         match = TCP_URI.fullmatch(str(args.get("uri", "")))
         if not match:
             return error("GenericError", f"unknown migration protocol: {args.get('uri')}")
-        self.spawn(self.listen(match.group(1), int(match.group(2))))
+        host = match.group(1)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:  # bound before the reply, as QEMU does: query-migrate knows the port at once
+            sock.bind((host, int(match.group(2))))
+        except OSError as err:
+            sock.close()
+            return error("GenericError", f"Failed to bind socket: {err.strerror}")
+        sock.listen(1)
+        self.info = {"socket-address": [{"type": "inet", "host": host,
+                                         "port": str(sock.getsockname()[1]), "ipv4": True}]}
+        self.spawn(self.listen(sock))
         return {"return": {}}
 
-    async def listen(self, host: str, port: int) -> None:
-        self.server = await asyncio.start_server(self.receive, host, port)
-        real = self.server.sockets[0].getsockname()[1]
-        self.info = {"socket-address": [{"type": "inet", "host": host, "port": str(real),
-                                         "ipv4": True}]}
+    async def listen(self, sock: socket.socket) -> None:
+        self.server = await asyncio.start_server(self.receive, sock=sock)
 
     async def receive(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self.server is not None

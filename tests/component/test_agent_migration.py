@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # fixtures come from conftest.py; only their types are import
     from conftest import AgentFactory, Lab
 
 SLOW = {"max-bandwidth": 1 << 20}  # 64 MiB of guest RAM at 1 MiB/s: a minute, unless cancelled
+FAST = {"max-bandwidth": 128 << 20}  # QEMU's default: 0.5 s
 
 
 def host_config(lab: Lab, host: str, **changes: object) -> AgentConfig:
@@ -81,9 +82,11 @@ def shared_owner(lab: Lab, name: str = "web1") -> str:
 
 async def migrate_to_completion(src: httpx.AsyncClient, dst: httpx.AsyncClient,
                                 info: dict[str, Any]) -> dict[str, Any]:
-    """Prepare host2, migrate from host1 until QEMU says completed; host1's status."""
+    """Prepare host2, migrate from host1 until QEMU says completed; host1's status.
+
+    Parameters stay set in a QEMU across migrations (as in QEMU): bandwidth is given."""
     incoming = await prepare(dst, info["spec"])
-    await ok(src.post("/vms/web1/migrate", json={"uri": incoming["uri"]}))
+    await ok(src.post("/vms/web1/migrate", json={"uri": incoming["uri"], "parameters": FAST}))
     return await wait_for(src, "web1", lambda s: s["migration"].get("status") == "completed")
 
 

@@ -267,12 +267,11 @@ async def test_agent_survives_an_unreachable_controller(
     config = lab.config(controller_url=f"unix:{lab.root}/nobody.sock",
                         advertise_url="http://host1:7600", heartbeat_interval=0.05)
     app = create_agent_app(config, caps)
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://agent")
     with caplog.at_level(logging.WARNING, logger="segue.agent.heartbeat"):
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                         base_url="http://agent") as http:
-                await asyncio.sleep(0.5)
-                assert (await http.get("/health")).status_code == 200
+        async with app.router.lifespan_context(app), http:
+            await asyncio.sleep(0.5)
+            assert (await http.get("/health")).status_code == 200
     failures = [r for r in caplog.records if "heartbeat to the controller failed" in r.message]
     assert len(failures) == 1  # rate-limited: ~10 failures, one line
 

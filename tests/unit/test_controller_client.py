@@ -42,14 +42,14 @@ def test_errors_come_back_with_their_code() -> None:
         return httpx.Response(404, json={"kind": "not_found", "error": {
             "code": "VM_NOT_FOUND", "message": "no VM named x", "hint": "segue vm list"}})
 
-    with ControllerClient("http://c", transport=httpx.MockTransport(answer)) as client:
-        with pytest.raises(NotFound) as caught:
-            client.get_vm("x")
+    client = ControllerClient("http://c", transport=httpx.MockTransport(answer))
+    with client, pytest.raises(NotFound) as caught:
+        client.get_vm("x")
     assert caught.value.code == "VM_NOT_FOUND" and caught.value.hint == "segue vm list"
 
 
 def test_unreachable_controller(home: Path) -> None:
-    with ControllerClient.from_env(f"unix:{home}/none.sock") as client:
-        with pytest.raises(Unavailable) as caught:
-            client.list_hosts()
+    client = ControllerClient.from_env(f"unix:{home}/none.sock")
+    with client, pytest.raises(Unavailable) as caught:
+        client.list_hosts()
     assert caught.value.code == "CONTROLLER_UNREACHABLE" and "--url" in caught.value.hint

@@ -7,10 +7,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from segue.controller import inventory
 from segue.controller.db import Database
+from segue.controller.models import VMEvent
 from segue.domain.errors import Conflict, NotFound
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
@@ -84,7 +86,7 @@ def test_heartbeat_reconciles_vms(session: Session) -> None:
     states = {vm.name: (vm.host, vm.state, vm.pid) for vm in inventory.list_vms(session)}
     assert states == {"a": ("h1", "paused", 100), "b": ("h1", "missing", None),
                       "c": ("h1", "running", 100)}
-    kinds = [(e.vm_name, e.kind) for e in session.query(inventory.VMEvent).order_by("id")]
+    kinds = [(e.vm_name, e.kind) for e in session.scalars(select(VMEvent).order_by(VMEvent.id))]
     assert kinds == [("a", "defined"), ("b", "defined"), ("a", "state"), ("c", "discovered"),
                      ("b", "state")]
 

@@ -19,8 +19,9 @@ The datastore's vm.json changes only in ``claim``; local definitions (runtime di
 Errors: ``NotFound`` (``VM_NOT_FOUND``); ``Conflict`` (``VM_EXISTS``, ``MAC_IN_USE``,
 ``VM_NOT_RUNNING``, ``VM_INCOMING``, ``VM_NOT_INCOMING``, ``MIGRATION_IN_PROGRESS``,
 ``VM_NOT_MIGRATED``, ``VM_NOT_PAUSED``); ``InvalidRequest`` (``VM_SPEC_INVALID``,
-``MIGRATION_URI_INVALID``); ``Unavailable`` (``MIGRATION_NIC_UNAVAILABLE``, and QEMU's own
-``QEMU_LAUNCH_FAILED``, ``QMP_COMMAND_FAILED``, ``QMP_UNAVAILABLE``); the admission errors.
+``MIGRATION_URI_INVALID``); ``Unavailable`` (``MIGRATION_NIC_UNAVAILABLE``,
+``MIGRATION_LISTEN_FAILED``, and QEMU's own ``QEMU_LAUNCH_FAILED``, ``QMP_COMMAND_FAILED``,
+``QMP_UNAVAILABLE``); the admission errors.
 """
 
 from __future__ import annotations
@@ -149,7 +150,11 @@ class Migrations:
         await vm.qmp.execute("migrate-set-parameters", {**ANNOUNCE_PARAMETERS, **parameters})
         await vm.qmp.execute("migrate-incoming", {"uri": f"tcp:{address}:0"})
         listening = await vm.qmp.execute("query-migrate")
-        port = listening["socket-address"][0]["port"]
+        port = (listening.get("socket-address") or [{}])[0].get("port")
+        if port is None:
+            raise Unavailable("MIGRATION_LISTEN_FAILED",
+                              f"{vm.spec.name}: QEMU listens on no port ({listening})",
+                              "see the VM's qemu.log")
         params = await vm.qmp.execute("query-migrate-parameters")
         await self.m.refresh_state(vm)
         return {"uri": f"tcp:{address}:{port}", "pid": vm.pid, "state": vm.state.value,
