@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from segue.engine.phases import (
@@ -19,7 +21,7 @@ HAPPY_PATH = [Phase.CHECK, Phase.PREPARE, Phase.START, Phase.MONITOR, Phase.SWIT
 
 
 def test_the_happy_path_is_allowed_step_by_step() -> None:
-    for current, target in zip(HAPPY_PATH, HAPPY_PATH[1:], strict=False):
+    for current, target in itertools.pairwise(HAPPY_PATH):
         check_transition(current, target)
 
 
@@ -54,4 +56,4 @@ def test_skipping_phases_is_refused(current: Phase, target: Phase) -> None:
 
 def test_rollback_ends_failed_or_cancelled_only() -> None:
     assert ALLOWED[Phase.ROLLING_BACK] == {Phase.FAILED, Phase.CANCELLED}
-    assert ACTIVE.isdisjoint(TERMINAL) and ACTIVE | TERMINAL == set(Phase)
+    assert ACTIVE.isdisjoint(TERMINAL) and set(Phase) == ACTIVE | TERMINAL

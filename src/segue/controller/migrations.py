@@ -8,8 +8,9 @@ with its time and reason.
 
 Errors: ``NotFound`` (``VM_NOT_FOUND``, ``HOST_NOT_FOUND``, ``MIGRATION_NOT_FOUND``),
 ``Conflict`` (``MIGRATION_SAME_HOST``, ``VM_NOT_RUNNING``, ``MIGRATION_IN_PROGRESS``,
-``HOST_DISCONNECTED``, ``HOST_MIGRATION_DISABLED``, ``HOST_IN_MAINTENANCE``,
-``MIGRATION_NOT_CANCELLABLE``), ``Unavailable`` (``AGENT_UNREACHABLE``).
+``HOST_MIGRATION_DISABLED``, ``HOST_IN_MAINTENANCE``, ``HOST_NO_MIGRATION_ADDRESS``,
+``MIGRATION_NOT_CANCELLABLE``), ``Unavailable`` (``HOST_DISCONNECTED``,
+``AGENT_UNREACHABLE``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from segue.controller.migration_models import (
     MigrationTransitionRow,
 )
 from segue.controller.models import utcnow as now_utc
-from segue.domain.errors import Conflict, InvalidRequest, NotFound
+from segue.domain.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from segue.engine.phases import ACTIVE, Phase, check_transition
 
 log = logging.getLogger(__name__)
@@ -218,8 +219,9 @@ class MigrationService:
 
     def _check_destination(self, host: Any) -> None:
         if not inventory.host_connected(host, now_utc(), self.heartbeat_timeout):
-            raise Conflict("HOST_DISCONNECTED", f"host {host.name} has not sent a heartbeat lately",
-                           "check its agent (segue host list)")
+            raise Unavailable("HOST_DISCONNECTED",
+                              f"host {host.name} has not sent a heartbeat lately",
+                              "check its agent (segue host list)")
         if host.maintenance:
             raise Conflict("HOST_IN_MAINTENANCE", f"host {host.name} is in maintenance",
                            "take it out of maintenance first")
