@@ -18,6 +18,7 @@ from segue.domain.vm import VMState
     (False, {"status": "device"}, VMState.PAUSED, VMRole.SOURCE),
     (False, {"status": "cancelling"}, VMState.RUNNING, VMRole.SOURCE),
     (False, {"status": "completed"}, VMState.POSTMIGRATE, VMRole.SOURCE),
+    (False, {"status": "completed"}, VMState.PAUSED, VMRole.SOURCE),  # finish-migrate
     (False, {"status": "completed"}, VMState.RUNNING, VMRole.OWNER),  # resumed: rolled back
     (False, {"status": "cancelled"}, VMState.RUNNING, VMRole.OWNER),
     (False, {"status": "failed"}, VMState.RUNNING, VMRole.OWNER),

@@ -90,6 +90,37 @@ class AgentClient:
     def serial(self, name: str, lines: int = 50) -> list[str]:
         return list(self._call("GET", f"/vms/{name}/serial", params={"lines": lines})["lines"])
 
+    # the migration calls, as in AsyncAgentClient
+    def prepare_incoming(self, spec: dict[str, Any], migration_id: str,
+                         capabilities: dict[str, bool] | None = None,
+                         parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = {"spec": spec, "migration_id": migration_id,
+                "capabilities": capabilities or {}, "parameters": parameters or {}}
+        return dict(self._call("POST", "/migrations/incoming", json=body))
+
+    def start_migration(self, name: str, uri: str, capabilities: dict[str, bool] | None = None,
+                        parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = {"uri": uri, "capabilities": capabilities or {}, "parameters": parameters or {}}
+        return dict(self._call("POST", f"/vms/{name}/migrate", json=body))
+
+    def migration_status(self, name: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/vms/{name}/migration"))
+
+    def cancel_migration(self, name: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/vms/{name}/migration/cancel"))
+
+    def abort_incoming(self, name: str) -> None:
+        self._call("POST", f"/vms/{name}/incoming/abort")
+
+    def claim(self, name: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/vms/{name}/incoming/claim"))
+
+    def release(self, name: str) -> None:
+        self._call("POST", f"/vms/{name}/release")
+
+    def resume_vm(self, name: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/vms/{name}/resume"))
+
 
 class AsyncAgentClient:
     """The async client the controller uses; same answers and errors as AgentClient.

@@ -234,10 +234,9 @@ class Migrations:
 
     async def status(self, name: str) -> dict[str, Any]:
         """``{"name", "role", "state", "migration_id", "migration": query-migrate}``."""
-        info = await self.m.info(name)
+        info, migration = await self.m.info_and_migration(name)
         return {"name": name, "role": info["role"], "state": info["state"],
-                "migration_id": info["migration_id"],
-                "migration": await self.m.migration_info(self.m.get(name))}
+                "migration_id": info["migration_id"], "migration": migration}
 
     async def cancel(self, name: str) -> dict[str, Any]:
         """``migrate_cancel``, then wait (up to 10 s) until QEMU's migration ended; the

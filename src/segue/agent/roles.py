@@ -46,4 +46,6 @@ def role_of(incoming: bool, migration: dict[str, Any], state: VMState) -> VMRole
         return VMRole.INCOMING
     if migration_active(migration) or state == VMState.POSTMIGRATE:
         return VMRole.SOURCE
+    if migration_completed(migration) and state == VMState.PAUSED:
+        return VMRole.SOURCE  # QEMU says completed a moment before it leaves finish-migrate
     return VMRole.OWNER

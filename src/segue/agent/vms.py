@@ -137,9 +137,15 @@ class VMManager:
 
     async def info(self, name: str) -> dict[str, Any]:
         """The VM's spec and live state (QEMU is asked, not remembered)."""
+        return (await self.info_and_migration(name))[0]
+
+    async def info_and_migration(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The VM's info and QEMU's ``query-migrate`` answer it was derived from. The migration
+        is asked first, so its status is never newer than the run state (a completed migration
+        never comes with the running state from before the switchover)."""
         vm = self.get(name)
-        await self.refresh_state(vm)
         migration = await self.migration_info(vm)
+        await self.refresh_state(vm)
         return {
             "name": vm.spec.name, "uuid": vm.spec.uuid, "host": self.config.host,
             "state": vm.state.value,
@@ -148,7 +154,7 @@ class VMManager:
             "adopted": vm.adopted, "last_exit": vm.last_exit, "accel": self.caps.accel,
             "serial_log": vm.spec.serial_log or str(vm.runtime.default_serial_log),
             "spec": vm.spec.to_dict(),
-        }
+        }, migration
 
     async def list_all(self) -> list[dict[str, Any]]:
         return [await self.info(name) for name in sorted(self.vms)]

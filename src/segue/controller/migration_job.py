@@ -158,14 +158,26 @@ class MigrationJob:
             await self._retry(self.dst.claim(self.vm))
         with self.service.db.session() as session:
             inventory.move_vm(session, self.vm, self.dest.host)
-        try:
-            await self.src.release(self.vm)
-        except SegueError as err:
-            self.service.note(self.id, f"release on {self.source.host} failed: {err}")
+        await self._release_source()
         summary["total_s"] = round(time.monotonic() - self.started, 3)
         self.service.set_summary(self.id, summary)
         self.service.transition(self.id, Phase.COMPLETED,
                                 f"{self.vm} runs on {self.dest.host} in {summary['total_s']} s")
+
+    async def _release_source(self) -> None:
+        """Shut the source QEMU down once it reached ``postmigrate`` (QEMU reports the
+        migration completed a moment before the source's run state says so)."""
+        deadline = time.monotonic() + 10.0
+        try:
+            while (await self.src.get_vm(self.vm))["state"] != "postmigrate":
+                if time.monotonic() > deadline:
+                    raise MigrationFailed("MIGRATION_SOURCE_NOT_POSTMIGRATE",
+                                          "the source never reached postmigrate",
+                                          "its QEMU stays paused; destroy it by hand")
+                await asyncio.sleep(0.02)
+            await self.src.release(self.vm)
+        except SegueError as err:
+            self.service.note(self.id, f"release on {self.source.host} failed: {err}")
 
     async def _retry(self, call: Any) -> None:
         try:
