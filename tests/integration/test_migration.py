@@ -21,7 +21,15 @@ import pytest
 from segue.agent.client import AgentClient
 from segue.image.builder import build_image
 from segue.lab import guests, netns
-from segue.lab.lab import lab_down, lab_up, load_state, start_agent, stop_agent
+from segue.lab.lab import (
+    lab_down,
+    lab_up,
+    load_state,
+    start_agent,
+    start_controller,
+    stop_agent,
+    stop_controller,
+)
 from segue.lab.topology import LabPlan
 from segue.qemu.process import pid_alive
 
@@ -273,3 +281,30 @@ def test_bad_requests_change_nothing(lab: LabPlan, vm: str) -> None:
     assert host_of(lab, vm) == src
     pid = guests.find_vm(lab, vm)[1]["pid"]
     assert pid_alive(pid)
+
+
+def test_controller_crash_mid_migration_is_reconciled(lab: LabPlan, vm: str) -> None:
+    """A controller killed while a copy runs: the restarted one finishes or undoes the job;
+    either way exactly one QEMU runs the VM, its memory intact, and the VM can move again."""
+    src = host_of(lab, vm)
+    dest = "host2" if src == "host1" else "host1"
+    boot = fields(guests.verify_vm(lab, vm))["boot"]
+    job_id = start_slow(vm, dest)
+    deadline = time.monotonic() + 60
+    while json.loads(segue("migration", "show", job_id, "--json").stdout)["phase"] != "monitor":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    stop_controller(LAB, crash=True)
+    start_controller(LAB)
+    job = wait_job(job_id)
+    assert job["phase"] in ("failed", "completed"), job
+    if job["phase"] == "failed":
+        assert job["error_code"] == "CONTROLLER_RESTARTED", job
+    owner = host_of(lab, vm)
+    assert owner == (src if job["phase"] == "failed" else dest)
+    verdict = fields(guests.verify_vm(lab, vm))
+    assert verdict["boot"] == boot and verdict["result"] == "ok", verdict
+    other = dest if owner == src else src
+    with guests.agent(lab.host(other)) as client:
+        assert vm not in [v["name"] for v in client.list_vms()], "a second QEMU was left"
+    assert migrate(lab, vm, other)["phase"] == "completed"

@@ -1,4 +1,4 @@
-"""The controller's HTTP app (FastAPI): inventory, migrations, health.
+"""The controller's HTTP app (FastAPI): inventory, migrations, cluster baseline, health.
 
 The lifespan opens the database and upgrades its schema, then keeps on ``app.state``:
 ``config`` (ControllerConfig), ``db`` (Database), ``agents`` (AgentPool), ``tg`` (the
@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from segue import __version__
 from segue.controller import inventory
 from segue.controller.agents import AgentPool
+from segue.controller.api_cluster import router as cluster_router
 from segue.controller.api_inventory import router as inventory_router
 from segue.controller.api_migrations import router as migrations_router
 from segue.controller.config import ControllerConfig
@@ -59,6 +60,8 @@ def create_app(config: ControllerConfig, agents: AgentPool | None = None) -> Fas
                 watcher = tg.create_task(watch_heartbeats(db, config.heartbeat_timeout),
                                          name="watch-heartbeats")
                 app.state.migrations = MigrationService(db, pool, tg, config.heartbeat_timeout)
+                if recovered := app.state.migrations.recover_all():
+                    log.warning("reconciling %d unfinished migration(s)", recovered)
                 try:
                     yield
                 finally:
@@ -72,6 +75,7 @@ def create_app(config: ControllerConfig, agents: AgentPool | None = None) -> Fas
     install_error_handler(app)
     app.include_router(inventory_router)
     app.include_router(migrations_router)
+    app.include_router(cluster_router)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from segue.controller.migrations import Endpoint, MigrationOptions, MigrationService
 
 log = logging.getLogger(__name__)
+FORWARD = [Phase.CHECK, Phase.PREPARE, Phase.START, Phase.MONITOR, Phase.SWITCHOVER,
+           Phase.FINALIZE]
 POLL_S = 0.2
 SWITCHOVER_TIMEOUT_S = 30.0
 UNCAPPED_BANDWIDTH = 100 * 1024**3  # bytes/s: QEMU's cap set out of the way
@@ -146,9 +148,36 @@ class MigrationJob:
                               f"the destination did not resume {self.vm} after the copy",
                               "see the destination agent's log; the VM goes back to its source")
 
-    async def _finalize(self) -> None:
+    async def recover(self, phase: Phase) -> None:
+        """Finish or undo a job that a previous controller left in ``phase``; never raises.
+
+        A destination that already runs the VM wins (the move is finished); anything else is
+        rolled back, since no copy in flight survived the old controller's monitor loop.
+        """
+        self.service.note(self.id, f"controller restarted; job found in {phase}")
+        self.prepared = phase != Phase.CHECK
+        self.migrating = phase in (Phase.START, Phase.MONITOR, Phase.SWITCHOVER)
+        try:
+            dest_state = (await self.dst.get_vm(self.vm))["state"]
+        except SegueError:
+            dest_state = None
+        if phase == Phase.FINALIZE or (dest_state == "running" and phase in FORWARD):
+            # The destination runs (its agent resumed it when QEMU completed the copy):
+            # undoing that now would rewind the guest; the move is finished instead.
+            for step in FORWARD[FORWARD.index(phase) + 1:] if phase in FORWARD else []:
+                self.service.transition(self.id, step, "found the destination running")
+            await asyncio.shield(self._finalize(enter=False))
+            return
+        if phase == Phase.ROLLING_BACK:
+            self.service.note(self.id, "resuming the interrupted rollback")
+        await asyncio.shield(self._rollback(Phase.FAILED, "controller restarted mid-migration",
+                                            "CONTROLLER_RESTARTED",
+                                            enter=phase != Phase.ROLLING_BACK))
+
+    async def _finalize(self, enter: bool = True) -> None:
         """The destination runs the VM: make it the owner, then shut the source QEMU down."""
-        self.service.transition(self.id, Phase.FINALIZE, f"{self.dest.host} runs {self.vm}")
+        if enter:
+            self.service.transition(self.id, Phase.FINALIZE, f"{self.dest.host} runs {self.vm}")
         summary = await self._summary()
         try:
             await self.dst.claim(self.vm)
@@ -199,9 +228,11 @@ class MigrationJob:
             "source_stop_at": stop, "dest_resume_at": resume,
         }
 
-    async def _rollback(self, outcome: Phase, reason: str, code: str) -> None:
+    async def _rollback(self, outcome: Phase, reason: str, code: str,
+                        enter: bool = True) -> None:
         """Undo everything, every step attempted even if one fails; record the outcome."""
-        self.service.transition(self.id, Phase.ROLLING_BACK, reason)
+        if enter:
+            self.service.transition(self.id, Phase.ROLLING_BACK, reason)
         if self.migrating:
             await self._step("cancel the source's migration", self._cancel_source())
         dest_gone = not self.prepared

@@ -190,6 +190,29 @@ class MigrationService:
         task.add_done_callback(self.tasks.discard)
         return self.get(migration_id)
 
+    def recover_all(self) -> int:
+        """Reconcile every job a previous controller left unfinished (each in its own task);
+        returns how many. A dead controller's jobs would otherwise block their VMs forever."""
+        from segue.controller.migration_job import MigrationJob
+
+        with self.db.session() as session:
+            rows = list(session.scalars(select(MigrationRow).where(
+                MigrationRow.phase.in_([p.value for p in ACTIVE]))))
+            jobs = []
+            for row in rows:
+                src = inventory.get_host(session, row.source_host)
+                dst = inventory.get_host(session, row.dest_host)
+                jobs.append((row.id, row.vm_name, Phase(row.phase), MigrationOptions(**row.options),
+                             Endpoint(src.name, src.url, src.migration_address),
+                             Endpoint(dst.name, dst.url, dst.migration_address)))
+        for job_id, vm, phase, options, source, dest in jobs:
+            self.cancel_events[job_id] = asyncio.Event()
+            job = MigrationJob(self, job_id, vm, source, dest, options)
+            task = self.tg.create_task(job.recover(phase), name=f"recover-{job_id[:8]}")
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        return len(jobs)
+
     def stop_all(self) -> None:
         """Cancel every running job (each rolls its migration back before it ends)."""
         for task in self.tasks:

@@ -4,7 +4,8 @@
 including QEMU guests, the lab directory), builds the fabric, the shared datastore with its
 identity file and one agent configuration per host, starts each agent inside its host's
 namespace and waits until it answers ``GET /health`` on its unix socket. The state file
-``<labdir>/lab.json`` records the plan inputs, each agent's pid and argv, and the creation time.
+``<labdir>/lab.json`` records the plan inputs (with the per-host agent overrides), each agent's
+pid and argv, and the creation time.
 
 Errors: ``Conflict`` (``LAB_EXISTS``) when the lab is already up; ``Unavailable``
 (``LAB_UP_FAILED``, ``AGENT_START_FAILED``) when building the lab or starting an agent fails
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 import uuid
@@ -69,6 +71,7 @@ class LabState:
             "name": self.plan.name,
             "hosts": len(self.plan.hosts),
             "port_groups": list(self.plan.port_groups),
+            "host_overrides": self.plan.host_overrides,
             "created": self.created,
             "agents": dict(self.agents),
             "agent_argv": dict(self.agent_argv),
@@ -164,7 +167,8 @@ def load_state(name: str) -> LabState:
         raise NotFound(
             "LAB_NOT_FOUND", f"no lab {name!r} (no readable {path})", "run `segue lab up`"
         ) from err
-    plan = plan_lab(name, int(data["hosts"]), tuple(data["port_groups"]), root=path.parent)
+    plan = plan_lab(name, int(data["hosts"]), tuple(data["port_groups"]), root=path.parent,
+                    host_overrides=data.get("host_overrides") or {})
     return LabState(
         plan=plan,
         agents={str(k): v for k, v in data["agents"].items()},
@@ -313,12 +317,15 @@ def lab_up(
     agent_argv: AgentArgv = default_agent_argv,
     health_timeout: float = HEALTH_TIMEOUT_S,
     controller_argv: AgentArgv | None = default_controller_argv,
+    host_overrides: dict[str, dict[str, Any]] | None = None,
 ) -> LabState:
     """Build lab ``name`` and start its agents (see the module docstring); returns its state.
+    ``host_overrides`` are merged into those hosts' agent configurations
+    (``segue.lab.topology``), e.g. ``{"host2": {"cpu_exclude_features": ["avx2"]}}``.
 
     Raises Conflict (``LAB_EXISTS``) if it is up, InvalidRequest (``LAB_INVALID``) on bad
     input, Unavailable (``LAB_UP_FAILED``, with ``log_tail``) after undoing a failed build."""
-    plan = plan_lab(name, hosts, port_groups)
+    plan = plan_lab(name, hosts, port_groups, host_overrides=host_overrides)
     if lab_is_up(plan):
         raise Conflict(
             "LAB_EXISTS", f"lab {name!r} is already up", hint="run `segue lab down` first"
@@ -412,4 +419,35 @@ def start_agent(
         raise
     state.agents[host], state.agent_argv[host] = pid, argv
     _write_state(state)
+    return pid
+
+
+def stop_controller(name: str, crash: bool = False) -> int | None:
+    """Stop the lab's controller (SIGTERM; with ``crash``, SIGKILL as a dying host would);
+    agents and guests keep running. Returns its pid, or None if it was not running."""
+    state = load_state(name)
+    pid = state.controller_pid
+    ctl = state.plan.controller
+    stopped = pid if pid is not None and pid in netns.pids_in_netns(ctl.netns) else None
+    if stopped is not None and crash:
+        os.kill(stopped, signal.SIGKILL)
+        netns.kill_pids([stopped])  # waits until it is gone
+    elif stopped is not None:
+        netns.kill_pids([stopped])
+    ctl.socket.unlink(missing_ok=True)
+    state.controller_pid = None
+    _write_state(state)
+    return stopped
+
+
+def start_controller(name: str, health_timeout: float = HEALTH_TIMEOUT_S) -> int:
+    """Start the lab's controller again (same configuration and database) and wait until
+    every host is registered; returns its pid."""
+    state = load_state(name)
+    deadline = time.monotonic() + health_timeout
+    pid = _start_controller(state.plan, default_controller_argv(state.plan.controller.config_path),
+                            deadline)
+    state.controller_pid = pid
+    _write_state(state)
+    _wait_registered(state.plan, deadline)
     return pid
