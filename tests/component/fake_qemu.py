@@ -11,7 +11,9 @@ the device model. Behaviour, as QEMU 7.2 does it:
   (POWERDOWN, then the "guest" shuts down: SHUTDOWN guest=true/guest-shutdown, exit),
   ``quit`` (SHUTDOWN host-qmp-quit, exit), the migration commands (``fake_migration.py``:
   ``migrate-incoming``, ``migrate``, ``migrate_cancel``, ``query-migrate``,
-  ``migrate-set-capabilities``, ``migrate-set-parameters``, ...), anything else:
+  ``migrate-set-capabilities``, ``migrate-set-parameters``, ...),
+  ``query-cpu-model-expansion`` (type ``full``: the model's features in ``CPU_MODELS`` with
+  the given props applied over them; an unknown model is a GenericError), anything else:
   ``CommandNotFound``. ``cont`` also resumes a ``postmigrate`` source. Replies echo
   ``id``. A new client is accepted after one disconnects. SIGTERM: SHUTDOWN host-signal, exit.
 - On a clean exit the pidfile is removed (QEMU does); the QMP socket file is left behind.
@@ -45,6 +47,13 @@ PROGRAM = "qemu-system-fake"
 VALUE_OPTIONS = ("-pidfile", "-qmp", "-uuid", "-incoming", "-name", "-m")
 VERSION: dict[str, Any] = {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": ""}
 GREETING: dict[str, Any] = {"QMP": {"version": VERSION, "capabilities": []}}
+# A few features per model, as a full expansion under TCG would have them (and a setting).
+CPU_MODELS: dict[str, dict[str, Any]] = {
+    "qemu64": {"fpu": True, "lm": True, "sse2": True, "aes": False, "avx2": False,
+               "enforce": False},
+    "max": {"fpu": True, "lm": True, "sse2": True, "aes": True, "avx2": True,
+            "enforce": False},
+}
 
 
 def parse_args(args: list[str]) -> dict[str, Any]:
@@ -205,6 +214,8 @@ class FakeQemu:
             return {"return": {}}
         if name in ("system_powerdown", "quit"):
             return {"return": {}}
+        if name == "query-cpu-model-expansion":
+            return cpu_model_expansion(msg.get("arguments") or {})
         reply = self.migration.command(name, msg.get("arguments") or {})
         if reply is not None:
             return reply
@@ -220,6 +231,16 @@ class FakeQemu:
                 return  # no guest OS listening to ACPI
             await asyncio.sleep(0.2)  # the guest shuts down
             self.shutdown_now(guest=True, reason="guest-shutdown")
+
+
+def cpu_model_expansion(args: dict[str, Any]) -> dict[str, Any]:
+    """``query-cpu-model-expansion``: the model's props with the requested ones applied."""
+    model = args.get("model") or {}
+    base = CPU_MODELS.get(str(model.get("name")))
+    if args.get("type") != "full" or base is None:
+        return error("GenericError", f"CPU model '{model.get('name')}' not found")
+    return {"return": {"model": {"name": model["name"],
+                                 "props": {**base, **(model.get("props") or {})}}}}
 
 
 class JSONStream:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from segue.agent.admission import (
     QEMU_OVERHEAD_MIB,
     HostView,
+    check_cpu,
     check_fits,
     check_references,
     check_unique,
@@ -241,3 +242,25 @@ def test_fits_exactly_when_the_rules_say(memory: int, vcpus: int, total: int, fr
         assert not fits
     else:
         assert fits
+
+
+# ---- check_cpu ----
+
+def test_cpu_passes_when_nothing_is_excluded_or_asked() -> None:
+    check_cpu(vm(cpu_model="qemu64,+aes"), host_view())
+    check_cpu(vm(cpu_model="max"), host_view(cpu_excluded=frozenset({"aes", "avx2"})))
+    check_cpu(vm(cpu_model="qemu64,-aes,+sse4.2"), host_view(cpu_excluded=frozenset({"aes"})))
+
+
+def test_cpu_feature_missing_lists_every_excluded_feature_asked_for() -> None:
+    err = raises(InsufficientResources, "CPU_FEATURE_MISSING", check_cpu,
+                 vm(cpu_model="qemu64,+avx2,aes=on,+sse4.2"),
+                 host_view(cpu_excluded=frozenset({"aes", "avx2", "movbe"})))
+    assert err.details["missing"] == ["aes", "avx2"]
+    assert "aes, avx2" in err.message and "host1" in err.message
+
+
+def test_cpu_model_malformed_is_invalid() -> None:
+    err = raises(InvalidRequest, "VM_SPEC_INVALID", check_cpu, vm(cpu_model="qemu64,,+aes"),
+                 host_view(cpu_excluded=frozenset({"aes"})))
+    assert err.details["field"] == "cpu_model"

@@ -60,3 +60,15 @@ def test_agent_advertise_url() -> None:
     assert config.advertise_url == "http://10.0.0.1:7600" and config.heartbeat_interval == 2.0
     with pytest.raises(InvalidRequest):
         config_from_dict({**base, "controller_url": "unix:/c.sock"})
+
+
+def test_agent_cpu_exclude_features() -> None:
+    base = {"host": "h1", "state_dir": "/tmp/x"}
+    assert config_from_dict(base).cpu_exclude_features == []
+    config = config_from_dict({**base, "cpu_exclude_features": ["avx2", "sse4.2"]})
+    assert config.cpu_exclude_features == ["avx2", "sse4.2"]
+    assert config_from_dict(config.to_dict()) == config
+    for bad in ("avx2,+aes", "", "-aes", "AES"):
+        with pytest.raises(InvalidRequest) as err:
+            config_from_dict({**base, "cpu_exclude_features": [bad]})
+        assert err.value.code == "AGENT_CONFIG_INVALID"

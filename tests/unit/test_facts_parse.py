@@ -9,6 +9,7 @@ from segue.agent.facts_parse import (
     choose_accel,
     features_from_expansion,
     machines_from_query,
+    offered_features,
     parse_cpu_model_name,
     parse_link_speed,
     parse_meminfo,
@@ -114,3 +115,9 @@ def test_machines_from_query_empty() -> None:
 ])
 def test_parse_link_speed(text: str, speed: int | None) -> None:
     assert parse_link_speed(text) == speed
+
+
+def test_offered_features_drop_the_excluded_under_either_spelling() -> None:
+    features = ["aes", "avx2", "fpu", "lahf-lm", "lahf_lm"]
+    assert offered_features(features, ["avx2", "lahf_lm"]) == ["aes", "fpu"]
+    assert offered_features(features, []) == features

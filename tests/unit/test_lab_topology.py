@@ -12,6 +12,7 @@ from segue.domain.errors import InsufficientResources, InvalidRequest, NotFound
 from segue.lab.topology import (
     IFNAME_MAX,
     guest_mac,
+    mixed_host_overrides,
     next_guest_ip,
     plan_lab,
     plan_to_dict,
@@ -136,3 +137,54 @@ def test_macs() -> None:
     rng = random.Random(1)
     first = random_guest_mac([], random.Random(1))
     assert random_guest_mac([first.upper()], rng) != first
+
+
+# ---- mixed labs: per-host agent overrides ----
+
+MIXED = {"host2": {"cpu_exclude_features": ["avx2", "aes"]}, "host3": {"port_groups": {}}}
+
+
+def test_overrides_reach_the_agent_config_and_the_fabric() -> None:
+    plan = plan_lab("mix", 3, root=Path("/x"), host_overrides=MIXED)
+    older = config_from_dict(plan.host("host2").agent_config())
+    assert older.cpu_exclude_features == ["avx2", "aes"]
+    assert older.port_groups == {"vm-net": "br-vm-net"}
+    assert config_from_dict(plan.host("host3").agent_config()).port_groups == {}
+    assert config_from_dict(plan.host("host1").agent_config()).cpu_exclude_features == []
+    bridges = {(b.netns, b.ifname) for b in plan.bridges}
+    assert ("mix-host2", "br-vm-net") in bridges and ("mix-host3", "br-vm-net") not in bridges
+    host3_ifs = {p.far.ifname for p in plan.veths if p.far.netns == "mix-host3"}
+    assert host3_ifs == {"mgmt0", "mig0"}  # no uplink for the port group it lacks
+    assert plan_to_dict(plan)["host_overrides"] == MIXED
+
+
+def test_plain_lab_has_no_overrides() -> None:
+    plan = plan_lab("lab", 2, root=Path("/x"))
+    assert plan.host_overrides == {} and plan_to_dict(plan)["host_overrides"] == {}
+
+
+@pytest.mark.parametrize(("overrides", "code"), [
+    ({"host4": {"accel": "tcg"}}, "LAB_INVALID"),
+    ({"host1": {"listen": {}}}, "LAB_INVALID"),
+    ({"host1": {"port_groups": {"other": "br-other"}}}, "LAB_INVALID"),
+    ({"host1": {"port_groups": {"vm-net": "Bad Name"}}}, "LAB_INVALID"),
+    ({"host1": {"cpu_exclude_features": ["avx2,+aes"]}}, "AGENT_CONFIG_INVALID"),
+    ({"host1": {"accel": "fast"}}, "AGENT_CONFIG_INVALID"),
+])
+def test_bad_overrides_are_refused(overrides: dict[str, dict[str, object]], code: str) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        plan_lab("lab", 3, root=Path("/x"), host_overrides=overrides)
+    assert err.value.code == code and err.value.hint
+
+
+def test_mixed_host_overrides_from_the_cli_options() -> None:
+    groups = ("vm-net", "backup")
+    assert mixed_host_overrides(groups, ["host2"], ["host3:vm-net"]) == {
+        "host2": {"cpu_exclude_features": ["avx2", "aes"]},
+        "host3": {"port_groups": {"backup": "br-backup"}},
+    }
+    both = mixed_host_overrides(groups, ["host2:sse4.2,movbe"], ["host2:vm-net", "host2:backup"])
+    assert both == {"host2": {"cpu_exclude_features": ["sse4.2", "movbe"], "port_groups": {}}}
+    for bad in ("host3", "host3:nope"):
+        with pytest.raises(InvalidRequest):
+            mixed_host_overrides(groups, [], [bad])

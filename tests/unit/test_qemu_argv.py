@@ -62,10 +62,19 @@ def test_process_management_options() -> None:
     assert values(argv, "-uuid") == [UUID]
     assert values(argv, "-name") == ["guest=web1,debug-threads=on"]
     assert values(argv, "-machine") == ["pc-i440fx-7.2"]
-    assert values(argv, "-cpu") == ["qemu64"]
+    assert values(argv, "-cpu") == ["qemu64,enforce"]
     assert values(argv, "-m") == ["512M"]
     assert values(argv, "-smp") == ["2"]
     assert values(argv, "-display") == ["none"]
+
+
+def test_cpu_is_enforced_and_loses_the_features_the_host_lacks() -> None:
+    host = LaunchPlan(binary="qemu", accel="tcg", runtime=RuntimePaths(RUN), disk_files=(DISK,),
+                      cpu_exclude=("avx2", "aes"))
+    assert values(build_argv(kernel_spec(cpu_model="max"), host), "-cpu") == [
+        "max,-aes,-avx2,enforce"]
+    custom = build_argv(kernel_spec(cpu_model="qemu64,+sse4.2"), host)
+    assert values(custom, "-cpu") == ["qemu64,+sse4.2,-aes,-avx2,enforce"]
 
 
 def test_serial_goes_to_a_socket_and_a_log() -> None:

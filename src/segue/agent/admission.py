@@ -3,7 +3,8 @@
 Each check raises a ``SegueError`` with a stable code, naming the problem and the fix:
 ``VM_EXISTS``, ``MAC_IN_USE``, ``PORTGROUP_NOT_FOUND``, ``PORTGROUP_DOWN``,
 ``DATASTORE_NOT_FOUND``, ``DATASTORE_UNAVAILABLE``, ``DISK_NOT_FOUND``, ``IMAGE_NOT_FOUND``,
-``MACHINE_UNKNOWN``, ``MEMORY_EXCEEDS_HOST``, ``INSUFFICIENT_MEMORY``, ``VCPUS_EXCEED_HOST``.
+``MACHINE_UNKNOWN``, ``MEMORY_EXCEEDS_HOST``, ``INSUFFICIENT_MEMORY``, ``VCPUS_EXCEED_HOST``,
+``CPU_FEATURE_MISSING``, and ``VM_SPEC_INVALID`` for a malformed ``cpu_model``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 
 from segue.domain.errors import Conflict, InsufficientResources, InvalidRequest, NotFound
 from segue.domain.vm import VMSpec
+from segue.qemu.cpu_model import required_features
 
 # Memory QEMU itself needs beside guest RAM (TCG translation cache, device model).
 QEMU_OVERHEAD_MIB = 128
@@ -32,6 +34,7 @@ class HostView:
     logical_cpus: int
     local_vms: dict[str, VMSpec] = field(default_factory=dict)
     datastore_vms: dict[str, tuple[str, VMSpec]] = field(default_factory=dict)  # name->(host,spec)
+    cpu_excluded: frozenset[str] = frozenset()  # CPU features this host does not offer
 
 
 def resolve_machine(spec: VMSpec, view: HostView) -> str:
@@ -119,4 +122,19 @@ def check_fits(spec: VMSpec, view: HostView, *, starting: bool) -> None:
             "INSUFFICIENT_MEMORY",
             f"{spec.name} needs {need} MiB, {view.host} has {view.memory_available_mib} MiB free",
             "stop another VM or give this one less memory",
+        )
+
+
+def check_cpu(spec: VMSpec, view: HostView) -> None:
+    """The VM's ``cpu_model`` must not explicitly ask for (``+feat``, ``feat=on``) a CPU
+    feature this host does not offer; raises InsufficientResources (``CPU_FEATURE_MISSING``,
+    ``details.missing``) listing every such feature, InvalidRequest for a malformed model."""
+    missing = required_features(spec.cpu_model, view.cpu_excluded)
+    if missing:
+        raise InsufficientResources(
+            "CPU_FEATURE_MISSING",
+            f"{spec.name}'s CPU model {spec.cpu_model!r} needs {', '.join(missing)}, "
+            f"which {view.host} does not offer",
+            "run the VM on a host that offers them, or drop them from its cpu_model",
+            missing=missing,
         )

@@ -2,8 +2,10 @@
 
 Routes: ``GET /health``, ``GET /host`` (facts), ``GET/POST /vms``, ``GET/DELETE /vms/{name}``,
 ``POST /vms/{name}/start``, ``POST /vms/{name}/stop``, ``GET /vms/{name}/events``,
-``GET /vms/{name}/serial``. Errors are ``{"error": {code, message, hint}, "kind": ...}``
-with the HTTP status mapped from the error's kind here, and only here.
+``GET /vms/{name}/serial``; the migration routes (``segue.agent.api_migration``) and the
+pre-migration check routes (``segue.agent.api_checks``). Errors are
+``{"error": {code, message, hint}, "kind": ...}`` with the HTTP status mapped from the
+error's kind here, and only here.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from segue import __version__
 from segue.agent.config import AgentConfig
 from segue.agent.facts import QemuCapabilities, detect_accel, host_facts, probe_qemu
 from segue.agent.heartbeat import run_heartbeats
+from segue.agent.migpath import ProbeListeners
 from segue.agent.vms import VMManager
 from segue.domain.vm import VMSpec
 from segue.httpapi import install_error_handler
@@ -39,6 +42,7 @@ def create_app(config: AgentConfig, caps: QemuCapabilities | None = None) -> Fas
         async with asyncio.TaskGroup() as tg:
             await manager.load(tg)
             app.state.manager = manager
+            app.state.probe_listeners = probes = ProbeListeners(tg)
             beats = (tg.create_task(run_heartbeats(config, manager), name="heartbeats")
                      if config.controller_url is not None else None)
             try:
@@ -46,6 +50,7 @@ def create_app(config: AgentConfig, caps: QemuCapabilities | None = None) -> Fas
             finally:
                 if beats is not None:
                     beats.cancel()
+                probes.close()
                 await manager.close()
 
     app = FastAPI(title=f"Segue agent ({config.host})", version=__version__, lifespan=lifespan)
@@ -61,8 +66,10 @@ def _manager(request: Request) -> VMManager:
 
 
 def _routes(app: FastAPI, config: AgentConfig) -> None:
+    from segue.agent.api_checks import router as checks_router
     from segue.agent.api_migration import router as migration_router
     app.include_router(migration_router)
+    app.include_router(checks_router)
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "host": config.host, "version": __version__}

@@ -121,6 +121,17 @@ class AgentClient:
     def resume_vm(self, name: str) -> dict[str, Any]:
         return dict(self._call("POST", f"/vms/{name}/resume"))
 
+    # the pre-migration check calls, as in AsyncAgentClient
+    def vm_cpu(self, name: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/vms/{name}/cpu"))
+
+    def open_probe_listener(self) -> dict[str, Any]:
+        return dict(self._call("POST", "/migration-network/listen"))
+
+    def probe_migration_path(self, address: str, port: int) -> dict[str, Any]:
+        return dict(self._call("POST", "/migration-network/probe",
+                               json={"address": address, "port": port}))
+
 
 class AsyncAgentClient:
     """The async client the controller uses; same answers and errors as AgentClient.
@@ -136,6 +147,16 @@ class AsyncAgentClient:
     - ``claim(name)`` on the destination once it runs: it now owns the VM.
     - ``release(name)`` on the source once the destination owns it: QEMU quits, the local
       definition goes (the datastore's copy now names the destination).
+
+    Pre-migration check calls:
+    - ``vm_cpu(name)``: ``{"model": the -cpu value its QEMU runs with, "features": [...]}``,
+      the enabled features QEMU expands that to (Conflict ``VM_NOT_RUNNING`` without QEMU).
+    - ``open_probe_listener()`` on the destination: ``{"address", "port"}`` of a one-shot TCP
+      listener on its migration address (closed after one connection or 10 s).
+    - ``probe_migration_path(address, port)`` on the source: ``{"ok", "rtt_ms", "error",
+      "source_address"}``, a TCP connect from its migration address (3 s timeout; an
+      unreachable peer is ``ok: false``, not an error). Both raise Unavailable
+      (``MIGRATION_NIC_UNAVAILABLE``) when the host has no usable migration address.
     """
 
     def __init__(self, base_url: str, *, transport: httpx.AsyncBaseTransport | None = None,
@@ -212,3 +233,13 @@ class AsyncAgentClient:
 
     async def resume_vm(self, name: str) -> dict[str, Any]:
         return dict(await self._call("POST", f"/vms/{name}/resume"))
+
+    async def vm_cpu(self, name: str) -> dict[str, Any]:
+        return dict(await self._call("GET", f"/vms/{name}/cpu"))
+
+    async def open_probe_listener(self) -> dict[str, Any]:
+        return dict(await self._call("POST", "/migration-network/listen"))
+
+    async def probe_migration_path(self, address: str, port: int) -> dict[str, Any]:
+        return dict(await self._call("POST", "/migration-network/probe",
+                                     json={"address": address, "port": port}))

@@ -13,7 +13,8 @@ Example::
       "accel": "auto",
       "controller_url": "http://10.210.0.2:7700",
       "advertise_url": "http://10.210.0.11:7600",
-      "heartbeat_interval": 2.0
+      "heartbeat_interval": 2.0,
+      "cpu_exclude_features": ["avx2", "aes"]
     }
 
 ``port_groups`` maps a port group name to the bridge that carries it on this host;
@@ -22,16 +23,23 @@ Example::
 With ``controller_url`` (``http(s)://...`` or ``unix:PATH``) the agent sends the controller
 a heartbeat every ``heartbeat_interval`` seconds, saying it is reachable at
 ``advertise_url`` (default: ``http://<listen.address>:<listen.port>``).
+``cpu_exclude_features`` makes the host offer a smaller CPU feature set, as an older host
+would: its facts omit those features, every QEMU it starts gets ``-feat`` for each, and it
+refuses VMs whose ``cpu_model`` asks for one explicitly (``segue.agent.admission``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from segue.domain.errors import InvalidRequest
+
+# A QEMU CPU feature name; anything else (a comma above all) would change the -cpu option.
+_FEATURE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,17 @@ class AgentConfig:
     controller_url: str | None = None
     advertise_url: str | None = None
     heartbeat_interval: float = 2.0
+    cpu_exclude_features: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        """Raises InvalidRequest (``AGENT_CONFIG_INVALID``) for a bad feature name."""
+        for name in self.cpu_exclude_features:
+            if not _FEATURE_NAME.fullmatch(name):
+                raise InvalidRequest(
+                    "AGENT_CONFIG_INVALID",
+                    f"cpu_exclude_features: {name!r} is not a CPU feature name",
+                    "use QEMU's lowercase feature names, e.g. avx2, aes, sse4.2",
+                )
 
     @property
     def vms_dir(self) -> Path:
@@ -76,6 +95,7 @@ class AgentConfig:
             "controller_url": self.controller_url,
             "advertise_url": self.advertise_url,
             "heartbeat_interval": self.heartbeat_interval,
+            "cpu_exclude_features": list(self.cpu_exclude_features),
         }
 
 
@@ -107,6 +127,7 @@ def config_from_dict(data: dict[str, Any]) -> AgentConfig:
             controller_url=data.get("controller_url"),
             advertise_url=_advertise_url(data, listen_config),
             heartbeat_interval=float(data.get("heartbeat_interval", 2.0)),
+            cpu_exclude_features=[str(f) for f in data.get("cpu_exclude_features") or []],
         )
     except KeyError as err:
         raise InvalidRequest(

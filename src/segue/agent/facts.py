@@ -22,6 +22,7 @@ from segue.agent.facts_parse import (
     choose_accel,
     features_from_expansion,
     machines_from_query,
+    offered_features,
     parse_cpu_model_name,
     parse_link_speed,
     parse_meminfo,
@@ -152,13 +153,15 @@ def migration_nic_facts(ifname: str | None) -> MigrationNicFacts:
 
 
 def host_facts(config: AgentConfig, caps: QemuCapabilities, vms: int) -> HostFacts:
-    """All facts of this host now (QEMU capabilities as probed at agent start)."""
+    """All facts of this host now (QEMU capabilities as probed at agent start); the CPU
+    features are those QEMU offers minus the configured ``cpu_exclude_features``."""
     return HostFacts(
         name=config.host,
         cpu=CpuFacts(
             host_model=parse_cpu_model_name(Path("/proc/cpuinfo").read_text()),
             accel=caps.accel, accel_reason=caps.accel_reason,
-            logical_cpus=len(os.sched_getaffinity(0)), features=caps.features,
+            logical_cpus=len(os.sched_getaffinity(0)),
+            features=offered_features(caps.features, config.cpu_exclude_features),
         ),
         memory=memory_facts(), qemu=caps.qemu,
         migration=migration_nic_facts(config.migration_interface),

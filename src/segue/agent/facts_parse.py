@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from segue.qemu.cpu_model import canonical_feature
+
 # Boolean properties of a QEMU CPU model that are settings, not CPU features.
 NON_FEATURE_PROPS = frozenset({
     "check", "enforce", "migratable", "pmu", "l3-cache", "full-cpuid-auto-level",
@@ -65,6 +67,12 @@ def features_from_expansion(expansion: dict[str, Any]) -> list[str]:
         name for name, value in props.items()
         if value is True and name not in NON_FEATURE_PROPS and not name.startswith("x-")
     )
+
+
+def offered_features(features: list[str], exclude: list[str]) -> list[str]:
+    """``features`` without the excluded ones (``lahf_lm`` and ``lahf-lm`` are one feature)."""
+    gone = {canonical_feature(name) for name in exclude}
+    return [f for f in features if canonical_feature(f) not in gone]
 
 
 def machines_from_query(machines: list[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:

@@ -141,6 +141,7 @@ class Migrations:
         admission.check_unique(spec, replace(view, datastore_vms=others))
         admission.check_references(spec, view, paths)
         admission.resolve_machine(spec, view)
+        admission.check_cpu(spec, view)
         admission.check_fits(spec, view, starting=True)
 
     async def _listen(self, vm: ManagedVM, address: str, capabilities: dict[str, bool],

@@ -197,6 +197,7 @@ class VMManager:
             logical_cpus=len(os.sched_getaffinity(0)),
             local_vms={n: v.spec for n, v in self.vms.items()},
             datastore_vms={e.spec.name: (e.host, e.spec) for e in self.store.datastore_entries()},
+            cpu_excluded=frozenset(self.config.cpu_exclude_features),
         )
 
     def file_paths(self, spec: VMSpec) -> dict[str, str]:
@@ -219,6 +220,7 @@ class VMManager:
         view = self.host_view(list(paths.values()))
         admission.check_unique(spec, view)
         admission.check_references(spec, view, paths)
+        admission.check_cpu(spec, view)
         admission.check_fits(spec, view, starting=False)
         spec = spec.with_changes(uuid=spec.uuid or str(uuidlib.uuid4()),
                                  machine=admission.resolve_machine(spec, view),
@@ -275,6 +277,7 @@ class VMManager:
             paths = self.file_paths(vm.spec)
             view = self.host_view(list(paths.values()))
             admission.check_references(vm.spec, view, paths)
+            admission.check_cpu(vm.spec, view)
             admission.check_fits(vm.spec, view, starting=True)
             await self.launch(vm)
         return await self.info(name)
@@ -287,7 +290,7 @@ class VMManager:
         plan = LaunchPlan(
             binary=self.config.qemu_binary, accel=self.caps.accel, runtime=vm.runtime,
             disk_files=tuple(self.config.datastores[d.datastore] / d.path for d in vm.spec.disks),
-            incoming=incoming,
+            incoming=incoming, cpu_exclude=tuple(self.config.cpu_exclude_features),
         )
         vm.state = VMState.STARTING
         try:

@@ -10,7 +10,7 @@ from rich.table import Table
 from segue.cli.output import console, handles_errors, print_json
 from segue.lab import guests
 from segue.lab import lab as labops
-from segue.lab.topology import LabPlan
+from segue.lab.topology import OLDER_CPU_EXCLUDES, LabPlan, mixed_host_overrides
 
 lab_app = typer.Typer(help="A cluster of namespaced hosts on this machine.", no_args_is_help=True)
 vm_app = typer.Typer(help="Guests in the lab (booted from the test image).",
@@ -26,14 +26,23 @@ def _plan(name: str) -> LabPlan:
 
 @lab_app.command("up")
 @handles_errors
-def up(hosts: int = typer.Option(2, help="Number of hosts."), name: str = NAME) -> None:
+def up(hosts: int = typer.Option(2, help="Number of hosts."), name: str = NAME,
+       older_cpu: list[str] = typer.Option(
+           [], "--older-cpu", metavar="HOST[:FEAT,...]",
+           help="This host offers fewer CPU features, as an older one would "
+                f"(default without {', '.join(OLDER_CPU_EXCLUDES)}). Repeatable."),
+       without_port_group: list[str] = typer.Option(
+           [], "--without-port-group", metavar="HOST:PORTGROUP",
+           help="This host lacks the port group (no bridge, no uplink). Repeatable.")) -> None:
     """Build the lab: namespaces, fabric, shared datastore, one agent per host."""
     from segue.image.builder import build_image
 
+    port_groups = ("vm-net",)
+    overrides = mixed_host_overrides(port_groups, older_cpu, without_port_group)
     with console.status("building the guest image"):
         build_image()
     with console.status(f"bringing lab {name} up with {hosts} hosts"):
-        labops.lab_up(name, hosts)
+        labops.lab_up(name, hosts, port_groups, host_overrides=overrides)
     console.print(f"lab [bold]{name}[/] is up:")
     _status_table(labops.lab_status(name).to_dict())
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import typer
 
+from segue.cli import checks  # noqa: F401 - adds `segue vm where`
+from segue.cli.cluster import cluster_app
 from segue.cli.hosts import host_app
 from segue.cli.lab import lab_app
 from segue.cli.migrations import migration_app  # also adds `segue vm migrate`
@@ -64,6 +66,7 @@ app.add_typer(lab_app, name="lab")
 app.add_typer(host_app, name="host")
 app.add_typer(vm_app, name="vm")
 app.add_typer(migration_app, name="migration")
+app.add_typer(cluster_app, name="cluster")
 
 
 def main() -> None:

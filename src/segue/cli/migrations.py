@@ -1,4 +1,5 @@
-"""``segue vm migrate`` and ``segue migration list|show|cancel``: talk to the controller only."""
+"""``segue vm migrate`` (``--check``: the pre-migration checks only) and
+``segue migration list|show|cancel``: talk to the controller only."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
+from segue.cli.checks import results_table
 from segue.cli.output import console, handles_errors, print_json
 from segue.cli.vms import vm_app
 from segue.controller.client import ControllerClient
+from segue.domain.errors import Conflict
 
 migration_app = typer.Typer(help="Live migrations: list, show, cancel.", no_args_is_help=True)
 URL = typer.Option(None, "--url", help="Controller URL (default: $SEGUE_URL or the lab's).")
@@ -29,6 +32,8 @@ def _rate(n: float | None) -> str:
 @vm_app.command("migrate")
 @handles_errors
 def migrate(vm: str, to: str = typer.Option(..., "--to", help="Destination host."),
+            check: bool = typer.Option(False, "--check", help="Only run the pre-migration "
+                                       "checks and show them (exit 1 on an error)."),
             wait: bool = typer.Option(True, help="Follow the migration until it ends."),
             downtime_ms: int = typer.Option(300, help="Target downtime (ms)."),
             max_bandwidth: int = typer.Option(0, help="Cap in MiB/s (0: no cap)."),
@@ -36,11 +41,17 @@ def migrate(vm: str, to: str = typer.Option(..., "--to", help="Destination host.
             stall_timeout: float = typer.Option(15.0, help="Give up when no data moved for "
                                                            "this many seconds."),
             url: str | None = URL, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Live-migrate a running VM to another host, with live progress and a final summary."""
+    """Live-migrate a running VM to another host, with live progress and a final summary.
+
+    The controller runs every pre-migration check first and refuses on an error; the
+    refusal prints the table of results (``--json``: the error as JSON on stdout)."""
+    if check:
+        run_check(vm, to, url, as_json)
+        return
     body = {"to": to, "downtime_limit_ms": downtime_ms, "deadline_s": deadline,
             "stall_timeout_s": stall_timeout, "max_bandwidth_mibs": max_bandwidth or None}
     with ControllerClient.from_env(url) as client:
-        job = client.call("POST", f"/vms/{vm}/migrations", json=body)
+        job = request_migration(client, vm, body, as_json)
         if not wait:
             print_json(job) if as_json else console.print(
                 f"migration {job['id']} of {vm} to {to} started ({job['phase']})")
@@ -52,6 +63,35 @@ def migrate(vm: str, to: str = typer.Option(..., "--to", help="Destination host.
         print_summary(job)
     if job["phase"] != "completed":
         raise typer.Exit(1)
+
+
+def run_check(vm: str, to: str, url: str | None, as_json: bool) -> None:
+    """``--check``: the results as a table (or JSON); exit 1 if any is an error."""
+    with ControllerClient.from_env(url) as client:
+        answer = client.call("POST", f"/vms/{vm}/migrations/check", json={"to": to})
+    if as_json:
+        print_json(answer)
+    else:
+        console.print(results_table(answer["results"],
+                                    f"can {vm} migrate from {answer['source']} to {to}?"))
+    if not answer["ok"]:
+        raise typer.Exit(1)
+
+
+def request_migration(client: ControllerClient, vm: str, body: dict[str, Any],
+                      as_json: bool) -> dict[str, Any]:
+    """Ask for the migration; a refusal on checks shows every result, then raises."""
+    try:
+        return dict(client.call("POST", f"/vms/{vm}/migrations", json=body))
+    except Conflict as err:
+        if err.code == "MIGRATION_CHECKS_FAILED":
+            results = list(err.details.get("results") or [])
+            if as_json:
+                print_json({"error": err.to_dict()})
+            else:
+                failed = [r for r in results if r["severity"] != "ok"]
+                console.print(results_table(failed, f"{vm} cannot migrate to {body['to']}"))
+        raise
 
 
 def follow(client: ControllerClient, job: dict[str, Any], quiet: bool = False) -> dict[str, Any]:

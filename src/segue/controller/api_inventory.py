@@ -10,7 +10,8 @@ Routes: ``POST /hosts/heartbeat``, ``GET /hosts``, ``GET /hosts/{name}``,
 ``POST /vms/{name}/stop``, ``GET /vms/{name}/events``.
 
 Errors: those of ``segue.controller.inventory``, the agents' own (passed through with their
-codes), ``Unavailable`` (``HOST_DISCONNECTED``) for an action on a silent host.
+codes), ``Unavailable`` (``HOST_DISCONNECTED``) for an action on a silent host, ``Conflict``
+(``HOST_BELOW_BASELINE``) for a heartbeat of a new host below the CPU baseline.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from segue.agent.client import AsyncAgentClient
-from segue.controller import inventory
+from segue.controller import cluster, inventory
 from segue.controller.agents import AgentPool
 from segue.controller.config import ControllerConfig
 from segue.controller.db import Database
@@ -73,8 +74,11 @@ def _agent_of(request: Request, host: Host) -> AsyncAgentClient:
 # ---- hosts ----
 @router.post("/hosts/heartbeat")
 def heartbeat(request: Request, beat: Heartbeat) -> dict[str, Any]:
+    """Store the heartbeat; a new host below the CPU baseline is refused (``cluster``)."""
     with _db(request).session() as s:
+        cluster.admit_host(s, beat.name, beat.facts)
         host = inventory.record_heartbeat(s, beat.name, beat.url, beat.facts, beat.vms, utcnow())
+        cluster.track_hosts(s, utcnow())
         return {"name": host.name, "state": host.state}
 
 
@@ -128,12 +132,16 @@ def list_vms(request: Request, host: str | None = None) -> list[dict[str, Any]]:
 
 @router.post("/vms", status_code=201)
 async def create_vm(request: Request, body: CreateVM) -> dict[str, Any]:
-    """Define (and by default start) a VM on the given host; refused if the name is taken."""
+    """Define (and by default start) a VM on the given host; refused if the name is taken.
+
+    A ``cpu_model`` of ``baseline`` or ``qemu64`` becomes the cluster's CPU baseline."""
     with _db(request).session() as s:
         inventory.refuse_existing_vm(s, body.spec.name)
         host = inventory.get_host(s, body.host)
         agent = _agent_of(request, host)
-    info = await agent.define_vm(body.spec.to_dict(), start=body.start)
+        spec = body.spec.with_changes(
+            cpu_model=cluster.resolve_cpu_model(s, body.spec.cpu_model))
+    info = await agent.define_vm(spec.to_dict(), start=body.start)
     with _db(request).session() as s:
         vm = inventory.add_vm(s, info, inventory.get_host(s, body.host))
         if body.start:

@@ -1,7 +1,11 @@
 """Migration routes of the controller API.
 
-``POST /vms/{name}/migrations`` (202: the job, already past its request checks),
-``GET /migrations``, ``GET /migrations/{id}``, ``GET /migrations/{id}/samples``,
+``POST /vms/{name}/migrations`` (202: the job, already past every pre-migration check;
+409 ``MIGRATION_CHECKS_FAILED`` with ``details.results`` otherwise),
+``POST /vms/{name}/migrations/check`` (body ``{"to": HOST}``: ``{vm, source, destination, ok,
+results}``), ``GET /vms/{name}/where`` (``{vm, source, checks, hosts: [{host, ok, checks:
+{check: ok|warning|error}, results}]}``, every other host), ``GET /migrations``,
+``GET /migrations/{id}``, ``GET /migrations/{id}/samples``,
 ``POST /migrations/{id}/cancel``.
 """
 
@@ -28,6 +32,13 @@ class MigrationRequest:
     stall_timeout_s: float = 15.0
 
 
+@dataclass(frozen=True)
+class CheckRequest:
+    """Body of a check: the destination host."""
+
+    to: str
+
+
 def _service(request: Request) -> MigrationService:
     service: MigrationService = request.app.state.migrations
     return service
@@ -39,6 +50,18 @@ async def migrate_vm(request: Request, name: str, body: MigrationRequest) -> dic
                                max_bandwidth_mibs=body.max_bandwidth_mibs,
                                deadline_s=body.deadline_s, stall_timeout_s=body.stall_timeout_s)
     return await _service(request).request(name, body.to, options)
+
+
+@router.post("/vms/{name}/migrations/check")
+async def check_migration(request: Request, name: str, body: CheckRequest) -> dict[str, Any]:
+    """Every pre-migration check for one destination; nothing starts."""
+    return await _service(request).prechecks.check(name, body.to)
+
+
+@router.get("/vms/{name}/where")
+async def where_vm_can_go(request: Request, name: str) -> dict[str, Any]:
+    """Every other host with its check results: where the VM can go."""
+    return await _service(request).prechecks.where(name)
 
 
 @router.get("/migrations")

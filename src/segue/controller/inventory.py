@@ -47,9 +47,13 @@ def list_hosts(session: Session) -> list[Host]:
     return list(session.scalars(select(Host).order_by(Host.name)))
 
 
+def find_host(session: Session, name: str) -> Host | None:
+    return session.scalars(select(Host).where(Host.name == name)).first()
+
+
 def get_host(session: Session, name: str) -> Host:
     """The host named ``name``; raises NotFound (HOST_NOT_FOUND) naming the known hosts."""
-    host = session.scalars(select(Host).where(Host.name == name)).first()
+    host = find_host(session, name)
     if host is None:
         known = [h.name for h in list_hosts(session)]
         hint = (f"known hosts: {', '.join(known)}" if known else

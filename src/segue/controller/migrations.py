@@ -1,16 +1,17 @@
 """Migration jobs: accept a request (checked at once), run it phase by phase, keep the record.
 
-A request is refused before anything starts when the VM or host is unknown, the VM is not
-running, it already migrates, the destination is its own host, disconnected, disabled for
-migration, in maintenance or its agent does not answer. An accepted job runs in the
-controller's TaskGroup (``segue.controller.migration_job``); every phase change is stored
-with its time and reason.
+A request is refused before anything starts: at once when the VM or host is unknown, the
+destination is the VM's own host, the VM already migrates, an agent does not answer or the
+VM is not running (each with its own code, as below); then every pre-migration check runs
+(``segue.controller.precheck``, ``segue.checks``) and any error refuses the request with
+``MIGRATION_CHECKS_FAILED``, whose ``details["results"]`` holds every result (errors,
+warnings and passes). An accepted job runs in the controller's TaskGroup
+(``segue.controller.migration_job``); every phase change is stored with its time and reason.
 
 Errors: ``NotFound`` (``VM_NOT_FOUND``, ``HOST_NOT_FOUND``, ``MIGRATION_NOT_FOUND``),
 ``Conflict`` (``MIGRATION_SAME_HOST``, ``VM_NOT_RUNNING``, ``MIGRATION_IN_PROGRESS``,
-``HOST_MIGRATION_DISABLED``, ``HOST_IN_MAINTENANCE``, ``HOST_NO_MIGRATION_ADDRESS``,
-``MIGRATION_NOT_CANCELLABLE``), ``Unavailable`` (``HOST_DISCONNECTED``,
-``AGENT_UNREACHABLE``).
+``MIGRATION_CHECKS_FAILED``, ``MIGRATION_NOT_CANCELLABLE``), ``Unavailable``
+(``AGENT_UNREACHABLE``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from segue.checks import errors_of, run_checks
 from segue.controller import inventory
 from segue.controller.agents import AgentPool
 from segue.controller.db import Database
@@ -33,7 +35,8 @@ from segue.controller.migration_models import (
     MigrationTransitionRow,
 )
 from segue.controller.models import utcnow as now_utc
-from segue.domain.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from segue.controller.precheck import Prechecker
+from segue.domain.errors import Conflict, InvalidRequest, NotFound
 from segue.engine.phases import ACTIVE, Phase, check_transition
 
 log = logging.getLogger(__name__)
@@ -97,7 +100,7 @@ class MigrationService:
         self.db = db
         self.agents = agents
         self.tg = tg
-        self.heartbeat_timeout = heartbeat_timeout
+        self.prechecks = Prechecker(db, agents, heartbeat_timeout)
         self.cancel_events: dict[str, asyncio.Event] = {}
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -169,7 +172,7 @@ class MigrationService:
         """Check the request, create the job and start it; raises before creating anything."""
         options.validate()
         source, target = self._check_inventory(vm_name, dest)
-        await self._check_live(vm_name, source, target)
+        warnings = await self._check_all(vm_name, dest)
         migration_id = str(uuid.uuid4())
         with self.db.session() as session:
             self._refuse_in_flight(session, vm_name)
@@ -178,9 +181,10 @@ class MigrationService:
                 id=migration_id, vm_name=vm_name, source_host=source.host, dest_host=target.host,
                 phase=Phase.CHECK.value, created_at=at, updated_at=at, options=asdict(options),
                 summary={}, last_progress={}))
-            session.add(MigrationTransitionRow(migration_id=migration_id, at=at, from_phase=None,
-                                               to_phase=Phase.CHECK.value,
-                                               message="requested; request checks passed"))
+            session.add(MigrationTransitionRow(
+                migration_id=migration_id, at=at, from_phase=None, to_phase=Phase.CHECK.value,
+                message="requested; pre-migration checks passed"
+                        + (f" (warnings: {', '.join(warnings)})" if warnings else "")))
         from segue.controller.migration_job import MigrationJob
 
         self.cancel_events[migration_id] = asyncio.Event()
@@ -236,31 +240,26 @@ class MigrationService:
                                "choose another destination host")
             target = inventory.get_host(session, dest)
             source = inventory.get_host(session, vm.host)
-            self._check_destination(target)
             return (Endpoint(source.name, source.url, source.migration_address),
                     Endpoint(target.name, target.url, target.migration_address))
 
-    def _check_destination(self, host: Any) -> None:
-        if not inventory.host_connected(host, now_utc(), self.heartbeat_timeout):
-            raise Unavailable("HOST_DISCONNECTED",
-                              f"host {host.name} has not sent a heartbeat lately",
-                              "check its agent (segue host list)")
-        if host.maintenance:
-            raise Conflict("HOST_IN_MAINTENANCE", f"host {host.name} is in maintenance",
-                           "take it out of maintenance first")
-        if not host.migration_enabled:
-            raise Conflict("HOST_MIGRATION_DISABLED", f"host {host.name} is not enabled for "
-                           "migration", f"segue host enable-migration {host.name}")
-        if not host.migration_address:
-            raise Conflict("HOST_NO_MIGRATION_ADDRESS", f"host {host.name} reports no migration "
-                           "interface address", "configure and bring up its migration interface")
-
-    async def _check_live(self, vm_name: str, source: Endpoint, target: Endpoint) -> None:
-        info = await self.agents.client(source.url).get_vm(vm_name)
-        if info["state"] != "running":
-            raise Conflict("VM_NOT_RUNNING", f"{vm_name} is {info['state']}, not running",
+    async def _check_all(self, vm_name: str, dest: str) -> list[str]:
+        """Run every pre-migration check; the warnings' codes. Raises VM_NOT_RUNNING alone
+        (as before the checks existed), else MIGRATION_CHECKS_FAILED with every result."""
+        ctx = await self.prechecks.for_request(vm_name, dest)
+        if ctx.vm_state != "running":
+            raise Conflict("VM_NOT_RUNNING", f"{vm_name} is {ctx.vm_state}, not running",
                            f"start it first (segue vm start {vm_name})")
-        await self.agents.client(target.url).health()
+        results = run_checks(ctx)
+        errors = errors_of(results)
+        if errors:
+            codes = ", ".join(sorted({r.code for r in errors}))
+            raise Conflict("MIGRATION_CHECKS_FAILED",
+                           f"{vm_name} cannot migrate to {dest}: {len(errors)} check(s) failed "
+                           f"({codes})", "fix what each result's hint says; see them with "
+                           f"segue vm migrate {vm_name} --to {dest} --check",
+                           results=[r.to_dict() for r in results])
+        return [r.code for r in results if r.severity == "warning"]
 
     def cancel(self, migration_id: str) -> dict[str, Any]:
         """Ask a running job to cancel; refused once the destination may be running."""

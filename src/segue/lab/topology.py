@@ -11,7 +11,12 @@ A lab named ``N`` is a set of network namespaces:
   10.210.2.100 and up.
 
 ``<tag>`` is the port group name when it is short enough for the 15-character interface name
-limit, else a short name derived from a hash. Errors: ``InvalidRequest`` (``LAB_INVALID``) for
+limit, else a short name derived from a hash.
+
+``host_overrides`` (``{"host2": {"cpu_exclude_features": ["avx2", "aes"]}, "host3":
+{"port_groups": {}}}``) are merged into a host's agent configuration, so one lab can mix
+hosts: an older CPU, a host lacking a port group (it then gets no bridge nor uplink for it).
+Errors: ``InvalidRequest`` (``LAB_INVALID``) for
 a bad lab name, host count or port group; ``NotFound`` (``LAB_HOST_NOT_FOUND``) for an unknown
 host; ``InsufficientResources`` (``LAB_NO_GUEST_IP``, ``LAB_NO_MAC``) when a range is used up.
 """
@@ -22,12 +27,12 @@ import hashlib
 import random
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from segue.agent.config import AgentConfig, ListenConfig
+from segue.agent.config import AgentConfig, ListenConfig, config_from_dict
 from segue.domain.errors import InsufficientResources, InvalidRequest, NotFound
 from segue.paths import lab_dir
 
@@ -52,6 +57,11 @@ _LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 _PORT_GROUP = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _TAG_MAX = 8  # "h16-" + tag must fit in IFNAME_MAX
 _RESERVED_TAGS = frozenset({"mgmt", "mig"})
+_BRIDGE = re.compile(r"^[a-z][a-z0-9-]{0,14}$")
+# Agent settings a lab host may override; the rest is the lab's wiring.
+OVERRIDABLE = frozenset(f.name for f in fields(AgentConfig)) - {"host", "state_dir", "listen"}
+# What ``--older-cpu HOST`` takes away: both are offered by TCG's ``max`` model.
+OLDER_CPU_EXCLUDES = ("avx2", "aes")
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,7 @@ class HostPlan:
     port_groups: dict[str, str]
     state_dir: Path
     datastore_dir: Path
+    agent_overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
     def agent_socket(self) -> Path:
@@ -103,7 +114,8 @@ class HostPlan:
         return self.state_dir / "agent.log"
 
     def agent_config(self) -> dict[str, Any]:
-        """The agent's configuration, in the JSON form ``segue.agent.config`` reads."""
+        """The agent's configuration, in the JSON form ``segue.agent.config`` reads, with
+        this host's overrides merged in."""
         return AgentConfig(
             host=self.name,
             state_dir=self.state_dir,
@@ -115,7 +127,7 @@ class HostPlan:
         ).to_dict() | {
             "controller_url": CONTROLLER_URL,
             "advertise_url": f"http://{self.mgmt_ip}:{AGENT_PORT}",
-        }
+        } | self.agent_overrides
 
 
 @dataclass(frozen=True)
@@ -164,6 +176,7 @@ class LabPlan:
     datastore_dir: Path
     controller: ControllerPlan
     fabric_bridges: dict[str, str] = field(default_factory=dict)
+    host_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def namespaces(self) -> tuple[str, ...]:
@@ -235,17 +248,46 @@ def _check_inputs(name: str, hosts: int, port_groups: tuple[str, ...]) -> None:
         raise _invalid("two port group names map to the same short name", "rename one")
 
 
-def _host_plan(name: str, index: int, root: Path, port_groups: tuple[str, ...]) -> HostPlan:
+def _check_overrides(hosts: int, port_groups: tuple[str, ...],
+                     host_overrides: dict[str, dict[str, Any]]) -> None:
+    """Overrides name existing hosts and overridable settings; overridden port groups are
+    the lab's, each on a valid bridge name of its own."""
+    for host, overrides in host_overrides.items():
+        if host not in {f"host{i}" for i in range(1, hosts + 1)}:
+            raise _invalid(f"overrides for {host!r}, which this lab does not have",
+                           f"name hosts host1..host{hosts}")
+        unknown = sorted(set(overrides) - OVERRIDABLE)
+        if unknown:
+            raise _invalid(f"{host}: {', '.join(unknown)} cannot be overridden",
+                           f"override only {', '.join(sorted(OVERRIDABLE))}")
+        groups: dict[str, str] = overrides.get("port_groups", {})
+        if not set(groups) <= set(port_groups):
+            raise _invalid(f"{host}: port groups {sorted(set(groups) - set(port_groups))} "
+                           "are not in the lab", f"use some of {', '.join(port_groups)}")
+        bridges = list(groups.values())
+        if len(set(bridges)) != len(bridges) or not all(_BRIDGE.match(b) for b in bridges):
+            raise _invalid(f"{host}: bad or repeated bridge names {bridges}",
+                           "give each port group its own interface name (<= 15 characters)")
+
+
+def _host_plan(name: str, index: int, root: Path, port_groups: tuple[str, ...],
+               overrides: dict[str, Any]) -> HostPlan:
+    """Host ``index``; raises InvalidRequest (``AGENT_CONFIG_INVALID``) if its overrides
+    make an agent configuration the agent would refuse."""
     host = f"host{index}"
-    return HostPlan(
+    default_groups = {pg: f"br-{port_group_tag(pg)}" for pg in port_groups}
+    plan = HostPlan(
         name=host,
         netns=f"{name}-{host}",
         mgmt_ip=f"{MGMT_NET}.{10 + index}",
         mig_ip=f"{MIG_NET}.{10 + index}",
-        port_groups={pg: f"br-{port_group_tag(pg)}" for pg in port_groups},
+        port_groups=dict(overrides.get("port_groups", default_groups)),
         state_dir=root / host,
         datastore_dir=root / "datastores" / DATASTORE_NAME,
+        agent_overrides=dict(overrides),
     )
+    config_from_dict(plan.agent_config())
+    return plan
 
 
 def _host_veths(host: HostPlan, index: int, switch_ns: str) -> list[VethPair]:
@@ -270,14 +312,19 @@ def plan_lab(
     hosts: int = 2,
     port_groups: tuple[str, ...] = ("vm-net",),
     root: Path | None = None,
+    host_overrides: dict[str, dict[str, Any]] | None = None,
 ) -> LabPlan:
     """Plan a lab: namespaces, bridges, veths, addresses and paths (under ``root``, default
-    ``segue.paths.lab_dir(name)``). Raises InvalidRequest (``LAB_INVALID``) on bad input."""
+    ``segue.paths.lab_dir(name)``), each host's agent settings with its ``host_overrides``.
+    Raises InvalidRequest (``LAB_INVALID``, ``AGENT_CONFIG_INVALID``) on bad input."""
     port_groups = tuple(port_groups)
+    host_overrides = host_overrides or {}
     _check_inputs(name, hosts, port_groups)
+    _check_overrides(hosts, port_groups, host_overrides)
     root = root if root is not None else lab_dir(name)
     switch_ns, client_ns = f"{name}-sw", f"{name}-client"
-    host_plans = tuple(_host_plan(name, i, root, port_groups) for i in range(1, hosts + 1))
+    host_plans = tuple(_host_plan(name, i, root, port_groups, host_overrides.get(f"host{i}", {}))
+                       for i in range(1, hosts + 1))
     fabric = {net: f"fab-{net}" for net in ("mgmt", "mig")}
     fabric.update({pg: f"fab-{port_group_tag(pg)}" for pg in port_groups})
     bridges = [BridgePlan(switch_ns, br) for br in fabric.values()]
@@ -309,7 +356,30 @@ def plan_lab(
         datastore_dir=root / "datastores" / DATASTORE_NAME,
         controller=controller,
         fabric_bridges=fabric,
+        host_overrides={h: dict(o) for h, o in host_overrides.items()},
     )
+
+
+def mixed_host_overrides(port_groups: tuple[str, ...], older_cpu: list[str],
+                         without_port_group: list[str]) -> dict[str, dict[str, Any]]:
+    """Overrides for ``lab up --older-cpu HOST[:FEAT,...]`` (default features
+    ``OLDER_CPU_EXCLUDES``) and ``--without-port-group HOST:PORTGROUP``.
+
+    Raises InvalidRequest (``LAB_INVALID``) for a malformed value."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in older_cpu:
+        host, _, feats = item.partition(":")
+        features = [f for f in feats.split(",") if f] if feats else list(OLDER_CPU_EXCLUDES)
+        out.setdefault(host, {})["cpu_exclude_features"] = features
+    for item in without_port_group:
+        host, sep, group = item.partition(":")
+        if not sep or group not in port_groups:
+            raise _invalid(f"--without-port-group {item!r} is not HOST:PORTGROUP of this lab",
+                           f"e.g. host3:{port_groups[0]}")
+        groups = out.setdefault(host, {}).setdefault(
+            "port_groups", {pg: f"br-{port_group_tag(pg)}" for pg in port_groups})
+        groups.pop(group, None)
+    return out
 
 
 def next_guest_ip(used: Iterable[str]) -> str:
@@ -360,6 +430,7 @@ def plan_to_dict(plan: LabPlan) -> dict[str, Any]:
         "namespaces": list(plan.namespaces),
         "client": {"netns": plan.client_ns, "ip": plan.client_ip},
         "datastore": str(plan.datastore_dir),
+        "host_overrides": plan.host_overrides,
         "hosts": [
             {
                 "name": h.name,

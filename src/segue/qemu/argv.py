@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segue.domain.vm import VMSpec
+from segue.qemu.cpu_model import cpu_option
 
 # Guest PCI slots: NICs from 0x3, disks after them; fixed so every host builds the same layout.
 FIRST_NIC_SLOT = 3
@@ -63,6 +64,7 @@ class LaunchPlan:
     runtime: RuntimePaths
     disk_files: tuple[Path, ...]  # absolute path per spec disk, same order
     incoming: str | None = None  # e.g. "defer" for a migration destination
+    cpu_exclude: tuple[str, ...] = ()  # CPU features this host does not offer
 
 
 def tap_name(vm_uuid: str, index: int) -> str:
@@ -75,6 +77,8 @@ def build_argv(spec: VMSpec, plan: LaunchPlan) -> list[str]:
     """The full QEMU argv: daemonized, paused (-S), QMP on a unix socket.
 
     A destination (``incoming``) stays paused after the migration too: its agent resumes it.
+    The CPU is the spec's model without the host's ``cpu_exclude`` features, enforced
+    (``segue.qemu.cpu_model.cpu_option``).
     """
     rt = plan.runtime
     serial_log = spec.serial_log or str(rt.default_serial_log)
@@ -85,7 +89,7 @@ def build_argv(spec: VMSpec, plan: LaunchPlan) -> list[str]:
         "-uuid", spec.uuid,
         "-machine", spec.machine,
         "-accel", accel,
-        "-cpu", spec.cpu_model,
+        "-cpu", cpu_option(spec.cpu_model, plan.cpu_exclude),
         "-m", f"{spec.memory_mib}M",
         "-smp", str(spec.vcpus),
         "-nodefaults", "-no-user-config", "-display", "none",

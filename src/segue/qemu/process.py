@@ -84,6 +84,17 @@ def is_qemu_of(pid: int, vm_uuid: str) -> bool:
             and vm_uuid.encode() in args)
 
 
+def cmdline_option(pid: int, option: str) -> str | None:
+    """The value the process was started with for ``option`` (``-cpu`` -> ``max,enforce``),
+    or None if the process is gone or has no such option."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    values = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == option]
+    return values[-1] if values else None
+
+
 async def wait_exit(pid: int, timeout: float) -> bool:
     """Wait up to ``timeout`` s for pid to exit; True if it did."""
     deadline = time.monotonic() + timeout

@@ -1,0 +1,58 @@
+"""Storage check: the destination mounts the very datastores the VM uses.
+
+The VM's home datastore (its definition) and every disk's datastore must be mounted on the
+destination under the same name with the same identity (the uuid in the datastore's identity
+file) as on the source: the same storage, not merely a directory at the same path. Storage
+migration does not exist yet, so anything else is an error.
+"""
+
+from __future__ import annotations
+
+from segue.checks.context import MigrationContext
+from segue.checks.result import CheckResult, error, passed
+from segue.domain.host import DatastoreFacts
+
+NO_STORAGE_MIGRATION = "storage migration is not available yet"
+
+
+def _users(ctx: MigrationContext) -> dict[str, list[str]]:
+    """Datastore name -> what of the VM lives there (``definition`` and disk paths)."""
+    users: dict[str, list[str]] = {ctx.vm.datastore: ["definition"]}
+    for disk in ctx.vm.disks:
+        users.setdefault(disk.datastore, []).append(disk.path)
+    return users
+
+
+def _problem(ctx: MigrationContext, name: str, users: list[str],
+             src: DatastoreFacts | None, dst: DatastoreFacts | None) -> CheckResult | None:
+    facts = {"datastore": name, "used_for": users, "source_uuid": src.uuid if src else None,
+             "dest_uuid": dst.uuid if dst else None}
+    what = f"datastore {name} ({', '.join(users)})"
+    if src is None or not src.present or not src.uuid:
+        return error("storage", "DATASTORE_IDENTITY_UNKNOWN",
+                     f"{ctx.source.name} reports no identity for {what}",
+                     f"give {name} an identity file on {ctx.source.name}", **facts)
+    if dst is None or (dst.present and dst.uuid != src.uuid):
+        where = "is not configured" if dst is None else f"is another datastore (uuid {dst.uuid})"
+        return error("storage", "DATASTORE_NOT_SHARED",
+                     f"{what} {where} on {ctx.dest.name}",
+                     f"put the VM on a datastore both hosts mount; {NO_STORAGE_MIGRATION}",
+                     **facts)
+    if not dst.present:
+        return error("storage", "DATASTORE_NOT_MOUNTED",
+                     f"{what} is not mounted on {ctx.dest.name} ({dst.path}): its files are not "
+                     "visible there", f"mount {name} at {dst.path} on {ctx.dest.name}; "
+                     f"{NO_STORAGE_MIGRATION}", path=dst.path, **facts)
+    return None
+
+
+def check_storage(ctx: MigrationContext) -> list[CheckResult]:
+    """DATASTORE_NOT_SHARED, DATASTORE_NOT_MOUNTED or DATASTORE_IDENTITY_UNKNOWN per datastore
+    the VM uses; else STORAGE_OK."""
+    source = {d.name: d for d in ctx.source.facts.datastores}
+    dest = {d.name: d for d in ctx.dest.facts.datastores}
+    users = _users(ctx)
+    problems = [p for name in sorted(users)
+                if (p := _problem(ctx, name, users[name], source.get(name), dest.get(name)))]
+    return passed("storage", problems, f"{ctx.dest.name} mounts the same datastore(s) "
+                  f"{', '.join(sorted(users))}", datastores=sorted(users))

@@ -1,0 +1,191 @@
+"""The agent side of the pre-migration checks against a fake QEMU: an agent offering a smaller
+CPU feature set, the CPU a running VM exposes, and the migration network path probe."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from segue.agent.app import create_app
+from segue.agent.client import AsyncAgentClient
+from segue.agent.config import AgentConfig
+from segue.agent.facts import QemuCapabilities
+from segue.agent.migpath import ProbeListeners, probe_path
+from segue.domain.errors import Conflict, InsufficientResources, Unavailable
+from segue.qemu import process
+
+if TYPE_CHECKING:  # fixtures come from conftest.py; only their types are imported
+    from conftest import Lab
+
+OLDER = ["avx2", "aes"]
+
+
+@asynccontextmanager
+async def agent_client(config: AgentConfig, caps: QemuCapabilities
+                       ) -> AsyncIterator[AsyncAgentClient]:
+    """The agent app (its lifespan) behind the async client the controller uses."""
+    app = create_app(config, caps)
+    async with app.router.lifespan_context(app):
+        client = AsyncAgentClient("http://agent", transport=httpx.ASGITransport(app=app))
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
+
+# ---- an older host: a smaller CPU feature set, really enforced ----
+
+async def test_facts_omit_the_excluded_features(lab: Lab, caps: QemuCapabilities) -> None:
+    caps = replace(caps, features=["aes", "avx2", "fpu", "lahf-lm", "lahf_lm", "sse2"])
+    async with agent_client(lab.config(cpu_exclude_features=["aes", "lahf_lm"]), caps) as c:
+        assert (await c.facts())["cpu"]["features"] == ["avx2", "fpu", "sse2"]
+    async with agent_client(lab.config(), caps) as c:
+        assert "aes" in (await c.facts())["cpu"]["features"]
+
+
+async def test_vm_runs_without_the_excluded_features(lab: Lab, caps: QemuCapabilities) -> None:
+    async with agent_client(lab.config(cpu_exclude_features=OLDER), caps) as client:
+        info = await client.define_vm(lab.spec("web1", cpu_model="max"), start=True)
+        assert process.cmdline_option(info["pid"], "-cpu") == "max,-aes,-avx2,enforce"
+        cpu = await client.vm_cpu("web1")
+    assert cpu["model"] == "max,-aes,-avx2,enforce"
+    assert "fpu" in cpu["features"] and not {"aes", "avx2", "enforce"} & set(cpu["features"])
+
+
+async def test_vm_cpu_of_an_unrestricted_host(lab: Lab, caps: QemuCapabilities) -> None:
+    async with agent_client(lab.config(), caps) as client:
+        await client.define_vm(lab.spec("web1", cpu_model="max"), start=True)
+        cpu = await client.vm_cpu("web1")
+    assert cpu["model"] == "max,enforce"
+    assert {"aes", "avx2", "fpu"} <= set(cpu["features"])
+
+
+async def test_vm_cpu_needs_a_running_qemu(lab: Lab, caps: QemuCapabilities) -> None:
+    async with agent_client(lab.config(), caps) as client:
+        await client.define_vm(lab.spec("web1"))
+        with pytest.raises(Conflict) as err:
+            await client.vm_cpu("web1")
+    assert err.value.code == "VM_NOT_RUNNING"
+
+
+async def test_define_refuses_a_model_asking_for_an_excluded_feature(
+        lab: Lab, caps: QemuCapabilities) -> None:
+    async with agent_client(lab.config(cpu_exclude_features=OLDER), caps) as client:
+        with pytest.raises(InsufficientResources) as err:
+            await client.define_vm(lab.spec("web1", cpu_model="qemu64,+aes,avx2=on,+sse4.2"),
+                                   start=True)
+        assert err.value.code == "CPU_FEATURE_MISSING"
+        assert err.value.details["missing"] == ["aes", "avx2"]
+        assert await client.list_vms() == []
+        # taking an excluded feature away is fine: it is what the host does anyway
+        await client.define_vm(lab.spec("web2", cpu_model="qemu64,-aes"), start=True)
+    assert len(lab.qemu_pids()) == 1
+
+
+async def test_start_refuses_on_a_host_that_became_older(lab: Lab,
+                                                         caps: QemuCapabilities) -> None:
+    async with agent_client(lab.config(), caps) as client:
+        await client.define_vm(lab.spec("web1", cpu_model="qemu64,+aes"))
+    async with agent_client(lab.config(cpu_exclude_features=OLDER), caps) as client:
+        with pytest.raises(InsufficientResources) as err:
+            await client.start_vm("web1")
+        assert err.value.code == "CPU_FEATURE_MISSING"
+        assert (await client.get_vm("web1"))["state"] == "stopped"
+    assert lab.qemu_pids() == []
+
+
+async def test_incoming_migration_refused_leaves_nothing(lab: Lab,
+                                                         caps: QemuCapabilities) -> None:
+    config = lab.config(cpu_exclude_features=OLDER, migration_interface="lo")
+    spec = lab.spec("web1", cpu_model="qemu64,+avx2",
+                    uuid="6f1c2a3b-4d5e-4f60-8a9b-0c1d2e3f4a5b")
+    async with agent_client(config, caps) as client:
+        with pytest.raises(InsufficientResources) as err:
+            await client.prepare_incoming(spec, "m-1")
+        assert err.value.code == "CPU_FEATURE_MISSING"
+        assert await client.list_vms() == []
+    assert lab.qemu_pids() == []
+
+
+# ---- the migration network path ----
+
+async def test_listen_then_probe_over_the_migration_interface(
+        lab: Lab, caps: QemuCapabilities) -> None:
+    async with agent_client(lab.config(migration_interface="lo"), caps) as client:
+        listener = await client.open_probe_listener()
+        assert listener["address"] == "127.0.0.1" and listener["port"] > 0
+        first = await client.probe_migration_path(listener["address"], listener["port"])
+        assert first["ok"] is True and first["error"] is None
+        assert first["rtt_ms"] >= 0 and first["source_address"] == "127.0.0.1"
+        await asyncio.sleep(0.1)  # the listener closes after its one connection
+        again = await client.probe_migration_path(listener["address"], listener["port"])
+    assert again["ok"] is False and "refused" in again["error"]
+
+
+async def test_probe_to_a_closed_port_is_not_ok(lab: Lab, caps: QemuCapabilities) -> None:
+    async with agent_client(lab.config(migration_interface="lo"), caps) as client:
+        listener = await client.open_probe_listener()
+        closed = listener["port"] + 1 if listener["port"] < 65535 else 1
+        answer = await client.probe_migration_path("127.0.0.1", closed)
+    assert answer == {"ok": False, "rtt_ms": None, "error": answer["error"],
+                      "source_address": "127.0.0.1"}
+    assert "refused" in answer["error"]
+
+
+async def test_probe_times_out_without_raising(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def never_connects(*args: object, **kwargs: object) -> None:
+        await asyncio.sleep(3600)  # a peer that drops our SYNs
+
+    monkeypatch.setattr(asyncio, "open_connection", never_connects)
+    started = time.monotonic()
+    answer = await probe_path("127.0.0.1", "127.0.0.1", 9, timeout=0.3)
+    assert answer == {"ok": False, "rtt_ms": None, "error": "timed out after 0.3 s",
+                      "source_address": "127.0.0.1"}
+    assert time.monotonic() - started < 2
+
+
+async def test_without_a_migration_address_both_are_503(lab: Lab,
+                                                        caps: QemuCapabilities) -> None:
+    async with agent_client(lab.config(migration_interface="nonexistent0"), caps) as client:
+        for call in (client.open_probe_listener(),
+                     client.probe_migration_path("127.0.0.1", 9)):
+            with pytest.raises(Unavailable) as err:
+                await call
+            assert err.value.code == "MIGRATION_NIC_UNAVAILABLE"
+
+
+async def test_bad_probe_requests(lab: Lab, caps: QemuCapabilities) -> None:
+    app = create_app(lab.config(migration_interface="lo"), caps)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://agent") as http:
+        resp = await http.post("/migration-network/probe", json={"address": "host2", "port": 1})
+        assert resp.status_code == 400
+        assert resp.json()["error"]["code"] == "PROBE_ADDRESS_INVALID"
+        resp = await http.post("/migration-network/probe",
+                               json={"address": "127.0.0.1", "port": 0})
+        assert resp.status_code == 422
+
+
+async def test_listener_closes_after_its_timeout() -> None:
+    async with asyncio.TaskGroup() as tg:
+        listeners = ProbeListeners(tg, timeout=0.2)
+        port = (await listeners.open("127.0.0.1"))["port"]
+        await asyncio.sleep(0.5)
+        answer = await probe_path("127.0.0.1", "127.0.0.1", port)
+    assert answer["ok"] is False and "refused" in answer["error"]
+
+
+async def test_agent_stop_cancels_open_listeners(lab: Lab, caps: QemuCapabilities) -> None:
+    started = time.monotonic()
+    async with agent_client(lab.config(migration_interface="lo"), caps) as client:
+        port = (await client.open_probe_listener())["port"]
+    assert time.monotonic() - started < 5  # not the listener's 10 s
+    answer = await probe_path("127.0.0.1", "127.0.0.1", port)
+    assert answer["ok"] is False
