@@ -137,6 +137,8 @@ def vm_create(vm: str, host: str = typer.Option(..., help="Host to define it on.
               dirty_mbps: int = typer.Option(0, help="Rate at which the checker rewrites memory."),
               hot_mib: int = typer.Option(16, help="Size of the rewritten region."),
               start: bool = typer.Option(True, help="Start it right away."),
+              cpu: str = typer.Option("qemu64", help="CPU model; qemu64 means the cluster's "
+                                                     "CPU baseline."),
               kernel: str = typer.Option("", help="Your own kernel (absolute path)."),
               initrd: str = typer.Option("", help="Your own initrd (absolute path)."),
               append: str = typer.Option("", help="Kernel command line for --kernel."),
@@ -149,7 +151,7 @@ def vm_create(vm: str, host: str = typer.Option(..., help="Host to define it on.
     plan = _plan(name)
     target = plan.host(host)
     opts = guests.GuestOptions(memory_mib=memory, dirty_mbps=dirty_mbps, hot_mib=hot_mib)
-    spec = guests.guest_spec(plan, vm, build_image(), opts)
+    spec = guests.guest_spec(plan, vm, build_image(), opts) | {"cpu_model": cpu}
     if kernel or disk:
         spec = guests.own_image(spec, kernel=kernel, initrd=initrd, cmdline=append, disk=disk)
     with guests.controller(plan) as client:
