@@ -189,3 +189,16 @@ async def test_agent_stop_cancels_open_listeners(lab: Lab, caps: QemuCapabilitie
     assert time.monotonic() - started < 5  # not the listener's 10 s
     answer = await probe_path("127.0.0.1", "127.0.0.1", port)
     assert answer["ok"] is False
+
+
+async def test_files_visible_answers_per_file(lab: Lab, caps: QemuCapabilities) -> None:
+    (lab.datastore / "web1").mkdir()
+    (lab.datastore / "web1" / "disk0.qcow2").write_bytes(b"x")
+    async with agent_client(lab.config(), caps) as client:
+        answer = await client.files_visible([
+            {"datastore": "shared", "path": "web1/disk0.qcow2"},
+            {"datastore": "shared", "path": "web1/missing.qcow2"},
+            {"datastore": "nfs9", "path": "web1/disk0.qcow2"},
+            {"datastore": "shared", "path": "../shared/web1/disk0.qcow2"},
+        ])
+    assert [f["visible"] for f in answer] == [True, False, False, False]

@@ -62,6 +62,7 @@ class FakeAgent:
     vms: dict[str, dict[str, Any]] = field(default_factory=dict)
     down: bool = False
     path_ok: bool = True
+    invisible: set[str] = field(default_factory=set)  # "datastore:path" this host lacks
     calls: list[str] = field(default_factory=list)
 
     def _answer(self, call: str) -> None:
@@ -95,6 +96,11 @@ class FakeAgent:
         return {"ok": self.path_ok, "rtt_ms": 0.2 if self.path_ok else None,
                 "error": None if self.path_ok else "connection timed out",
                 "source_address": f"10.0.1.{self.name[-1]}"}
+
+    async def files_visible(self, files: list[dict[str, str]]) -> list[dict[str, Any]]:
+        self._answer("files_visible")
+        return [{**f, "visible": f"{f['datastore']}:{f['path']}" not in self.invisible}
+                for f in files]
 
     async def define_vm(self, spec: dict[str, Any], start: bool = False) -> dict[str, Any]:
         self._answer("define_vm")
@@ -392,3 +398,15 @@ async def test_raise_baseline_to_what_every_connected_host_offers(tmp_path: Path
                          "BASELINE_WOULD_LOWER")
         assert error["details"] == {"removed": ["avx"]}
         assert (await c.http.get("/cluster/baseline")).json()["features"] == ["aes", "avx", "lm"]
+
+
+async def test_a_vm_file_the_destination_cannot_see_is_refused(
+        tmp_path: Path, three_hosts: list[FakeAgent]) -> None:
+    async with controller(tmp_path, three_hosts) as c:
+        await cluster_of(c)
+        c.agents["host3"].invisible = {"shared:web1/vm.json"}
+        answer = (await c.http.post("/vms/web1/migrations/check", json={"to": "host3"})).json()
+        assert codes(answer["results"]) == {"DISK_NOT_VISIBLE"}
+        bad = next(r for r in answer["results"] if r["code"] == "DISK_NOT_VISIBLE")
+        assert bad["facts"] == {"datastore": "shared", "path": "web1/vm.json"} and bad["hint"]
+        assert "files_visible" in c.agents["host3"].calls

@@ -42,3 +42,22 @@ def test_storage_fails_for_each_datastore_missing_or_unmounted() -> None:
 def test_storage_fails_without_an_identity_on_the_source() -> None:
     results = check_storage(ctx(source=host("host1", datastores=[ds(uuid=None)])))
     assert codes(results) == ["DATASTORE_IDENTITY_UNKNOWN"]
+
+
+def test_storage_fails_for_each_file_the_destination_cannot_see() -> None:
+    seen = {"shared:web1/vm.json": True, "shared:web1/disk0.qcow2": False}
+    results = check_storage(ctx(files_visible=seen))
+    assert codes(results) == ["DISK_NOT_VISIBLE"]
+    assert results[0].facts == {"datastore": "shared", "path": "web1/disk0.qcow2"}
+
+
+def test_storage_passes_when_every_file_is_visible_or_was_not_asked() -> None:
+    seen = {"shared:web1/vm.json": True, "shared:web1/disk0.qcow2": True}
+    assert codes(check_storage(ctx(files_visible=seen))) == ["STORAGE_OK"]
+    assert codes(check_storage(ctx(files_visible=None))) == ["STORAGE_OK"]
+
+
+def test_a_datastore_already_reported_is_not_reported_again_per_file() -> None:
+    results = check_storage(ctx(dest=host("host2", datastores=[ds(uuid=OTHER_UUID)]),
+                                files_visible={}))
+    assert codes(results) == ["DATASTORE_NOT_SHARED"]

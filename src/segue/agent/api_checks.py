@@ -3,7 +3,8 @@
 ``GET /vms/{name}/cpu`` (``segue.agent.cpu``): the CPU features the running VM's QEMU exposes.
 ``POST /migration-network/listen`` and ``POST /migration-network/probe``
 (``segue.agent.migpath``): a one-shot listener on this host's migration address, and a TCP
-connect to a peer's listener from this host's migration address. Bodies and answers are those
+connect to a peer's listener from this host's migration address. ``POST /datastores/files``:
+which of a VM's files this host sees on its datastores. Bodies and answers are those
 of ``segue.agent.client.AsyncAgentClient``; errors map to HTTP in ``segue.httpapi``.
 """
 
@@ -20,6 +21,15 @@ from segue.agent.migration import migration_address
 from segue.agent.vms import VMManager
 
 router = APIRouter()
+
+
+class FileRef(BaseModel):
+    datastore: str
+    path: str
+
+
+class FilesRequest(BaseModel):
+    files: list[FileRef]
 
 
 class ProbeRequest(BaseModel):
@@ -48,3 +58,18 @@ async def open_listener(request: Request) -> dict[str, Any]:
 async def probe(request: Request, body: ProbeRequest) -> dict[str, Any]:
     source = await migration_address(_manager(request).config)
     return await probe_path(source, body.address, body.port)
+
+
+@router.post("/datastores/files")
+def files_visible(request: Request, body: FilesRequest) -> dict[str, Any]:
+    """Whether each file (datastore name + path inside it) exists on this host; a datastore
+    this host does not mount, or a path leaving the datastore, counts as not visible."""
+    roots = _manager(request).config.datastores
+    out = []
+    for ref in body.files:
+        root = roots.get(ref.datastore)
+        parts = ref.path.split("/")
+        ok = (root is not None and not ref.path.startswith("/") and ".." not in parts
+              and (root / ref.path).is_file())
+        out.append({"datastore": ref.datastore, "path": ref.path, "visible": ok})
+    return {"files": out}

@@ -231,6 +231,11 @@ class AsyncAgentClient:
     async def release(self, name: str) -> None:
         await self._call("POST", f"/vms/{name}/release")
 
+    async def files_visible(self, files: list[dict[str, str]]) -> list[dict[str, Any]]:
+        """Which files (``{"datastore", "path"}``) this host sees: each with ``visible``."""
+        body = await self._call("POST", "/datastores/files", json={"files": files})
+        return list(body["files"])
+
     async def resume_vm(self, name: str) -> dict[str, Any]:
         return dict(await self._call("POST", f"/vms/{name}/resume"))
 

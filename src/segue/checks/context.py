@@ -102,6 +102,8 @@ class MigrationContext:
     ``reserved_mib``: memory (with QEMU overhead) held for other migrations into ``dest``.
     ``probe``: the migration path test (None: not tried, as a NIC was already unusable).
     ``in_flight``: the id of another active migration of this VM, if any.
+    ``files_visible``: ``"datastore:path"`` of each VM file -> whether the destination sees it
+    (None: not asked, as the destination did not answer).
     """
 
     vm: VMSpec
@@ -112,3 +114,4 @@ class MigrationContext:
     reserved_mib: int = 0
     probe: PathProbe | None = None
     in_flight: str | None = None
+    files_visible: dict[str, bool] | None = None

@@ -46,13 +46,31 @@ def _problem(ctx: MigrationContext, name: str, users: list[str],
     return None
 
 
+def vm_files(ctx: MigrationContext) -> list[tuple[str, str]]:
+    """(datastore, path) of every file the destination must see: definition and disks."""
+    return [(ctx.vm.datastore, f"{ctx.vm.name}/vm.json"),
+            *((d.datastore, d.path) for d in ctx.vm.disks)]
+
+
+def _invisible(ctx: MigrationContext, bad_datastores: set[str]) -> list[CheckResult]:
+    if ctx.files_visible is None:
+        return []
+    return [error("storage", "DISK_NOT_VISIBLE",
+                  f"{path} on datastore {ds} is not visible on {ctx.dest.name}",
+                  f"check that {ctx.dest.name} mounts all of {ds}; {NO_STORAGE_MIGRATION}",
+                  datastore=ds, path=path)
+            for ds, path in vm_files(ctx)
+            if ds not in bad_datastores and not ctx.files_visible.get(f"{ds}:{path}", False)]
+
+
 def check_storage(ctx: MigrationContext) -> list[CheckResult]:
     """DATASTORE_NOT_SHARED, DATASTORE_NOT_MOUNTED or DATASTORE_IDENTITY_UNKNOWN per datastore
-    the VM uses; else STORAGE_OK."""
+    the VM uses, DISK_NOT_VISIBLE per file the destination does not see; else STORAGE_OK."""
     source = {d.name: d for d in ctx.source.facts.datastores}
     dest = {d.name: d for d in ctx.dest.facts.datastores}
     users = _users(ctx)
     problems = [p for name in sorted(users)
                 if (p := _problem(ctx, name, users[name], source.get(name), dest.get(name)))]
+    problems += _invisible(ctx, {str(p.facts.get("datastore")) for p in problems})
     return passed("storage", problems, f"{ctx.dest.name} mounts the same datastore(s) "
                   f"{', '.join(sorted(users))}", datastores=sorted(users))

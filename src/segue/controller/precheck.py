@@ -212,7 +212,22 @@ class Prechecker:
         return MigrationContext(
             vm=source.vm, vm_state=source.state, vm_cpu_features=source.cpu_features,
             source=source.host, dest=dest, reserved_mib=plan.reserved_mib.get(row.name, 0),
-            probe=await self.probe(source, dest, client), in_flight=plan.in_flight)
+            probe=await self.probe(source, dest, client), in_flight=plan.in_flight,
+            files_visible=await self.files(source.vm, dest, client))
+
+    @staticmethod
+    async def files(vm: VMSpec, dest: HostRecord, client: AsyncAgentClient
+                    ) -> dict[str, bool] | None:
+        """Which of the VM's files the destination sees (None if it cannot be asked)."""
+        if not dest.reachable:
+            return None
+        refs = [{"datastore": vm.datastore, "path": f"{vm.name}/vm.json"},
+                *({"datastore": d.datastore, "path": d.path} for d in vm.disks)]
+        try:
+            answer = await bounded(client.files_visible(refs), dest.name)
+        except SegueError:
+            return None
+        return {f"{f['datastore']}:{f['path']}": bool(f["visible"]) for f in answer}
 
     async def for_request(self, vm_name: str, dest: str) -> MigrationContext:
         """The context of a migration request: both agents must answer (strict)."""
