@@ -173,7 +173,8 @@ def test_bad_input_is_refused_and_changes_nothing(lab: LabPlan, running: dict[st
             assert err.value.code == code, err.value
             assert err.value.hint
     assert vm_names(lab) == before
-    assert not [p for p in qemu_pids_of(lab) if b"x1" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert not [p for p in qemu_pids_of(lab)
+                if b"guest=x1," in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert sorted(p.name for p in lab.datastore_dir.iterdir()) == files
     assert not list((host3.state_dir / "vms").glob("*"))
 
