@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: setup deps venv image demo test unit component integration lint clean
+.PHONY: setup deps venv image demo test unit component integration lint bench clean
 
 setup: deps venv image
 
@@ -28,7 +28,7 @@ demo: setup
 	$(SEGUE) lab demo
 
 lint: venv
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
@@ -43,6 +43,11 @@ integration: setup
 
 test: setup lint
 	$(PY) -m pytest tests -ra $(PYTEST_ARGS)
+
+# Migration benchmark: Segue's policy against peers' defaults (tables, JSON and a PNG chart).
+bench: setup
+	$(VENV)/bin/pip install -q 'matplotlib==3.10.8'
+	$(PY) benchmarks/migration.py $(BENCH_ARGS)
 
 clean:
 	-$(SEGUE) lab down

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from segue.controller.client import ControllerClient
 from segue.domain.errors import InvalidRequest, Unavailable
 from segue.image.builder import GuestImage
 from segue.image.cmdline import guest_cmdline, parse_guest_cmdline
+from segue.lab.blackout import Breakdown, breakdown
 from segue.lab.netns import run_in_netns
 from segue.lab.topology import (
     DATASTORE_NAME,
@@ -177,3 +179,83 @@ class BackgroundProbe:
                               "check the lab's client namespace")
         result: dict[str, Any] = json.loads(out)
         return result
+
+
+class BackgroundSniffer:
+    """``segue.lab.sniffer`` running in lab namespace ``ns`` on bridge ``iface`` until
+    ``stop()``; the constructor returns once its socket is bound. Raises Unavailable
+    (``SNIFFER_FAILED``) if it cannot start or its result cannot be read."""
+
+    def __init__(self, ns: str, iface: str, mac: str, ip: str, port: int = 7777) -> None:
+        argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "segue.lab.sniffer",
+                "--iface", iface, "--mac", mac, "--ip", ip, "--port", str(port)]
+        self.where = f"{ns}/{iface}"
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()  # "listening", or EOF if it died
+        if line.strip() != "listening":
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=10)
+            raise Unavailable("SNIFFER_FAILED", f"sniffer on {self.where} failed: "
+                              f"{(line + err).strip()[-500:]}", "check the lab's namespaces")
+
+    def stop(self) -> dict[str, Any]:
+        """End the capture; the sniffer's result (see ``segue.lab.sniffer``)."""
+        self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=30)
+        if self.proc.returncode != 0:
+            raise Unavailable("SNIFFER_FAILED", f"sniffer on {self.where} failed: "
+                              f"{err.strip()[-500:]}", "check the lab's namespaces")
+        result: dict[str, Any] = json.loads(out)
+        return result
+
+
+@dataclass
+class WatchedMigration:
+    """A migration seen from outside: the job, the prober's result, each sniffer's result
+    (by host name, and ``"fabric"`` for the switch) and the blackout's breakdown."""
+
+    job: dict[str, Any]
+    probe: dict[str, Any]
+    sniffs: dict[str, dict[str, Any]]
+    breakdown: Breakdown
+
+
+def _sniffers(plan: LabPlan, vm: dict[str, Any], ip: str) -> dict[str, BackgroundSniffer]:
+    """A sniffer on every host's bridge of the VM's port group, and one on the fabric."""
+    nic = vm["spec"]["nics"][0]
+    mac, group = str(nic["mac"]), str(nic["port_group"])
+    found: dict[str, BackgroundSniffer] = {}
+    try:
+        for host in plan.hosts:
+            if group in host.port_groups:
+                found[host.name] = BackgroundSniffer(host.netns, host.port_groups[group], mac, ip)
+        found["fabric"] = BackgroundSniffer(plan.switch_ns, plan.fabric_bridges[group], mac, ip)
+    except Exception:
+        for sniffer in found.values():
+            sniffer.stop()
+        raise
+    return found
+
+
+def watch_migration(plan: LabPlan, name: str, migrate: Callable[[], dict[str, Any]],
+                    interval_ms: float = 1.5) -> WatchedMigration:
+    """Run ``migrate()`` (which moves VM ``name`` and returns the finished job, with its
+    ``summary``) under the prober and a sniffer on every host and on the fabric; returns
+    what they saw and the blackout breakdown (parts are None where data is missing)."""
+    _, vm = find_vm(plan, name)
+    ip = guest_ip(vm)
+    sniffers = _sniffers(plan, vm, ip)
+    probe = BackgroundProbe(plan, ip, interval_ms)
+    try:
+        job = migrate()
+    finally:
+        try:
+            seen = probe.stop()
+        finally:
+            sniffs = {where: sniffer.stop() for where, sniffer in sniffers.items()}
+    summary = job.get("summary") or {}
+    parts = breakdown(summary.get("source_stop_at"), summary.get("dest_resume_at"), seen,
+                      sniffs.get(str(job.get("destination"))), sniffs.get("fabric"))
+    return WatchedMigration(job, seen, sniffs, parts)

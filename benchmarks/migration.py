@@ -1,0 +1,325 @@
+"""Migration benchmark: Segue's policy against peers' defaults, in the same lab, interleaved.
+
+    python benchmarks/migration.py [--reps 3] [--link-mbit 400] [--deadline 60] [--out DIR]
+
+A fresh 2-host lab; the migration link is shaped to ``--link-mbit`` (tc tbf on both hosts'
+migration interfaces, inside their namespaces) and measured with a TCP stream. One guest
+(256 MiB, 64 MiB of hot pages) migrates host1 -> host2 in each scenario: idle, dirtying at
+about 25 %, 75 % and 150 % of the measured bandwidth, and idle but answering the prober every
+1.5 ms. Segue's runs go through the controller (its policy); each peer's run applies the peer's
+settings through QMP via the agents, with its manager's escalation (``benchmarks/peers.py``).
+Runs are interleaved (every repetition runs every scenario with every policy in a shuffled
+order); a run that has not converged by ``--deadline`` s is cancelled and shown as such. After
+each measured run the guest is moved back unmeasured. Prints a table of medians and writes
+``results.json`` and ``migration.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from segue.agent.client import AgentClient
+from segue.image.builder import build_image
+from segue.lab import guests
+from segue.lab.lab import lab_down, lab_up, load_state
+from segue.lab.netns import run_in_netns
+from segue.lab.topology import LabPlan
+
+sys.path.insert(0, str(Path(__file__).parent))
+from peers import PEERS, Peer
+
+LAB = "bench"
+VM = "bench1"
+SCENARIOS = {"idle": 0.0, "dirty-25": 0.25, "dirty-75": 0.75, "dirty-150": 1.5, "prober": 0.0}
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def shape_link(plan: LabPlan, mbit: int) -> None:
+    """Shape both hosts' migration interfaces (egress) to ``mbit`` Mbit/s, in their netns."""
+    for host in plan.hosts:
+        run_in_netns(host.netns, ["tc", "qdisc", "replace", "dev", "mig0", "root", "tbf",
+                                  "rate", f"{mbit}mbit", "burst", "256kb", "latency", "50ms"])
+
+
+def measure_bandwidth(plan: LabPlan, seconds: float = 2.0) -> float:
+    """Bytes/s of one TCP stream host1 -> host2 over the migration network."""
+    dst = plan.host("host2")
+    server = ("import socket,sys\ns=socket.socket();s.setsockopt(1,2,1);"
+              f"s.bind(('{dst.mig_ip}',5999));s.listen(1);c,_=s.accept()\n"
+              "n=0\nwhile (b:=c.recv(1<<20)): n+=len(b)\nprint(n)")
+    client = ("import socket,time\nc=socket.create_connection"
+              f"(('{dst.mig_ip}',5999));d=b'x'*(1<<20);t=time.monotonic()\n"
+              f"while time.monotonic()-t<{seconds}: c.sendall(d)\n"
+              "c.close();print(time.monotonic()-t)")
+    import subprocess
+
+    srv = subprocess.Popen(["ip", "netns", "exec", dst.netns, sys.executable, "-c", server],
+                           stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    took = float(run_in_netns(plan.host("host1").netns, [sys.executable, "-c", client]).stdout)
+    sent = int(srv.communicate(timeout=30)[0])
+    return sent / took
+
+
+def set_dirty_rate(plan: LabPlan, ip: str, mib_per_s: int) -> None:
+    code = ("import socket;s=socket.socket(2,2);s.settimeout(2);"
+            f"s.sendto(b'RATE {mib_per_s}',('{ip}',7777));print(s.recv(100))")
+    run_in_netns(plan.client_ns, [sys.executable, "-c", code])
+
+
+def agents(plan: LabPlan) -> dict[str, AgentClient]:
+    return {h.name: AgentClient(uds=str(h.agent_socket)) for h in plan.hosts}
+
+
+def where(plan: LabPlan) -> str:
+    for name, client in agents(plan).items():
+        if any(v["name"] == VM and v.get("role") != "incoming" and v["state"] == "running"
+               for v in client.list_vms()):
+            return name
+    raise RuntimeError(f"{VM} runs nowhere")
+
+
+def run_segue(plan: LabPlan, dest: str, deadline: float) -> dict[str, Any]:
+    """One migration through the controller, with Segue's policy."""
+    with guests.controller(plan) as client:
+        job = client.call("POST", f"/vms/{VM}/migrations",
+                          json={"to": dest, "deadline_s": deadline})
+        while job["phase"] not in TERMINAL:
+            time.sleep(0.1)
+            job = client.call("GET", f"/migrations/{job['id']}")
+    s = job.get("summary") or {}
+    return {"converged": job["phase"] == "completed", "total_s": s.get("total_s"),
+            "qemu_downtime_ms": s.get("qemu_downtime_ms"), "bytes": s.get("bytes_sent"),
+            "iterations": s.get("iterations"), "reason": job.get("reason")}
+
+
+def _status(client: AgentClient) -> dict[str, Any]:
+    return dict(client.migration_status(VM).get("migration") or {})
+
+
+def _escalate(peer: Peer, src: AgentClient, info: dict[str, Any], state: dict[str, Any],
+              elapsed: float) -> None:
+    """Apply the peer manager's downtime steps (a real peer does this through QMP too)."""
+    remaining = int((info.get("ram") or {}).get("remaining") or 0)
+    stalled = remaining >= state["best_remaining"] and state["iteration_changed"]
+    state["best_remaining"] = min(state["best_remaining"], remaining)
+    target = peer.next_downtime_ms(state["downtime"], stalled, elapsed, state["ram"])
+    if target is not None and target != state["downtime"]:
+        state["downtime"] = target
+        src._call("POST", f"/vms/{VM}/migration/parameters",
+                  json={"parameters": {"downtime-limit": target}})
+
+
+def _drive(peer: Peer, src: AgentClient, deadline: float) -> tuple[dict[str, Any], str | None]:
+    """Poll until QEMU ends the migration or the peer (or the deadline) gives up."""
+    start = time.monotonic()
+    state = {"downtime": peer.parameters["downtime-limit"], "best_remaining": 1 << 62,
+             "iteration": 0, "iteration_changed": False, "ram": 256 * 1024**2}
+    best, best_at = -1, start
+    while True:
+        info = _status(src)
+        if info.get("status") in TERMINAL:
+            return info, None
+        ram = info.get("ram") or {}
+        state["iteration_changed"] = ram.get("dirty-sync-count", 0) != state["iteration"]
+        state["iteration"] = ram.get("dirty-sync-count", 0)
+        if int(ram.get("transferred") or 0) > best:
+            best, best_at = int(ram.get("transferred") or 0), time.monotonic()
+        elapsed = time.monotonic() - start
+        why = peer.give_up(elapsed, time.monotonic() - best_at, state["ram"])
+        if why is None and elapsed > deadline:
+            why = f"not converged within the benchmark's {deadline:.0f} s deadline"
+        if why is not None:
+            return info, why
+        _escalate(peer, src, info, state, elapsed)
+        time.sleep(0.1)
+
+
+def run_peer(plan: LabPlan, peer: Peer, src_host: str, dest: str,
+             deadline: float) -> dict[str, Any]:
+    """One migration with a peer's settings, driven through the agents."""
+    clients = agents(plan)
+    src, dst = clients[src_host], clients[dest]
+    spec = src.get_vm(VM)["spec"]
+    started = time.monotonic()
+    uri = dst.prepare_incoming(spec, str(uuid.uuid4()), peer.capabilities,
+                               peer.parameters)["uri"]
+    src.start_migration(VM, uri, peer.capabilities, peer.parameters)
+    info, gave_up = _drive(peer, src, deadline)
+    if gave_up is not None or info.get("status") != "completed":
+        src.cancel_migration(VM)
+        dst.abort_incoming(VM)
+        return {"converged": False, "reason": gave_up or info.get("error-desc"),
+                "total_s": None, "qemu_downtime_ms": None,
+                "bytes": (info.get("ram") or {}).get("transferred"), "iterations": None}
+    while dst.get_vm(VM)["state"] != "running":
+        time.sleep(0.01)
+    total = time.monotonic() - started
+    dst.claim(VM)
+    while src.get_vm(VM)["state"] != "postmigrate":
+        time.sleep(0.01)
+    src.release(VM)
+    ram = info.get("ram") or {}
+    return {"converged": True, "total_s": round(total, 3), "qemu_downtime_ms": info.get("downtime"),
+            "bytes": ram.get("transferred"), "iterations": ram.get("dirty-sync-count"),
+            "reason": None}
+
+
+def one_run(plan: LabPlan, policy: str, scenario: str, rate: int, ip: str,
+            deadline: float) -> dict[str, Any]:
+    """One measured migration host1 -> host2 and the unmeasured move back."""
+    set_dirty_rate(plan, ip, rate)
+    time.sleep(1.0)  # let the guest's dirtying settle
+    probe = guests.BackgroundProbe(plan, ip)
+    if policy == "segue":
+        result = run_segue(plan, "host2", deadline)
+    else:
+        result = run_peer(plan, PEERS[policy], "host1", "host2", deadline)
+    seen = probe.stop()
+    set_dirty_rate(plan, ip, 0)
+    verdict = guests.verify_ip(plan, ip)
+    result.update(policy=policy, scenario=scenario, dirty_mibs=rate,
+                  blackout_ms=seen["longest_gap_ms"] if result["converged"] else None,
+                  lost=seen["lost"], memory_ok="result=ok" in verdict)
+    if where(plan) == "host2":
+        if policy == "segue":
+            run_segue(plan, "host1", 600)
+        else:
+            run_peer(plan, PEERS["libvirt"], "host2", "host1", 600)
+    return result
+
+
+def median(values: list[float | None]) -> float | None:
+    got = [v for v in values if v is not None]
+    return statistics.median(got) if got else None
+
+
+def summarize(runs: list[dict[str, Any]], bandwidth: float, touched: float
+              ) -> list[dict[str, Any]]:
+    """Medians per (scenario, policy), with the ratio to the physical limit."""
+    limit_s = touched / bandwidth
+    rows = []
+    for scenario in SCENARIOS:
+        for policy in ["segue", *PEERS]:
+            mine = [r for r in runs if r["scenario"] == scenario and r["policy"] == policy]
+            if not mine:
+                continue
+            total = median([r["total_s"] for r in mine])
+            rows.append({
+                "scenario": scenario, "policy": policy, "runs": len(mine),
+                "converged": sum(r["converged"] for r in mine),
+                "blackout_ms": median([r["blackout_ms"] for r in mine]),
+                "qemu_downtime_ms": median([r["qemu_downtime_ms"] for r in mine]),
+                "total_s": total, "total_vs_limit": total / limit_s if total else None,
+                "bytes_mib": (median([r["bytes"] for r in mine]) or 0) / 2**20,
+                "memory_ok": all(r["memory_ok"] for r in mine),
+            })
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    head = (f"{'scenario':<10} {'policy':<9} {'conv':>5} {'blackout':>9} {'downtime':>9} "
+            f"{'total':>8} {'x limit':>8} {'sent MiB':>9} {'memory':>6}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        ratio = "-" if r["total_vs_limit"] is None else f"{r['total_vs_limit']:.2f}"
+        print(f"{r['scenario']:<10} {r['policy']:<9} {r['converged']:>2}/{r['runs']:<2} "
+              f"{_fmt(r['blackout_ms'], 'ms'):>9} {_fmt(r['qemu_downtime_ms'], 'ms'):>9} "
+              f"{_fmt(r['total_s'], 's'):>8} {ratio:>8} "
+              f"{r['bytes_mib']:>9.0f} {'ok' if r['memory_ok'] else 'BAD':>6}")
+
+
+def _fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2f}s" if unit == "s" else f"{v:.0f}{unit}"
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no chart (make bench installs it)")
+        return
+    policies = ["segue", *PEERS]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for ax, key, label in ((axes[0], "blackout_ms", "blackout seen by the prober (ms)"),
+                           (axes[1], "total_s", "total migration time (s)")):
+        for i, policy in enumerate(policies):
+            xs = [j + i * 0.13 for j, s in enumerate(SCENARIOS)]
+            ys = [next((r[key] or 0 for r in rows
+                        if r["scenario"] == s and r["policy"] == policy), 0) for s in SCENARIOS]
+            ax.bar(xs, ys, width=0.13, label=policy)
+        ax.set_xticks([j + 0.33 for j in range(len(SCENARIOS))], list(SCENARIOS))
+        ax.set_title(label)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--link-mbit", type=int, default=400)
+    parser.add_argument("--deadline", type=float, default=60.0)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--policies", default=",".join(["segue", *PEERS]))
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    lab_down(LAB)
+    build_image()
+    lab_up(LAB, 2)
+    try:
+        return bench(load_state(LAB).plan, args)
+    finally:
+        lab_down(LAB)
+
+
+def bench(plan: LabPlan, args: argparse.Namespace) -> int:
+    shape_link(plan, args.link_mbit)
+    bandwidth = measure_bandwidth(plan)
+    print(f"migration link: shaped to {args.link_mbit} Mbit/s, measured "
+          f"{bandwidth / 2**20:.1f} MiB/s")
+    spec = guests.guest_spec(plan, VM, build_image(),
+                             guests.GuestOptions(memory_mib=256, hot_mib=64, dirty_mbps=0))
+    with guests.controller(plan) as client:
+        client.create_vm("host1", spec, start=True)
+    ip = guests.guest_ip(guests.find_vm(plan, VM)[1])
+    guests.wait_answering(plan, VM)
+    policies = args.policies.split(",")
+    scenarios = args.scenarios.split(",")
+    runs = []
+    for rep in range(args.reps):
+        for scenario in scenarios:
+            order = random.sample(policies, len(policies))
+            for policy in order:
+                rate = int(SCENARIOS[scenario] * bandwidth / 2**20)
+                run = one_run(plan, policy, scenario, rate, ip, args.deadline)
+                run["rep"] = rep
+                runs.append(run)
+                print(json.dumps(run), flush=True)
+    touched = median([r["bytes"] for r in runs if r["scenario"] == "idle" and r["converged"]])
+    rows = summarize(runs, bandwidth, touched or 1.0)
+    print_table(rows)
+    (args.out / "results.json").write_text(json.dumps(
+        {"bandwidth_bytes_per_s": bandwidth, "link_mbit": args.link_mbit,
+         "touched_bytes": touched, "runs": runs, "medians": rows}, indent=2))
+    plot(rows, args.out / "migration.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
