@@ -17,11 +17,20 @@ As QEMU 7.2 does it, in miniature:
   unknown names refused, ``announce-initial`` checked against 0..100000),
   ``query-migrate-parameters``, ``query-migrate-capabilities``. MIGRATION events
   (``{"status": ...}``) are sent only with the ``events`` capability, as QEMU does.
+- ``calc-dirty-rate`` / ``query-dirty-rate``: ``measuring`` for ``calc-time`` s, then
+  ``measured`` with ``$FAKE_QEMU_DIRTY_RATE`` MB/s (default 4).
+- post-copy (needs ``postcopy-ram`` before ``migrate``): ``migrate-start-postcopy`` stops
+  the source and sends ``POSTCOPY``: both sides ``postcopy-active``, the destination's run
+  state ``paused`` (``-S``) until a ``cont``. ``migrate-pause`` (or a broken stream) in
+  post-copy: both ``postcopy-paused``, nobody exits. ``migrate-recover {"uri"}`` on the
+  destination listens again (``postcopy-recover``); ``migrate {"uri", "resume": true}`` on the
+  source reconnects and the copy goes on where it was.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
 import time
@@ -40,7 +49,8 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     "xbzrle-cache-size": 67108864, "max-postcopy-bandwidth": 0, "tls-creds": "",
     "tls-hostname": "",
 }
-ACTIVE = ("setup", "active", "device", "cancelling")
+ACTIVE = ("setup", "active", "device", "cancelling", "postcopy-active", "postcopy-paused",
+          "postcopy-recover")
 TCP_URI = re.compile(r"tcp:([^:]+):(\d+)")
 STEP_S = 0.02
 
@@ -80,6 +90,11 @@ class FakeMigration:
         self.cancel = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
         self.server: asyncio.Server | None = None
+        self.sent = 0
+        self.dirty_until: float | None = None
+        self.postcopy_requested = False
+        self.reconnected = asyncio.Event()
+        self.writer: asyncio.StreamWriter | None = None
 
     def command(self, name: str, args: dict[str, Any]) -> dict[str, Any] | None:
         """The reply to a migration command, or None if ``name`` is none."""
@@ -93,6 +108,11 @@ class FakeMigration:
             "migrate-incoming": self.incoming,
             "migrate": self.migrate,
             "migrate_cancel": self.migrate_cancel,
+            "calc-dirty-rate": self.calc_dirty_rate,
+            "query-dirty-rate": self.query_dirty_rate,
+            "migrate-start-postcopy": self.start_postcopy,
+            "migrate-pause": self.pause,
+            "migrate-recover": self.recover,
         }.get(name)
         return handler(args) if handler else None
 
@@ -164,37 +184,118 @@ class FakeMigration:
         ok = header.decode().split() == ["SEGUE-FAKE-MIGRATION", self.vm.opts.get("uuid", "")]
         if ok:
             self.set_status("active")
-            ok = (await reader.readline()).strip() == b"COMPLETE"
-        writer.close()
-        if not ok:
+            await self.read_stream(reader, writer)
+        else:
+            writer.close()
             self.set_status("failed")
             self.vm.done.set()  # QEMU exits when an incoming migration fails
-            return
-        if self.vm.opts["paused"]:
-            self.vm.status = "paused"
+
+    async def read_stream(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        """Lines until ``COMPLETE``; ``POSTCOPY`` switches; a break in post-copy pauses."""
+        while (line := (await reader.readline()).strip()) == b"POSTCOPY":
+            self.vm.status = "paused"  # -S: the agent runs it with cont
+            self.set_status("postcopy-active")
+        writer.close()
+        if line == b"COMPLETE":
+            if self.vm.status == "inmigrate" and not self.vm.opts["paused"]:
+                self.vm.status = "running"
+                self.vm.emit("RESUME")
+            elif self.vm.status == "inmigrate":
+                self.vm.status = "paused"
+            self.set_status("completed")
+        elif self.info.get("status") == "postcopy-active":
+            self.set_status("postcopy-paused")
         else:
-            self.vm.status = "running"
-            self.vm.emit("RESUME")
-        self.set_status("completed")
+            self.set_status("failed")
+            self.vm.done.set()
+
+    def recover(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.info.get("status") != "postcopy-paused":
+            return error("GenericError",
+                         "Migrate recover can only be run when postcopy is paused.")
+        match = TCP_URI.fullmatch(str(args.get("uri", "")))
+        if not match:
+            return error("GenericError", f"unknown migration protocol: {args.get('uri')}")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind((match.group(1), int(match.group(2))))
+        sock.listen(1)
+        self.set_status("postcopy-recover")
+        self.spawn(self.listen_recover(sock))
+        return {"return": {}}
+
+    async def listen_recover(self, sock: socket.socket) -> None:
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            server.close()
+            await reader.readline()  # RESUME uuid
+            self.set_status("postcopy-active")
+            await self.read_stream(reader, writer)
+        server = await asyncio.start_server(accept, sock=sock)
+
+    def calc_dirty_rate(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.dirty_until = time.monotonic() + float(args.get("calc-time", 1))
+        return {"return": {}}
+
+    def query_dirty_rate(self, _: dict[str, Any]) -> dict[str, Any]:
+        if self.dirty_until is None:
+            return {"return": {"status": "unstarted"}}
+        if time.monotonic() < self.dirty_until:
+            return {"return": {"status": "measuring"}}
+        rate = int(os.environ.get("FAKE_QEMU_DIRTY_RATE", "4"))
+        return {"return": {"status": "measured", "dirty-rate": rate, "calc-time": 1}}
 
     # ---- source ----
     def migrate(self, args: dict[str, Any]) -> dict[str, Any]:
+        match = TCP_URI.fullmatch(str(args.get("uri", "")))
+        if args.get("resume"):
+            if self.info.get("status") != "postcopy-paused" or not match:
+                return error("GenericError", "Cannot resume if there is no paused migration")
+            self.spawn(self.reconnect(match.group(1), int(match.group(2))))
+            return {"return": {}}
         if self.busy():
             return error("GenericError", "There's a migration process in progress")
         if self.vm.status == "inmigrate":
             return error("GenericError", "Guest is waiting for an incoming migration")
-        match = TCP_URI.fullmatch(str(args.get("uri", "")))
         if not match:
             return error("GenericError", f"unknown migration protocol: {args.get('uri')}")
         self.cancel.clear()
+        self.sent, self.postcopy_requested = 0, False
         self.set_status("setup")
         self.spawn(self.send(match.group(1), int(match.group(2))))
         return {"return": {}}
 
     def migrate_cancel(self, _: dict[str, Any]) -> dict[str, Any]:
-        if self.busy():
+        if self.busy() and not self.info["status"].startswith("postcopy"):
             self.cancel.set()
         return {"return": {}}
+
+    def start_postcopy(self, _: dict[str, Any]) -> dict[str, Any]:
+        if not self.caps["postcopy-ram"]:
+            return error("GenericError", "Enable postcopy with migrate_set_capability before "
+                                         "the start of migration")
+        if self.info.get("status") not in ("setup", "active"):
+            return error("GenericError", "Postcopy must be started after migration has been "
+                                         "started")
+        self.postcopy_requested = True
+        return {"return": {}}
+
+    def pause(self, _: dict[str, Any]) -> dict[str, Any]:
+        if self.info.get("status") != "postcopy-active":
+            return error("GenericError", "migrate-pause is currently only supported during "
+                                         "postcopy-active state")
+        if self.writer is not None:
+            self.cancel.set()  # the source's stream breaks; the destination sees EOF
+        return {"return": {}}
+
+    async def reconnect(self, host: str, port: int) -> None:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            return  # stays postcopy-paused, as QEMU does
+        writer.write(f"RESUME {self.vm.opts.get('uuid', '')}\n".encode())
+        self.writer = writer
+        self.set_status("postcopy-active")
+        self.reconnected.set()
 
     async def send(self, host: str, port: int) -> None:
         start = time.monotonic()
@@ -204,6 +305,7 @@ class FakeMigration:
             self.set_status("failed", **{"error-desc": f"Failed to connect to {host}:{port}: "
                                                        f"{err.strerror}"})
             return
+        self.writer = writer
         writer.write(f"SEGUE-FAKE-MIGRATION {self.vm.opts.get('uuid', '')}\n".encode())
         self.set_status("active")
         if not await self.transfer(start):
@@ -215,23 +317,41 @@ class FakeMigration:
         if self.vm.status == "running":
             self.vm.status = "finish-migrate"
             self.vm.emit("STOP")
-        writer.write(b"COMPLETE\n")
-        await writer.drain()
-        writer.close()
+        if self.postcopy_requested:
+            await self.postcopy(start)
+        assert self.writer is not None
+        self.writer.write(b"COMPLETE\n")
+        await self.writer.drain()
+        self.writer.close()
         self.vm.status = "postmigrate"
         downtime = max(1, round((time.monotonic() - stop) * 1000))
         self.set_status("completed", **self.stats(start, self.ram), downtime=downtime)
 
+    async def postcopy(self, start: float) -> None:
+        """Send the rest after the switch; a pause breaks the stream until a resume."""
+        assert self.writer is not None
+        self.writer.write(b"POSTCOPY\n")
+        self.set_status("postcopy-active", **self.stats(start, self.sent))
+        while not await self.transfer(start):
+            self.writer.close()
+            self.set_status("postcopy-paused", **self.stats(start, self.sent))
+            self.reconnected.clear()
+            await self.reconnected.wait()
+
     async def transfer(self, start: float) -> bool:
-        """RAM goes over at max-bandwidth; False if cancelled first."""
+        """RAM goes over at max-bandwidth; False if cancelled (or paused) first. Returns
+        early (True) when post-copy was asked for and is not running yet."""
+        self.cancel.clear()
         bandwidth = max(1, int(self.params["max-bandwidth"]))
-        while (sent := min(self.ram, int((time.monotonic() - start) * bandwidth))) < self.ram:
-            self.info.update(self.stats(start, sent))
+        while self.sent < self.ram:
+            if self.postcopy_requested and self.info.get("status") == "active":
+                return True
+            self.info.update(self.stats(start, self.sent))
             try:
                 await asyncio.wait_for(self.cancel.wait(), STEP_S)
                 return False
             except TimeoutError:
-                continue
+                self.sent = min(self.ram, self.sent + int(bandwidth * STEP_S))
         return True
 
     def stats(self, start: float, sent: int) -> dict[str, Any]:

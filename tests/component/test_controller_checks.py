@@ -117,6 +117,10 @@ class FakeAgent:
     async def abort_incoming(self, name: str) -> None:
         self._answer("abort_incoming")
 
+    async def dirty_rate(self, name: str, calc_time_s: int = 1) -> dict[str, Any]:
+        self._answer("dirty_rate")
+        return {"dirty_rate_mbps": 0.0, "calc_time_s": calc_time_s}
+
     async def migration_status(self, name: str) -> dict[str, Any]:
         self._answer("migration_status")
         return {"migration": {}}
@@ -410,3 +414,16 @@ async def test_a_vm_file_the_destination_cannot_see_is_refused(
         bad = next(r for r in answer["results"] if r["code"] == "DISK_NOT_VISIBLE")
         assert bad["facts"] == {"datastore": "shared", "path": "web1/vm.json"} and bad["hint"]
         assert "files_visible" in c.agents["host3"].calls
+
+
+async def test_a_bandwidth_cap_under_tcg_on_qemu_7_is_refused(
+        tmp_path: Path, three_hosts: list[FakeAgent]) -> None:
+    """QEMU 7.2 under TCG loses dirtied pages while it rate-limits: no cap, no job."""
+    async with controller(tmp_path, three_hosts) as c:
+        await cluster_of(c)
+        resp = await c.http.post("/vms/web1/migrations",
+                                 json={"to": "host3", "max_bandwidth_mibs": 8,
+                                       "allow_postcopy": False})
+        error_of(resp, 400, "BANDWIDTH_CAP_UNSAFE")
+        assert "prepare_incoming" not in c.agents["host3"].calls
+        assert (await c.http.get("/migrations")).json() == []

@@ -7,6 +7,7 @@ run the VM; the VM's memory is verified by its checker after every move.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -187,9 +188,20 @@ def kill_dest_qemu_when_copying(plan: LabPlan, name: str, dest: str) -> None:
     raise AssertionError("no incoming QEMU appeared")
 
 
+@contextlib.contextmanager
+def slow_link(plan: LabPlan, host: str, mbit: int = 16) -> Iterator[None]:
+    """The host's migration link shaped to ``mbit`` Mbit/s (2 MB/s): migrations from it last
+    long enough to be interrupted. (Not QEMU's max-bandwidth: see shape_migration_link.)"""
+    guests.shape_migration_link(plan, host, mbit)
+    try:
+        yield
+    finally:
+        guests.shape_migration_link(plan, host, None)
+
+
 def start_slow(name: str, dest: str) -> str:
-    proc = segue("vm", "migrate", name, "--to", dest, "--no-wait", "--json",
-                 "--max-bandwidth", "2")
+    # without post-copy: these tests interrupt the copy and expect the VM back on its source
+    proc = segue("vm", "migrate", name, "--to", dest, "--no-wait", "--json", "--no-postcopy")
     return str(json.loads(proc.stdout)["id"])
 
 
@@ -217,9 +229,10 @@ def test_destination_qemu_killed_mid_migration(lab: LabPlan, vm: str) -> None:
     src = host_of(lab, vm)
     dest = "host2" if src == "host1" else "host1"
     boot = fields(guests.verify_vm(lab, vm))["boot"]
-    job_id = start_slow(vm, dest)
-    kill_dest_qemu_when_copying(lab, vm, dest)
-    job = wait_job(job_id)
+    with slow_link(lab, src):
+        job_id = start_slow(vm, dest)
+        kill_dest_qemu_when_copying(lab, vm, dest)
+        job = wait_job(job_id)
     assert job["phase"] == "failed" and job["reason"], job
     assert_back_on_source(lab, vm, src, dest, boot)
 
@@ -228,16 +241,17 @@ def test_migration_link_cut_mid_migration(lab: LabPlan, vm: str) -> None:
     src = host_of(lab, vm)
     dest = "host2" if src == "host1" else "host1"
     boot = fields(guests.verify_vm(lab, vm))["boot"]
-    proc = segue("vm", "migrate", vm, "--to", dest, "--no-wait", "--json",
-                 "--max-bandwidth", "2", "--stall-timeout", "4")
-    job_id = json.loads(proc.stdout)["id"]
-    time.sleep(2.0)
     ns = lab.host(dest).netns
-    netns.run_in_netns(ns, ["ip", "link", "set", "mig0", "down"])
-    try:
-        job = wait_job(job_id)
-    finally:
-        netns.run_in_netns(ns, ["ip", "link", "set", "mig0", "up"])
+    with slow_link(lab, src):
+        proc = segue("vm", "migrate", vm, "--to", dest, "--no-wait", "--json",
+                     "--stall-timeout", "4", "--no-postcopy")
+        job_id = json.loads(proc.stdout)["id"]
+        time.sleep(2.0)
+        netns.run_in_netns(ns, ["ip", "link", "set", "mig0", "down"])
+        try:
+            job = wait_job(job_id)
+        finally:
+            netns.run_in_netns(ns, ["ip", "link", "set", "mig0", "up"])
     assert job["phase"] == "failed" and job["error_code"] == "MIGRATION_STALLED", job
     time.sleep(1.0)  # the link is back
     assert_back_on_source(lab, vm, src, dest, boot)
@@ -247,13 +261,15 @@ def test_cancel_during_copy(lab: LabPlan, vm: str) -> None:
     src = host_of(lab, vm)
     dest = "host2" if src == "host1" else "host1"
     boot = fields(guests.verify_vm(lab, vm))["boot"]
-    job_id = start_slow(vm, dest)
-    deadline = time.monotonic() + 60
-    while json.loads(segue("migration", "show", job_id, "--json").stdout)["phase"] != "monitor":
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    segue("migration", "cancel", job_id)
-    job = wait_job(job_id)
+    with slow_link(lab, src):
+        job_id = start_slow(vm, dest)
+        deadline = time.monotonic() + 60
+        while json.loads(segue("migration", "show", job_id, "--json").stdout)["phase"] \
+                != "monitor":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        segue("migration", "cancel", job_id)
+        job = wait_job(job_id)
     assert job["phase"] == "cancelled", job
     assert_back_on_source(lab, vm, src, dest, boot)
 
@@ -267,10 +283,11 @@ def test_bad_requests_change_nothing(lab: LabPlan, vm: str) -> None:
     expect_error("MIGRATION_SAME_HOST", "vm", "migrate", vm, "--to", src)
     segue("lab", "vm", "create", "idle1", "--host", src, "--no-start", "--name", LAB)
     expect_error("VM_NOT_RUNNING", "vm", "migrate", "idle1", "--to", dest)
-    job_id = start_slow(vm, dest)
-    expect_error("MIGRATION_IN_PROGRESS", "vm", "migrate", vm, "--to", dest)
-    segue("migration", "cancel", job_id)
-    assert wait_job(job_id)["phase"] == "cancelled"
+    with slow_link(lab, src):
+        job_id = start_slow(vm, dest)
+        expect_error("MIGRATION_IN_PROGRESS", "vm", "migrate", vm, "--to", dest)
+        segue("migration", "cancel", job_id)
+        assert wait_job(job_id)["phase"] == "cancelled"
     stop_agent(LAB, dest)
     try:
         expect_error("AGENT_UNREACHABLE", "vm", "migrate", vm, "--to", dest)
@@ -289,14 +306,16 @@ def test_controller_crash_mid_migration_is_reconciled(lab: LabPlan, vm: str) -> 
     src = host_of(lab, vm)
     dest = "host2" if src == "host1" else "host1"
     boot = fields(guests.verify_vm(lab, vm))["boot"]
-    job_id = start_slow(vm, dest)
-    deadline = time.monotonic() + 60
-    while json.loads(segue("migration", "show", job_id, "--json").stdout)["phase"] != "monitor":
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    stop_controller(LAB, crash=True)
-    start_controller(LAB)
-    job = wait_job(job_id)
+    with slow_link(lab, src):
+        job_id = start_slow(vm, dest)
+        deadline = time.monotonic() + 60
+        while json.loads(segue("migration", "show", job_id, "--json").stdout)["phase"] \
+                != "monitor":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        stop_controller(LAB, crash=True)
+        start_controller(LAB)
+        job = wait_job(job_id)
     assert job["phase"] in ("failed", "completed"), job
     if job["phase"] == "failed":
         assert job["error_code"] == "CONTROLLER_RESTARTED", job

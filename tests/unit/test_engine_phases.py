@@ -10,6 +10,7 @@ from segue.engine.phases import (
     ACTIVE,
     ALLOWED,
     ROLLBACK_FROM,
+    RUNNING,
     TERMINAL,
     InvalidTransition,
     Phase,
@@ -57,3 +58,24 @@ def test_skipping_phases_is_refused(current: Phase, target: Phase) -> None:
 def test_rollback_ends_failed_or_cancelled_only() -> None:
     assert ALLOWED[Phase.ROLLING_BACK] == {Phase.FAILED, Phase.CANCELLED}
     assert ACTIVE.isdisjoint(TERMINAL) and set(Phase) == ACTIVE | TERMINAL
+
+
+@pytest.mark.parametrize("target", [Phase.CHECK, Phase.CANCELLED])
+def test_a_queued_job_starts_with_its_checks_or_is_cancelled(target: Phase) -> None:
+    check_transition(Phase.QUEUED, target)
+
+
+@pytest.mark.parametrize("target", sorted(set(Phase) - {Phase.CHECK, Phase.CANCELLED}))
+def test_a_queued_job_has_nothing_to_roll_back_and_skips_nothing(target: Phase) -> None:
+    with pytest.raises(InvalidTransition):
+        check_transition(Phase.QUEUED, target)
+
+
+@pytest.mark.parametrize("current", sorted(set(Phase) - {Phase.QUEUED}))
+def test_no_job_goes_back_to_the_queue(current: Phase) -> None:
+    with pytest.raises(InvalidTransition):
+        check_transition(current, Phase.QUEUED)
+
+
+def test_a_queued_job_is_active_but_holds_no_slot() -> None:
+    assert Phase.QUEUED in ACTIVE and Phase.QUEUED not in RUNNING

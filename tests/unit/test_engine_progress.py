@@ -51,3 +51,16 @@ def test_empty_answer_is_none_status() -> None:
 ])
 def test_eta(remaining: int, throughput: float, dirty: float, expected: float | None) -> None:
     assert eta_seconds(remaining, throughput, dirty) == expected
+
+
+def test_convergence_indicator() -> None:
+    p = progress_from_query(ACTIVE)
+    assert p.dirty_ratio == pytest.approx(round(2560 * 4096 / 100e6, 3))
+    slow = progress_from_query({**ACTIVE, "ram": {**ACTIVE["ram"], "dirty-pages-rate": 50_000}})
+    assert slow.dirty_ratio is not None and slow.dirty_ratio > 1 and slow.converging is False
+
+
+@pytest.mark.parametrize("status", ["postcopy-active", "postcopy-paused"])
+def test_postcopy_always_converges(status: str) -> None:
+    p = progress_from_query({**ACTIVE, "status": status})
+    assert p.converging is True and p.eta_s is None

@@ -3,7 +3,10 @@
 Destination: ``POST /migrations/incoming``, ``POST /vms/{name}/incoming/claim``,
 ``POST /vms/{name}/incoming/abort``. Source: ``POST /vms/{name}/migrate``,
 ``POST /vms/{name}/migration/cancel``, ``POST /vms/{name}/release``,
-``POST /vms/{name}/resume``. Either: ``GET /vms/{name}/migration``. Bodies and answers are
+``POST /vms/{name}/resume``, ``POST /vms/{name}/dirty-rate``,
+``POST /vms/{name}/migration/parameters``, ``POST /vms/{name}/migration/postcopy``,
+``POST /vms/{name}/migration/resume``; destination: ``POST /migrations/incoming/{name}/recover``.
+Either: ``GET /vms/{name}/migration``, ``POST /vms/{name}/migration/pause``. Bodies and answers are
 those of ``segue.agent.client.AsyncAgentClient``; errors map to HTTP in ``segue.httpapi``.
 """
 
@@ -31,6 +34,14 @@ class MigrateRequest(BaseModel):
     uri: str
     capabilities: dict[str, bool] = Field(default_factory=dict)
     parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class ParametersRequest(BaseModel):
+    parameters: dict[str, Any]
+
+
+class ResumeRequest(BaseModel):
+    uri: str
 
 
 def _migrations(request: Request) -> Migrations:
@@ -76,3 +87,35 @@ async def release(request: Request, name: str) -> None:
 @router.post("/vms/{name}/resume")
 async def resume(request: Request, name: str) -> dict[str, Any]:
     return await _migrations(request).resume(name)
+
+
+@router.post("/vms/{name}/dirty-rate")
+async def dirty_rate(request: Request, name: str, calc_time_s: int = 1) -> dict[str, Any]:
+    return await _migrations(request).dirty_rate(name, calc_time_s)
+
+
+@router.post("/vms/{name}/migration/parameters")
+async def set_parameters(request: Request, name: str, body: ParametersRequest
+                         ) -> dict[str, Any]:
+    return await _migrations(request).set_parameters(name, body.parameters)
+
+
+@router.post("/vms/{name}/migration/postcopy")
+async def start_postcopy(request: Request, name: str) -> dict[str, Any]:
+    return await _migrations(request).start_postcopy(name)
+
+
+@router.post("/vms/{name}/migration/pause")
+async def pause_migration(request: Request, name: str) -> dict[str, Any]:
+    return await _migrations(request).pause(name)
+
+
+@router.post("/migrations/incoming/{name}/recover")
+async def recover_incoming(request: Request, name: str) -> dict[str, Any]:
+    return await _migrations(request).recover_incoming(name)
+
+
+@router.post("/vms/{name}/migration/resume")
+async def resume_migration(request: Request, name: str, body: ResumeRequest
+                           ) -> dict[str, Any]:
+    return await _migrations(request).resume_migration(name, body.uri)

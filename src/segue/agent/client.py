@@ -148,6 +148,11 @@ class AsyncAgentClient:
     - ``release(name)`` on the source once the destination owns it: QEMU quits, the local
       definition goes (the datastore's copy now names the destination).
 
+    Policy and post-copy calls: ``dirty_rate(name)`` on the source (``{"dirty_rate_mbps"}``,
+    a 1 s ``calc-dirty-rate``); ``set_migration_parameters(name, params)``,
+    ``start_postcopy(name)``, ``pause_migration(name)``, ``resume_migration(name, uri)`` on
+    the source; ``recover_incoming(name)`` on the destination (``{"uri"}`` to resume to).
+
     Pre-migration check calls:
     - ``vm_cpu(name)``: ``{"model": the -cpu value its QEMU runs with, "features": [...]}``,
       the enabled features QEMU expands that to (Conflict ``VM_NOT_RUNNING`` without QEMU).
@@ -248,3 +253,25 @@ class AsyncAgentClient:
     async def probe_migration_path(self, address: str, port: int) -> dict[str, Any]:
         return dict(await self._call("POST", "/migration-network/probe",
                                      json={"address": address, "port": port}))
+
+    async def dirty_rate(self, name: str, calc_time_s: int = 1) -> dict[str, Any]:
+        return dict(await self._call("POST", f"/vms/{name}/dirty-rate",
+                                     params={"calc_time_s": calc_time_s}))
+
+    async def set_migration_parameters(self, name: str,
+                                       parameters: dict[str, Any]) -> dict[str, Any]:
+        return dict(await self._call("POST", f"/vms/{name}/migration/parameters",
+                                     json={"parameters": parameters}))
+
+    async def start_postcopy(self, name: str) -> dict[str, Any]:
+        return dict(await self._call("POST", f"/vms/{name}/migration/postcopy"))
+
+    async def pause_migration(self, name: str) -> dict[str, Any]:
+        return dict(await self._call("POST", f"/vms/{name}/migration/pause"))
+
+    async def recover_incoming(self, name: str) -> dict[str, Any]:
+        return dict(await self._call("POST", f"/migrations/incoming/{name}/recover"))
+
+    async def resume_migration(self, name: str, uri: str) -> dict[str, Any]:
+        return dict(await self._call("POST", f"/vms/{name}/migration/resume",
+                                     json={"uri": uri}))

@@ -12,6 +12,10 @@ The controller drives both agents (``segue.agent.client.AsyncAgentClient``):
   ``migrate``; ``cancel`` runs ``migrate_cancel`` (QEMU keeps the VM running); ``release``
   quits the QEMU once the destination has claimed the VM; ``resume`` runs a ``postmigrate``
   VM again, for a rollback after a completed migration whose destination then failed.
+- policy and post-copy: ``dirty_rate`` samples the guest (``calc-dirty-rate``) before a
+  start; ``set_parameters`` mid-flight; ``start_postcopy``; ``pause`` (either side);
+  ``recover_incoming`` (destination: ``migrate-recover`` on a fresh port) and
+  ``resume_migration`` (source: ``migrate`` with ``resume``) recover a paused post-copy.
 
 The datastore's vm.json changes only in ``claim``; local definitions (runtime dirs) go in
 ``abort_incoming`` and ``release``.
@@ -20,8 +24,8 @@ Errors: ``NotFound`` (``VM_NOT_FOUND``); ``Conflict`` (``VM_EXISTS``, ``MAC_IN_U
 ``VM_NOT_RUNNING``, ``VM_INCOMING``, ``VM_NOT_INCOMING``, ``MIGRATION_IN_PROGRESS``,
 ``VM_NOT_MIGRATED``, ``VM_NOT_PAUSED``); ``InvalidRequest`` (``VM_SPEC_INVALID``,
 ``MIGRATION_URI_INVALID``); ``Unavailable`` (``MIGRATION_NIC_UNAVAILABLE``,
-``MIGRATION_LISTEN_FAILED``, and QEMU's own ``QEMU_LAUNCH_FAILED``, ``QMP_COMMAND_FAILED``,
-``QMP_UNAVAILABLE``); the admission errors.
+``MIGRATION_LISTEN_FAILED``, ``DIRTY_RATE_UNAVAILABLE``, and QEMU's own
+``QEMU_LAUNCH_FAILED``, ``QMP_COMMAND_FAILED``, ``QMP_UNAVAILABLE``); the admission errors.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import asyncio
 import ipaddress
 import logging
 import re
+import socket
 import time
 from dataclasses import replace
 from typing import Any
@@ -54,6 +59,14 @@ ANNOUNCE_PARAMETERS: dict[str, Any] = {"announce-initial": 1}
 TCP_URI_RE = re.compile(r"tcp:(\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]|[\w.-]+):(\d{1,5})")
 CANCEL_TIMEOUT_S = 10.0
 QUIT_TIMEOUT_S = 10.0
+DIRTY_RATE_GRACE_S = 5.0
+
+
+def free_port(address: str) -> int:
+    """A TCP port free on ``address`` now (the kernel's pick; QEMU binds it right after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        return int(sock.getsockname()[1])
 
 
 async def migration_address(config: AgentConfig) -> str:
@@ -255,6 +268,77 @@ class Migrations:
                 await asyncio.sleep(0.02)
         log.info("%s: migration cancelled", name)
         return await self.status(name)
+
+    async def dirty_rate(self, name: str, calc_time_s: int = 1) -> dict[str, Any]:
+        """Sample the running guest's dirty rate (``calc-dirty-rate``, then
+        ``query-dirty-rate`` until measured): ``{"dirty_rate_mbps": MB/s, "calc_time_s"}``.
+        Raises Conflict (``VM_NOT_RUNNING``), Unavailable (``DIRTY_RATE_UNAVAILABLE``)."""
+        vm = self.m.get(name)
+        async with vm.lock:
+            qmp = await self._running_qmp(vm)
+            await qmp.execute("calc-dirty-rate", {"calc-time": calc_time_s})
+            deadline = time.monotonic() + calc_time_s + DIRTY_RATE_GRACE_S
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                answer = await qmp.execute("query-dirty-rate")
+                if answer.get("status") == "measured":
+                    return {"dirty_rate_mbps": float(answer.get("dirty-rate") or 0),
+                            "calc_time_s": answer.get("calc-time", calc_time_s)}
+        raise Unavailable("DIRTY_RATE_UNAVAILABLE", f"{name}: QEMU measured no dirty rate "
+                          f"within {calc_time_s + DIRTY_RATE_GRACE_S:.0f} s",
+                          "the migration can start without a prediction")
+
+    async def set_parameters(self, name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+        """``migrate-set-parameters`` now (QEMU applies them mid-flight); the parameters
+        QEMU then reports. Raises Conflict (``VM_INCOMING``, ``VM_NOT_RUNNING``)."""
+        qmp = self._source_qmp(self.m.get(name))
+        await qmp.execute("migrate-set-parameters", parameters)
+        return dict(await qmp.execute("query-migrate-parameters"))
+
+    async def start_postcopy(self, name: str) -> dict[str, Any]:
+        """``migrate-start-postcopy``: the source stops after this pass and the destination
+        runs the guest, fetching the pages it lacks; the status."""
+        await self._source_qmp(self.m.get(name)).execute("migrate-start-postcopy")
+        log.info("%s: switching to post-copy", name)
+        return await self.status(name)
+
+    async def pause(self, name: str) -> dict[str, Any]:
+        """``migrate-pause`` (either side): a post-copy whose stream hangs goes
+        ``postcopy-paused`` so it can be recovered; the status."""
+        vm = self.m.get(name)
+        if vm.qmp is None:
+            raise conflict_state(vm, "VM_NOT_RUNNING", "running", "nothing to pause")
+        await vm.qmp.execute("migrate-pause")
+        return await self.status(name)
+
+    async def recover_incoming(self, name: str) -> dict[str, Any]:
+        """Destination of a paused post-copy: ``migrate-recover`` listening on a fresh port
+        of this host's migration address; ``{"uri"}`` for the source's resume.
+        Raises Conflict (``VM_NOT_INCOMING``), Unavailable (``MIGRATION_NIC_UNAVAILABLE``)."""
+        vm = self.m.get(name)
+        self._require_incoming(vm)
+        if vm.qmp is None:
+            raise conflict_state(vm, "VM_NOT_RUNNING", "running", "its QEMU is gone")
+        address = await migration_address(self.m.config)
+        uri = f"tcp:{address}:{free_port(address)}"
+        await vm.qmp.execute("migrate-recover", {"uri": uri})
+        log.info("%s: post-copy recovery listens on %s", name, uri)
+        return {"uri": uri}
+
+    async def resume_migration(self, name: str, uri: str) -> dict[str, Any]:
+        """Source of a paused post-copy: ``migrate`` with ``resume: true`` to the uri the
+        destination's ``recover_incoming`` returned; the status."""
+        check_tcp_uri(uri)
+        await self._source_qmp(self.m.get(name)).execute("migrate",
+                                                         {"uri": uri, "resume": True})
+        log.info("%s: post-copy resumed to %s", name, uri)
+        return await self.status(name)
+
+    def _source_qmp(self, vm: ManagedVM) -> QMPSession:
+        self._require_owned(vm)
+        if vm.qmp is None:
+            raise conflict_state(vm, "VM_NOT_RUNNING", "running", "its QEMU is gone")
+        return vm.qmp
 
     async def release(self, name: str) -> None:
         """Quit the migrated-away QEMU (kill it if it does not quit) and remove the local

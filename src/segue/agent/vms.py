@@ -361,6 +361,9 @@ class VMManager:
                 if vm.incoming is not None and migration_completed(event.get("data") or {}) \
                         and event.get("event") == "MIGRATION":
                     await self._resume_arrived(vm)
+                elif vm.incoming is not None and event.get("event") == "MIGRATION" and \
+                        (event.get("data") or {}).get("status") == "postcopy-active":
+                    await self._run_postcopy(vm)
             while vm.qmp is not None and (event := await vm.qmp.next_event(0)) is not None:
                 self._on_event(vm, event)  # what QEMU said just before it went
             await self._exited(vm)
@@ -393,6 +396,21 @@ class VMManager:
                 await vm.qmp.execute("cont")
         except SegueError as err:
             log.error("%s arrived but does not resume: %s", vm.spec.name, err)
+
+    async def _run_postcopy(self, vm: ManagedVM) -> None:
+        """Post-copy began: QEMU (with -S) leaves the guest paused once the device state is
+        in; run it at once, as at completion (waits up to 30 s for that moment)."""
+        deadline = time.monotonic() + 30.0
+        try:
+            while vm.qmp is not None and time.monotonic() < deadline:
+                status = str((await vm.qmp.execute("query-status", timeout=3))["status"])
+                if status != "inmigrate":
+                    if status == "paused":
+                        await vm.qmp.execute("cont")
+                    return
+                await asyncio.sleep(0.005)
+        except SegueError as err:
+            log.error("%s runs post-copy but does not resume: %s", vm.spec.name, err)
 
     async def _exited(self, vm: ManagedVM) -> None:
         """The QEMU is gone: forget its pid and session and remove its runtime files."""

@@ -40,6 +40,10 @@ def migrate(vm: str, to: str = typer.Option(..., "--to", help="Destination host.
             deadline: float = typer.Option(600.0, help="Give up after this many seconds."),
             stall_timeout: float = typer.Option(15.0, help="Give up when no data moved for "
                                                            "this many seconds."),
+            postcopy: bool = typer.Option(True, help="Let the policy switch to post-copy "
+                                                     "when pre-copy cannot converge."),
+            max_downtime: int = typer.Option(2000, help="Highest downtime target (ms) the "
+                                                        "policy may raise to."),
             url: str | None = URL, as_json: bool = typer.Option(False, "--json")) -> None:
     """Live-migrate a running VM to another host, with live progress and a final summary.
 
@@ -49,12 +53,13 @@ def migrate(vm: str, to: str = typer.Option(..., "--to", help="Destination host.
         run_check(vm, to, url, as_json)
         return
     body = {"to": to, "downtime_limit_ms": downtime_ms, "deadline_s": deadline,
-            "stall_timeout_s": stall_timeout, "max_bandwidth_mibs": max_bandwidth or None}
+            "stall_timeout_s": stall_timeout, "max_bandwidth_mibs": max_bandwidth or None,
+            "allow_postcopy": postcopy, "max_downtime_ms": max_downtime}
     with ControllerClient.from_env(url) as client:
         job = request_migration(client, vm, body, as_json)
         if not wait:
             print_json(job) if as_json else console.print(
-                f"migration {job['id']} of {vm} to {to} started ({job['phase']})")
+                f"migration {job['id']} of {vm} to {to} {_accepted(job)}")
             return
         job = follow(client, job, quiet=as_json)
     if as_json:
@@ -63,6 +68,18 @@ def migrate(vm: str, to: str = typer.Option(..., "--to", help="Destination host.
         print_summary(job)
     if job["phase"] != "completed":
         raise typer.Exit(1)
+
+
+def phase_label(job: dict[str, Any]) -> str:
+    """The phase as shown: a queued job with its place in the queue, e.g. ``queued (2)``."""
+    position = job.get("queue_position")
+    return f"{job['phase']} ({position})" if position else str(job["phase"])
+
+
+def _accepted(job: dict[str, Any]) -> str:
+    if job.get("queue_position"):
+        return f"queued at position {job['queue_position']} (per-host migration limits)"
+    return f"started ({job['phase']})"
 
 
 def run_check(vm: str, to: str, url: str | None, as_json: bool) -> None:
@@ -98,20 +115,41 @@ def follow(client: ControllerClient, job: dict[str, Any], quiet: bool = False) -
     """Poll the job until it ends, drawing a progress bar; returns the final job."""
     columns = [TextColumn("[bold]{task.fields[phase]:<10}"), BarColumn(), DownloadColumn(),
                TextColumn("dirty {task.fields[dirty]}  sent at {task.fields[speed]}  "
-                          "iter {task.fields[iteration]}  ETA {task.fields[eta]}")]
+                          "iter {task.fields[iteration]}  {task.fields[conv]}  "
+                          "ETA {task.fields[eta]}")]
     with Progress(*columns, console=console, disable=quiet, transient=False) as bar:
-        task = bar.add_task("migrate", total=None, phase=job["phase"], dirty="-", speed="-",
-                            iteration=0, eta="-")
+        task = bar.add_task("migrate", total=None, phase=phase_label(job), dirty="-", speed="-",
+                            iteration=0, eta="-", conv="-")
+        shown = quiet  # --json: stdout carries the JSON only
         while job["phase"] not in TERMINAL:
             time.sleep(0.25)
             job = client.call("GET", f"/migrations/{job['id']}")
+            shown = _show_prediction(bar, job, shown)
             p = job.get("progress") or {}
             eta = p.get("eta_s")
             bar.update(task, total=p.get("total") or None, completed=p.get("transferred", 0),
-                       phase=job["phase"], dirty=_rate(p.get("dirty_rate")),
+                       phase=phase_label(job), dirty=_rate(p.get("dirty_rate")),
                        speed=_rate(p.get("throughput")), iteration=p.get("iteration", 0),
-                       eta="-" if eta is None else f"{eta:.1f}s")
+                       eta="-" if eta is None else f"{eta:.1f}s", conv=_convergence(p))
     return job
+
+
+def _show_prediction(bar: Progress, job: dict[str, Any], shown: bool) -> bool:
+    """Print the policy's prediction once, when the job has one; whether it was shown."""
+    s = job.get("summary") or {}
+    if shown or "predicted_total_s" not in s:
+        return shown
+    bar.console.print(f"prediction: {s.get('prediction')}; about {s['predicted_total_s']} s",
+                      highlight=False)
+    return True
+
+
+def _convergence(p: dict[str, Any]) -> str:
+    """The convergence indicator: dirty rate over throughput, and whether the copy gains."""
+    ratio = p.get("dirty_ratio")
+    converging = p.get("converging")
+    verdict = "-" if converging is None else "converging" if converging else "NOT converging"
+    return verdict if ratio is None else f"{verdict} (dirty/sent {ratio:.2f})"
 
 
 def print_summary(job: dict[str, Any]) -> None:
@@ -133,7 +171,7 @@ def print_summary(job: dict[str, Any]) -> None:
 @handles_errors
 def list_migrations(vm: str | None = typer.Option(None, help="Only this VM's."),
                     url: str | None = URL, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Every migration, oldest first, with its phase."""
+    """Every migration, oldest first, with its phase (queued ones with their place)."""
     with ControllerClient.from_env(url) as client:
         rows = client.call("GET", "/migrations", params={"vm": vm} if vm else None)
     if as_json:
@@ -141,7 +179,7 @@ def list_migrations(vm: str | None = typer.Option(None, help="Only this VM's."),
         return
     table = Table("id", "vm", "from", "to", "phase", "created", "total", "reason")
     for r in rows:
-        table.add_row(r["id"], r["vm"], r["source"], r["destination"], r["phase"],
+        table.add_row(r["id"], r["vm"], r["source"], r["destination"], phase_label(r),
                       r["created_at"][:19], str((r.get("summary") or {}).get("total_s", "-")),
                       r.get("reason") or "")
     console.print(table)
@@ -169,7 +207,7 @@ def show_migration(migration_id: str, url: str | None = URL,
 @migration_app.command("cancel")
 @handles_errors
 def cancel_migration(migration_id: str, url: str | None = URL) -> None:
-    """Cancel a migration that is still copying; the VM stays on its source."""
+    """Cancel a migration that is queued or still copying; the VM stays on its source."""
     with ControllerClient.from_env(url) as client:
         job = client.call("POST", f"/migrations/{migration_id}/cancel")
     console.print(f"cancel requested for {job['id']} ({job['phase']})")

@@ -1,12 +1,14 @@
 """Migration routes of the controller API.
 
-``POST /vms/{name}/migrations`` (202: the job, already past every pre-migration check;
-409 ``MIGRATION_CHECKS_FAILED`` with ``details.results`` otherwise),
+``POST /vms/{name}/migrations`` (202: the job, already past every pre-migration check, in
+phase ``check`` or, beyond the per-host limits, ``queued``; 409 ``MIGRATION_CHECKS_FAILED``
+with ``details.results`` otherwise),
 ``POST /vms/{name}/migrations/check`` (body ``{"to": HOST}``: ``{vm, source, destination, ok,
 results}``), ``GET /vms/{name}/where`` (``{vm, source, checks, hosts: [{host, ok, checks:
 {check: ok|warning|error}, results}]}``, every other host), ``GET /migrations``,
 ``GET /migrations/{id}``, ``GET /migrations/{id}/samples``,
-``POST /migrations/{id}/cancel``.
+``POST /migrations/{id}/cancel`` (a queued job ends ``cancelled`` at once). Every job carries
+``queue_position`` (1: next to start; None when not queued).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class MigrationRequest:
     max_bandwidth_mibs: int | None = None
     deadline_s: float = 600.0
     stall_timeout_s: float = 15.0
+    allow_postcopy: bool = True
+    max_downtime_ms: int = 2000
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,9 @@ def _service(request: Request) -> MigrationService:
 async def migrate_vm(request: Request, name: str, body: MigrationRequest) -> dict[str, Any]:
     options = MigrationOptions(downtime_limit_ms=body.downtime_limit_ms,
                                max_bandwidth_mibs=body.max_bandwidth_mibs,
-                               deadline_s=body.deadline_s, stall_timeout_s=body.stall_timeout_s)
+                               deadline_s=body.deadline_s, stall_timeout_s=body.stall_timeout_s,
+                               allow_postcopy=body.allow_postcopy,
+                               max_downtime_ms=body.max_downtime_ms)
     return await _service(request).request(name, body.to, options)
 
 

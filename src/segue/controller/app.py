@@ -59,7 +59,8 @@ def create_app(config: ControllerConfig, agents: AgentPool | None = None) -> Fas
                 app.state.tg = tg
                 watcher = tg.create_task(watch_heartbeats(db, config.heartbeat_timeout),
                                          name="watch-heartbeats")
-                app.state.migrations = MigrationService(db, pool, tg, config.heartbeat_timeout)
+                app.state.migrations = MigrationService(db, pool, tg, config.heartbeat_timeout,
+                                                        config.limits)
                 if recovered := app.state.migrations.recover_all():
                     log.warning("reconciling %d unfinished migration(s)", recovered)
                 try:

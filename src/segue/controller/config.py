@@ -6,11 +6,16 @@ Example::
       "database_url": "sqlite:////var/lib/segue/lab/segue/controller.db",
       "listen": {"address": "10.210.0.2", "port": 7700,
                  "unix_socket": "/var/lib/segue/lab/segue/controller.sock"},
-      "heartbeat_timeout": 10.0
+      "heartbeat_timeout": 10.0,
+      "max_outgoing_per_host": 2,
+      "max_incoming_per_host": 2
     }
 
 ``database_url`` is any SQLAlchemy URL: a SQLite file by default, PostgreSQL
 (``postgresql+psycopg://...``) for several controllers sharing one database.
+``max_outgoing_per_host`` / ``max_incoming_per_host``: migrations that may run at once out of
+and into each host (default 2 each); further requests are queued in order
+(``segue.controller.scheduler``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from segue.agent.config import ListenConfig
+from segue.controller.scheduler import HostLimits
 from segue.domain.errors import InvalidRequest
 
 CONTROLLER_PORT = 7700
@@ -31,6 +37,13 @@ class ControllerConfig:
     database_url: str
     listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=CONTROLLER_PORT))
     heartbeat_timeout: float = 10.0
+    max_outgoing_per_host: int = 2
+    max_incoming_per_host: int = 2
+
+    @property
+    def limits(self) -> HostLimits:
+        """The per-host migration limits the scheduler applies."""
+        return HostLimits(self.max_outgoing_per_host, self.max_incoming_per_host)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -38,23 +51,30 @@ class ControllerConfig:
             "listen": {"address": self.listen.address, "port": self.listen.port,
                        "unix_socket": self.listen.unix_socket},
             "heartbeat_timeout": self.heartbeat_timeout,
+            "max_outgoing_per_host": self.max_outgoing_per_host,
+            "max_incoming_per_host": self.max_incoming_per_host,
         }
 
 
 def controller_config_from_dict(data: dict[str, Any]) -> ControllerConfig:
-    """Build a config from parsed JSON; raises InvalidRequest naming the bad field."""
+    """Build a config from parsed JSON; raises InvalidRequest naming the bad field
+    (``CONTROLLER_CONFIG_INVALID``; ``MIGRATION_LIMIT_INVALID`` for a limit below 1)."""
     if "database_url" not in data:
         raise InvalidRequest("CONTROLLER_CONFIG_INVALID",
                              "controller configuration lacks 'database_url'",
                              "add e.g. sqlite:////var/lib/segue/controller.db")
     listen = data.get("listen") or {}
-    return ControllerConfig(
+    config = ControllerConfig(
         database_url=str(data["database_url"]),
         listen=ListenConfig(address=listen.get("address"),
                             port=int(listen.get("port", CONTROLLER_PORT)),
                             unix_socket=listen.get("unix_socket")),
         heartbeat_timeout=float(data.get("heartbeat_timeout", 10.0)),
+        max_outgoing_per_host=int(data.get("max_outgoing_per_host", 2)),
+        max_incoming_per_host=int(data.get("max_incoming_per_host", 2)),
     )
+    config.limits.validate()
+    return config
 
 
 def load_controller_config(path: Path) -> ControllerConfig:

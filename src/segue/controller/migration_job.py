@@ -6,6 +6,14 @@ the source's migration is cancelled, the destination's QEMU is torn down, and th
 is made sure to run. Once the destination runs, the job only moves forward: the VM's
 record moves to the destination and the source QEMU is shut down. At no moment do two
 QEMUs run the VM: the source is resumed only after the destination's QEMU is gone.
+
+The policy (``segue.engine.policy``) is pure; this loop only applies it: before the start it
+samples the dirty rate and stores a prediction; each sample goes through ``policy.decide``
+and every action is applied and noted with its reason. Once QEMU switched to post-copy the
+destination holds the newest memory: the job never rolls back from then on. A post-copy whose
+stream breaks (``postcopy-paused``; a hung stream is paused on purpose) is recovered once the
+destination's migration address answers again: ``migrate-recover`` there, ``migrate`` with
+``resume`` on the source.
 """
 
 from __future__ import annotations
@@ -13,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from segue.agent.client import AsyncAgentClient
 from segue.controller import inventory
-from segue.domain.errors import SegueError
+from segue.domain.errors import NotFound, SegueError
+from segue.engine import policy
 from segue.engine.phases import MigrationCancelled, MigrationFailed, Phase
 from segue.engine.progress import ACTIVE_STATES, Progress, progress_from_query
 
@@ -29,7 +39,8 @@ FORWARD = [Phase.CHECK, Phase.PREPARE, Phase.START, Phase.MONITOR, Phase.SWITCHO
            Phase.FINALIZE]
 POLL_S = 0.2
 SWITCHOVER_TIMEOUT_S = 30.0
-UNCAPPED_BANDWIDTH = 100 * 1024**3  # bytes/s: QEMU's cap set out of the way
+POSTCOPY_STALL_S = 5.0  # a post-copy stream that moved nothing this long is paused to recover
+POSTCOPY_RECOVER_TIMEOUT_S = 600.0
 
 
 class MigrationJob:
@@ -50,23 +61,29 @@ class MigrationJob:
         self.prepared = False
         self.migrating = False
         self.last: Progress | None = None
+        self.postcopy = False  # QEMU switched to post-copy: never roll back from here
+        self.postcopy_requested = False  # QEMU may switch at any moment: no more cancels
+        self.settings = policy.initial_settings(options)
+        self.policy_state = policy.initial_state(options)
+        self.prediction: dict[str, Any] = {}
 
     def qemu_settings(self) -> tuple[dict[str, bool], dict[str, Any]]:
-        """Capabilities and parameters both QEMUs get (same on both sides)."""
-        caps = {"events": True}
-        bandwidth = (self.options.max_bandwidth_mibs * 1024**2
-                     if self.options.max_bandwidth_mibs else UNCAPPED_BANDWIDTH)
-        params = {"downtime-limit": self.options.downtime_limit_ms, "max-bandwidth": bandwidth}
-        return caps, params
+        """Capabilities and parameters both QEMUs get (same on both sides; the policy's)."""
+        return dict(self.settings.capabilities), dict(self.settings.parameters)
 
-    async def run(self) -> None:
-        """The whole job; never raises (the outcome is in the job's record)."""
+    async def run(self, checks: Callable[[], Awaitable[None]] | None = None) -> None:
+        """The whole job; never raises (the outcome is in the job's record). ``checks``: run
+        first, in ``check`` (a job leaving the queue); what it raises fails the job."""
         try:
+            if checks is not None:
+                await checks()
             spec = await self._prepare()
             await self._start(spec)
             await self._monitor()
             await self._switchover()
         except asyncio.CancelledError:
+            if self.postcopy:
+                raise  # the destination owns the VM; a new controller finishes the job
             await asyncio.shield(self._rollback(Phase.FAILED, "controller shutting down",
                                                 "CONTROLLER_STOPPED"))
             raise
@@ -76,11 +93,17 @@ class MigrationJob:
         except Exception as err:
             code = err.code if isinstance(err, SegueError) else "MIGRATION_ERROR"
             message = err.message if isinstance(err, SegueError) else repr(err)
+            if self.postcopy:  # no rollback: the source no longer has the newest memory
+                self.service.transition(self.id, Phase.FAILED, message, reason=message,
+                                        error_code=code)
+                return
             await asyncio.shield(self._rollback(Phase.FAILED, message, code))
             return
         await asyncio.shield(self._finalize())
 
     def _check_cancel(self) -> None:
+        if self.postcopy_requested:
+            return  # a cancel could reach QEMU after its switch and lose the VM
         if self.cancel_event.is_set():
             raise MigrationCancelled("MIGRATION_CANCELLED", "cancelled by the user", "")
         if time.monotonic() - self.started > self.options.deadline_s:
@@ -92,6 +115,7 @@ class MigrationJob:
         self.service.transition(self.id, Phase.PREPARE, f"destination {self.dest.host}")
         self._check_cancel()
         spec = (await self.src.get_vm(self.vm))["spec"]
+        await self._predict(int(spec.get("memory_mib") or 0) * 1024**2)
         caps, params = self.qemu_settings()
         self.prepared = True  # from here on, rollback tears the destination down
         incoming = await self.dst.prepare_incoming(spec, self.id, caps, params)
@@ -100,30 +124,51 @@ class MigrationJob:
                                    f"{self.uri}")
         return dict(spec)
 
+    async def _predict(self, memory: int) -> None:
+        """Sample the guest's dirty rate (1 s) and store what the policy expects; a QEMU that
+        cannot measure leaves the job without a prediction, nothing more."""
+        try:
+            sample = await self.src.dirty_rate(self.vm)
+        except SegueError as err:
+            self.service.note(self.id, f"no dirty-rate sample ({err.code}): no prediction")
+            return
+        dirty = float(sample["dirty_rate_mbps"]) * 1e6
+        link = policy.link_estimate(self.options)
+        guess = policy.predict(memory, link, dirty, self.options.downtime_limit_ms)
+        self.prediction = {"sampled_dirty_rate_mbps": sample["dirty_rate_mbps"],
+                           "link_estimate_mibs": round(link / 2**20, 1), **guess.to_summary()}
+        self.service.set_summary(self.id, dict(self.prediction))
+        self.policy_state = policy.initial_state(self.options, guess)
+        self.service.note(self.id, f"prediction: {guess.reason}; about {guess.total_s:.1f} s")
+
     async def _start(self, spec: dict[str, Any]) -> None:
         self.service.transition(self.id, Phase.START, f"source {self.source.host} -> {self.uri}")
         self._check_cancel()
         caps, params = self.qemu_settings()
         self.migrating = True
         await self.src.start_migration(self.vm, self.uri, caps, params)
-        self.service.note(self.id, f"capabilities {caps}, parameters {params}")
+        self.service.note(self.id, f"capabilities {caps}, parameters {params}: "
+                                   + "; ".join(self.settings.reasons))
+
+    async def _sample(self) -> Progress:
+        status = await self.src.migration_status(self.vm)
+        progress = progress_from_query(status.get("migration") or {})
+        self.last = progress
+        self.service.record_sample(self.id, time.monotonic() - self.started, progress.to_dict())
+        return progress
 
     async def _monitor(self) -> None:
+        """Pre-copy until QEMU completes it or switches to post-copy (then ``_postcopy``)."""
         self.service.transition(self.id, Phase.MONITOR, "copying memory while the VM runs")
         best, best_at = -1, time.monotonic()
         while True:
-            status = await self.src.migration_status(self.vm)
-            progress = progress_from_query(status.get("migration") or {})
-            self.last = progress
-            self.service.record_sample(self.id, time.monotonic() - self.started,
-                                       progress.to_dict())
+            progress = await self._sample()
             if progress.status == "completed":
                 return
-            if progress.status in ("failed", "cancelled") or progress.status not in ACTIVE_STATES:
-                raise MigrationFailed("MIGRATION_QEMU_FAILED",
-                                      f"QEMU's migration ended {progress.status}: "
-                                      f"{progress.error or 'no reason given'}",
-                                      "see the agents' logs; the VM stays on its source")
+            if progress.status.startswith("postcopy"):
+                await self._postcopy()
+                return
+            _raise_if_ended(progress)
             if progress.transferred > best:
                 best, best_at = progress.transferred, time.monotonic()
             elif time.monotonic() - best_at > self.options.stall_timeout_s:
@@ -131,10 +176,128 @@ class MigrationJob:
                                       f"no data moved for {self.options.stall_timeout_s:.0f} s",
                                       "check the migration network between the hosts")
             self._check_cancel()
+            await self._apply_policy(progress)
             await asyncio.sleep(POLL_S)
+
+    async def _apply_policy(self, progress: Progress) -> None:
+        """One ``policy.decide`` on this sample; every action applied and noted."""
+        self.policy_state, actions = policy.decide(
+            self.policy_state, progress, time.monotonic() - self.started, self.options)
+        for action in actions:
+            self.service.note(self.id, f"policy: {action.kind} {action.parameters or ''}"
+                                       f"-- {action.reason}")
+            if action.kind == "abort":
+                raise MigrationFailed("MIGRATION_DEADLINE", action.reason,
+                                      "raise the deadline, the downtime limit, or allow "
+                                      "post-copy")
+            if action.kind == "set_parameters":
+                await self.src.set_migration_parameters(self.vm, action.parameters)
+            elif action.kind == "start_postcopy":
+                self.postcopy_requested = True
+                await self.src.start_postcopy(self.vm)
+
+    async def _postcopy(self) -> None:
+        """The destination runs the guest; wait for QEMU to complete, recovering a paused
+        stream; never rolls back (see the module doc)."""
+        self.postcopy = True
+        self.service.transition(self.id, Phase.POSTCOPY,
+                                "post-copy: the destination runs the VM and pulls the rest")
+        await self._wait_postcopy()
+
+    async def _wait_postcopy(self) -> None:
+        best, best_at = -1, time.monotonic()
+        while True:
+            progress = await self._sample()
+            if progress.status == "completed":
+                return
+            if progress.status == "postcopy-paused":
+                await self._recover_postcopy()
+                best, best_at = -1, time.monotonic()
+            elif progress.status not in ACTIVE_STATES:
+                raise MigrationFailed("MIGRATION_POSTCOPY_FAILED",
+                                      f"post-copy ended {progress.status}: {progress.error}",
+                                      f"the VM's newest memory was on {self.dest.host}; "
+                                      "see both agents' logs")
+            elif progress.transferred > best:
+                best, best_at = progress.transferred, time.monotonic()
+            elif time.monotonic() - best_at > POSTCOPY_STALL_S:
+                await self._pause_hung_stream()
+                best, best_at = -1, time.monotonic()
+            await asyncio.sleep(POLL_S)
+
+    async def _pause_hung_stream(self) -> None:
+        """A post-copy stream that moves nothing: pause both sides so it can be recovered."""
+        self.service.note(self.id, f"post-copy moved nothing for {POSTCOPY_STALL_S:.0f} s: "
+                                   "migrate-pause on both sides to recover it")
+        for side, call in (("source", self.src.pause_migration(self.vm)),
+                           ("destination", self.dst.pause_migration(self.vm))):
+            try:
+                await call
+            except SegueError as err:
+                self.service.note(self.id, f"migrate-pause on the {side}: {err}")
+
+    async def _recover_postcopy(self) -> None:
+        """Wait for the destination's migration address, then migrate-recover there and
+        resume the source into it (each step noted); up to POSTCOPY_RECOVER_TIMEOUT_S."""
+        self.service.note(self.id, "post-copy paused (the migration stream broke): waiting "
+                                   f"for {self.dest.host}'s migration address")
+        deadline = time.monotonic() + POSTCOPY_RECOVER_TIMEOUT_S
+        while time.monotonic() < deadline:
+            await self._raise_if_dest_gone()
+            if await self._dest_reachable() and await self._dest_paused():
+                try:
+                    uri = str((await self.dst.recover_incoming(self.vm))["uri"])
+                    self.service.note(self.id, f"recover: destination listens on {uri}")
+                    await self.src.resume_migration(self.vm, uri)
+                    self.service.note(self.id, "recover: source resumed the post-copy")
+                    return
+                except SegueError as err:
+                    self.service.note(self.id, f"recover failed ({err}); retrying")
+            await asyncio.sleep(0.5)
+        raise MigrationFailed("MIGRATION_POSTCOPY_LOST",
+                              f"the post-copy stream to {self.dest.host} did not come back in "
+                              f"{POSTCOPY_RECOVER_TIMEOUT_S:.0f} s",
+                              "both QEMUs stay paused: restore the migration network, then "
+                              "run migrate-recover/migrate resume by hand")
+
+    async def _raise_if_dest_gone(self) -> None:
+        """Raise MigrationFailed (``MIGRATION_POSTCOPY_LOST``) if the destination's QEMU is
+        gone: it held the newest memory, nothing can recover the post-copy."""
+        try:
+            state = (await self.dst.get_vm(self.vm))["state"]
+        except NotFound:
+            state = "gone"
+        except SegueError:
+            return  # its agent does not answer: it may come back
+        if state in ("stopped", "shutdown", "crashed", "gone"):
+            raise MigrationFailed("MIGRATION_POSTCOPY_LOST",
+                                  f"{self.vm}'s destination QEMU on {self.dest.host} is {state} "
+                                  "during post-copy; it held the newest memory",
+                                  f"the source QEMU on {self.source.host} stays paused with "
+                                  "older memory: restart the VM from its disks")
+
+    async def _dest_reachable(self) -> bool:
+        try:
+            listener = await self.dst.open_probe_listener()
+            probe = await self.src.probe_migration_path(listener["address"],
+                                                        int(listener["port"]))
+        except SegueError:
+            return False
+        return bool(probe.get("ok"))
+
+    async def _dest_paused(self) -> bool:
+        """The destination's side of the stream noticed the break too (QEMU refuses
+        migrate-recover before its own status is postcopy-paused)."""
+        try:
+            status = await self.dst.migration_status(self.vm)
+        except SegueError:
+            return False
+        return (status.get("migration") or {}).get("status") == "postcopy-paused"
 
     async def _switchover(self) -> None:
         self.service.transition(self.id, Phase.SWITCHOVER,
+                                "post-copy completed; the destination has every page"
+                                if self.postcopy else
                                 "source paused and sent the rest; waiting for the destination")
         deadline = time.monotonic() + SWITCHOVER_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -161,6 +324,9 @@ class MigrationJob:
             dest_state = (await self.dst.get_vm(self.vm))["state"]
         except SegueError:
             dest_state = None
+        if phase == Phase.POSTCOPY:
+            await self._resume_postcopy()
+            return
         if phase == Phase.FINALIZE or (dest_state == "running" and phase in FORWARD):
             # The destination runs (its agent resumed it when QEMU completed the copy):
             # undoing that now would rewind the guest; the move is finished instead.
@@ -173,6 +339,20 @@ class MigrationJob:
         await asyncio.shield(self._rollback(Phase.FAILED, "controller restarted mid-migration",
                                             "CONTROLLER_RESTARTED",
                                             enter=phase != Phase.ROLLING_BACK))
+
+    async def _resume_postcopy(self) -> None:
+        """A post-copy the old controller left: wait for it (recovering it if paused), never
+        roll back."""
+        self.postcopy = True
+        try:
+            await self._wait_postcopy()
+            await self._switchover()
+        except Exception as err:
+            message = err.message if isinstance(err, SegueError) else repr(err)
+            self.service.transition(self.id, Phase.FAILED, message, reason=message,
+                                    error_code="MIGRATION_POSTCOPY_FAILED")
+            return
+        await asyncio.shield(self._finalize())
 
     async def _finalize(self, enter: bool = True) -> None:
         """The destination runs the VM: make it the owner, then shut the source QEMU down."""
@@ -189,6 +369,8 @@ class MigrationJob:
             inventory.move_vm(session, self.vm, self.dest.host)
         await self._release_source()
         summary["total_s"] = round(time.monotonic() - self.started, 3)
+        summary["actual_total_s"] = (round(summary["qemu_total_ms"] / 1000, 2)
+                                     if summary.get("qemu_total_ms") else summary["total_s"])
         self.service.set_summary(self.id, summary)
         self.service.transition(self.id, Phase.COMPLETED,
                                 f"{self.vm} runs on {self.dest.host} in {summary['total_s']} s")
@@ -221,6 +403,8 @@ class MigrationJob:
         stop = _last_event(await self.src.events(self.vm), "STOP")
         resume = _last_event(await self.dst.events(self.vm), "RESUME")
         return {
+            **self.prediction, "postcopy": self.postcopy,
+            "downtime_limit_ms": self.policy_state.downtime_ms,
             "qemu_downtime_ms": final.downtime_ms, "qemu_total_ms": final.total_time_ms,
             "setup_ms": final.setup_time_ms, "bytes_sent": final.transferred,
             "ram_total": final.total, "iterations": final.iteration,
@@ -280,6 +464,15 @@ class MigrationJob:
             raise MigrationFailed("MIGRATION_SOURCE_NOT_RUNNING",
                                   f"{self.vm} is {info['state']} on {self.source.host}",
                                   "look at the source host")
+
+
+def _raise_if_ended(progress: Progress) -> None:
+    """Raise MigrationFailed if QEMU's pre-copy ended without completing."""
+    if progress.status in ("failed", "cancelled") or progress.status not in ACTIVE_STATES:
+        raise MigrationFailed("MIGRATION_QEMU_FAILED",
+                              f"QEMU's migration ended {progress.status}: "
+                              f"{progress.error or 'no reason given'}",
+                              "see the agents' logs; the VM stays on its source")
 
 
 def _last_event(events: list[dict[str, Any]], name: str) -> float | None:

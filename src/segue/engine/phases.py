@@ -1,10 +1,18 @@
 """The phases of a migration job and the transitions allowed between them (pure).
 
-    check -> prepare -> start -> monitor -> switchover -> finalize -> completed
-    any phase before ``finalize`` -> rolling_back -> failed | cancelled
+    [queued ->] check -> prepare -> start -> monitor -> switchover -> finalize -> completed
+    any phase from ``check`` to ``switchover`` -> rolling_back -> failed | cancelled
+    queued -> cancelled
+
+``queued``: accepted, but a per-host concurrency limit holds it back
+(``segue.controller.scheduler``); nothing has started, so leaving it needs no rollback.
 
 ``finalize`` begins only once the destination runs the VM; from then on the move is not
 undone (the destination owns the VM), so finalize never rolls back.
+
+``postcopy`` (monitor -> postcopy -> switchover | finalize): QEMU switched to post-copy, the
+destination runs the guest and holds its newest memory, so it never rolls back either; a
+post-copy that cannot be recovered ends ``failed`` with no rollback.
 """
 
 from __future__ import annotations
@@ -15,10 +23,12 @@ from segue.domain.errors import Conflict, SegueError, Unavailable
 
 
 class Phase(StrEnum):
+    QUEUED = "queued"
     CHECK = "check"
     PREPARE = "prepare"
     START = "start"
     MONITOR = "monitor"
+    POSTCOPY = "postcopy"
     SWITCHOVER = "switchover"
     FINALIZE = "finalize"
     COMPLETED = "completed"
@@ -30,10 +40,12 @@ class Phase(StrEnum):
 ROLLBACK_FROM = (Phase.CHECK, Phase.PREPARE, Phase.START, Phase.MONITOR, Phase.SWITCHOVER)
 
 ALLOWED: dict[Phase, frozenset[Phase]] = {
+    Phase.QUEUED: frozenset({Phase.CHECK, Phase.CANCELLED}),
     Phase.CHECK: frozenset({Phase.PREPARE, Phase.ROLLING_BACK}),
     Phase.PREPARE: frozenset({Phase.START, Phase.ROLLING_BACK}),
     Phase.START: frozenset({Phase.MONITOR, Phase.ROLLING_BACK}),
-    Phase.MONITOR: frozenset({Phase.SWITCHOVER, Phase.ROLLING_BACK}),
+    Phase.MONITOR: frozenset({Phase.SWITCHOVER, Phase.POSTCOPY, Phase.ROLLING_BACK}),
+    Phase.POSTCOPY: frozenset({Phase.SWITCHOVER, Phase.FINALIZE, Phase.FAILED}),
     Phase.SWITCHOVER: frozenset({Phase.FINALIZE, Phase.ROLLING_BACK}),
     Phase.FINALIZE: frozenset({Phase.COMPLETED}),
     Phase.ROLLING_BACK: frozenset({Phase.FAILED, Phase.CANCELLED}),
@@ -44,6 +56,7 @@ ALLOWED: dict[Phase, frozenset[Phase]] = {
 
 TERMINAL = frozenset({Phase.COMPLETED, Phase.FAILED, Phase.CANCELLED})
 ACTIVE = frozenset(Phase) - TERMINAL
+RUNNING = ACTIVE - {Phase.QUEUED}  # holds a per-host migration slot
 
 
 class InvalidTransition(SegueError):

@@ -3,6 +3,8 @@
 Rates are in bytes per second, times in seconds, sizes in bytes. The ETA is remaining
 bytes over the measured throughput net of the dirty rate: it grows when the guest dirties
 faster, and is ``None`` (not a made-up number) while the transfer does not gain on the guest.
+The convergence indicator is ``dirty_ratio`` (dirty rate over throughput: below 1 the copy
+gains on the guest) with ``converging``; in post-copy every page moves once, so it converges.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Progress:
     eta_s: float | None
     converging: bool | None
     error: str | None = None
+    dirty_ratio: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,9 +59,16 @@ def progress_from_query(info: dict[str, Any]) -> Progress:
         total_time_ms=_opt(info.get("total-time")),
         setup_time_ms=_opt(info.get("setup-time")),
         eta_s=eta_seconds(remaining, throughput, dirty_rate) if status == "active" else None,
-        converging=(throughput > dirty_rate) if status == "active" and throughput else None,
+        converging=_converging(status, throughput, dirty_rate),
         error=info.get("error-desc"),
+        dirty_ratio=round(dirty_rate / throughput, 3) if throughput else None,
     )
+
+
+def _converging(status: str, throughput: float, dirty_rate: float) -> bool | None:
+    if status.startswith("postcopy"):
+        return True
+    return (throughput > dirty_rate) if status == "active" and throughput else None
 
 
 def _opt(value: Any) -> float | None:

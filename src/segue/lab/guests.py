@@ -259,3 +259,21 @@ def watch_migration(plan: LabPlan, name: str, migrate: Callable[[], dict[str, An
     parts = breakdown(summary.get("source_stop_at"), summary.get("dest_resume_at"), seen,
                       sniffs.get(str(job.get("destination"))), sniffs.get("fabric"))
     return WatchedMigration(job, seen, sniffs, parts)
+
+
+def shape_migration_link(plan: LabPlan, host: str, mbit: int | None) -> None:
+    """Limit ``host``'s migration interface to ``mbit`` Mbit/s on egress (tc tbf, inside its
+    namespace), or remove the limit with None: a slow migration network, for real.
+
+    QEMU's own rate limit (``max-bandwidth``) is not a substitute here: QEMU 7.2 under TCG
+    loses pages the guest dirties while it rate-limits a migration (see the README).
+    """
+    ns = plan.host(host).netns
+    if mbit is None:
+        run_in_netns(ns, ["tc", "qdisc", "del", "dev", "mig0", "root"])
+        return
+    proc = run_in_netns(ns, ["tc", "qdisc", "replace", "dev", "mig0", "root", "tbf", "rate",
+                             f"{mbit}mbit", "burst", "32kb", "latency", "400ms"])
+    if proc.returncode != 0:
+        raise Unavailable("LAB_SHAPE_FAILED", f"tc failed on {host}: {proc.stderr.strip()}",
+                          "check that iproute2's tc is installed")

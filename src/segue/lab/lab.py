@@ -72,6 +72,7 @@ class LabState:
             "hosts": len(self.plan.hosts),
             "port_groups": list(self.plan.port_groups),
             "host_overrides": self.plan.host_overrides,
+            "controller_settings": self.plan.controller.settings,
             "created": self.created,
             "agents": dict(self.agents),
             "agent_argv": dict(self.agent_argv),
@@ -168,7 +169,8 @@ def load_state(name: str) -> LabState:
             "LAB_NOT_FOUND", f"no lab {name!r} (no readable {path})", "run `segue lab up`"
         ) from err
     plan = plan_lab(name, int(data["hosts"]), tuple(data["port_groups"]), root=path.parent,
-                    host_overrides=data.get("host_overrides") or {})
+                    host_overrides=data.get("host_overrides") or {},
+                    controller_settings=data.get("controller_settings") or {})
     return LabState(
         plan=plan,
         agents={str(k): v for k, v in data["agents"].items()},
@@ -318,14 +320,17 @@ def lab_up(
     health_timeout: float = HEALTH_TIMEOUT_S,
     controller_argv: AgentArgv | None = default_controller_argv,
     host_overrides: dict[str, dict[str, Any]] | None = None,
+    controller_settings: dict[str, Any] | None = None,
 ) -> LabState:
     """Build lab ``name`` and start its agents (see the module docstring); returns its state.
     ``host_overrides`` are merged into those hosts' agent configurations
-    (``segue.lab.topology``), e.g. ``{"host2": {"cpu_exclude_features": ["avx2"]}}``.
+    (``segue.lab.topology``), e.g. ``{"host2": {"cpu_exclude_features": ["avx2"]}}``;
+    ``controller_settings`` into the controller's, e.g. ``{"max_outgoing_per_host": 1}``.
 
     Raises Conflict (``LAB_EXISTS``) if it is up, InvalidRequest (``LAB_INVALID``) on bad
     input, Unavailable (``LAB_UP_FAILED``, with ``log_tail``) after undoing a failed build."""
-    plan = plan_lab(name, hosts, port_groups, host_overrides=host_overrides)
+    plan = plan_lab(name, hosts, port_groups, host_overrides=host_overrides,
+                    controller_settings=controller_settings)
     if lab_is_up(plan):
         raise Conflict(
             "LAB_EXISTS", f"lab {name!r} is already up", hint="run `segue lab down` first"

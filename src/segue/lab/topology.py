@@ -137,6 +137,7 @@ class ControllerPlan:
     netns: str
     mgmt_ip: str
     directory: Path
+    settings: dict[str, Any] = field(default_factory=dict)  # merged into config()
 
     @property
     def socket(self) -> Path:
@@ -157,7 +158,7 @@ class ControllerPlan:
             "listen": {"address": self.mgmt_ip, "port": CONTROLLER_PORT,
                        "unix_socket": str(self.socket)},
             "heartbeat_timeout": 10.0,
-        }
+        } | self.settings
 
 
 @dataclass(frozen=True)
@@ -313,9 +314,11 @@ def plan_lab(
     port_groups: tuple[str, ...] = ("vm-net",),
     root: Path | None = None,
     host_overrides: dict[str, dict[str, Any]] | None = None,
+    controller_settings: dict[str, Any] | None = None,
 ) -> LabPlan:
     """Plan a lab: namespaces, bridges, veths, addresses and paths (under ``root``, default
-    ``segue.paths.lab_dir(name)``), each host's agent settings with its ``host_overrides``.
+    ``segue.paths.lab_dir(name)``), each host's agent settings with its ``host_overrides``,
+    the controller's configuration with ``controller_settings`` (e.g. per-host limits).
     Raises InvalidRequest (``LAB_INVALID``, ``AGENT_CONFIG_INVALID``) on bad input."""
     port_groups = tuple(port_groups)
     host_overrides = host_overrides or {}
@@ -332,7 +335,8 @@ def plan_lab(
     for i, host in enumerate(host_plans, start=1):
         bridges.extend(BridgePlan(host.netns, br) for br in host.port_groups.values())
         veths.extend(_host_veths(host, i, switch_ns))
-    controller = ControllerPlan(f"{name}-ctl", CONTROLLER_IP, root)
+    controller = ControllerPlan(f"{name}-ctl", CONTROLLER_IP, root,
+                                dict(controller_settings or {}))
     veths.append(VethPair(VethEnd(switch_ns, "ctl-mgmt", "fab-mgmt"),
                           VethEnd(controller.netns, "mgmt0", None,
                                   f"{CONTROLLER_IP}/{PREFIXLEN}")))

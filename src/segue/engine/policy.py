@@ -1,0 +1,237 @@
+"""The migration policy (pure): what to ask of QEMU before and during a live migration.
+
+Inputs are numbers only (VM memory, a link bandwidth estimate, the dirty rate QEMU sampled
+before the start, the ``Progress`` samples, seconds elapsed, the user's options); outputs are
+QEMU capabilities/parameters and ``Action``s, each with the reason it was taken, which the
+job stores (``MigrationService.note``). Nothing here does I/O or reads a clock.
+
+Choices (QEMU 7.2):
+
+- bandwidth is not capped unless the user capped it; the downtime target starts at the
+  user's ``downtime_limit_ms`` (default 300 ms).
+- ``postcopy-ram`` must be set on both QEMUs before ``migrate``: it is set up front when the
+  user allows post-copy (it costs nothing until ``migrate-start-postcopy``).
+- ``auto-converge`` is also a capability fixed before ``migrate``. With post-copy allowed it
+  stays off: post-copy ends any migration in one more pass without slowing the guest for the
+  whole copy. With post-copy forbidden it is set up front; QEMU then throttles only when its
+  own sync finds the guest dirtying faster than the stream, and the policy raises
+  ``cpu-throttle-increment`` when progress stalls.
+- escalation on a stall (two dirty-sync iterations without a lower ``remaining``): first the
+  downtime target x1.5 up to ``max_downtime_ms``; then post-copy (if allowed) or a stronger
+  throttle. A dirty rate above what the stream carries (after the first full pass) goes to
+  post-copy at once, since no downtime target within reason can then be met.
+- a migration predicted (from the sampled dirty rate) not to converge by pre-copy switches to
+  post-copy as soon as QEMU copies: the extra passes would be wasted. On TCG (QEMU 7.2) this
+  is also the only safe way: measured in the lab, a guest dirtying memory through more than
+  one dirty-bitmap sync comes out with corrupted kernel memory (panic after resume), while a
+  post-copy requested before the second sync keeps it intact.
+- the user's bandwidth cap applies to post-copy too (``max-postcopy-bandwidth``).
+- past the deadline: abort, unless post-copy started (then the destination owns the newest
+  state and nothing may be rolled back).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol
+
+from segue.engine.progress import Progress
+
+DOWNTIME_STEP = 1.5
+STALL_ITERATIONS = 2
+THROTTLE_INITIAL = 20
+THROTTLE_INCREMENT = 10
+THROTTLE_INCREMENT_MAX = 40
+UNCAPPED_BANDWIDTH = 100 * 1024**3  # bytes/s: QEMU's cap set out of the way
+DEFAULT_LINK_BPS = 125e6  # 1 Gbit/s, when neither a cap nor a measurement is known
+MAX_PREDICTED_ITERATIONS = 30
+
+
+class PolicyOptions(Protocol):
+    """The user's settings the policy reads (``MigrationOptions`` has them)."""
+
+    @property
+    def downtime_limit_ms(self) -> int: ...
+    @property
+    def max_bandwidth_mibs(self) -> int | None: ...
+    @property
+    def deadline_s(self) -> float: ...
+    @property
+    def allow_postcopy(self) -> bool: ...
+    @property
+    def max_downtime_ms(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Capabilities and parameters for both QEMUs before ``migrate``, with the reasons."""
+
+    capabilities: dict[str, bool]
+    parameters: dict[str, Any]
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Action:
+    """One thing to do now: ``set_parameters`` (``parameters``), ``start_postcopy``,
+    ``abort``; ``reason`` says why, in words a user reads."""
+
+    kind: Literal["set_parameters", "start_postcopy", "abort"]
+    reason: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """What the policy remembers between samples (the job keeps it, the policy replaces it)."""
+
+    downtime_ms: int
+    throttle_increment: int = THROTTLE_INCREMENT
+    best_remaining: int | None = None
+    best_iteration: int = 0
+    postcopy: bool = False
+    early_postcopy: str | None = None  # why post-copy starts at once (None: it does not)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What pre-copy is expected to take, from the sampled dirty rate."""
+
+    converges: bool
+    total_s: float
+    iterations: int
+    reason: str
+
+    def to_summary(self) -> dict[str, Any]:
+        return {"predicted_converges": self.converges,
+                "predicted_total_s": round(self.total_s, 2),
+                "predicted_iterations": self.iterations, "prediction": self.reason}
+
+
+def initial_settings(options: PolicyOptions) -> Settings:
+    """Capabilities and parameters before ``migrate`` (see the module doc for the choices)."""
+    caps = {"events": True, "postcopy-ram": options.allow_postcopy,
+            "auto-converge": not options.allow_postcopy}
+    bandwidth = (options.max_bandwidth_mibs * 1024**2 if options.max_bandwidth_mibs
+                 else UNCAPPED_BANDWIDTH)
+    params: dict[str, Any] = {"downtime-limit": options.downtime_limit_ms,
+                              "max-bandwidth": bandwidth}
+    if options.max_bandwidth_mibs and options.allow_postcopy:
+        params["max-postcopy-bandwidth"] = bandwidth
+    cap = options.max_bandwidth_mibs
+    reasons = [f"bandwidth capped at {cap} MiB/s by the user" if cap else "bandwidth not capped",
+               f"downtime target {options.downtime_limit_ms} ms "
+               f"(escalates up to {options.max_downtime_ms} ms)"]
+    if options.allow_postcopy:
+        reasons.append("post-copy allowed: postcopy-ram set up front, auto-converge off")
+    else:
+        params.update({"cpu-throttle-initial": THROTTLE_INITIAL,
+                       "cpu-throttle-increment": THROTTLE_INCREMENT})
+        reasons.append("post-copy not allowed: auto-converge on (QEMU throttles the guest "
+                       "only while it dirties faster than the stream)")
+    return Settings(caps, params, tuple(reasons))
+
+
+def initial_state(options: PolicyOptions,
+                  prediction: Prediction | None = None) -> PolicyState:
+    """The state before the first sample; with a prediction that pre-copy does not
+    converge and post-copy allowed, post-copy is to start at once."""
+    early = (prediction.reason if prediction is not None and not prediction.converges
+             and options.allow_postcopy else None)
+    return PolicyState(downtime_ms=options.downtime_limit_ms, early_postcopy=early)
+
+
+def link_estimate(options: PolicyOptions, measured_bps: float | None = None) -> float:
+    """Bytes/s the stream is expected to carry: the user's cap, else a measurement, else
+    ``DEFAULT_LINK_BPS``."""
+    if options.max_bandwidth_mibs:
+        cap = options.max_bandwidth_mibs * 1024**2
+        return min(cap, measured_bps) if measured_bps else float(cap)
+    return measured_bps or DEFAULT_LINK_BPS
+
+
+def predict(memory: int, link_bps: float, dirty_bps: float, downtime_ms: int) -> Prediction:
+    """Model pre-copy: pass 0 sends ``memory``, each later pass what the guest dirtied during
+    the previous one; it converges once a pass fits in the downtime target. ``total_s``
+    is the pre-copy time if it converges, else the time of a first pass plus a post-copy
+    pass of what was dirtied meanwhile (bounded by ``memory``)."""
+    budget = link_bps * downtime_ms / 1000
+    pending, total = float(memory), 0.0
+    for iteration in range(1, MAX_PREDICTED_ITERATIONS + 1):
+        if pending <= budget:
+            return Prediction(True, total + pending / link_bps, iteration,
+                              f"dirty {dirty_bps / 2**20:.1f} MiB/s < link "
+                              f"{link_bps / 2**20:.1f} MiB/s: pre-copy converges "
+                              f"in {iteration} passes")
+        pass_s = pending / link_bps
+        total += pass_s
+        pending = min(dirty_bps * pass_s, float(memory))
+    first = memory / link_bps
+    rest = min(dirty_bps * first, float(memory)) / link_bps
+    return Prediction(False, first + rest, MAX_PREDICTED_ITERATIONS,
+                      f"dirty {dirty_bps / 2**20:.1f} MiB/s vs link {link_bps / 2**20:.1f} "
+                      f"MiB/s: pre-copy alone does not converge within "
+                      f"{downtime_ms} ms downtime")
+
+
+def decide(state: PolicyState, progress: Progress, elapsed_s: float,
+           options: PolicyOptions) -> tuple[PolicyState, list[Action]]:
+    """The next state and the actions for one ``query-migrate`` sample (the escalation
+    ladder of the module doc). Never more than one escalation per sample."""
+    if state.postcopy or progress.status not in ("active", "setup"):
+        return state, []
+    if elapsed_s > options.deadline_s:
+        return state, [Action("abort", f"not converged within the {options.deadline_s:.0f} s "
+                                       "deadline")]
+    if progress.status != "active":
+        return state, []
+    if state.early_postcopy:
+        return _postcopy(state, f"predicted: {state.early_postcopy}")
+    if _outpaced(progress) and options.allow_postcopy:
+        return _postcopy(state, f"dirty rate {progress.dirty_rate / 2**20:.1f} MiB/s >= "
+                                f"throughput {progress.throughput / 2**20:.1f} MiB/s after "
+                                f"pass {progress.iteration - 1}: pre-copy cannot converge")
+    state = _track(state, progress)
+    if progress.iteration - state.best_iteration < STALL_ITERATIONS:
+        return state, []
+    state = replace(state, best_iteration=progress.iteration)
+    return _escalate(state, progress, options)
+
+
+def _outpaced(progress: Progress) -> bool:
+    """The guest dirties at least as fast as the stream sends, after the first full pass."""
+    return (progress.iteration >= 2 and progress.throughput > 0
+            and progress.dirty_rate >= progress.throughput)
+
+
+def _track(state: PolicyState, progress: Progress) -> PolicyState:
+    """Remember the lowest ``remaining`` and the iteration it was seen in."""
+    if state.best_remaining is None or progress.remaining < state.best_remaining * 0.9:
+        return replace(state, best_remaining=progress.remaining,
+                       best_iteration=progress.iteration)
+    return state
+
+
+def _escalate(state: PolicyState, progress: Progress,
+              options: PolicyOptions) -> tuple[PolicyState, list[Action]]:
+    stalled = (f"{STALL_ITERATIONS} passes without less remaining "
+               f"({(state.best_remaining or 0) / 2**20:.1f} MiB at best)")
+    if state.downtime_ms < options.max_downtime_ms:
+        target = min(options.max_downtime_ms, int(state.downtime_ms * DOWNTIME_STEP))
+        return replace(state, downtime_ms=target), [Action(
+            "set_parameters", f"{stalled}: downtime target {state.downtime_ms} -> {target} ms",
+            {"downtime-limit": target})]
+    if options.allow_postcopy:
+        return _postcopy(state, f"{stalled} at the maximum downtime "
+                                f"{options.max_downtime_ms} ms")
+    if state.throttle_increment < THROTTLE_INCREMENT_MAX:
+        step = min(THROTTLE_INCREMENT_MAX, state.throttle_increment * 2)
+        return replace(state, throttle_increment=step), [Action(
+            "set_parameters", f"{stalled} at the maximum downtime, post-copy not allowed: "
+                              f"throttle increment {state.throttle_increment} -> {step} %",
+            {"cpu-throttle-increment": step})]
+    return state, []
+
+
+def _postcopy(state: PolicyState, reason: str) -> tuple[PolicyState, list[Action]]:
+    return replace(state, postcopy=True), [Action("start_postcopy", f"{reason}: post-copy")]

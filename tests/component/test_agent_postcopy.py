@@ -1,0 +1,73 @@
+"""The agent's policy and post-copy endpoints against the fake QEMU: dirty-rate sampling,
+mid-flight parameters, post-copy, a paused post-copy recovered (migrate-recover on the
+destination, migrate resume on the source)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from test_agent_migration import SLOW, error_code, ok, prepare, running_vm, two_agents, wait_for
+
+if TYPE_CHECKING:
+    from conftest import AgentFactory, Lab
+
+
+def status_is(*wanted: str) -> object:
+    return lambda s: s["migration"].get("status") in wanted
+
+
+async def test_dirty_rate_sample(lab: Lab, agent: AgentFactory) -> None:
+    async with two_agents(lab, agent) as (src, _):
+        await running_vm(src, lab)
+        answer = await ok(src.post("/vms/web1/dirty-rate"))
+        assert answer == {"dirty_rate_mbps": 4.0, "calc_time_s": 1}
+
+
+async def test_parameters_change_mid_flight(lab: Lab, agent: AgentFactory) -> None:
+    async with two_agents(lab, agent) as (src, dst):
+        info = await running_vm(src, lab)
+        incoming = await prepare(dst, info["spec"])
+        await ok(src.post("/vms/web1/migrate", json={"uri": incoming["uri"], "parameters": SLOW}))
+        await wait_for(src, "web1", status_is("active"))
+        params = await ok(src.post("/vms/web1/migration/parameters",
+                                   json={"parameters": {"downtime-limit": 450}}))
+        assert params["downtime-limit"] == 450
+        await ok(src.post("/vms/web1/migration/cancel"))
+
+
+async def test_postcopy_needs_the_capability(lab: Lab, agent: AgentFactory) -> None:
+    async with two_agents(lab, agent) as (src, dst):
+        info = await running_vm(src, lab)
+        incoming = await prepare(dst, info["spec"])
+        await ok(src.post("/vms/web1/migrate", json={"uri": incoming["uri"], "parameters": SLOW}))
+        await wait_for(src, "web1", status_is("active"))
+        resp = await src.post("/vms/web1/migration/postcopy")
+        assert error_code(resp, 503) == "QMP_COMMAND_FAILED"
+        await ok(src.post("/vms/web1/migration/cancel"))
+
+
+async def test_postcopy_paused_and_recovered(lab: Lab, agent: AgentFactory) -> None:
+    caps = {"postcopy-ram": True}
+    slow = {"max-bandwidth": 16 << 20}  # 64 MiB: 4 s
+    async with two_agents(lab, agent) as (src, dst):
+        info = await running_vm(src, lab)
+        incoming = await prepare(dst, info["spec"], capabilities=caps)
+        await ok(src.post("/vms/web1/migrate", json={"uri": incoming["uri"],
+                                                     "capabilities": caps, "parameters": slow}))
+        await wait_for(src, "web1", status_is("active"))
+        await ok(src.post("/vms/web1/migration/postcopy"))
+        await wait_for(src, "web1", status_is("postcopy-active"))
+        arrived = await wait_for(dst, "web1", lambda s: s["state"] == "running")
+        assert arrived["migration"]["status"] == "postcopy-active"
+
+        await ok(src.post("/vms/web1/migration/pause"))
+        await wait_for(src, "web1", status_is("postcopy-paused"))
+        await wait_for(dst, "web1", status_is("postcopy-paused"))
+        resp = await src.post("/migrations/incoming/web1/recover")
+        assert error_code(resp, 409) == "VM_NOT_INCOMING"
+        recovered = await ok(dst.post("/migrations/incoming/web1/recover"))
+        assert recovered["uri"].startswith("tcp:127.0.0.1:")
+        await ok(src.post("/vms/web1/migration/resume", json={"uri": recovered["uri"]}))
+        done = await wait_for(src, "web1", status_is("completed"), timeout=20)
+        assert done["state"] == "postmigrate"
+        assert (await wait_for(dst, "web1", status_is("completed")))["state"] == "running"

@@ -1,0 +1,236 @@
+"""Per-host migration limits on the controller: requests beyond them are queued in order,
+started as jobs end, cancellable while queued, and kept across a controller restart.
+
+Driven over HTTP against fake agents whose migrations complete when the test says so
+(``Moves.finish``), so the order of starts is decided by the test, not by timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from test_controller_checks import Controller, FakeAgent, FakePool, host_facts, running, vm_spec
+
+from segue.controller.app import create_app
+from segue.controller.config import ControllerConfig
+from segue.domain.errors import Unavailable
+
+VMS = ("web1", "web2", "web3")
+
+
+@dataclass
+class Moves:
+    """Every migration the fakes run: the VM's agents, and whether the test let it finish."""
+
+    agents: dict[str, MovingAgent] = field(default_factory=dict)
+    done: dict[str, asyncio.Event] = field(default_factory=dict)
+    started: list[str] = field(default_factory=list)  # VMs, in the order their copy started
+
+    def finish(self, vm: str) -> None:
+        self.done[vm].set()
+
+
+@dataclass
+class MovingAgent(FakeAgent):
+    """A FakeAgent whose QEMUs migrate: the copy stays ``active`` until ``Moves.finish``."""
+
+    moves: Moves = field(default_factory=Moves)
+    sent: int = 0
+
+    async def prepare_incoming(self, spec: dict[str, Any], migration_id: str,
+                               capabilities: Any = None, parameters: Any = None) -> Any:
+        self._answer(f"prepare_incoming {spec['name']}")
+        self.vms[spec["name"]] = {**running(spec), "state": "inmigrate"}
+        self.moves.agents[spec["name"]] = self
+        return {"uri": f"tcp:10.0.1.{self.name[-1]}:4444", "pid": 99}
+
+    async def abort_incoming(self, name: str) -> None:
+        self._answer(f"abort_incoming {name}")
+        self.vms.pop(name, None)
+
+    async def start_migration(self, name: str, uri: str, capabilities: Any = None,
+                              parameters: Any = None) -> dict[str, Any]:
+        self._answer(f"start_migration {name}")
+        self.moves.started.append(name)
+        self.moves.done[name] = asyncio.Event()
+        self.vms[name]["migration"] = "active"
+        return {}
+
+    async def migration_status(self, name: str) -> dict[str, Any]:
+        self._answer("migration_status")
+        status = self.vms.get(name, {}).get("migration", "none")
+        if status == "active" and self.moves.done[name].is_set():
+            status = self.vms[name]["migration"] = "completed"
+            self.vms[name]["state"] = "postmigrate"
+            self.moves.agents[name].vms[name]["state"] = "running"
+        self.sent += 1 << 20
+        return {"migration": {"status": status, "ram": {"transferred": self.sent}}}
+
+    async def cancel_migration(self, name: str) -> dict[str, Any]:
+        self._answer(f"cancel_migration {name}")
+        self.vms[name]["migration"] = "cancelled"
+        return {}
+
+    async def resume_vm(self, name: str) -> dict[str, Any]:
+        self.vms[name]["state"] = "running"
+        return self.vms[name]
+
+    async def events(self, name: str, since: int = 0) -> list[dict[str, Any]]:
+        return []
+
+    async def dirty_rate(self, name: str, calc_time_s: int = 1) -> dict[str, Any]:
+        raise Unavailable("FAKE_NO_DIRTY_RATE", "this fake cannot measure", "")
+
+    async def set_migration_parameters(self, name: str, parameters: Any) -> dict[str, Any]:
+        return {}
+
+    async def claim(self, name: str) -> dict[str, Any]:
+        return self.vms[name]
+
+    async def release(self, name: str) -> None:
+        self.vms.pop(name)
+
+
+def cluster(moves: Moves) -> list[MovingAgent]:
+    """host1 runs web1..web3; host2 and host3 are healthy and empty."""
+    specs = {vm: running(vm_spec(vm)) for vm in VMS}
+    return [MovingAgent("host1", host_facts("host1"), specs, moves=moves),
+            MovingAgent("host2", host_facts("host2"), moves=moves),
+            MovingAgent("host3", host_facts("host3"), moves=moves)]
+
+
+@asynccontextmanager
+async def controller(tmp_path: Path, agents: list[MovingAgent], outgoing: int = 1,
+                     incoming: int = 1) -> AsyncIterator[Controller]:
+    by_name: dict[str, FakeAgent] = {a.name: a for a in agents}
+    app = create_app(ControllerConfig(database_url=f"sqlite:///{tmp_path}/c.db",
+                                      heartbeat_timeout=30.0, max_outgoing_per_host=outgoing,
+                                      max_incoming_per_host=incoming), FakePool(by_name))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://controller") as http:
+        c = Controller(http, by_name, app)
+        for name in by_name:
+            assert (await c.beat(name)).status_code == 200
+        yield c
+
+
+async def migrate(c: Controller, vm: str, to: str) -> dict[str, Any]:
+    resp = await c.http.post(f"/vms/{vm}/migrations", json={"to": to})
+    assert resp.status_code == 202, resp.text
+    job: dict[str, Any] = resp.json()
+    return job
+
+
+async def job_of(c: Controller, job: dict[str, Any]) -> dict[str, Any]:
+    answer: dict[str, Any] = (await c.http.get(f"/migrations/{job['id']}")).json()
+    return answer
+
+
+async def wait_for(c: Controller, job: dict[str, Any], test: Callable[[dict[str, Any]], bool],
+                   what: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while not test(now := await job_of(c, job)):
+        assert time.monotonic() < deadline, f"{job['vm']} never {what}: {now['phase']}"
+        await asyncio.sleep(0.02)
+    return now
+
+
+def copying(job: dict[str, Any]) -> bool:
+    return job["phase"] == "monitor"
+
+
+def ended(phase: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda job: job["phase"] == phase
+
+
+async def test_requests_beyond_the_limits_queue_in_order_and_start_as_jobs_end(
+        tmp_path: Path) -> None:
+    moves = Moves()
+    async with controller(tmp_path, cluster(moves)) as c:
+        first, second, third = [await migrate(c, vm, "host3") for vm in VMS]
+        assert (first["queue_position"], second["phase"], third["phase"]) == (
+            None, "queued", "queued")
+        assert "queued behind the per-host limits" in second["transitions"][0]["message"]
+        listed = {j["vm"]: j for j in (await c.http.get("/migrations")).json()}
+        assert [listed[vm]["queue_position"] for vm in VMS] == [None, 1, 2]
+        await wait_for(c, first, copying, "started copying")
+        assert (await job_of(c, second))["phase"] == "queued"  # no slot while web1 copies
+
+        moves.finish("web1")
+        await wait_for(c, first, ended("completed"), "completed")
+        await wait_for(c, second, copying, "started copying")
+        assert (await job_of(c, third))["queue_position"] == 1
+
+        cancelled = (await c.http.post(f"/migrations/{third['id']}/cancel")).json()
+        assert (cancelled["phase"], cancelled["queue_position"], cancelled["error_code"]) == (
+            "cancelled", None, "MIGRATION_CANCELLED")
+        moves.finish("web2")
+        await wait_for(c, second, ended("completed"), "completed")
+        assert moves.started == ["web1", "web2"]
+        assert "prepare_incoming web3" not in c.agents["host3"].calls  # nothing started
+        assert (await job_of(c, third))["phase"] == "cancelled"
+
+
+async def test_order_holds_across_destinations_that_share_a_source(tmp_path: Path) -> None:
+    moves = Moves()
+    async with controller(tmp_path, cluster(moves), incoming=2) as c:
+        jobs = [await migrate(c, "web1", "host2"), await migrate(c, "web2", "host3"),
+                await migrate(c, "web3", "host2")]
+        assert [j["queue_position"] for j in jobs] == [None, 1, 2]
+        for vm, job in zip(VMS, jobs, strict=True):
+            await wait_for(c, job, copying, "started copying")
+            assert [(await job_of(c, j))["phase"] for j in jobs].count("queued") == (
+                2 - VMS.index(vm))
+            moves.finish(vm)
+            await wait_for(c, job, ended("completed"), "completed")
+        assert moves.started == list(VMS)
+
+
+async def test_a_queued_vm_cannot_be_requested_again(tmp_path: Path) -> None:
+    async with controller(tmp_path, cluster(Moves())) as c:
+        await migrate(c, "web1", "host2")
+        queued = await migrate(c, "web2", "host3")
+        resp = await c.http.post("/vms/web2/migrations", json={"to": "host2"})
+        assert resp.status_code == 409, resp.text
+        error = resp.json()["error"]
+        assert error["code"] == "MIGRATION_IN_PROGRESS" and queued["id"] in error["message"]
+
+
+async def test_a_queued_job_whose_checks_now_fail_ends_failed(tmp_path: Path) -> None:
+    moves = Moves()
+    async with controller(tmp_path, cluster(moves)) as c:
+        first = await migrate(c, "web1", "host3")
+        queued = await migrate(c, "web2", "host2")
+        await wait_for(c, first, copying, "started copying")
+        c.agents["host1"].path_ok = False  # the migration path to host2 breaks meanwhile
+        moves.finish("web1")
+        failed = await wait_for(c, queued, ended("failed"), "failed")
+        assert failed["error_code"] == "MIGRATION_CHECKS_FAILED"
+        assert "check(s) failed" in failed["reason"]
+        assert [t["to"] for t in failed["transitions"] if t["from"] != t["to"]] == [
+            "queued", "check", "rolling_back", "failed"]
+        assert "prepare_incoming web2" not in c.agents["host2"].calls
+
+
+async def test_queued_jobs_survive_a_controller_restart(tmp_path: Path) -> None:
+    moves = Moves()
+    agents = cluster(moves)
+    async with controller(tmp_path, agents) as c:
+        first = await migrate(c, "web1", "host3")
+        queued = await migrate(c, "web2", "host3")
+        await wait_for(c, first, copying, "started copying")
+    # leaving the lifespan rolled web1 back; web2 had nothing to undo and stays queued
+    async with controller(tmp_path, agents) as c:
+        assert (await job_of(c, first))["error_code"] == "CONTROLLER_STOPPED"
+        job = await wait_for(c, queued, copying, "started copying")
+        assert "controller restarted" not in str(job["transitions"])
+        moves.finish("web2")
+        await wait_for(c, queued, ended("completed"), "completed")
+        assert moves.started == ["web1", "web2"]

@@ -1,0 +1,174 @@
+"""The migration policy: tables of inputs and the decisions expected of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+
+from segue.engine.policy import (
+    DEFAULT_LINK_BPS,
+    UNCAPPED_BANDWIDTH,
+    PolicyState,
+    decide,
+    initial_settings,
+    initial_state,
+    link_estimate,
+    predict,
+)
+from segue.engine.progress import Progress
+
+MiB = 2**20
+
+
+@dataclass(frozen=True)
+class Opts:
+    downtime_limit_ms: int = 300
+    max_bandwidth_mibs: int | None = None
+    deadline_s: float = 600.0
+    allow_postcopy: bool = True
+    max_downtime_ms: int = 2000
+
+
+def sample(status: str = "active", remaining: int = 100 * MiB, iteration: int = 1,
+           dirty: float = 0.0, throughput: float = 100 * MiB) -> Progress:
+    return Progress(status=status, transferred=0, remaining=remaining, total=256 * MiB,
+                    dirty_rate=dirty, throughput=throughput, iteration=iteration,
+                    expected_downtime_ms=None, downtime_ms=None, total_time_ms=None,
+                    setup_time_ms=None, eta_s=None, converging=None)
+
+
+@pytest.mark.parametrize(("opts", "caps", "params"), [
+    (Opts(), {"events": True, "postcopy-ram": True, "auto-converge": False},
+     {"downtime-limit": 300, "max-bandwidth": UNCAPPED_BANDWIDTH}),
+    (Opts(max_bandwidth_mibs=16, downtime_limit_ms=100),
+     {"events": True, "postcopy-ram": True, "auto-converge": False},
+     {"downtime-limit": 100, "max-bandwidth": 16 * MiB, "max-postcopy-bandwidth": 16 * MiB}),
+    (Opts(allow_postcopy=False),
+     {"events": True, "postcopy-ram": False, "auto-converge": True},
+     {"downtime-limit": 300, "max-bandwidth": UNCAPPED_BANDWIDTH,
+      "cpu-throttle-initial": 20, "cpu-throttle-increment": 10}),
+])
+def test_initial_settings(opts: Opts, caps: dict[str, bool], params: dict[str, Any]) -> None:
+    settings = initial_settings(opts)
+    assert settings.capabilities == caps
+    assert settings.parameters == params
+    assert all(settings.reasons)
+
+
+@pytest.mark.parametrize(("opts", "measured", "expected"), [
+    (Opts(), None, DEFAULT_LINK_BPS),
+    (Opts(), 50e6, 50e6),
+    (Opts(max_bandwidth_mibs=16), None, 16 * MiB),
+    (Opts(max_bandwidth_mibs=16), 1e6, 1e6),
+])
+def test_link_estimate(opts: Opts, measured: float | None, expected: float) -> None:
+    assert link_estimate(opts, measured) == expected
+
+
+@pytest.mark.parametrize(("memory", "link", "dirty", "downtime", "converges", "total", "iters"), [
+    (256 * MiB, 128 * MiB, 0.0, 300, True, 2.0, 2),  # one pass, nothing dirtied
+    (256 * MiB, 128 * MiB, 32 * MiB, 300, True, 2.0 + 0.5 + 0.125, 3),
+    (256 * MiB, 16 * MiB, 40e6, 300, False, 16.0 + 16.0, 30),  # dirty > link
+    (256 * MiB, 16 * MiB, 15.9 * MiB, 300, False, None, 30),  # too close to the link
+])
+def test_predict(memory: int, link: float, dirty: float, downtime: int, converges: bool,
+                 total: float | None, iters: int) -> None:
+    p = predict(memory, link, dirty, downtime)
+    assert p.converges is converges and p.iterations == iters and p.reason
+    if total is not None:
+        assert p.total_s == pytest.approx(total)
+    assert set(p.to_summary()) >= {"predicted_converges", "predicted_total_s"}
+
+
+def _run(samples: list[Progress], opts: Opts = Opts(), elapsed: float = 1.0,
+         state: PolicyState | None = None) -> tuple[PolicyState, list[tuple[str, Any]]]:
+    state = state or initial_state(opts)
+    out: list[tuple[str, Any]] = []
+    for s in samples:
+        state, actions = decide(state, s, elapsed, opts)
+        out += [(a.kind, a.parameters) for a in actions]
+        assert all(a.reason for a in actions)
+    return state, out
+
+
+STALLED = [sample(iteration=i, remaining=50 * MiB) for i in (2, 3, 4)]
+
+DECISIONS = [
+    ("converging: nothing", [sample(iteration=i, remaining=(100 - 20 * i) * MiB)
+                             for i in range(1, 5)], Opts(), []),
+    ("setup: nothing", [sample(status="setup")], Opts(), []),
+    ("first pass, dirty > throughput: wait for the pass",
+     [sample(iteration=1, dirty=200 * MiB)], Opts(), []),
+    ("dirty >= throughput after pass 1: post-copy",
+     [sample(iteration=2, dirty=120 * MiB)], Opts(), [("start_postcopy", {})]),
+    ("dirty >= throughput, post-copy forbidden: no switch",
+     [sample(iteration=2, dirty=120 * MiB)], Opts(allow_postcopy=False), []),
+    ("stall: downtime x1.5", STALLED, Opts(),
+     [("set_parameters", {"downtime-limit": 450})]),
+    ("stall: downtime capped at the user maximum", STALLED, Opts(max_downtime_ms=400),
+     [("set_parameters", {"downtime-limit": 400})]),
+]
+
+
+@pytest.mark.parametrize(("case", "samples", "opts", "expected"), DECISIONS,
+                         ids=[d[0] for d in DECISIONS])
+def test_decide(case: str, samples: list[Progress], opts: Opts,
+                expected: list[tuple[str, Any]]) -> None:
+    assert _run(samples, opts)[1] == expected
+
+
+@pytest.mark.parametrize(("opts", "last"), [
+    (Opts(), ("start_postcopy", {})),
+    (Opts(allow_postcopy=False), ("set_parameters", {"cpu-throttle-increment": 20})),
+])
+def test_stall_at_max_downtime_escalates(opts: Opts, last: tuple[str, Any]) -> None:
+    state = replace(initial_state(opts), downtime_ms=opts.max_downtime_ms)
+    assert _run(STALLED, opts, state=state)[1] == [last]
+
+
+def test_escalation_ladder_over_a_long_stall() -> None:
+    samples = [sample(iteration=i, remaining=50 * MiB) for i in range(2, 40)]
+    state, actions = _run(samples, Opts(max_downtime_ms=700))
+    assert actions == [("set_parameters", {"downtime-limit": 450}),
+                       ("set_parameters", {"downtime-limit": 675}),
+                       ("set_parameters", {"downtime-limit": 700}),
+                       ("start_postcopy", {})]
+    assert state.postcopy
+
+
+def test_throttle_is_raised_up_to_its_maximum() -> None:
+    opts = Opts(allow_postcopy=False, max_downtime_ms=300)
+    samples = [sample(iteration=i, remaining=50 * MiB) for i in range(2, 40)]
+    assert _run(samples, opts)[1] == [("set_parameters", {"cpu-throttle-increment": 20}),
+                                      ("set_parameters", {"cpu-throttle-increment": 40})]
+
+
+@pytest.mark.parametrize(("state", "status", "expected"), [
+    (None, "active", [("abort", {})]),
+    (None, "setup", [("abort", {})]),
+    (PolicyState(downtime_ms=300, postcopy=True), "postcopy-active", []),  # never abort
+    (None, "completed", []),
+])
+def test_deadline(state: PolicyState | None, status: str, expected: list[Any]) -> None:
+    assert _run([sample(status=status)], Opts(deadline_s=10), elapsed=11, state=state)[1] \
+        == expected
+
+
+def test_after_postcopy_nothing_more() -> None:
+    state = PolicyState(downtime_ms=300, postcopy=True)
+    assert _run(STALLED, Opts(), state=state)[1] == []
+
+
+@pytest.mark.parametrize(("dirty", "allow", "status", "expected"), [
+    (40e6, True, "active", [("start_postcopy", {})]),  # predicted not to converge: at once
+    (40e6, True, "setup", []),  # QEMU refuses the switch before it copies
+    (40e6, False, "active", []),  # not allowed: pre-copy and throttling
+    (1e6, True, "active", []),  # predicted to converge: pre-copy
+])
+def test_postcopy_at_once_when_predicted_not_to_converge(
+        dirty: float, allow: bool, status: str, expected: list[Any]) -> None:
+    opts = Opts(max_bandwidth_mibs=16, allow_postcopy=allow)
+    state = initial_state(opts, predict(256 * MiB, 16 * MiB, dirty, 300))
+    assert _run([sample(status=status)], opts, state=state)[1] == expected
