@@ -177,6 +177,7 @@ def one_run(plan: LabPlan, policy: str, scenario: str, rate: int, ip: str,
             deadline: float) -> dict[str, Any]:
     """One measured migration host1 -> host2 and the unmeasured move back."""
     set_dirty_rate(plan, ip, rate)
+    boot = guests.verify_ip(plan, ip).split()[1]
     time.sleep(1.0)  # let the guest's dirtying settle
     probe = guests.BackgroundProbe(plan, ip)
     if policy == "segue":
@@ -188,7 +189,9 @@ def one_run(plan: LabPlan, policy: str, scenario: str, rate: int, ip: str,
     verdict = guests.verify_ip(plan, ip)
     result.update(policy=policy, scenario=scenario, dirty_mibs=rate,
                   blackout_ms=seen["longest_gap_ms"] if result["converged"] else None,
-                  lost=seen["lost"], memory_ok="result=ok" in verdict)
+                  lost=seen["lost"],
+                  # a guest that rebooted answers result=ok too: the boot id must match
+                  memory_ok="result=ok" in verdict and verdict.split()[1] == boot)
     if where(plan) == "host2":
         if policy == "segue":
             run_segue(plan, "host1", 600)
