@@ -215,6 +215,13 @@ def wait_job(job_id: str, timeout: float = 120) -> dict[str, Any]:
     raise AssertionError(f"migration {job_id} did not end")
 
 
+def wait_phase(job_id: str, phase: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while json.loads(segue("migration", "show", job_id, "--json").stdout)["phase"] != phase:
+        assert time.monotonic() < deadline, f"migration {job_id} never reached {phase}"
+        time.sleep(0.2)
+
+
 def assert_back_on_source(plan: LabPlan, name: str, src: str, dest: str, boot: str) -> None:
     assert host_of(plan, name) == src
     verdict = fields(guests.verify_vm(plan, name))
@@ -263,11 +270,7 @@ def test_cancel_during_copy(lab: LabPlan, vm: str) -> None:
     boot = fields(guests.verify_vm(lab, vm))["boot"]
     with slow_link(lab, src):
         job_id = start_slow(vm, dest)
-        deadline = time.monotonic() + 60
-        while json.loads(segue("migration", "show", job_id, "--json").stdout)["phase"] \
-                != "monitor":
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_phase(job_id, "monitor")
         segue("migration", "cancel", job_id)
         job = wait_job(job_id)
     assert job["phase"] == "cancelled", job
@@ -308,11 +311,7 @@ def test_controller_crash_mid_migration_is_reconciled(lab: LabPlan, vm: str) -> 
     boot = fields(guests.verify_vm(lab, vm))["boot"]
     with slow_link(lab, src):
         job_id = start_slow(vm, dest)
-        deadline = time.monotonic() + 60
-        while json.loads(segue("migration", "show", job_id, "--json").stdout)["phase"] \
-                != "monitor":
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_phase(job_id, "monitor")
         stop_controller(LAB, crash=True)
         start_controller(LAB)
         job = wait_job(job_id)
