@@ -19,6 +19,7 @@ from segue.domain.errors import Conflict, Unavailable
 from segue.lab import netns
 from segue.lab.lab import lab_down, lab_status, lab_up, load_state, start_agent, stop_agent
 from segue.lab.topology import plan_lab
+from segue.procs import pid_alive
 
 pytestmark = pytest.mark.integration
 
@@ -141,7 +142,7 @@ def test_lab_up_down(home: Path, stand_in: list[str]) -> None:
     assert set(state.agents.values()) <= set(report.pids)
     assert not plan.lab_dir.exists()
     assert netns.list_namespaces(f"{LAB}-") == []
-    assert not any(netns.pid_alive(pid) for pid in report.pids)
+    assert not any(pid_alive(pid) for pid in report.pids)
     assert not lab_down(LAB).existed
 
 
@@ -151,8 +152,8 @@ def test_restart_agent_keeps_other_processes(home: Path, stand_in: list[str]) ->
     host = plan_lab(LAB, 1).host("host1")
     guest = netns.spawn_in_netns(host.netns, ["sleep", "300"], host.state_dir / "guest.log")
     old = stop_agent(LAB, "host1")
-    assert old is not None and not netns.pid_alive(old)
-    assert netns.pid_alive(guest.pid)
+    assert old is not None and not pid_alive(old)
+    assert pid_alive(guest.pid)
     assert not lab_status(LAB).up
     new = start_agent(LAB, "host1")
     assert new != old and load_state(LAB).agents["host1"] == new

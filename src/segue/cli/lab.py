@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from segue.cli.output import console, handles_errors, print_json
+from segue.image.protocol import parse_verify
 from segue.lab import guests
 from segue.lab import lab as labops
 from segue.lab.topology import OLDER_CPU_EXCLUDES, LabPlan, mixed_host_overrides
@@ -242,20 +243,16 @@ def demo(keep: bool = typer.Option(False, help="Leave the lab up afterwards."),
                                  guests.GuestOptions(dirty_mbps=dirty_mbps))
         with guests.controller(plan) as client, console.status("booting web1 on host1"):
             client.create_vm("host1", spec, start=True)
-            first = _fields(guests.wait_answering(plan, "web1"))
+            first = parse_verify(guests.wait_answering(plan, "web1"))
         console.print(f"web1 runs on host1, ip {guests.guest_ip(spec_as_info(spec))}, "
-                      f"boot id {first['boot']}, rewriting {dirty_mbps} MiB/s", highlight=False)
-        rows = [_demo_migration(plan, "web1", dest, first["boot"]) for dest in ("host2", "host1")]
+                      f"boot id {first.boot_id}, rewriting {dirty_mbps} MiB/s", highlight=False)
+        rows = [_demo_migration(plan, "web1", dest, first.boot_id) for dest in ("host2", "host1")]
         _demo_table(rows)
     finally:
         if not keep:
             console.print(labops.lab_down(name).message)
         else:
             console.print(f"lab {name} kept: `segue lab down --name {name}` removes it")
-
-
-def _fields(line: str) -> dict[str, str]:
-    return dict(tok.split("=", 1) for tok in line.split()[1:] if "=" in tok)
 
 
 def spec_as_info(spec: dict[str, Any]) -> dict[str, Any]:
@@ -275,9 +272,9 @@ def _demo_migration(plan: LabPlan, vm: str, dest: str, boot: str) -> dict[str, A
             return done
 
     watched = guests.watch_migration(plan, vm, move)
-    verdict = _fields(guests.verify_vm(plan, vm))
+    verdict = parse_verify(guests.verify_vm(plan, vm))
     return {"job": watched.job, "probe": watched.probe, "verdict": verdict,
-            "same_boot": verdict["boot"] == boot, "parts": watched.breakdown.to_dict()}
+            "same_boot": verdict.boot_id == boot, "parts": watched.breakdown.to_dict()}
 
 
 def _ms(value: Any) -> str:
@@ -294,8 +291,8 @@ def _demo_table(rows: list[dict[str, Any]]) -> None:
         s = job.get("summary") or {}
         sent = s.get("bytes_sent") or 0
         ram = s.get("ram_total") or 0
-        checker = ("same boot, memory ok" if row["same_boot"] and verdict["result"] == "ok"
-                   else f"boot {verdict['boot']} result {verdict['result']}")
+        checker = ("same boot, memory ok" if row["same_boot"] and verdict.ok
+                   else f"boot {verdict.boot_id} result {'ok' if verdict.ok else 'fail'}")
         table.add_row(f"{job['source']} -> {job['destination']}", job["phase"],
                       f"{s.get('total_s', '-')} s", f"{s.get('qemu_downtime_ms', '-')} ms",
                       _ms(parts["switchover_ms"]), _ms(parts["network_path_ms"]),

@@ -41,6 +41,7 @@ from segue.lab.topology import (
     validate_lab_name,
 )
 from segue.paths import lab_dir
+from segue.procs import pid_alive
 
 AgentArgv = Callable[[Path], list[str]]
 HEALTH_TIMEOUT_S = 30.0
@@ -182,7 +183,7 @@ def load_state(name: str) -> LabState:
 
 def _agent_running(host: HostPlan, pid: int | None) -> bool:
     """True if ``pid`` is alive and inside the host's namespace (guards against pid reuse)."""
-    return pid is not None and netns.pid_alive(pid) and pid in netns.pids_in_netns(host.netns)
+    return pid is not None and pid_alive(pid) and pid in netns.pids_in_netns(host.netns)
 
 
 def agent_healthy(socket_path: Path, timeout: float = 1.0) -> bool:
@@ -208,12 +209,12 @@ def _wait_healthy(host: HostPlan, pid: int, deadline: float) -> None:
     """Poll the agent's health until ``deadline``; raises Unavailable
     (``AGENT_START_FAILED``) if it exits or stays silent."""
     while time.monotonic() < deadline:
-        if not netns.pid_alive(pid):
+        if not pid_alive(pid):
             break
         if agent_healthy(host.agent_socket):
             return
         time.sleep(0.1)
-    state = "exited" if not netns.pid_alive(pid) else "did not answer /health in time"
+    state = "exited" if not pid_alive(pid) else "did not answer /health in time"
     raise Unavailable(
         "AGENT_START_FAILED",
         f"the agent of {host.name} {state}",
@@ -253,7 +254,7 @@ def _start_controller(plan: LabPlan, argv: list[str], deadline: float) -> int:
     ctl.config_path.write_text(json.dumps(ctl.config(), indent=2) + "\n")
     ctl.socket.unlink(missing_ok=True)
     pid = netns.spawn_in_netns(ctl.netns, argv, ctl.log).pid
-    while time.monotonic() < deadline and netns.pid_alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         if agent_healthy(ctl.socket):
             return pid
         time.sleep(0.1)

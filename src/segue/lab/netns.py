@@ -27,6 +27,7 @@ from pyroute2 import netns as pyr_netns
 
 from segue.domain.errors import NotFound, Unavailable
 from segue.lab.topology import LabPlan, VethEnd, VethPair
+from segue.procs import pid_alive
 
 NETNS_DIR = Path("/run/netns")
 
@@ -173,18 +174,6 @@ def pids_in_netns(ns: str) -> list[int]:
         if (st.st_ino, st.st_dev) == (target.st_ino, target.st_dev):
             found.append(int(entry.name))
     return sorted(found)
-
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` runs (zombies count as dead; our own zombie children are reaped)."""
-    with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _signal_all(pids: Sequence[int], sig: signal.Signals) -> None:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from segue.domain.errors import Unavailable
+from segue.procs import pid_alive as pid_alive  # the one liveness test, re-exported
 
 
 class QEMULaunchFailed(Unavailable):
@@ -63,15 +64,6 @@ def read_pid(pidfile: Path) -> int | None:
         return int(pidfile.read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
-
-
-def pid_alive(pid: int) -> bool:
-    """True if the pid exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def is_qemu_of(pid: int, vm_uuid: str) -> bool:
