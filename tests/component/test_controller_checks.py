@@ -87,9 +87,18 @@ class FakeAgent:
         self._answer("vm_cpu")
         return {"model": "qemu64,+aes", "features": ["aes", "lm", "sse2"]}
 
-    async def open_probe_listener(self) -> dict[str, Any]:
-        self._answer("open_probe_listener")
+    async def open_probe_listener(self, sink: bool = False) -> dict[str, Any]:
+        self._answer("open_probe_listener" + (" sink" if sink else ""))
         return {"address": f"10.0.1.{self.name[-1]}", "port": 40000}
+
+    async def measure_throughput(self, address: str, port: int,
+                                 seconds: float = 0.3) -> dict[str, Any]:
+        self._answer(f"throughput {address}:{port}")
+        if not self.path_ok:
+            return {"ok": False, "bytes_per_s": None, "bytes": 0, "seconds": 0.0,
+                    "error": "connection timed out"}
+        return {"ok": True, "bytes_per_s": 117_000_000, "bytes": 35_100_000,
+                "seconds": seconds, "error": None}
 
     async def probe_migration_path(self, address: str, port: int) -> dict[str, Any]:
         self._answer(f"probe {address}:{port}")
@@ -117,9 +126,9 @@ class FakeAgent:
     async def abort_incoming(self, name: str) -> None:
         self._answer("abort_incoming")
 
-    async def dirty_rate(self, name: str, calc_time_s: int = 1) -> dict[str, Any]:
+    async def dirty_rate(self, name: str, calc_time_ms: int = 300) -> dict[str, Any]:
         self._answer("dirty_rate")
-        return {"dirty_rate_mbps": 0.0, "calc_time_s": calc_time_s}
+        return {"dirty_rate_mbps": 0.0, "calc_time_ms": calc_time_ms}
 
     async def migration_status(self, name: str) -> dict[str, Any]:
         self._answer("migration_status")
@@ -258,6 +267,23 @@ async def test_check_counts_memory_reserved_by_other_incoming_migrations(
         assert memory["facts"]["reserved_mib"] == 7700 + 128
         answer = (await c.http.post("/vms/db1/migrations/check", json={"to": "host3"})).json()
         assert "MIGRATION_IN_PROGRESS" in codes(answer["results"])
+
+
+async def test_a_queued_migration_reserves_no_memory_yet(
+        tmp_path: Path, three_hosts: list[FakeAgent]) -> None:
+    """Checked again when it leaves the queue, a queued job must not make the job ahead of
+    it fail for memory it does not hold yet."""
+    three_hosts[0].vms["db1"] = running(vm_spec("db1", memory_mib=7700))
+    async with controller(tmp_path, three_hosts) as c:
+        await cluster_of(c)
+        with c.app.state.db.session() as s:
+            s.add(MigrationRow(id="m-db1", vm_name="db1", source_host="host1",
+                               dest_host="host3", phase="queued", created_at=utcnow(),
+                               updated_at=utcnow(), options={}, summary={}, last_progress={}))
+        answer = (await c.http.post("/vms/web1/migrations/check", json={"to": "host3"})).json()
+        memory = next(r for r in answer["results"] if r["check"] == "resources")
+    assert memory["code"] == "RESOURCES_OK", memory
+    assert memory["facts"].get("reserved_mib", 0) == 0, memory
 
 
 async def test_check_of_unknown_names_is_404(tmp_path: Path,

@@ -47,7 +47,7 @@ from segue.controller.migration_models import MigrationRow
 from segue.controller.models import Host, utcnow
 from segue.domain.errors import SegueError, Unavailable
 from segue.domain.vm import VMSpec, vm_spec_from_dict
-from segue.engine.phases import ACTIVE
+from segue.engine.phases import ACTIVE, RUNNING, Phase
 
 AGENT_CALL_TIMEOUT_S = 10.0
 T = TypeVar("T")
@@ -144,12 +144,16 @@ class Prechecker:
 
     @staticmethod
     def _migrations(session: Session, vm_name: str) -> tuple[str | None, dict[str, int]]:
-        """The VM's own active migration, and memory held per destination by the others."""
+        """The VM's own active migration, and memory held per destination by the others that
+        run (queued ones hold nothing yet: each is checked again when it leaves the queue,
+        and one must not be refused for the memory of those queued behind it)."""
         active = session.scalars(select(MigrationRow).where(
             MigrationRow.phase.in_([p.value for p in ACTIVE]))).all()
         own = next((m.id for m in active if m.vm_name == vm_name), None)
         reserved: dict[str, int] = {}
         for m in active:
+            if Phase(m.phase) not in RUNNING:
+                continue
             vm = inventory.find_vm(session, m.vm_name)
             if m.vm_name != vm_name and vm is not None:
                 need = memory_needed_mib(int(vm.spec.get("memory_mib") or 0))
