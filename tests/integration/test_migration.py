@@ -277,6 +277,49 @@ def test_cancel_during_copy(lab: LabPlan, vm: str) -> None:
     assert_back_on_source(lab, vm, src, dest, boot)
 
 
+def cancel_in(plan: LabPlan, job_id: str, phase: str, timeout: float = 60) -> list[str]:
+    """Poll the job every 10 ms; cancel it as soon as it is in ``phase``; the phases seen."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    with guests.controller(plan) as client:
+        while time.monotonic() < deadline:
+            now = client.call("GET", f"/migrations/{job_id}")["phase"]
+            if not seen or seen[-1] != now:
+                seen.append(now)
+            if now == phase:
+                client.call("POST", f"/migrations/{job_id}/cancel")
+                return seen
+            assert now not in ("completed", "failed", "cancelled"), seen
+            time.sleep(0.01)
+    raise AssertionError(f"migration {job_id} never reached {phase}: {seen}")
+
+
+# A request runs its checks before it answers and the job it creates starts in ``check``: the
+# ``check`` case cancels as soon as that answer arrives. ``prepare`` lasts while the
+# destination QEMU starts and the link and the dirty rate are measured; ``start`` is one agent
+# call (capabilities, parameters, ``migrate``): a cancel arriving during it is acted on at the
+# first ``monitor`` sample, which the ``monitor`` case covers. Once the destination may run
+# the VM (switchover, post-copy, finalize) cancel is refused (MIGRATION_NOT_CANCELLABLE,
+# component tests); a queued job is cancelled in the queue test.
+@pytest.mark.parametrize("phase", ["check", "prepare", "monitor"])
+def test_cancel_in_every_cancellable_phase(lab: LabPlan, vm: str, phase: str) -> None:
+    src = host_of(lab, vm)
+    dest = "host2" if src == "host1" else "host1"
+    boot = fields(guests.verify_vm(lab, vm))["boot"]
+    with slow_link(lab, src), guests.controller(lab) as client:
+        job = client.call("POST", f"/vms/{vm}/migrations",
+                          json={"to": dest, "allow_postcopy": False})
+        assert job["phase"] == "check", job
+        seen = [job["phase"]] if phase == "check" else cancel_in(lab, job["id"], phase)
+        if phase == "check":
+            client.call("POST", f"/migrations/{job['id']}/cancel")
+        job = wait_job(job["id"])
+    assert job["phase"] == "cancelled", (seen, job)
+    assert [t["to"] for t in job["transitions"]][-2:] == ["rolling_back", "cancelled"], job
+    assert phase in [t["to"] for t in job["transitions"]]
+    assert_back_on_source(lab, vm, src, dest, boot)
+
+
 def test_bad_requests_change_nothing(lab: LabPlan, vm: str) -> None:
     src = host_of(lab, vm)
     dest = "host2" if src == "host1" else "host1"
