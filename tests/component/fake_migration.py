@@ -17,7 +17,8 @@ As QEMU 7.2 does it, in miniature:
   unknown names refused, ``announce-initial`` checked against 0..100000),
   ``query-migrate-parameters``, ``query-migrate-capabilities``. MIGRATION events
   (``{"status": ...}``) are sent only with the ``events`` capability, as QEMU does.
-- ``calc-dirty-rate`` / ``query-dirty-rate``: ``measuring`` for ``calc-time`` s, then
+- ``calc-dirty-rate`` / ``query-dirty-rate``: ``measuring`` for ``calc-time`` (s, or ms
+  with ``calc-time-unit``; refused with ``$FAKE_QEMU_OLD_DIRTY_RATE``, as before 8.2), then
   ``measured`` with ``$FAKE_QEMU_DIRTY_RATE`` MB/s (default 4).
 - post-copy (needs ``postcopy-ram`` before ``migrate``): ``migrate-start-postcopy`` stops
   the source and sends ``POSTCOPY``: both sides ``postcopy-active``, the destination's run
@@ -233,7 +234,11 @@ class FakeMigration:
         server = await asyncio.start_server(accept, sock=sock)
 
     def calc_dirty_rate(self, args: dict[str, Any]) -> dict[str, Any]:
-        self.dirty_until = time.monotonic() + float(args.get("calc-time", 1))
+        unit = args.get("calc-time-unit", "s")
+        if unit != "s" and os.environ.get("FAKE_QEMU_OLD_DIRTY_RATE"):  # QEMU before 8.2
+            return error("GenericError", "Parameter 'calc-time-unit' is unexpected")
+        seconds = float(args.get("calc-time", 1)) / (1000 if unit == "ms" else 1)
+        self.dirty_until = time.monotonic() + seconds
         return {"return": {}}
 
     def query_dirty_rate(self, _: dict[str, Any]) -> dict[str, Any]:

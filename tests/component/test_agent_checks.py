@@ -4,6 +4,7 @@ CPU feature set, the CPU a running VM exposes, and the migration network path pr
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +18,7 @@ from segue.agent.app import create_app
 from segue.agent.client import AsyncAgentClient
 from segue.agent.config import AgentConfig
 from segue.agent.facts import QemuCapabilities
-from segue.agent.migpath import ProbeListeners, probe_path
+from segue.agent.migpath import ProbeListeners, measure_throughput, probe_path
 from segue.domain.errors import Conflict, InsufficientResources, Unavailable
 from segue.qemu import process
 
@@ -129,6 +130,43 @@ async def test_listen_then_probe_over_the_migration_interface(
     assert again["ok"] is False and "refused" in again["error"]
 
 
+async def test_throughput_over_the_migration_interface(lab: Lab,
+                                                      caps: QemuCapabilities) -> None:
+    async with agent_client(lab.config(migration_interface="lo"), caps) as client:
+        sink = await client.open_probe_listener(sink=True)
+        answer = await client.measure_throughput(sink["address"], sink["port"], seconds=0.2)
+        assert answer["ok"] is True and answer["error"] is None, answer
+        assert answer["bytes_per_s"] > 10e6  # loopback: far above any real NIC here
+        assert answer["bytes"] >= answer["bytes_per_s"] * answer["seconds"]
+        await asyncio.sleep(0.1)  # one stream per sink
+        again = await client.measure_throughput(sink["address"], sink["port"], seconds=0.1)
+    assert again["ok"] is False and again["bytes_per_s"] is None and again["error"]
+
+
+async def test_throughput_is_what_the_receiver_took_not_what_was_buffered() -> None:
+    """A receiver that takes 64 KiB every 10 ms (at most 6.5 MB/s): the sender's socket
+    buffers fill at once, yet the rate reported is the receiver's."""
+    pace = 65536 / 0.01
+
+    async def paced(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = await reader.read(65536)
+        started, timed = time.perf_counter(), 0
+        while chunk := await reader.read(65536):
+            timed += len(chunk)
+            await asyncio.sleep(0.01)
+        writer.write(json.dumps({"bytes": len(first) + timed, "timed_bytes": timed,
+                                 "seconds": time.perf_counter() - started}).encode() + b"\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(paced, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        answer = await measure_throughput("127.0.0.1", "127.0.0.1", port, seconds=0.5)
+    assert answer["ok"] is True, answer
+    assert 0.2 * pace < answer["bytes_per_s"] <= 1.1 * pace, (answer, pace)
+
+
 async def test_probe_to_a_closed_port_is_not_ok(lab: Lab, caps: QemuCapabilities) -> None:
     async with agent_client(lab.config(migration_interface="lo"), caps) as client:
         listener = await client.open_probe_listener()
@@ -154,8 +192,9 @@ async def test_probe_times_out_without_raising(monkeypatch: pytest.MonkeyPatch) 
 async def test_without_a_migration_address_both_are_503(lab: Lab,
                                                         caps: QemuCapabilities) -> None:
     async with agent_client(lab.config(migration_interface="nonexistent0"), caps) as client:
-        for call in (client.open_probe_listener(),
-                     client.probe_migration_path("127.0.0.1", 9)):
+        for call in (client.open_probe_listener(), client.open_probe_listener(sink=True),
+                     client.probe_migration_path("127.0.0.1", 9),
+                     client.measure_throughput("127.0.0.1", 9)):
             with pytest.raises(Unavailable) as err:
                 await call
             assert err.value.code == "MIGRATION_NIC_UNAVAILABLE"

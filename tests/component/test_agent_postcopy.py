@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import pytest
 from test_agent_migration import SLOW, error_code, ok, prepare, running_vm, two_agents, wait_for
 
 if TYPE_CHECKING:
@@ -20,7 +21,18 @@ async def test_dirty_rate_sample(lab: Lab, agent: AgentFactory) -> None:
     async with two_agents(lab, agent) as (src, _):
         await running_vm(src, lab)
         answer = await ok(src.post("/vms/web1/dirty-rate"))
-        assert answer == {"dirty_rate_mbps": 4.0, "calc_time_s": 1}
+        assert answer == {"dirty_rate_mbps": 4.0, "calc_time_ms": 300}
+        resp = await src.post("/vms/web1/dirty-rate", params={"calc_time_ms": 10})
+        assert resp.status_code == 422  # below QEMU's 50 ms
+
+
+async def test_dirty_rate_on_a_qemu_measuring_whole_seconds(
+        lab: Lab, agent: AgentFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_QEMU_OLD_DIRTY_RATE", "1")  # no calc-time-unit (QEMU < 8.2)
+    async with two_agents(lab, agent) as (src, _):
+        await running_vm(src, lab)
+        answer = await ok(src.post("/vms/web1/dirty-rate"))
+        assert answer == {"dirty_rate_mbps": 4.0, "calc_time_ms": 1000}
 
 
 async def test_parameters_change_mid_flight(lab: Lab, agent: AgentFactory) -> None:

@@ -85,7 +85,7 @@ class MovingAgent(FakeAgent):
     async def events(self, name: str, since: int = 0) -> list[dict[str, Any]]:
         return []
 
-    async def dirty_rate(self, name: str, calc_time_s: int = 1) -> dict[str, Any]:
+    async def dirty_rate(self, name: str, calc_time_ms: int = 300) -> dict[str, Any]:
         raise Unavailable("FAKE_NO_DIRTY_RATE", "this fake cannot measure", "")
 
     async def set_migration_parameters(self, name: str, parameters: Any) -> dict[str, Any]:

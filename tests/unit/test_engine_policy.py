@@ -11,11 +11,14 @@ from segue.engine.policy import (
     DEFAULT_LINK_BPS,
     UNCAPPED_BANDWIDTH,
     PolicyState,
+    choose_downtime,
     decide,
     initial_settings,
     initial_state,
     link_estimate,
+    multipass_risk,
     predict,
+    qemu_unsafe_for_multipass,
 )
 from segue.engine.progress import Progress
 
@@ -24,7 +27,7 @@ MiB = 2**20
 
 @dataclass(frozen=True)
 class Opts:
-    downtime_limit_ms: int = 300
+    downtime_limit_ms: int | None = None
     max_bandwidth_mibs: int | None = None
     deadline_s: float = 600.0
     allow_postcopy: bool = True
@@ -171,4 +174,67 @@ def test_postcopy_at_once_when_predicted_not_to_converge(
         dirty: float, allow: bool, status: str, expected: list[Any]) -> None:
     opts = Opts(max_bandwidth_mibs=16, allow_postcopy=allow)
     state = initial_state(opts, predict(256 * MiB, 16 * MiB, dirty, 300))
+    assert _run([sample(status=status)], opts, state=state)[1] == expected
+
+
+@pytest.mark.parametrize(("opts", "memory", "link", "dirty", "expected"), [
+    (Opts(downtime_limit_ms=300), 256 * MiB, 46 * MiB, 0.0, 300),  # the user's, as given
+    (Opts(), 256 * MiB, 46 * MiB, 0.0, 20),  # idle: the smallest target costs nothing
+    (Opts(), 256 * MiB, 46 * MiB, 0.2 * MiB, 20),  # an idle kernel's bookkeeping
+    (Opts(), 256 * MiB, 46 * MiB, 11 * MiB, 20),  # busy: 2 more passes, ~the same time
+    # 75 % of the link: 2 s would save 6 s of copying, not worth 2 s of pause (weight 10)
+    (Opts(), 256 * MiB, 46 * MiB, 35 * MiB, 20),
+    # 87 %: 20 and 50 ms do not converge within the model's passes; 100 ms does
+    (Opts(), 256 * MiB, 46 * MiB, 40 * MiB, 100),
+    (Opts(), 256 * MiB, 46 * MiB, 69 * MiB, 2000),  # 150 %: nothing converges, the top
+    (Opts(max_downtime_ms=400), 256 * MiB, 46 * MiB, 69 * MiB, 300),  # ... within the max
+    (Opts(), 256 * MiB, 800 * MiB, 8 * MiB, 20),  # a fast link: small targets converge
+])
+def test_choose_downtime(opts: Opts, memory: int, link: float, dirty: float,
+                         expected: int) -> None:
+    chosen, reason = choose_downtime(opts, memory, link, dirty)
+    assert chosen == expected, reason
+    assert f"{expected} ms" in reason
+
+
+def test_chosen_downtime_goes_to_qemu_and_the_state() -> None:
+    settings = initial_settings(Opts(), 50)
+    assert settings.parameters["downtime-limit"] == 50
+    assert initial_state(Opts(), downtime_ms=50).downtime_ms == 50
+    assert initial_state(Opts()).downtime_ms == 300  # nothing measured: the default
+
+
+@pytest.mark.parametrize(("accel", "version", "unsafe"), [
+    ("tcg", "7.2.19", True), ("tcg", "8.0.0", False), ("kvm", "7.2.19", False),
+    ("tcg", None, True), ("tcg", "weird", True), (None, "7.2.0", False),
+])
+def test_qemu_unsafe_for_multipass(accel: str | None, version: str | None,
+                                   unsafe: bool) -> None:
+    assert qemu_unsafe_for_multipass(accel, version) is unsafe
+
+
+@pytest.mark.parametrize(("accel", "link", "dirty", "risky"), [
+    ("tcg", 46 * MiB, 11 * MiB, True),  # slow first pass, busy guest
+    ("tcg", 46 * MiB, 0.5 * MiB, False),  # idle guest
+    ("tcg", 800 * MiB, 8 * MiB, False),  # passes within a second: found intact
+    ("kvm", 46 * MiB, 11 * MiB, False),  # hardware dirty logging
+])
+def test_multipass_risk(accel: str, link: float, dirty: float, risky: bool) -> None:
+    reason = multipass_risk(accel, "7.2.19", 256 * MiB, link, dirty)
+    assert (reason is not None) is risky
+    if risky:
+        assert reason and "7.2.19" in reason
+
+
+@pytest.mark.parametrize(("allow", "status", "expected"), [
+    (True, "active", [("start_postcopy", {})]),  # risky passes: post-copy during pass 1
+    (True, "setup", []),
+    (False, "active", []),  # not allowed: pre-copy anyway (the job warns)
+])
+def test_postcopy_at_once_for_a_multipass_risk(allow: bool, status: str,
+                                               expected: list[Any]) -> None:
+    opts = Opts(allow_postcopy=allow)
+    converging = predict(256 * MiB, 46 * MiB, 11 * MiB, 50)
+    assert converging.converges
+    state = initial_state(opts, converging, 50, risk="TCG with QEMU 7.2 ...")
     assert _run([sample(status=status)], opts, state=state)[1] == expected

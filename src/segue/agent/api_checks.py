@@ -3,7 +3,9 @@
 ``GET /vms/{name}/cpu`` (``segue.agent.cpu``): the CPU features the running VM's QEMU exposes.
 ``POST /migration-network/listen`` and ``POST /migration-network/probe``
 (``segue.agent.migpath``): a one-shot listener on this host's migration address, and a TCP
-connect to a peer's listener from this host's migration address. ``POST /datastores/files``:
+connect to a peer's listener from this host's migration address;
+``?sink=true`` and ``POST /migration-network/throughput``: the same pair measuring the
+link's rate with a short TCP stream. ``POST /datastores/files``:
 which of a VM's files this host sees on its datastores. Bodies and answers are those
 of ``segue.agent.client.AsyncAgentClient``; errors map to HTTP in ``segue.httpapi``.
 """
@@ -16,7 +18,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from segue.agent.cpu import vm_cpu
-from segue.agent.migpath import ProbeListeners, probe_path
+from segue.agent.migpath import ProbeListeners, measure_throughput, probe_path
 from segue.agent.migration import migration_address
 from segue.agent.vms import VMManager
 
@@ -37,6 +39,10 @@ class ProbeRequest(BaseModel):
     port: int = Field(ge=1, le=65535)
 
 
+class ThroughputRequest(ProbeRequest):
+    seconds: float = Field(default=0.3, gt=0, le=5)
+
+
 def _manager(request: Request) -> VMManager:
     manager: VMManager = request.app.state.manager
     return manager
@@ -48,16 +54,22 @@ async def cpu_of_vm(request: Request, name: str) -> dict[str, Any]:
 
 
 @router.post("/migration-network/listen", status_code=201)
-async def open_listener(request: Request) -> dict[str, Any]:
+async def open_listener(request: Request, sink: bool = False) -> dict[str, Any]:
     address = await migration_address(_manager(request).config)
     listeners: ProbeListeners = request.app.state.probe_listeners
-    return await listeners.open(address)
+    return await listeners.open(address, sink=sink)
 
 
 @router.post("/migration-network/probe")
 async def probe(request: Request, body: ProbeRequest) -> dict[str, Any]:
     source = await migration_address(_manager(request).config)
     return await probe_path(source, body.address, body.port)
+
+
+@router.post("/migration-network/throughput")
+async def throughput(request: Request, body: ThroughputRequest) -> dict[str, Any]:
+    source = await migration_address(_manager(request).config)
+    return await measure_throughput(source, body.address, body.port, body.seconds)
 
 
 @router.post("/datastores/files")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from segue.agent.migration import Migrations
@@ -90,8 +90,9 @@ async def resume(request: Request, name: str) -> dict[str, Any]:
 
 
 @router.post("/vms/{name}/dirty-rate")
-async def dirty_rate(request: Request, name: str, calc_time_s: int = 1) -> dict[str, Any]:
-    return await _migrations(request).dirty_rate(name, calc_time_s)
+async def dirty_rate(request: Request, name: str,
+                     calc_time_ms: int = Query(300, ge=50, le=60_000)) -> dict[str, Any]:
+    return await _migrations(request).dirty_rate(name, calc_time_ms)
 
 
 @router.post("/vms/{name}/migration/parameters")

@@ -149,7 +149,7 @@ class AsyncAgentClient:
       definition goes (the datastore's copy now names the destination).
 
     Policy and post-copy calls: ``dirty_rate(name)`` on the source (``{"dirty_rate_mbps"}``,
-    a 1 s ``calc-dirty-rate``); ``set_migration_parameters(name, params)``,
+    a 300 ms ``calc-dirty-rate``); ``set_migration_parameters(name, params)``,
     ``start_postcopy(name)``, ``pause_migration(name)``, ``resume_migration(name, uri)`` on
     the source; ``recover_incoming(name)`` on the destination (``{"uri"}`` to resume to).
 
@@ -160,7 +160,10 @@ class AsyncAgentClient:
       listener on its migration address (closed after one connection or 10 s).
     - ``probe_migration_path(address, port)`` on the source: ``{"ok", "rtt_ms", "error",
       "source_address"}``, a TCP connect from its migration address (3 s timeout; an
-      unreachable peer is ``ok: false``, not an error). Both raise Unavailable
+      unreachable peer is ``ok: false``, not an error).
+    - ``open_probe_listener(sink=True)`` on the destination and ``measure_throughput(address,
+      port, seconds)`` on the source: ``{"ok", "bytes_per_s", "bytes", "seconds", "error"}``,
+      the link's rate as the destination counted a short stream. All raise Unavailable
       (``MIGRATION_NIC_UNAVAILABLE``) when the host has no usable migration address.
     """
 
@@ -247,16 +250,23 @@ class AsyncAgentClient:
     async def vm_cpu(self, name: str) -> dict[str, Any]:
         return dict(await self._call("GET", f"/vms/{name}/cpu"))
 
-    async def open_probe_listener(self) -> dict[str, Any]:
-        return dict(await self._call("POST", "/migration-network/listen"))
+    async def open_probe_listener(self, sink: bool = False) -> dict[str, Any]:
+        return dict(await self._call("POST", "/migration-network/listen",
+                                     params={"sink": "true"} if sink else None))
+
+    async def measure_throughput(self, address: str, port: int,
+                                 seconds: float = 0.3) -> dict[str, Any]:
+        return dict(await self._call("POST", "/migration-network/throughput",
+                                     json={"address": address, "port": port,
+                                           "seconds": seconds}))
 
     async def probe_migration_path(self, address: str, port: int) -> dict[str, Any]:
         return dict(await self._call("POST", "/migration-network/probe",
                                      json={"address": address, "port": port}))
 
-    async def dirty_rate(self, name: str, calc_time_s: int = 1) -> dict[str, Any]:
+    async def dirty_rate(self, name: str, calc_time_ms: int = 300) -> dict[str, Any]:
         return dict(await self._call("POST", f"/vms/{name}/dirty-rate",
-                                     params={"calc_time_s": calc_time_s}))
+                                     params={"calc_time_ms": calc_time_ms}))
 
     async def set_migration_parameters(self, name: str,
                                        parameters: dict[str, Any]) -> dict[str, Any]:

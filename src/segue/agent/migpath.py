@@ -1,7 +1,10 @@
 """Is the migration network path between two hosts usable? Tested, not assumed.
 
 The destination opens a one-shot TCP listener on its migration address (port chosen by the
-kernel); the source connects to it from its own migration address. The listener closes after
+kernel); the source connects to it from its own migration address. A *sink* listener also
+measures the link: it counts what the source streams at it (``measure_throughput``) from
+the first byte to the end and answers with the count and the time, so the rate is what
+crossed the wire, not what filled the socket buffers. The listener closes after
 one accepted connection or ``LISTEN_TIMEOUT_S``; its task lives in the agent's TaskGroup and
 is cancelled when the agent stops. A probe never raises for an unreachable peer: it answers
 ``ok: false`` with the reason.
@@ -16,6 +19,7 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import json
 import logging
 import os
 import time
@@ -26,6 +30,9 @@ from segue.domain.errors import InvalidRequest
 log = logging.getLogger(__name__)
 LISTEN_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 3.0
+CHUNK = 1 << 20
+THROUGHPUT_SECONDS = 0.3
+THROUGHPUT_MAX_BYTES = 512 * 1024**2  # a very fast link is known well before this
 
 
 class ProbeListeners:
@@ -36,15 +43,30 @@ class ProbeListeners:
         self._timeout = timeout
         self._open: dict[asyncio.Task[None], asyncio.Server] = {}
 
-    async def open(self, address: str) -> dict[str, Any]:
-        """Listen on ``address`` (kernel-chosen port); ``{"address", "port"}``."""
+    async def open(self, address: str, sink: bool = False) -> dict[str, Any]:
+        """Listen on ``address`` (kernel-chosen port); ``{"address", "port"}``. ``sink``:
+        read one stream to its end and answer ``{"bytes", "timed_bytes", "seconds"}`` (one
+        JSON line, see ``_drain``)."""
         accepted = asyncio.Event()
 
         def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             accepted.set()
             writer.close()
 
-        server = await asyncio.start_server(on_connect, host=address, port=0)
+        async def on_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    counted = await _drain(reader)
+                writer.write(json.dumps(counted).encode() + b"\n")
+                await writer.drain()
+            except (OSError, TimeoutError) as err:
+                log.info("throughput sink: %s", describe_failure(err, self._timeout))
+            finally:
+                writer.close()
+                accepted.set()
+
+        server = await asyncio.start_server(on_stream if sink else on_connect, host=address,
+                                            port=0)
         port = int(server.sockets[0].getsockname()[1])
         task = self._tg.create_task(self._serve_once(server, accepted),
                                     name=f"probe-listener-{port}")
@@ -69,6 +91,18 @@ class ProbeListeners:
         for task, server in list(self._open.items()):
             server.close()
             task.cancel()
+
+
+async def _drain(reader: asyncio.StreamReader) -> dict[str, Any]:
+    """What one stream brought until EOF: ``bytes`` in all, ``timed_bytes`` after the first
+    read (which started the clock) and ``seconds`` from the first read to EOF."""
+    first = await reader.read(CHUNK)
+    started = time.perf_counter()
+    timed = 0
+    while chunk := await reader.read(CHUNK):
+        timed += len(chunk)
+    return {"bytes": len(first) + timed, "timed_bytes": timed,
+            "seconds": time.perf_counter() - started}
 
 
 def check_peer_address(address: str) -> None:
@@ -108,3 +142,38 @@ async def probe_path(source: str, address: str, port: int,
     with contextlib.suppress(OSError):  # the listener may have closed first: proven anyway
         await writer.wait_closed()
     return {"ok": True, "rtt_ms": round(rtt_ms, 3), "error": None, "source_address": source}
+
+
+async def measure_throughput(source: str, address: str, port: int,
+                             seconds: float = THROUGHPUT_SECONDS,
+                             timeout: float = LISTEN_TIMEOUT_S) -> dict[str, Any]:
+    """Stream zeros from ``source`` to a sink listener at ``address:port`` for ``seconds``
+    (or ``THROUGHPUT_MAX_BYTES``); never raises for an unreachable peer. ``{"ok",
+    "bytes_per_s" | None, "bytes", "seconds", "error" | None}``, the rate as the sink
+    counted it."""
+    check_peer_address(address)
+    block = bytes(CHUNK)
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(address, port,
+                                                           local_addr=(source, 0))
+            try:
+                started, sent = time.perf_counter(), 0
+                while time.perf_counter() - started < seconds and sent < THROUGHPUT_MAX_BYTES:
+                    writer.write(block)
+                    await writer.drain()
+                    sent += CHUNK
+                writer.write_eof()
+                answer = json.loads(await reader.readline() or b"{}")
+            finally:
+                writer.close()
+    except (OSError, TimeoutError, ValueError) as err:
+        return {"ok": False, "bytes_per_s": None, "bytes": 0, "seconds": 0.0,
+                "error": describe_failure(err, timeout)}
+    count, took = int(answer.get("bytes") or 0), float(answer.get("seconds") or 0.0)
+    timed = int(answer.get("timed_bytes") or 0)
+    if timed <= 0 or took <= 0:
+        return {"ok": False, "bytes_per_s": None, "bytes": count, "seconds": took,
+                "error": "the sink counted too little to measure"}
+    return {"ok": True, "bytes_per_s": round(timed / took), "bytes": count,
+            "seconds": round(took, 4), "error": None}

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import re
 import socket
 import time
@@ -49,7 +50,7 @@ from segue.domain.errors import Conflict, InvalidRequest, SegueError, Unavailabl
 from segue.domain.vm import VMSpec, VMState, validate_vm_spec
 from segue.qemu import process
 from segue.qemu.argv import RuntimePaths
-from segue.qemu.qmp import QMPSession
+from segue.qemu.qmp import QMPCommandFailed, QMPSession
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ TCP_URI_RE = re.compile(r"tcp:(\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]|[\w.-]+
 CANCEL_TIMEOUT_S = 10.0
 QUIT_TIMEOUT_S = 10.0
 DIRTY_RATE_GRACE_S = 5.0
+DIRTY_RATE_SAMPLE_MS = 300  # long enough to see a busy guest, short enough to hide in prepare
 
 
 def free_port(address: str) -> int:
@@ -269,23 +271,32 @@ class Migrations:
         log.info("%s: migration cancelled", name)
         return await self.status(name)
 
-    async def dirty_rate(self, name: str, calc_time_s: int = 1) -> dict[str, Any]:
+    async def dirty_rate(self, name: str, calc_time_ms: int = DIRTY_RATE_SAMPLE_MS
+                         ) -> dict[str, Any]:
         """Sample the running guest's dirty rate (``calc-dirty-rate``, then
-        ``query-dirty-rate`` until measured): ``{"dirty_rate_mbps": MB/s, "calc_time_s"}``.
-        Raises Conflict (``VM_NOT_RUNNING``), Unavailable (``DIRTY_RATE_UNAVAILABLE``)."""
+        ``query-dirty-rate`` until measured) over ``calc_time_ms``: ``{"dirty_rate_mbps":
+        MB/s, "calc_time_ms"}``. A QEMU before 8.2 measures whole seconds only: it samples
+        the ``calc_time_ms`` rounded up to seconds. Raises Conflict (``VM_NOT_RUNNING``),
+        Unavailable (``DIRTY_RATE_UNAVAILABLE``)."""
         vm = self.m.get(name)
         async with vm.lock:
             qmp = await self._running_qmp(vm)
-            await qmp.execute("calc-dirty-rate", {"calc-time": calc_time_s})
-            deadline = time.monotonic() + calc_time_s + DIRTY_RATE_GRACE_S
+            try:
+                await qmp.execute("calc-dirty-rate", {"calc-time": calc_time_ms,
+                                                      "calc-time-unit": "ms"})
+                took_ms = calc_time_ms
+            except QMPCommandFailed:  # no calc-time-unit before QEMU 8.2
+                took_ms = 1000 * max(1, math.ceil(calc_time_ms / 1000))
+                await qmp.execute("calc-dirty-rate", {"calc-time": took_ms // 1000})
+            deadline = time.monotonic() + took_ms / 1000 + DIRTY_RATE_GRACE_S
             while time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(min(0.1, took_ms / 4000))
                 answer = await qmp.execute("query-dirty-rate")
                 if answer.get("status") == "measured":
                     return {"dirty_rate_mbps": float(answer.get("dirty-rate") or 0),
-                            "calc_time_s": answer.get("calc-time", calc_time_s)}
+                            "calc_time_ms": took_ms}
         raise Unavailable("DIRTY_RATE_UNAVAILABLE", f"{name}: QEMU measured no dirty rate "
-                          f"within {calc_time_s + DIRTY_RATE_GRACE_S:.0f} s",
+                          f"within {took_ms / 1000 + DIRTY_RATE_GRACE_S:.0f} s",
                           "the migration can start without a prediction")
 
     async def set_parameters(self, name: str, parameters: dict[str, Any]) -> dict[str, Any]:

@@ -35,7 +35,9 @@ def migrate(vm: str, to: str = typer.Option(..., "--to", help="Destination host.
             check: bool = typer.Option(False, "--check", help="Only run the pre-migration "
                                        "checks and show them (exit 1 on an error)."),
             wait: bool = typer.Option(True, help="Follow the migration until it ends."),
-            downtime_ms: int = typer.Option(300, help="Target downtime (ms)."),
+            downtime_ms: int | None = typer.Option(
+                None, help="Target downtime (ms); default: chosen from the measured link "
+                           "and dirty rate."),
             max_bandwidth: int = typer.Option(0, help="Cap in MiB/s (0: no cap)."),
             deadline: float = typer.Option(600.0, help="Give up after this many seconds."),
             stall_timeout: float = typer.Option(15.0, help="Give up when no data moved for "

@@ -28,7 +28,7 @@ class MigrationRequest:
     """Body of a migration request: the destination host and optional settings."""
 
     to: str
-    downtime_limit_ms: int = 300
+    downtime_limit_ms: int | None = None  # None: chosen from the measured link
     max_bandwidth_mibs: int | None = None
     deadline_s: float = 600.0
     stall_timeout_s: float = 15.0

@@ -7,8 +7,9 @@ is made sure to run. Once the destination runs, the job only moves forward: the 
 record moves to the destination and the source QEMU is shut down. At no moment do two
 QEMUs run the VM: the source is resumed only after the destination's QEMU is gone.
 
-The policy (``segue.engine.policy``) is pure; this loop only applies it: before the start it
-samples the dirty rate and stores a prediction; each sample goes through ``policy.decide``
+The policy (``segue.engine.policy``) is pure; this loop only applies it: while the
+destination QEMU starts, it measures the migration link and samples the dirty rate, then
+stores the downtime target chosen and a prediction; each sample goes through ``policy.decide``
 and every action is applied and noted with its reason. Once QEMU switched to post-copy the
 destination holds the newest memory: the job never rolls back from then on. A post-copy whose
 stream breaks (``postcopy-paused``; a hung stream is paused on purpose) is recovered once the
@@ -112,34 +113,79 @@ class MigrationJob:
                                   "raise the deadline or the downtime limit")
 
     async def _prepare(self) -> dict[str, Any]:
+        """Start the destination QEMU while measuring the link and sampling the dirty rate
+        (side by side: the sample's second is not added to the move), then settle the
+        policy's settings from the measurement."""
         self.service.transition(self.id, Phase.PREPARE, f"destination {self.dest.host}")
         self._check_cancel()
         spec = (await self.src.get_vm(self.vm))["spec"]
-        await self._predict(int(spec.get("memory_mib") or 0) * 1024**2)
         caps, params = self.qemu_settings()
+        measuring = asyncio.create_task(self._measure(), name=f"measure-{self.id[:8]}")
         self.prepared = True  # from here on, rollback tears the destination down
-        incoming = await self.dst.prepare_incoming(spec, self.id, caps, params)
+        try:
+            incoming = await self.dst.prepare_incoming(spec, self.id, caps, params)
+        except BaseException:
+            measuring.cancel()
+            raise
         self.uri = str(incoming["uri"])
         self.service.note(self.id, f"destination QEMU (pid {incoming.get('pid')}) listens on "
                                    f"{self.uri}")
+        link, dirty = await measuring
+        self._plan(int(spec.get("memory_mib") or 0) * 1024**2, link, dirty)
         return dict(spec)
 
-    async def _predict(self, memory: int) -> None:
-        """Sample the guest's dirty rate (1 s) and store what the policy expects; a QEMU that
-        cannot measure leaves the job without a prediction, nothing more."""
+    async def _measure(self) -> tuple[float | None, float | None]:
+        """(link bytes/s, dirty bytes/s), each None when it could not be measured (noted)."""
+        link_task = asyncio.create_task(self._measure_link())
         try:
             sample = await self.src.dirty_rate(self.vm)
+            dirty: float | None = float(sample["dirty_rate_mbps"]) * 1e6
         except SegueError as err:
             self.service.note(self.id, f"no dirty-rate sample ({err.code}): no prediction")
+            dirty = None
+        return await link_task, dirty
+
+    async def _measure_link(self) -> float | None:
+        """The migration link's rate from a short TCP stream between the two migration
+        addresses; None (noted) when it cannot be measured."""
+        try:
+            sink = await self.dst.open_probe_listener(sink=True)
+            answer = await self.src.measure_throughput(sink["address"], int(sink["port"]))
+        except SegueError as err:
+            self.service.note(self.id, f"link not measured ({err.code}): {err.message}")
+            return None
+        if not answer.get("ok"):
+            self.service.note(self.id, f"link not measured: {answer.get('error')}")
+            return None
+        return float(answer["bytes_per_s"])
+
+    def _plan(self, memory: int, measured: float | None, dirty: float | None) -> None:
+        """The downtime target, the prediction and the early post-copy decision, from the
+        measurements; stored in the job's summary and noted."""
+        link = policy.link_estimate(self.options, measured)
+        downtime, why = policy.choose_downtime(self.options, memory, link, dirty or 0.0)
+        self.settings = policy.initial_settings(self.options, downtime)
+        self.prediction = {"link_measured_mibs": round(measured / 2**20, 1) if measured
+                           else None, "link_estimate_mibs": round(link / 2**20, 1),
+                           "downtime_target_ms": downtime, "downtime_reason": why}
+        if dirty is None:
+            self.policy_state = policy.initial_state(self.options, downtime_ms=downtime)
+            self.service.set_summary(self.id, dict(self.prediction))
+            self.service.note(self.id, why)
             return
-        dirty = float(sample["dirty_rate_mbps"]) * 1e6
-        link = policy.link_estimate(self.options)
-        guess = policy.predict(memory, link, dirty, self.options.downtime_limit_ms)
-        self.prediction = {"sampled_dirty_rate_mbps": sample["dirty_rate_mbps"],
-                           "link_estimate_mibs": round(link / 2**20, 1), **guess.to_summary()}
+        guess = policy.predict(memory, link, dirty, downtime)
+        accel, version = self.service.host_engine(self.source.host)
+        risk = policy.multipass_risk(accel, version, memory, link, dirty)
+        self.policy_state = policy.initial_state(self.options, guess, downtime, risk)
+        self.prediction.update({"sampled_dirty_rate_mbps": round(dirty / 1e6, 2),
+                                **guess.to_summary(), "postcopy_at_once":
+                                self.policy_state.early_postcopy})
         self.service.set_summary(self.id, dict(self.prediction))
-        self.policy_state = policy.initial_state(self.options, guess)
-        self.service.note(self.id, f"prediction: {guess.reason}; about {guess.total_s:.1f} s")
+        self.service.note(self.id, f"{why}; prediction: {guess.reason}; about "
+                                   f"{guess.total_s:.1f} s")
+        if risk and not self.options.allow_postcopy:
+            self.service.note(self.id, f"warning: {risk}; post-copy is not allowed, so "
+                                       "pre-copy runs anyway")
 
     async def _start(self, spec: dict[str, Any]) -> None:
         self.service.transition(self.id, Phase.START, f"source {self.source.host} -> {self.uri}")

@@ -46,6 +46,7 @@ from segue.controller.models import utcnow as now_utc
 from segue.controller.precheck import Prechecker
 from segue.controller.scheduler import HostLimits, Running, Waiting, must_wait, next_to_start
 from segue.domain.errors import Conflict, InvalidRequest, NotFound
+from segue.engine import policy
 from segue.engine.phases import ACTIVE, RUNNING, Phase, check_transition
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ CANCELLABLE = frozenset({Phase.QUEUED, Phase.CHECK, Phase.PREPARE, Phase.START, 
 class MigrationOptions:
     """What the user may set per migration."""
 
-    downtime_limit_ms: int = 300
+    downtime_limit_ms: int | None = None  # None: chosen from measurement (policy)
     max_bandwidth_mibs: int | None = None  # None: not capped
     deadline_s: float = 600.0
     stall_timeout_s: float = 15.0
@@ -65,7 +66,7 @@ class MigrationOptions:
     max_downtime_ms: int = 2000  # the policy raises the downtime target up to this
 
     def validate(self) -> None:
-        if not 1 <= self.downtime_limit_ms <= 60_000:
+        if self.downtime_limit_ms is not None and not 1 <= self.downtime_limit_ms <= 60_000:
             raise InvalidRequest("MIGRATION_OPTION_INVALID",
                                  f"downtime limit {self.downtime_limit_ms} ms is out of range",
                                  "use 1 to 60000 ms")
@@ -358,17 +359,21 @@ class MigrationService:
         for task in self.tasks:
             task.cancel()
 
+    def host_engine(self, host: str) -> tuple[str | None, str | None]:
+        """(accelerator, QEMU version) of ``host`` from its last facts (None if unknown)."""
+        with self.db.session() as session:
+            facts = inventory.get_host(session, host).facts or {}
+        version = (facts.get("qemu") or {}).get("version")
+        return (facts.get("cpu") or {}).get("accel"), str(version) if version else None
+
     def _refuse_unsafe_cap(self, options: MigrationOptions, host: str) -> None:
         """QEMU before 8.0 under TCG loses pages the guest dirties while it rate-limits a
         migration (the guest checker shows it, and guests crash): refuse a cap there rather
         than corrupt the VM."""
         if not options.max_bandwidth_mibs or options.allow_postcopy:
             return  # with post-copy the policy leaves pre-copy early (segue.engine.policy)
-        with self.db.session() as session:
-            facts = inventory.get_host(session, host).facts or {}
-        accel = (facts.get("cpu") or {}).get("accel")
-        version = str((facts.get("qemu") or {}).get("version") or "0")
-        if accel == "tcg" and int(version.split(".")[0] or 0) < 8:
+        accel, version = self.host_engine(host)
+        if policy.qemu_unsafe_for_multipass(accel, version):
             raise InvalidRequest(
                 "BANDWIDTH_CAP_UNSAFE",
                 f"{host} runs guests under TCG with QEMU {version}, which loses guest memory "

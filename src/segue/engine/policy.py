@@ -5,10 +5,18 @@ before the start, the ``Progress`` samples, seconds elapsed, the user's options)
 QEMU capabilities/parameters and ``Action``s, each with the reason it was taken, which the
 job stores (``MigrationService.note``). Nothing here does I/O or reads a clock.
 
-Choices (QEMU 7.2):
+Choices (QEMU 8.0 and newer; ``make setup`` installs 10.0; what changes on 7.2 is said):
 
-- bandwidth is not capped unless the user capped it; the downtime target starts at the
-  user's ``downtime_limit_ms`` (default 300 ms).
+- bandwidth is not capped unless the user capped it.
+- the link estimate is measured (a TCP stream between the two migration addresses just
+  before the start, capped by the user's bandwidth cap), not assumed (``link_estimate``).
+- the downtime target is the user's ``downtime_limit_ms`` if given; else it is chosen from the
+  measurement (``choose_downtime``): of ``DOWNTIME_CHOICES`` that the model predicts to
+  converge, the one with the least predicted total time plus ``DOWNTIME_WEIGHT`` x downtime
+  (a second of paused guest weighs as much as ten more seconds of copying while it runs).
+  A large target on a slow link makes QEMU stop the guest while megabytes remain (300 ms at
+  46 MiB/s is 14 MiB, so ~250 ms of downtime for an idle guest); a small one costs an idle
+  guest nothing, and a busy guest gets the target that lets it converge.
 - ``postcopy-ram`` must be set on both QEMUs before ``migrate``: it is set up front when the
   user allows post-copy (it costs nothing until ``migrate-start-postcopy``).
 - ``auto-converge`` is also a capability fixed before ``migrate``. With post-copy allowed it
@@ -21,11 +29,15 @@ Choices (QEMU 7.2):
   throttle. A dirty rate above what the stream carries (after the first full pass) goes to
   post-copy at once, since no downtime target within reason can then be met.
 - a migration predicted (from the sampled dirty rate) not to converge by pre-copy switches to
-  post-copy as soon as QEMU copies: the extra passes would be wasted. On TCG (QEMU 7.2) this
-  is also the only safe way: measured in the lab, a guest dirtying memory through more than
-  one dirty-bitmap sync comes out with corrupted kernel memory (panic after resume), while a
-  post-copy requested before the second sync keeps it intact.
+  post-copy as soon as QEMU copies: the extra passes would be wasted.
 - the user's bandwidth cap applies to post-copy too (``max-postcopy-bandwidth``).
+- on a host where multi-pass pre-copy loses guest memory (TCG with QEMU < 8: measured in the
+  lab with QEMU 7.2, a guest dirtying memory through slow pre-copy passes comes out with
+  stale pages and a corrupted kernel, while QEMU 10.0 moves the same guest intact; a
+  post-copy requested during the first pass kept it intact on 7.2 too), a guest that dirties
+  memory (sampled rate above ``DIRTY_NOISE_BPS``) over a link whose first pass takes
+  ``RISKY_FIRST_PASS_S`` or more goes to post-copy at once (when allowed): there pre-copy
+  passes would be slow enough to corrupt it.
 - past the deadline: abort, unless post-copy started (then the destination owns the newest
   state and nothing may be rolled back).
 """
@@ -43,15 +55,20 @@ THROTTLE_INITIAL = 20
 THROTTLE_INCREMENT = 10
 THROTTLE_INCREMENT_MAX = 40
 UNCAPPED_BANDWIDTH = 100 * 1024**3  # bytes/s: QEMU's cap set out of the way
+DEFAULT_DOWNTIME_MS = 300  # before anything is measured (QEMU's and libvirt's default)
 DEFAULT_LINK_BPS = 125e6  # 1 Gbit/s, when neither a cap nor a measurement is known
 MAX_PREDICTED_ITERATIONS = 30
+DOWNTIME_CHOICES = (20, 50, 100, 200, 300, 500, 1000, 2000)  # ms, tried smallest first
+DOWNTIME_WEIGHT = 10.0  # seconds of total time one second of downtime is worth
+DIRTY_NOISE_BPS = 2 * 1024**2  # below this an idle guest's own bookkeeping: not "dirtying"
+RISKY_FIRST_PASS_S = 1.0
 
 
 class PolicyOptions(Protocol):
     """The user's settings the policy reads (``MigrationOptions`` has them)."""
 
     @property
-    def downtime_limit_ms(self) -> int: ...
+    def downtime_limit_ms(self) -> int | None: ...
     @property
     def max_bandwidth_mibs(self) -> int | None: ...
     @property
@@ -108,19 +125,22 @@ class Prediction:
                 "predicted_iterations": self.iterations, "prediction": self.reason}
 
 
-def initial_settings(options: PolicyOptions) -> Settings:
-    """Capabilities and parameters before ``migrate`` (see the module doc for the choices)."""
+def initial_settings(options: PolicyOptions, downtime_ms: int | None = None) -> Settings:
+    """Capabilities and parameters before ``migrate`` (see the module doc for the choices);
+    ``downtime_ms``: the target chosen (``choose_downtime``), else the user's, else
+    ``DEFAULT_DOWNTIME_MS``."""
+    downtime = downtime_ms or options.downtime_limit_ms or DEFAULT_DOWNTIME_MS
     caps = {"events": True, "postcopy-ram": options.allow_postcopy,
             "auto-converge": not options.allow_postcopy}
     bandwidth = (options.max_bandwidth_mibs * 1024**2 if options.max_bandwidth_mibs
                  else UNCAPPED_BANDWIDTH)
-    params: dict[str, Any] = {"downtime-limit": options.downtime_limit_ms,
+    params: dict[str, Any] = {"downtime-limit": downtime,
                               "max-bandwidth": bandwidth}
     if options.max_bandwidth_mibs and options.allow_postcopy:
         params["max-postcopy-bandwidth"] = bandwidth
     cap = options.max_bandwidth_mibs
     reasons = [f"bandwidth capped at {cap} MiB/s by the user" if cap else "bandwidth not capped",
-               f"downtime target {options.downtime_limit_ms} ms "
+               f"downtime target {downtime} ms "
                f"(escalates up to {options.max_downtime_ms} ms)"]
     if options.allow_postcopy:
         reasons.append("post-copy allowed: postcopy-ram set up front, auto-converge off")
@@ -132,13 +152,71 @@ def initial_settings(options: PolicyOptions) -> Settings:
     return Settings(caps, params, tuple(reasons))
 
 
-def initial_state(options: PolicyOptions,
-                  prediction: Prediction | None = None) -> PolicyState:
-    """The state before the first sample; with a prediction that pre-copy does not
-    converge and post-copy allowed, post-copy is to start at once."""
-    early = (prediction.reason if prediction is not None and not prediction.converges
-             and options.allow_postcopy else None)
-    return PolicyState(downtime_ms=options.downtime_limit_ms, early_postcopy=early)
+def initial_state(options: PolicyOptions, prediction: Prediction | None = None,
+                  downtime_ms: int | None = None, risk: str | None = None) -> PolicyState:
+    """The state before the first sample. Post-copy is to start at once (if allowed) when the
+    prediction says pre-copy does not converge, or for ``risk`` (``multipass_risk``'s
+    reason). ``downtime_ms``: the chosen target (else the user's, else the default)."""
+    early = None
+    if options.allow_postcopy:
+        if prediction is not None and not prediction.converges:
+            early = prediction.reason
+        elif risk is not None:
+            early = risk
+    downtime = downtime_ms or options.downtime_limit_ms or DEFAULT_DOWNTIME_MS
+    return PolicyState(downtime_ms=downtime, early_postcopy=early)
+
+
+def choose_downtime(options: PolicyOptions, memory: int, link_bps: float,
+                    dirty_bps: float) -> tuple[int, str]:
+    """The downtime target (ms) and why: the user's if given; else, of ``DOWNTIME_CHOICES``
+    up to ``max_downtime_ms`` whose predicted pre-copy converges, the one with the least
+    ``total_s + DOWNTIME_WEIGHT * downtime`` (the smaller on a tie); the largest choice when
+    none converges (post-copy or escalation take it from there)."""
+    if options.downtime_limit_ms:
+        return options.downtime_limit_ms, f"downtime target {options.downtime_limit_ms} ms " \
+                                          "set by the user"
+    choices = [c for c in DOWNTIME_CHOICES if c <= options.max_downtime_ms] or \
+        [options.max_downtime_ms]
+    guesses = {c: predict(memory, link_bps, dirty_bps, c) for c in choices}
+    converging = {c: g for c, g in guesses.items() if g.converges}
+    if not converging:
+        top = choices[-1]
+        return top, (f"downtime target {top} ms: no target up to {top} ms lets pre-copy "
+                     f"converge at {dirty_bps / 2**20:.1f} MiB/s dirty over "
+                     f"{link_bps / 2**20:.1f} MiB/s")
+    pick = min(converging, key=lambda c: (converging[c].total_s + DOWNTIME_WEIGHT * c / 1000,
+                                          c))
+    return pick, (f"downtime target {pick} ms: the best trade of downtime for time "
+                  f"({converging[pick].iterations} passes, ~{converging[pick].total_s:.1f} s) "
+                  f"at {dirty_bps / 2**20:.1f} MiB/s dirty over {link_bps / 2**20:.1f} MiB/s")
+
+
+def multipass_risk(accel: str | None, qemu_version: str | None, memory: int, link_bps: float,
+                   dirty_bps: float) -> str | None:
+    """Why pre-copy passes are unsafe for this guest on this host, or None.
+
+    Measured here (README, "Known limits"): QEMU before 8.0 running guests under TCG loses
+    pages a guest dirties during slow multi-pass pre-copy. A guest dirtying more than
+    ``DIRTY_NOISE_BPS`` over a link whose first pass alone takes ``RISKY_FIRST_PASS_S`` or
+    more is at risk; fast passes (a few within a second) were found intact."""
+    if not qemu_unsafe_for_multipass(accel, qemu_version):
+        return None
+    first_pass_s = memory / link_bps
+    if dirty_bps < DIRTY_NOISE_BPS or first_pass_s < RISKY_FIRST_PASS_S:
+        return None
+    return (f"TCG with QEMU {qemu_version} loses pages dirtied during slow pre-copy passes; "
+            f"this guest dirties {dirty_bps / 2**20:.1f} MiB/s and a first pass takes "
+            f"~{first_pass_s:.1f} s")
+
+
+def qemu_unsafe_for_multipass(accel: str | None, qemu_version: str | None) -> bool:
+    """TCG with a QEMU older than 8.0 (see ``multipass_risk``)."""
+    try:
+        major = int(str(qemu_version or "0").split(".")[0] or 0)
+    except ValueError:
+        major = 0
+    return accel == "tcg" and major < 8
 
 
 def link_estimate(options: PolicyOptions, measured_bps: float | None = None) -> float:
