@@ -19,7 +19,7 @@ As QEMU 7.2 does it, in miniature:
   (``{"status": ...}``) are sent only with the ``events`` capability, as QEMU does.
 - ``calc-dirty-rate`` / ``query-dirty-rate``: ``measuring`` for ``calc-time`` (s, or ms
   with ``calc-time-unit``; refused with ``$FAKE_QEMU_OLD_DIRTY_RATE``, as before 8.2), then
-  ``measured`` with ``$FAKE_QEMU_DIRTY_RATE`` MB/s (default 4).
+  ``measured`` with ``$FAKE_QEMU_DIRTY_RATE`` MiB/s (default 4).
 - post-copy (needs ``postcopy-ram`` before ``migrate``): ``migrate-start-postcopy`` stops
   the source and sends ``POSTCOPY``: both sides ``postcopy-active``, the destination's run
   state ``paused`` (``-S``) until a ``cont``. ``migrate-pause`` (or a broken stream) in
@@ -234,10 +234,10 @@ class FakeMigration:
         server = await asyncio.start_server(accept, sock=sock)
 
     def calc_dirty_rate(self, args: dict[str, Any]) -> dict[str, Any]:
-        unit = args.get("calc-time-unit", "s")
-        if unit != "s" and os.environ.get("FAKE_QEMU_OLD_DIRTY_RATE"):  # QEMU before 8.2
+        unit = args.get("calc-time-unit", "second")
+        if "calc-time-unit" in args and os.environ.get("FAKE_QEMU_OLD_DIRTY_RATE"):  # < 8.2
             return error("GenericError", "Parameter 'calc-time-unit' is unexpected")
-        seconds = float(args.get("calc-time", 1)) / (1000 if unit == "ms" else 1)
+        seconds = float(args.get("calc-time", 1)) / (1000 if unit == "millisecond" else 1)
         self.dirty_until = time.monotonic() + seconds
         return {"return": {}}
 

@@ -21,7 +21,7 @@ async def test_dirty_rate_sample(lab: Lab, agent: AgentFactory) -> None:
     async with two_agents(lab, agent) as (src, _):
         await running_vm(src, lab)
         answer = await ok(src.post("/vms/web1/dirty-rate"))
-        assert answer == {"dirty_rate_mbps": 4.0, "calc_time_ms": 300}
+        assert answer == {"dirty_rate_mibs": 4.0, "calc_time_ms": 300}
         resp = await src.post("/vms/web1/dirty-rate", params={"calc_time_ms": 10})
         assert resp.status_code == 422  # below QEMU's 50 ms
 
@@ -32,7 +32,7 @@ async def test_dirty_rate_on_a_qemu_measuring_whole_seconds(
     async with two_agents(lab, agent) as (src, _):
         await running_vm(src, lab)
         answer = await ok(src.post("/vms/web1/dirty-rate"))
-        assert answer == {"dirty_rate_mbps": 4.0, "calc_time_ms": 1000}
+        assert answer == {"dirty_rate_mibs": 4.0, "calc_time_ms": 1000}
 
 
 async def test_parameters_change_mid_flight(lab: Lab, agent: AgentFactory) -> None:

@@ -128,7 +128,7 @@ class FakeAgent:
 
     async def dirty_rate(self, name: str, calc_time_ms: int = 300) -> dict[str, Any]:
         self._answer("dirty_rate")
-        return {"dirty_rate_mbps": 0.0, "calc_time_ms": calc_time_ms}
+        return {"dirty_rate_mibs": 0.0, "calc_time_ms": calc_time_ms}
 
     async def migration_status(self, name: str) -> dict[str, Any]:
         self._answer("migration_status")

@@ -148,7 +148,7 @@ class AsyncAgentClient:
     - ``release(name)`` on the source once the destination owns it: QEMU quits, the local
       definition goes (the datastore's copy now names the destination).
 
-    Policy and post-copy calls: ``dirty_rate(name)`` on the source (``{"dirty_rate_mbps"}``,
+    Policy and post-copy calls: ``dirty_rate(name)`` on the source (``{"dirty_rate_mibs"}``,
     a 300 ms ``calc-dirty-rate``); ``set_migration_parameters(name, params)``,
     ``start_postcopy(name)``, ``pause_migration(name)``, ``resume_migration(name, uri)`` on
     the source; ``recover_incoming(name)`` on the destination (``{"uri"}`` to resume to).

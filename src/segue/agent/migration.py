@@ -274,8 +274,8 @@ class Migrations:
     async def dirty_rate(self, name: str, calc_time_ms: int = DIRTY_RATE_SAMPLE_MS
                          ) -> dict[str, Any]:
         """Sample the running guest's dirty rate (``calc-dirty-rate``, then
-        ``query-dirty-rate`` until measured) over ``calc_time_ms``: ``{"dirty_rate_mbps":
-        MB/s, "calc_time_ms"}``. A QEMU before 8.2 measures whole seconds only: it samples
+        ``query-dirty-rate`` until measured) over ``calc_time_ms``: ``{"dirty_rate_mibs":
+        MiB/s, "calc_time_ms"}``. A QEMU before 8.2 measures whole seconds only: it samples
         the ``calc_time_ms`` rounded up to seconds. Raises Conflict (``VM_NOT_RUNNING``),
         Unavailable (``DIRTY_RATE_UNAVAILABLE``)."""
         vm = self.m.get(name)
@@ -283,7 +283,7 @@ class Migrations:
             qmp = await self._running_qmp(vm)
             try:
                 await qmp.execute("calc-dirty-rate", {"calc-time": calc_time_ms,
-                                                      "calc-time-unit": "ms"})
+                                                      "calc-time-unit": "millisecond"})
                 took_ms = calc_time_ms
             except QMPCommandFailed:  # no calc-time-unit before QEMU 8.2
                 took_ms = 1000 * max(1, math.ceil(calc_time_ms / 1000))
@@ -293,7 +293,7 @@ class Migrations:
                 await asyncio.sleep(min(0.1, took_ms / 4000))
                 answer = await qmp.execute("query-dirty-rate")
                 if answer.get("status") == "measured":
-                    return {"dirty_rate_mbps": float(answer.get("dirty-rate") or 0),
+                    return {"dirty_rate_mibs": float(answer.get("dirty-rate") or 0),
                             "calc_time_ms": took_ms}
         raise Unavailable("DIRTY_RATE_UNAVAILABLE", f"{name}: QEMU measured no dirty rate "
                           f"within {took_ms / 1000 + DIRTY_RATE_GRACE_S:.0f} s",

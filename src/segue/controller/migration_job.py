@@ -139,7 +139,7 @@ class MigrationJob:
         link_task = asyncio.create_task(self._measure_link())
         try:
             sample = await self.src.dirty_rate(self.vm)
-            dirty: float | None = float(sample["dirty_rate_mbps"]) * 1e6
+            dirty: float | None = float(sample["dirty_rate_mibs"]) * 2**20
         except SegueError as err:
             self.service.note(self.id, f"no dirty-rate sample ({err.code}): no prediction")
             dirty = None
@@ -177,7 +177,7 @@ class MigrationJob:
         accel, version = self.service.host_engine(self.source.host)
         risk = policy.multipass_risk(accel, version, memory, link, dirty)
         self.policy_state = policy.initial_state(self.options, guess, downtime, risk)
-        self.prediction.update({"sampled_dirty_rate_mbps": round(dirty / 1e6, 2),
+        self.prediction.update({"sampled_dirty_rate_mibs": round(dirty / 2**20, 2),
                                 **guess.to_summary(), "postcopy_at_once":
                                 self.policy_state.early_postcopy})
         self.service.set_summary(self.id, dict(self.prediction))
