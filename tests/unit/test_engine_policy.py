@@ -16,7 +16,9 @@ from segue.engine.policy import (
     initial_settings,
     initial_state,
     link_estimate,
+    multifd_channels,
     multipass_risk,
+    oldest_version,
     predict,
     qemu_unsafe_for_multipass,
 )
@@ -43,13 +45,13 @@ def sample(status: str = "active", remaining: int = 100 * MiB, iteration: int = 
 
 
 @pytest.mark.parametrize(("opts", "caps", "params"), [
-    (Opts(), {"events": True, "postcopy-ram": True, "auto-converge": False},
+    (Opts(), {"events": True, "postcopy-ram": True, "auto-converge": False, "multifd": False},
      {"downtime-limit": 300, "max-bandwidth": UNCAPPED_BANDWIDTH}),
     (Opts(max_bandwidth_mibs=16, downtime_limit_ms=100),
-     {"events": True, "postcopy-ram": True, "auto-converge": False},
+     {"events": True, "postcopy-ram": True, "auto-converge": False, "multifd": False},
      {"downtime-limit": 100, "max-bandwidth": 16 * MiB, "max-postcopy-bandwidth": 16 * MiB}),
     (Opts(allow_postcopy=False),
-     {"events": True, "postcopy-ram": False, "auto-converge": True},
+     {"events": True, "postcopy-ram": False, "auto-converge": True, "multifd": False},
      {"downtime-limit": 300, "max-bandwidth": UNCAPPED_BANDWIDTH,
       "cpu-throttle-initial": 20, "cpu-throttle-increment": 10}),
 ])
@@ -238,3 +240,39 @@ def test_postcopy_at_once_for_a_multipass_risk(allow: bool, status: str,
     assert converging.converges
     state = initial_state(opts, converging, 50, risk="TCG with QEMU 7.2 ...")
     assert _run([sample(status=status)], opts, state=state)[1] == expected
+
+
+GBIT = 1e9 / 8  # bytes/s
+
+
+@pytest.mark.parametrize(("opts", "nic", "cpus", "version", "channels", "why"), [
+    (Opts(), 25 * GBIT, 16, "10.0.2", 0, "cannot combine multifd with post-copy"),
+    (Opts(), 25 * GBIT, 16, "10.1.0", 8, "multifd with 8 channels"),  # 10.1 combines them
+    (Opts(allow_postcopy=False), 25 * GBIT, 16, "10.0.2", 8, "25 Gbit/s"),
+    (Opts(allow_postcopy=False), 25 * GBIT, 6, "10.0.2", 3, "6 CPUs"),
+    (Opts(allow_postcopy=False), 10 * GBIT, 4, "10.0.2", 2, "multifd with 2 channels"),
+    (Opts(allow_postcopy=False), 1 * GBIT, 16, "10.0.2", 0, "fills a migration NIC 1 Gbit/s"),
+    (Opts(allow_postcopy=False), None, 16, "10.0.2", 0, "unknown speed"),
+    (Opts(allow_postcopy=False), 25 * GBIT, 2, "10.0.2", 0, "2 CPUs"),  # this lab's hosts
+])
+def test_multifd_channels(opts: Opts, nic: float | None, cpus: int, version: str,
+                          channels: int, why: str) -> None:
+    got, reason = multifd_channels(opts, nic, cpus, version)
+    assert got == channels and why in reason, reason
+
+
+def test_multifd_goes_to_qemu_with_its_channels() -> None:
+    settings = initial_settings(Opts(allow_postcopy=False), 50, multifd=4)
+    assert settings.capabilities["multifd"] is True
+    assert settings.parameters["multifd-channels"] == 4
+    assert "multifd-channels" not in initial_settings(Opts(), 50).parameters
+
+
+@pytest.mark.parametrize(("versions", "oldest"), [
+    (["10.0.2", "7.2.22"], "7.2.22"),  # not the string order
+    (["10.1.0", "10.0.2"], "10.0.2"),
+    (["", "10.0.2"], ""),  # unknown counts as oldest
+    ([], None),
+])
+def test_oldest_version(versions: list[str], oldest: str | None) -> None:
+    assert oldest_version(versions) == oldest

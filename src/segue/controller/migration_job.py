@@ -64,6 +64,7 @@ class MigrationJob:
         self.last: Progress | None = None
         self.postcopy = False  # QEMU switched to post-copy: never roll back from here
         self.postcopy_requested = False  # QEMU may switch at any moment: no more cancels
+        self.multifd = 0
         self.settings = policy.initial_settings(options)
         self.policy_state = policy.initial_state(options)
         self.prediction: dict[str, Any] = {}
@@ -119,6 +120,7 @@ class MigrationJob:
         self.service.transition(self.id, Phase.PREPARE, f"destination {self.dest.host}")
         self._check_cancel()
         spec = (await self.src.get_vm(self.vm))["spec"]
+        self._choose_streams()
         caps, params = self.qemu_settings()
         measuring = asyncio.create_task(self._measure(), name=f"measure-{self.id[:8]}")
         self.prepared = True  # from here on, rollback tears the destination down
@@ -133,6 +135,20 @@ class MigrationJob:
         link, dirty = await measuring
         self._plan(int(spec.get("memory_mib") or 0) * 1024**2, link, dirty)
         return dict(spec)
+
+    def _choose_streams(self) -> None:
+        """Multifd or one stream, from both hosts' facts (the destination needs it before it
+        listens, so before anything is measured); noted with the reason."""
+        src, dst = self.service.host_facts(self.source.host), self.service.host_facts(
+            self.dest.host)
+        speeds = [int((f.get("migration") or {}).get("speed_mbps") or 0) for f in (src, dst)]
+        nic_bps = min(speeds) * 1e6 / 8 if all(speeds) else None
+        cpus = min(int((f.get("cpu") or {}).get("logical_cpus") or 1) for f in (src, dst))
+        oldest = policy.oldest_version(
+            [str((f.get("qemu") or {}).get("version") or "") for f in (src, dst)])
+        self.multifd, why = policy.multifd_channels(self.options, nic_bps, cpus, oldest)
+        self.settings = policy.initial_settings(self.options, multifd=self.multifd)
+        self.service.note(self.id, why)
 
     async def _measure(self) -> tuple[float | None, float | None]:
         """(link bytes/s, dirty bytes/s), each None when it could not be measured (noted)."""
@@ -164,7 +180,7 @@ class MigrationJob:
         measurements; stored in the job's summary and noted."""
         link = policy.link_estimate(self.options, measured)
         downtime, why = policy.choose_downtime(self.options, memory, link, dirty or 0.0)
-        self.settings = policy.initial_settings(self.options, downtime)
+        self.settings = policy.initial_settings(self.options, downtime, self.multifd)
         self.prediction = {"link_measured_mibs": round(measured / 2**20, 1) if measured
                            else None, "link_estimate_mibs": round(link / 2**20, 1),
                            "downtime_target_ms": downtime, "downtime_reason": why}

@@ -359,10 +359,14 @@ class MigrationService:
         for task in self.tasks:
             task.cancel()
 
+    def host_facts(self, host: str) -> dict[str, Any]:
+        """``host``'s last facts (``HostFacts.to_dict``; empty if none yet)."""
+        with self.db.session() as session:
+            return dict(inventory.get_host(session, host).facts or {})
+
     def host_engine(self, host: str) -> tuple[str | None, str | None]:
         """(accelerator, QEMU version) of ``host`` from its last facts (None if unknown)."""
-        with self.db.session() as session:
-            facts = inventory.get_host(session, host).facts or {}
+        facts = self.host_facts(host)
         version = (facts.get("qemu") or {}).get("version")
         return (facts.get("cpu") or {}).get("accel"), str(version) if version else None
 

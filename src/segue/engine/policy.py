@@ -17,6 +17,9 @@ Choices (QEMU 8.0 and newer; ``make setup`` installs 10.0; what changes on 7.2 i
   A large target on a slow link makes QEMU stop the guest while megabytes remain (300 ms at
   46 MiB/s is 14 MiB, so ~250 ms of downtime for an idle guest); a small one costs an idle
   guest nothing, and a busy guest gets the target that lets it converge.
+- multifd (several streams) only where one stream cannot fill the link: a migration NIC of
+  10 Gbit/s or more and CPUs to spare (``multifd_channels``); decided from the hosts' facts,
+  since both QEMUs need it before ``migrate``.
 - ``postcopy-ram`` must be set on both QEMUs before ``migrate``: it is set up front when the
   user allows post-copy (it costs nothing until ``migrate-start-postcopy``).
 - ``auto-converge`` is also a capability fixed before ``migrate``. With post-copy allowed it
@@ -62,6 +65,8 @@ DOWNTIME_CHOICES = (20, 50, 100, 200, 300, 500, 1000, 2000)  # ms, tried smalles
 DOWNTIME_WEIGHT = 10.0  # seconds of total time one second of downtime is worth
 DIRTY_NOISE_BPS = 2 * 1024**2  # below this an idle guest's own bookkeeping: not "dirtying"
 RISKY_FIRST_PASS_S = 1.0
+MULTIFD_MIN_BPS = 1.25e9  # 10 Gbit/s: below this one migration thread fills the link
+MULTIFD_MAX_CHANNELS = 8
 
 
 class PolicyOptions(Protocol):
@@ -125,13 +130,16 @@ class Prediction:
                 "predicted_iterations": self.iterations, "prediction": self.reason}
 
 
-def initial_settings(options: PolicyOptions, downtime_ms: int | None = None) -> Settings:
+def initial_settings(options: PolicyOptions, downtime_ms: int | None = None,
+                     multifd: int = 0) -> Settings:
     """Capabilities and parameters before ``migrate`` (see the module doc for the choices);
     ``downtime_ms``: the target chosen (``choose_downtime``), else the user's, else
-    ``DEFAULT_DOWNTIME_MS``."""
+    ``DEFAULT_DOWNTIME_MS``; ``multifd``: channels (``multifd_channels``), 0 for one stream.
+    Every capability the policy uses is named, on or off: QEMU keeps them across
+    migrations (a VM that arrived one way would leave the same way)."""
     downtime = downtime_ms or options.downtime_limit_ms or DEFAULT_DOWNTIME_MS
     caps = {"events": True, "postcopy-ram": options.allow_postcopy,
-            "auto-converge": not options.allow_postcopy}
+            "auto-converge": not options.allow_postcopy, "multifd": multifd > 0}
     bandwidth = (options.max_bandwidth_mibs * 1024**2 if options.max_bandwidth_mibs
                  else UNCAPPED_BANDWIDTH)
     params: dict[str, Any] = {"downtime-limit": downtime,
@@ -149,7 +157,30 @@ def initial_settings(options: PolicyOptions, downtime_ms: int | None = None) -> 
                        "cpu-throttle-increment": THROTTLE_INCREMENT})
         reasons.append("post-copy not allowed: auto-converge on (QEMU throttles the guest "
                        "only while it dirties faster than the stream)")
+    if multifd:
+        params["multifd-channels"] = multifd
+        reasons.append(f"multifd with {multifd} channels")
     return Settings(caps, params, tuple(reasons))
+
+
+def multifd_channels(options: PolicyOptions, nic_bps: float | None, cpus: int,
+                     qemu_version: str | None) -> tuple[int, str]:
+    """Channels for multifd (0: one stream) and why. Multifd helps where one migration
+    thread cannot fill the link: links of ``MULTIFD_MIN_BPS`` (10 Gbit/s) and more, with
+    CPUs to spare on both hosts (``cpus``: the fewer of the two; one channel per two CPUs, at
+    most ``MULTIFD_MAX_CHANNELS``). QEMU before 10.1 refuses multifd with post-copy: there
+    post-copy (convergence guaranteed) wins unless the user forbade it."""
+    if options.allow_postcopy and _version(qemu_version) < (10, 1):
+        return 0, (f"one stream: QEMU {qemu_version} cannot combine multifd with post-copy, "
+                   "and post-copy is allowed")
+    if not nic_bps or nic_bps < MULTIFD_MIN_BPS:
+        speed = f"{nic_bps * 8 / 1e9:.0f} Gbit/s" if nic_bps else "of unknown speed"
+        return 0, f"one stream: it fills a migration NIC {speed}"
+    channels = min(MULTIFD_MAX_CHANNELS, cpus // 2)
+    if channels < 2:
+        return 0, f"one stream: {cpus} CPUs leave none for more migration threads"
+    return channels, (f"multifd with {channels} channels: a {nic_bps * 8 / 1e9:.0f} Gbit/s NIC "
+                      f"and {cpus} CPUs")
 
 
 def initial_state(options: PolicyOptions, prediction: Prediction | None = None,
@@ -212,11 +243,21 @@ def multipass_risk(accel: str | None, qemu_version: str | None, memory: int, lin
 
 def qemu_unsafe_for_multipass(accel: str | None, qemu_version: str | None) -> bool:
     """TCG with a QEMU older than 8.0 (see ``multipass_risk``)."""
+    return accel == "tcg" and _version(qemu_version) < (8, 0)
+
+
+def oldest_version(versions: list[str]) -> str | None:
+    """The oldest of some QEMU version strings (an unreadable one counts as oldest)."""
+    return min(versions, key=_version) if versions else None
+
+
+def _version(text: str | None) -> tuple[int, int]:
+    """(major, minor) of a QEMU version string; (0, 0) when unknown or unreadable."""
+    parts = str(text or "").split(".")
     try:
-        major = int(str(qemu_version or "0").split(".")[0] or 0)
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
     except ValueError:
-        major = 0
-    return accel == "tcg" and major < 8
+        return 0, 0
 
 
 def link_estimate(options: PolicyOptions, measured_bps: float | None = None) -> float:
