@@ -23,7 +23,7 @@ class FakeGuest:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.05)
         self.port: int = self.sock.getsockname()[1]
-        self.boot_id = "boot-a"
+        self.boot_id = "00000000000000aa"
         self.replies = 0
         self.silent_until = 0.0
         self.stopping = threading.Event()
@@ -101,11 +101,13 @@ def test_no_reply_is_whole_period() -> None:
 
 
 def test_parse_pong() -> None:
-    reply = parse_pong(b"PONG 7 abc 12 3400 5 1")
+    reply = parse_pong(b"PONG 7 0123456789abcdef 12 3400 5 1")
     assert reply is not None
-    assert (reply.seq, reply.boot_id, reply.guest_pass, reply.errors) == (7, "abc", 5, 1)
-    assert parse_pong(b"PONG 7 abc") is None
-    assert parse_pong(b"PONG x abc 1 2 3 4") is None
+    assert (reply.seq, reply.boot_id, reply.passes, reply.errors) == (
+        7, "0123456789abcdef", 5, 1)
+    assert parse_pong(b"PONG 7 0123456789abcdef") is None
+    assert parse_pong(b"PONG x 0123456789abcdef 1 2 3 4") is None
+    assert parse_pong(b"PONG 7 abc 12 3400 5 1") is None  # boot ids are 16 hex digits
 
 
 def test_probe_measures_a_pause(guest: FakeGuest) -> None:
@@ -119,18 +121,18 @@ def test_probe_measures_a_pause(guest: FakeGuest) -> None:
     assert result.lost > 50
     assert 190.0 <= result.longest_gap_ms <= 260.0
     assert 250.0 <= result.gap_start_ms <= 400.0
-    assert result.boot_ids == ["boot-a"]
+    assert result.boot_ids == ["00000000000000aa"]
     assert result.guest_pass == 3
 
 
 def test_probe_sees_a_reboot(guest: FakeGuest) -> None:
-    timer = threading.Timer(0.2, setattr, args=(guest, "boot_id", "boot-b"))
+    timer = threading.Timer(0.2, setattr, args=(guest, "boot_id", "00000000000000bb"))
     timer.start()
     try:
         result = probe("127.0.0.1", guest.port, seconds=0.4, interval_ms=2.0)
     finally:
         timer.cancel()
-    assert result.boot_ids == ["boot-a", "boot-b"]
+    assert result.boot_ids == ["00000000000000aa", "00000000000000bb"]
     assert result.longest_gap_ms < 100.0
 
 

@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from segue.domain.errors import Unavailable
+from segue.image import protocol
+from segue.image.protocol import Pong
 
 DEFAULT_PORT = 7777
 GRACE_S = 0.5  # how long to wait for late replies after the last ping
@@ -99,21 +101,11 @@ def compute_gaps(samples: Sequence[Sample], start: float, end: float) -> GapStat
     return GapStats(best[0] * 1000.0, best[1], best[2], max_rtt_ms)
 
 
-@dataclass
-class _Reply:
-    seq: int
-    boot_id: str
-    guest_pass: int
-    errors: int
-
-
-def parse_pong(data: bytes) -> _Reply | None:
-    """Parse ``PONG <seq> <boot_id> <reply_no> <uptime_ms> <pass> <errors>``; None if not."""
-    parts = data.decode("ascii", "replace").split()
-    if len(parts) != 7 or parts[0] != "PONG":
-        return None
+def parse_pong(data: bytes) -> Pong | None:
+    """The guest's PONG (``segue.image.protocol.parse_pong``), or None for anything else: a
+    prober counts what it can read and ignores the rest."""
     try:
-        return _Reply(int(parts[1]), parts[2], int(parts[5]), int(parts[6]))
+        return protocol.parse_pong(data)
     except ValueError:
         return None
 
@@ -132,7 +124,7 @@ class _Probe:
         self.send_times: dict[int, float] = {}
         self.recv_times: dict[int, float] = {}
         self.boot_ids: list[str] = []
-        self.last_reply: _Reply | None = None
+        self.last_reply: Pong | None = None
         self.malformed = 0
         self.stop_requested: Callable[[], bool] = lambda: False
 
@@ -222,7 +214,7 @@ def probe(
         interval_ms=interval_ms,
         boot_ids=runner.boot_ids,
         guest_errors=last.errors if last else 0,
-        guest_pass=last.guest_pass if last else 0,
+        guest_pass=last.passes if last else 0,
         malformed=runner.malformed,
     )
 
