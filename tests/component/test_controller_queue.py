@@ -66,12 +66,18 @@ class MovingAgent(FakeAgent):
     async def migration_status(self, name: str) -> dict[str, Any]:
         self._answer("migration_status")
         status = self.vms.get(name, {}).get("migration", "none")
-        if status == "active" and self.moves.done[name].is_set():
+        if status in ("active", "postcopy-active") and self.moves.done[name].is_set():
             status = self.vms[name]["migration"] = "completed"
             self.vms[name]["state"] = "postmigrate"
             self.moves.agents[name].vms[name]["state"] = "running"
         self.sent += 1 << 20
         return {"migration": {"status": status, "ram": {"transferred": self.sent}}}
+
+    async def start_postcopy(self, name: str) -> dict[str, Any]:
+        self._answer(f"start_postcopy {name}")
+        self.vms[name]["migration"] = "postcopy-active"
+        self.moves.agents[name].vms[name]["state"] = "running"  # the destination runs it
+        return {}
 
     async def cancel_migration(self, name: str) -> dict[str, Any]:
         self._answer(f"cancel_migration {name}")
@@ -234,3 +240,27 @@ async def test_queued_jobs_survive_a_controller_restart(tmp_path: Path) -> None:
         moves.finish("web2")
         await wait_for(c, queued, ended("completed"), "completed")
         assert moves.started == ["web1", "web2"]
+
+
+async def test_the_user_switches_a_copying_migration_to_postcopy(tmp_path: Path) -> None:
+    moves = Moves()
+    async with controller(tmp_path, cluster(moves)) as c:
+        first = await migrate(c, "web1", "host2")
+        queued = await migrate(c, "web2", "host3")  # behind host1's limit of one
+        resp = await c.http.post(f"/migrations/{queued['id']}/postcopy")
+        assert resp.status_code == 409, resp.text
+        assert resp.json()["error"]["code"] == "MIGRATION_POSTCOPY_NOT_POSSIBLE"
+
+        await wait_for(c, first, copying, "started copying")
+        resp = await c.http.post(f"/migrations/{first['id']}/postcopy")
+        assert resp.status_code == 200, resp.text
+        await wait_for(c, first, ended("postcopy"), "switched to post-copy")
+        assert "start_postcopy web1" in c.agents["host1"].calls
+        moves.finish("web1")
+        done = await wait_for(c, first, ended("completed"), "completed")
+        messages = [t["message"] for t in done["transitions"]]
+        assert "post-copy requested by the user" in messages
+        assert any("asked by the user" in m for m in messages), messages
+        resp = await c.http.post(f"/migrations/{first['id']}/postcopy")
+        assert resp.status_code == 409  # over: nothing to switch
+        await c.http.post(f"/migrations/{queued['id']}/cancel")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import lab_cli
 import pytest
 
 from segue.agent.client import AgentClient
@@ -44,8 +45,7 @@ def lab(image: GuestImage) -> Iterator[LabPlan]:
         lab_down(LAB)
 
 
-def verify_fields(line: str) -> dict[str, str]:
-    return dict(tok.split("=", 1) for tok in line.split()[1:] if "=" in tok)
+verify_fields = lab_cli.verify_fields
 
 
 def wait_verify(plan: LabPlan, ip: str, timeout: float = 180.0) -> dict[str, str]:

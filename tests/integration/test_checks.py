@@ -7,13 +7,12 @@ Refused migrations must leave nothing started anywhere; the healthy host takes t
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import lab_cli
 import pytest
 
 from segue.image.builder import build_image
@@ -27,12 +26,7 @@ OLD_CPU = ["avx2", "aes"]
 
 
 def segue(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SEGUE_URL": f"unix:{load_state(LAB).plan.controller.socket}"}
-    proc = subprocess.run([sys.executable, "-m", "segue", *args], capture_output=True,
-                          text=True, timeout=300, check=False, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"segue {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    return lab_cli.run(LAB, *args, check=check)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import lab_cli
 import pytest
 
 from segue.domain.errors import SegueError
@@ -66,8 +67,7 @@ def running(lab: LabPlan) -> dict[str, Any]:
     return {vm["name"]: vm for vm in guests.all_vms(lab)}
 
 
-def verify_fields(line: str) -> dict[str, str]:
-    return dict(tok.split("=", 1) for tok in line.split()[1:] if "=" in tok)
+verify_fields = lab_cli.verify_fields
 
 
 def test_guests_answer_the_prober_from_the_client_namespace(

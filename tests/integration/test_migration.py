@@ -11,16 +11,17 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import lab_cli
 import pytest
 
 from segue.agent.client import AgentClient
 from segue.image.builder import build_image
+from segue.image.protocol import parse_heartbeat
 from segue.lab import guests, netns
 from segue.lab.lab import (
     lab_down,
@@ -39,12 +40,7 @@ LAB = "mtest"
 
 
 def segue(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SEGUE_URL": f"unix:{load_state(LAB).plan.controller.socket}"}
-    proc = subprocess.run([sys.executable, "-m", "segue", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"segue {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    return lab_cli.run(LAB, *args, check=check, timeout=timeout)
 
 
 def expect_error(code: str, *args: str) -> None:
@@ -78,8 +74,7 @@ def vm(lab: LabPlan) -> str:
     return "mig1"
 
 
-def fields(line: str) -> dict[str, str]:
-    return dict(tok.split("=", 1) for tok in line.split()[1:] if "=" in tok)
+fields = lab_cli.verify_fields
 
 
 class Sampler:
@@ -134,7 +129,9 @@ def last_heartbeat_seq(plan: LabPlan, name: str) -> int:
     host, _ = guests.find_vm(plan, name)
     with guests.agent(host) as client:
         lines = [ln for ln in client.serial(name, 20) if ln.startswith("HB ")]
-    return int(fields(lines[-1])["seq"])
+    heartbeat = parse_heartbeat(lines[-1])
+    assert heartbeat is not None, lines[-1]
+    return heartbeat.seq
 
 
 def test_five_round_trips_keep_memory_identity_and_one_running_qemu(lab: LabPlan, vm: str

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import lab_cli
 import pytest
 
 from segue.image.builder import build_image
@@ -28,9 +29,7 @@ VM = "hot1"
 
 
 def segue(*args: str, timeout: float = 600) -> dict[str, Any]:
-    env = {**os.environ, "SEGUE_URL": f"unix:{load_state(LAB).plan.controller.socket}"}
-    proc = subprocess.run([sys.executable, "-m", "segue", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False, env=env)
+    proc = lab_cli.run(LAB, *args, check=False, timeout=timeout)
     assert proc.stdout.strip(), proc.stderr
     answer: dict[str, Any] = json.loads(proc.stdout) if proc.stdout.startswith("{") else {}
     return answer
@@ -54,8 +53,7 @@ def lab() -> Iterator[LabPlan]:
     assert not netns.list_namespaces(f"{LAB}-")
 
 
-def fields(line: str) -> dict[str, str]:
-    return dict(tok.split("=", 1) for tok in line.split()[1:] if "=" in tok)
+fields = lab_cli.verify_fields
 
 
 def other_host(plan: LabPlan) -> tuple[str, str]:
@@ -108,12 +106,17 @@ def test_guest_dirtying_faster_than_the_link_converges(lab: LabPlan) -> None:
 
 
 def postcopy_with_link_drop(plan: LabPlan, seconds: float) -> dict[str, Any]:
-    """Migrate the guest away, drop the destination's migration link for ``seconds`` once
-    post-copy runs; the finished job (memory verified, the VM on its destination)."""
+    """Migrate the guest away, switch to post-copy at once (``segue migration postcopy``,
+    so most of the memory is still to come), drop the destination's migration link for
+    ``seconds`` once post-copy runs; the finished job (memory verified, the VM on its
+    destination)."""
     boot = fields(guests.verify_vm(plan, VM))["boot"]
     _, dest = other_host(plan)
     job = segue("vm", "migrate", VM, "--to", dest, "--json", "--no-wait",
                 "--max-bandwidth", "16")
+    wait_job(job["id"], ("monitor",))
+    asked = segue("migration", "postcopy", job["id"], "--json")
+    assert asked["phase"] in ("monitor", "postcopy"), asked
     job = wait_job(job["id"], ("postcopy",))
     assert job["phase"] == "postcopy", job
     ns = plan.host(dest).netns

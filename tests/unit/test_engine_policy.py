@@ -19,8 +19,10 @@ from segue.engine.policy import (
     multifd_channels,
     multipass_risk,
     oldest_version,
+    postcopy_preempt,
     predict,
     qemu_unsafe_for_multipass,
+    xbzrle_cache,
 )
 from segue.engine.progress import Progress
 
@@ -45,13 +47,16 @@ def sample(status: str = "active", remaining: int = 100 * MiB, iteration: int = 
 
 
 @pytest.mark.parametrize(("opts", "caps", "params"), [
-    (Opts(), {"events": True, "postcopy-ram": True, "auto-converge": False, "multifd": False},
+    (Opts(), {"events": True, "postcopy-ram": True, "auto-converge": False, "multifd": False,
+      "xbzrle": False},
      {"downtime-limit": 300, "max-bandwidth": UNCAPPED_BANDWIDTH}),
     (Opts(max_bandwidth_mibs=16, downtime_limit_ms=100),
-     {"events": True, "postcopy-ram": True, "auto-converge": False, "multifd": False},
+     {"events": True, "postcopy-ram": True, "auto-converge": False, "multifd": False,
+      "xbzrle": False},
      {"downtime-limit": 100, "max-bandwidth": 16 * MiB, "max-postcopy-bandwidth": 16 * MiB}),
     (Opts(allow_postcopy=False),
-     {"events": True, "postcopy-ram": False, "auto-converge": True, "multifd": False},
+     {"events": True, "postcopy-ram": False, "auto-converge": True, "multifd": False,
+      "xbzrle": False},
      {"downtime-limit": 300, "max-bandwidth": UNCAPPED_BANDWIDTH,
       "cpu-throttle-initial": 20, "cpu-throttle-increment": 10}),
 ])
@@ -166,17 +171,20 @@ def test_after_postcopy_nothing_more() -> None:
     assert _run(STALLED, Opts(), state=state)[1] == []
 
 
-@pytest.mark.parametrize(("dirty", "allow", "status", "expected"), [
-    (40e6, True, "active", [("start_postcopy", {})]),  # predicted not to converge: at once
-    (40e6, True, "setup", []),  # QEMU refuses the switch before it copies
-    (40e6, False, "active", []),  # not allowed: pre-copy and throttling
-    (1e6, True, "active", []),  # predicted to converge: pre-copy
+@pytest.mark.parametrize(("dirty", "allow", "status", "iteration", "expected"), [
+    (40e6, True, "active", 1, []),  # predicted not to converge: the first pass first
+    (40e6, True, "active", 2, [("start_postcopy", {})]),  # ... then post-copy at once
+    (40e6, True, "setup", 2, []),  # QEMU refuses the switch before it copies
+    (40e6, False, "active", 2, []),  # not allowed: pre-copy and throttling
+    (1e6, True, "active", 2, []),  # predicted to converge: pre-copy
 ])
-def test_postcopy_at_once_when_predicted_not_to_converge(
-        dirty: float, allow: bool, status: str, expected: list[Any]) -> None:
+def test_postcopy_after_the_first_pass_when_predicted_not_to_converge(
+        dirty: float, allow: bool, status: str, iteration: int, expected: list[Any]) -> None:
     opts = Opts(max_bandwidth_mibs=16, allow_postcopy=allow)
     state = initial_state(opts, predict(256 * MiB, 16 * MiB, dirty, 300))
-    assert _run([sample(status=status)], opts, state=state)[1] == expected
+    got = _run([sample(status=status, iteration=iteration, remaining=200 * MiB)], opts,
+               state=state)[1]
+    assert got == expected
 
 
 @pytest.mark.parametrize(("opts", "memory", "link", "dirty", "expected"), [
@@ -276,3 +284,35 @@ def test_multifd_goes_to_qemu_with_its_channels() -> None:
 ])
 def test_oldest_version(versions: list[str], oldest: str | None) -> None:
     assert oldest_version(versions) == oldest
+
+
+@pytest.mark.parametrize(("link", "dirty", "multifd", "cache", "why"), [
+    (46 * MiB, 0.0, 0, 0, "dirties 0.0 MiB/s"),  # idle: nothing is re-sent
+    (46 * MiB, 3 * MiB, 0, 0, "7% of the link"),  # too little to pay for the encoding
+    (46 * MiB, 11 * MiB, 0, 64 * MiB, "24% of the link"),  # 11 x 5.6 s = 61 MiB: the floor
+    (46 * MiB, 34 * MiB, 0, 128 * MiB, "74% of the link"),  # 189 MiB a pass, at most RAM/2
+    (1200 * MiB, 300 * MiB, 0, 0, "outruns its encoding"),  # > 10 Gbit/s
+    (46 * MiB, 34 * MiB, 4, 0, "multifd"),
+])
+def test_xbzrle_cache(link: float, dirty: float, multifd: int, cache: int, why: str) -> None:
+    got, reason = xbzrle_cache(256 * MiB, link, dirty, multifd)
+    assert got == cache and why in reason, reason
+    assert got & (got - 1) == 0  # a power of two (QEMU wants one), or 0
+
+
+def test_xbzrle_goes_to_qemu_with_its_cache() -> None:
+    settings = initial_settings(Opts(), 50, xbzrle_cache=64 * MiB)
+    assert settings.capabilities["xbzrle"] is True
+    assert settings.parameters["xbzrle-cache-size"] == 64 * MiB
+
+
+@pytest.mark.parametrize(("allow", "version", "caps"), [
+    (True, "10.0.2", {"postcopy-ram": True, "postcopy-preempt": True}),
+    (False, "10.0.2", {"postcopy-ram": False, "postcopy-preempt": False}),  # named: off
+    (True, "7.2.22", {"postcopy-ram": True}),  # unnamed: too old to be asked
+])
+def test_postcopy_preempt(allow: bool, version: str, caps: dict[str, bool]) -> None:
+    opts = Opts(allow_postcopy=allow)
+    settings = initial_settings(opts, 50, preempt=postcopy_preempt(opts, version))
+    got = {k: v for k, v in settings.capabilities.items() if k.startswith("postcopy")}
+    assert got == caps

@@ -206,10 +206,29 @@ def show_migration(migration_id: str, url: str | None = URL,
     print_summary(job)
 
 
+@migration_app.command("postcopy")
+@handles_errors
+def postcopy_migration(migration_id: str, url: str | None = URL,
+                       as_json: bool = typer.Option(False, "--json")) -> None:
+    """Switch a copying migration to post-copy now: the VM runs on the destination at once
+    and pulls the memory it still lacks (the policy does this by itself when pre-copy
+    cannot converge)."""
+    with ControllerClient.from_env(url) as client:
+        job = client.call("POST", f"/migrations/{migration_id}/postcopy")
+    if as_json:
+        print_json(job)
+        return
+    console.print(f"post-copy requested for {job['id']} ({job['phase']})")
+
+
 @migration_app.command("cancel")
 @handles_errors
-def cancel_migration(migration_id: str, url: str | None = URL) -> None:
+def cancel_migration(migration_id: str, url: str | None = URL,
+                     as_json: bool = typer.Option(False, "--json")) -> None:
     """Cancel a migration that is queued or still copying; the VM stays on its source."""
     with ControllerClient.from_env(url) as client:
         job = client.call("POST", f"/migrations/{migration_id}/cancel")
+    if as_json:
+        print_json(job)
+        return
     console.print(f"cancel requested for {job['id']} ({job['phase']})")

@@ -7,7 +7,10 @@ with ``details.results`` otherwise),
 results}``), ``GET /vms/{name}/where`` (``{vm, source, checks, hosts: [{host, ok, checks:
 {check: ok|warning|error}, results}]}``, every other host), ``GET /migrations``,
 ``GET /migrations/{id}``, ``GET /migrations/{id}/samples``,
-``POST /migrations/{id}/cancel`` (a queued job ends ``cancelled`` at once). Every job carries
+``POST /migrations/{id}/cancel`` (a queued job ends ``cancelled`` at once),
+``POST /migrations/{id}/postcopy`` (switch a copying job to post-copy now; 409
+``MIGRATION_POSTCOPY_NOT_POSSIBLE`` when it does not copy or post-copy is not allowed). Every
+job carries
 ``queue_position`` (1: next to start; None when not queued).
 """
 
@@ -83,6 +86,11 @@ def show_migration(request: Request, migration_id: str) -> dict[str, Any]:
 @router.get("/migrations/{migration_id}/samples")
 def migration_samples(request: Request, migration_id: str) -> list[dict[str, Any]]:
     return _service(request).samples(migration_id)
+
+
+@router.post("/migrations/{migration_id}/postcopy")
+def start_postcopy(request: Request, migration_id: str) -> dict[str, Any]:
+    return _service(request).request_postcopy(migration_id)
 
 
 @router.post("/migrations/{migration_id}/cancel")

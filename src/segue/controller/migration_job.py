@@ -23,6 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from segue.agent.client import AsyncAgentClient
@@ -58,6 +59,8 @@ class MigrationJob:
         self.src: AsyncAgentClient = service.agents.client(source.url)
         self.dst: AsyncAgentClient = service.agents.client(dest.url)
         self.cancel_event = service.cancel_events[migration_id]
+        self.postcopy_request = service.postcopy_requests.setdefault(migration_id,
+                                                                     asyncio.Event())
         self.started = time.monotonic()
         self.prepared = False
         self.migrating = False
@@ -65,6 +68,7 @@ class MigrationJob:
         self.postcopy = False  # QEMU switched to post-copy: never roll back from here
         self.postcopy_requested = False  # QEMU may switch at any moment: no more cancels
         self.multifd = 0
+        self.preempt: bool | None = None
         self.settings = policy.initial_settings(options)
         self.policy_state = policy.initial_state(options)
         self.prediction: dict[str, Any] = {}
@@ -137,8 +141,9 @@ class MigrationJob:
         return dict(spec)
 
     def _choose_streams(self) -> None:
-        """Multifd or one stream, from both hosts' facts (the destination needs it before it
-        listens, so before anything is measured); noted with the reason."""
+        """Multifd or one stream, and the post-copy preempt channel, from both hosts' facts
+        (the destination needs them before it listens, so before anything is measured);
+        noted with the reason."""
         src, dst = self.service.host_facts(self.source.host), self.service.host_facts(
             self.dest.host)
         speeds = [int((f.get("migration") or {}).get("speed_mbps") or 0) for f in (src, dst)]
@@ -147,7 +152,9 @@ class MigrationJob:
         oldest = policy.oldest_version(
             [str((f.get("qemu") or {}).get("version") or "") for f in (src, dst)])
         self.multifd, why = policy.multifd_channels(self.options, nic_bps, cpus, oldest)
-        self.settings = policy.initial_settings(self.options, multifd=self.multifd)
+        self.preempt = policy.postcopy_preempt(self.options, oldest)
+        self.settings = policy.initial_settings(self.options, multifd=self.multifd,
+                                                preempt=self.preempt)
         self.service.note(self.id, why)
 
     async def _measure(self) -> tuple[float | None, float | None]:
@@ -180,10 +187,13 @@ class MigrationJob:
         measurements; stored in the job's summary and noted."""
         link = policy.link_estimate(self.options, measured)
         downtime, why = policy.choose_downtime(self.options, memory, link, dirty or 0.0)
-        self.settings = policy.initial_settings(self.options, downtime, self.multifd)
+        cache, cache_why = policy.xbzrle_cache(memory, link, dirty or 0.0, self.multifd)
+        self.settings = policy.initial_settings(self.options, downtime, self.multifd, cache,
+                                                self.preempt)
         self.prediction = {"link_measured_mibs": round(measured / 2**20, 1) if measured
                            else None, "link_estimate_mibs": round(link / 2**20, 1),
-                           "downtime_target_ms": downtime, "downtime_reason": why}
+                           "downtime_target_ms": downtime, "downtime_reason": why,
+                           "xbzrle_cache_mib": cache // 2**20, "xbzrle_reason": cache_why}
         if dirty is None:
             self.policy_state = policy.initial_state(self.options, downtime_ms=downtime)
             self.service.set_summary(self.id, dict(self.prediction))
@@ -242,7 +252,11 @@ class MigrationJob:
             await asyncio.sleep(POLL_S)
 
     async def _apply_policy(self, progress: Progress) -> None:
-        """One ``policy.decide`` on this sample; every action applied and noted."""
+        """One ``policy.decide`` on this sample; every action applied and noted. A user's
+        post-copy request makes the policy start it at this sample."""
+        if self.postcopy_request.is_set() and not self.policy_state.postcopy:
+            self.policy_state = replace(self.policy_state, early_postcopy="asked by the user",
+                                        early_postcopy_iteration=0)
         self.policy_state, actions = policy.decide(
             self.policy_state, progress, time.monotonic() - self.started, self.options)
         for action in actions:

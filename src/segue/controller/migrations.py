@@ -139,6 +139,7 @@ class MigrationService:
         self.limits = limits or HostLimits()
         self.prechecks = Prechecker(db, agents, heartbeat_timeout)
         self.cancel_events: dict[str, asyncio.Event] = {}
+        self.postcopy_requests: dict[str, asyncio.Event] = {}  # the user asked: post-copy now
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
 
@@ -268,6 +269,7 @@ class MigrationService:
         from segue.controller.migration_job import MigrationJob
 
         self.cancel_events[spec.id] = asyncio.Event()
+        self.postcopy_requests[spec.id] = asyncio.Event()
         job = MigrationJob(self, spec.id, spec.vm, spec.source, spec.dest, spec.options)
 
         async def checks() -> None:
@@ -425,6 +427,28 @@ class MigrationService:
                            f"segue vm migrate {vm_name} --to {dest} --check",
                            results=[r.to_dict() for r in results])
         return [r.code for r in results if r.severity == "warning"]
+
+    def request_postcopy(self, migration_id: str) -> dict[str, Any]:
+        """Switch a pre-copy to post-copy now (the user's call, like ``virsh
+        migrate-postcopy``): the job asks QEMU at its next sample, and says so. Refused
+        (``MIGRATION_POSTCOPY_NOT_POSSIBLE``) unless the job copies (start, monitor) with
+        post-copy allowed."""
+        with self.db.session() as session:
+            row = self._row(session, migration_id)
+            phase = Phase(row.phase)
+            allowed = bool((row.options or {}).get("allow_postcopy", True))
+        event = self.postcopy_requests.get(migration_id)
+        if phase not in (Phase.START, Phase.MONITOR) or event is None:
+            raise Conflict("MIGRATION_POSTCOPY_NOT_POSSIBLE",
+                           f"migration {migration_id} is {phase.value}, not copying memory",
+                           "switch to post-copy while it copies (phase start or monitor)")
+        if not allowed:
+            raise Conflict("MIGRATION_POSTCOPY_NOT_POSSIBLE",
+                           f"migration {migration_id} was started with post-copy not allowed",
+                           "cancel it and migrate again without --no-postcopy")
+        event.set()
+        self.note(migration_id, "post-copy requested by the user")
+        return self.get(migration_id)
 
     def cancel(self, migration_id: str) -> dict[str, Any]:
         """Cancel a queued job at once (nothing had started), or ask a running job to cancel;
