@@ -239,10 +239,10 @@ def median(values: list[float | None]) -> float | None:
     return statistics.median(got) if got else None
 
 
-def summarize(runs: list[dict[str, Any]], bandwidth: float, touched: float
+def summarize(runs: list[dict[str, Any]], bandwidth: float, touched: float | None
               ) -> list[dict[str, Any]]:
     """Medians per (scenario, policy), with the ratio to the physical limit."""
-    limit_s = touched / bandwidth
+    limit_s = touched / bandwidth if touched else None
     rows = []
     for scenario in SCENARIOS:
         for policy in ["segue", *PEERS]:
@@ -257,7 +257,7 @@ def summarize(runs: list[dict[str, Any]], bandwidth: float, touched: float
                 "blackout_ms": median([r["blackout_ms"] for r in mine]),
                 "qemu_downtime_ms": median([r["qemu_downtime_ms"] for r in mine]),
                 "total_s": total, "copy_s": copy,
-                "copy_vs_limit": copy / limit_s if copy else None,
+                "copy_vs_limit": copy / limit_s if copy and limit_s else None,
                 "bytes_mib": (median([r["bytes"] for r in mine]) or 0) / 2**20,
                 "memory_ok": all(r["memory_ok"] for r in mine),
             })
@@ -351,7 +351,7 @@ def bench(plan: LabPlan, args: argparse.Namespace) -> int:
                 runs.append(run)
                 print(json.dumps(run), flush=True)
     touched = median([r["bytes"] for r in runs if r["scenario"] == "idle" and r["converged"]])
-    rows = summarize(runs, bandwidth, touched or 1.0)
+    rows = summarize(runs, bandwidth, touched)
     print_table(rows)
     (args.out / "results.json").write_text(json.dumps(
         {"bandwidth_bytes_per_s": bandwidth, "link_mbit": args.link_mbit,

@@ -25,8 +25,8 @@ from typing import Any
 GIB = 1024**3
 # QEMU keeps capabilities across migrations (a VM that arrived by post-copy still has
 # postcopy-ram set): every peer names each one, on or off, on both sides.
-ALL_OFF = {"events": True, "postcopy-ram": False, "auto-converge": False, "multifd": False,
-           "xbzrle": False}
+ALL_OFF = {"events": True, "postcopy-ram": False, "postcopy-preempt": False,
+           "auto-converge": False, "multifd": False, "xbzrle": False}
 UNLIMITED = 100 * GIB  # bytes/s: a cap out of the way
 
 

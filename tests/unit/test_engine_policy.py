@@ -196,8 +196,10 @@ def test_postcopy_after_the_first_pass_when_predicted_not_to_converge(
     (Opts(), 256 * MiB, 46 * MiB, 35 * MiB, 20),
     # 87 %: 20 and 50 ms do not converge within the model's passes; 100 ms does
     (Opts(), 256 * MiB, 46 * MiB, 40 * MiB, 100),
-    (Opts(), 256 * MiB, 46 * MiB, 69 * MiB, 2000),  # 150 %: nothing converges, the top
-    (Opts(max_downtime_ms=400), 256 * MiB, 46 * MiB, 69 * MiB, 300),  # ... within the max
+    (Opts(), 256 * MiB, 46 * MiB, 69 * MiB, 20),  # 150 %: nothing converges, post-copy will
+    # ... without post-copy: the largest, within the user's maximum
+    (Opts(allow_postcopy=False), 256 * MiB, 46 * MiB, 69 * MiB, 2000),
+    (Opts(allow_postcopy=False, max_downtime_ms=400), 256 * MiB, 46 * MiB, 69 * MiB, 300),
     (Opts(), 256 * MiB, 800 * MiB, 8 * MiB, 20),  # a fast link: small targets converge
 ])
 def test_choose_downtime(opts: Opts, memory: int, link: float, dirty: float,
@@ -309,10 +311,25 @@ def test_xbzrle_goes_to_qemu_with_its_cache() -> None:
 @pytest.mark.parametrize(("allow", "version", "caps"), [
     (True, "10.0.2", {"postcopy-ram": True, "postcopy-preempt": True}),
     (False, "10.0.2", {"postcopy-ram": False, "postcopy-preempt": False}),  # named: off
-    (True, "7.2.22", {"postcopy-ram": True}),  # unnamed: too old to be asked
+    (True, "7.2.22", {"postcopy-ram": True, "postcopy-preempt": False}),  # known, not ripe
+    (True, "6.2.0", {"postcopy-ram": True}),  # unnamed: too old to be asked
 ])
 def test_postcopy_preempt(allow: bool, version: str, caps: dict[str, bool]) -> None:
     opts = Opts(allow_postcopy=allow)
     settings = initial_settings(opts, 50, preempt=postcopy_preempt(opts, version))
     got = {k: v for k, v in settings.capabilities.items() if k.startswith("postcopy")}
     assert got == caps
+
+
+@pytest.mark.parametrize(("dirty", "expected"), [
+    (11 * MiB, []),  # 25 % of the link: pre-copy
+    (34 * MiB, []),  # 75 %: slow, but it converges: pre-copy (the shorter blackout)
+    (69 * MiB, [("start_postcopy", {})]),  # 150 %: one pass, then post-copy
+])
+def test_postcopy_after_the_first_pass_only_without_convergence(
+        dirty: float, expected: list[Any]) -> None:
+    guess = predict(256 * MiB, 46 * MiB, dirty, 20)
+    assert guess.hybrid_s > 0
+    state = initial_state(Opts(), guess, 20)
+    assert _run([sample(iteration=1, remaining=200 * MiB)], state=state)[1] == []
+    assert _run([sample(iteration=2, remaining=40 * MiB)], state=state)[1] == expected
