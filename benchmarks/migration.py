@@ -1,6 +1,6 @@
 """Migration benchmark: Segue's policy against peers' defaults, in the same lab, interleaved.
 
-    python benchmarks/migration.py [--reps 3] [--link-mbit 400] [--deadline 60] [--out DIR]
+    python benchmarks/migration.py [--reps 3] [--link-mbit 400] [--deadline 30] [--out DIR]
 
 A fresh 2-host lab; the migration link is shaped to ``--link-mbit`` (tc tbf on both hosts'
 migration interfaces, inside their namespaces) and measured with a TCP stream. One guest
@@ -312,7 +312,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--link-mbit", type=int, default=400)
-    parser.add_argument("--deadline", type=float, default=60.0)
+    parser.add_argument("--deadline", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--policies", default=",".join(["segue", *PEERS]))
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
