@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: setup deps venv image demo test unit component integration lint bench clean
+.PHONY: setup deps venv image demo test unit component integration lint bench bench-warmup clean
 
 setup: deps venv image
 
@@ -48,6 +48,10 @@ test: setup lint
 bench: setup
 	$(VENV)/bin/pip install -q 'matplotlib==3.10.8'
 	$(PY) benchmarks/migration.py $(BENCH_ARGS)
+
+# Where the blackout goes, with and without the guest's idle=poll (tables and JSON).
+bench-warmup: setup
+	$(PY) benchmarks/warmup.py $(BENCH_ARGS)
 
 clean:
 	-$(SEGUE) lab down
