@@ -45,9 +45,10 @@ from segue.agent.config import AgentConfig
 from segue.agent.facts import migration_nic_facts
 from segue.agent.roles import migration_active
 from segue.agent.vms import ManagedVM, VMManager
-from segue.agent.vmstore import VM_FILE, write_json_atomic
+from segue.agent.vmstore import VM_FILE
 from segue.domain.errors import Conflict, InvalidRequest, SegueError, Unavailable
 from segue.domain.vm import VMSpec, VMState, validate_vm_spec
+from segue.files import write_json_atomic
 from segue.qemu import process
 from segue.qemu.argv import RuntimePaths
 from segue.qemu.qmp import QMPCommandFailed, QMPSession

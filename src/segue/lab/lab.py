@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 
 from segue.domain.errors import Conflict, NotFound, Unavailable
+from segue.files import log_tail, write_json_atomic
 from segue.lab import netns
 from segue.lab.topology import (
     DATASTORE_NAME,
@@ -153,10 +154,7 @@ def _state_path(name: str) -> Path:
 
 
 def _write_state(state: LabState) -> None:
-    path = state.plan.state_file
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state.to_dict(), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(state.plan.state_file, state.to_dict())
 
 
 def load_state(name: str) -> LabState:
@@ -199,10 +197,7 @@ def agent_healthy(socket_path: Path, timeout: float = 1.0) -> bool:
 
 
 def _log_tail(path: Path) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
-    except OSError:
-        return ""
+    return log_tail(path, LOG_TAIL_LINES, "\n")
 
 
 def _wait_healthy(host: HostPlan, pid: int, deadline: float) -> None:

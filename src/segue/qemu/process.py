@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from segue.domain.errors import Unavailable
+from segue.files import log_tail
 from segue.procs import pid_alive as pid_alive  # the one liveness test, re-exported
 
 
@@ -47,15 +48,6 @@ async def launch_daemon(argv: list[str], log_path: Path, pidfile: Path,
             "fix the cause QEMU names; the VM was not started",
         )
     return pid
-
-
-def log_tail(path: Path, lines: int = 3) -> str:
-    """The last lines of a log file, joined on one line ('' if none)."""
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except FileNotFoundError:
-        return ""
-    return " | ".join(text[-lines:])
 
 
 def read_pid(pidfile: Path) -> int | None:
