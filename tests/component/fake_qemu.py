@@ -6,7 +6,8 @@ the device model. Behaviour, as QEMU 7.2 does it:
 
 - ``-daemonize``: double fork; the first process exits 0 only after the daemon wrote the
   pidfile and listens on the QMP socket (1, with a message on stderr, if the daemon failed).
-- QMP: greeting, ``qmp_capabilities`` negotiation (commands before it are refused),
+- QMP: greeting (with "oob"; ``exec-oob`` for migrate-pause/migrate-recover), ``qmp_capabilities``
+  negotiation (commands before it are refused),
   ``query-status``, ``query-version``, ``cont`` (RESUME), ``stop`` (STOP), ``system_powerdown``
   (POWERDOWN, then the "guest" shuts down: SHUTDOWN guest=true/guest-shutdown, exit),
   ``quit`` (SHUTDOWN host-qmp-quit, exit), the migration commands (``fake_migration.py``:
@@ -46,7 +47,8 @@ REEXEC_FLAG = "FAKE_QEMU_REEXECUTED"
 PROGRAM = "qemu-system-fake"
 VALUE_OPTIONS = ("-pidfile", "-qmp", "-uuid", "-incoming", "-name", "-m")
 VERSION: dict[str, Any] = {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": ""}
-GREETING: dict[str, Any] = {"QMP": {"version": VERSION, "capabilities": []}}
+GREETING: dict[str, Any] = {"QMP": {"version": VERSION, "capabilities": ["oob"]}}
+OOB_COMMANDS = frozenset({"migrate-pause", "migrate-recover"})  # QEMU's allow-oob ones used
 # A few features per model, as a full expansion under TCG would have them (and a setting).
 CPU_MODELS: dict[str, dict[str, Any]] = {
     "qemu64": {"fpu": True, "lm": True, "sse2": True, "aes": False, "avx2": False,
@@ -179,11 +181,17 @@ class FakeQemu:
             reply["id"] = msg["id"]
         send(writer, reply)
         await writer.drain()
-        await self.after(msg.get("execute"))
+        await self.after(msg.get("execute") or msg.get("exec-oob"))
         return negotiated
 
     def command(self, msg: dict[str, Any], negotiated: bool) -> dict[str, Any]:
-        """The reply to one command (events it causes are emitted here too)."""
+        """The reply to one command (events it causes are emitted here too); ``exec-oob``
+        only for the commands QEMU allows out of band."""
+        oob = msg.get("exec-oob")
+        if isinstance(oob, str):
+            if oob not in OOB_COMMANDS:
+                return error("GenericError", f"The command {oob} does not support OOB")
+            msg = {**msg, "execute": oob}
         name = msg.get("execute")
         if not isinstance(name, str):
             return error("GenericError", "QMP input lacks member 'execute'")

@@ -325,7 +325,7 @@ class Migrations:
         vm = self.m.get(name)
         if vm.qmp is None:
             raise conflict_state(vm, "VM_NOT_RUNNING", "running", "nothing to pause")
-        await vm.qmp.execute("migrate-pause")
+        await vm.qmp.execute("migrate-pause", oob=True)  # the main thread may be blocked
         return await self.status(name)
 
     async def recover_incoming(self, name: str) -> dict[str, Any]:
@@ -338,7 +338,7 @@ class Migrations:
             raise conflict_state(vm, "VM_NOT_RUNNING", "running", "its QEMU is gone")
         address = await migration_address(self.m.config)
         uri = f"tcp:{address}:{free_port(address)}"
-        await vm.qmp.execute("migrate-recover", {"uri": uri})
+        await vm.qmp.execute("migrate-recover", {"uri": uri}, oob=True)
         log.info("%s: post-copy recovery listens on %s", name, uri)
         return {"uri": uri}
 

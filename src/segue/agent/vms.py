@@ -170,13 +170,19 @@ class VMManager:
             pass  # the watcher notices a dead QEMU; keep the last known state
 
     async def migration_info(self, vm: ManagedVM) -> dict[str, Any]:
-        """QEMU's ``query-migrate`` answer; {} without a QEMU or if it does not answer."""
+        """QEMU's ``query-migrate`` answer; {} without a QEMU. When QEMU does not answer
+        (a post-copy destination's main thread waits for a page while the stream is down),
+        the status of its last MIGRATION event, marked ``from_event``: the monitor's own
+        thread still delivers events, and recovery needs to know the side is paused."""
         if vm.qmp is None or not vm.qmp.connected:
             return {}
         try:
             return dict(await vm.qmp.execute("query-migrate", timeout=3))
         except SegueError:
-            return {}
+            last = next((e for e in reversed(vm.events) if e.get("event") == "MIGRATION"),
+                        None)
+            status = ((last or {}).get("data") or {}).get("status")
+            return {"status": status, "from_event": True} if status else {}
 
     def events(self, name: str, since: int = 0) -> list[dict[str, Any]]:
         return [e for e in self.get(name).events if e["seq"] > since]

@@ -57,11 +57,14 @@ class QMPSession:
         return bool(self._client.runstate == Runstate.RUNNING)
 
     async def execute(self, command: str, arguments: dict[str, Any] | None = None,
-                      timeout: float = 10.0) -> Any:
-        """Run one QMP command and return its ``return`` value."""
+                      timeout: float = 10.0, oob: bool = False) -> Any:
+        """Run one QMP command and return its ``return`` value. ``oob``: out of band
+        (``exec-oob``), answered by the monitor's own thread even while QEMU's main thread
+        is blocked (a post-copy destination waiting for a page), for the commands QEMU
+        allows there (``migrate-pause``, ``migrate-recover``)."""
         try:
             async with asyncio.timeout(timeout):
-                return await self._client.execute(command, arguments)
+                return await self._client.execute(command, arguments, oob=oob)
         except ExecuteError as err:
             raise QMPCommandFailed(
                 "QMP_COMMAND_FAILED", f"{command} failed on {self.name}: {err.error.error.desc}",
