@@ -20,6 +20,7 @@ pytestmark = pytest.mark.integration
 LAB = "btest"
 VM = "blk1"
 TOLERANCE_MS = 5.0  # clocks: QMP stamps, kernel packet stamps and the prober's mapped clock
+WARM_UP_MS = 200.0  # a TCG guest's first ~100 ms on its new host (README, blackout)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,10 @@ def test_every_migration_has_an_ordered_breakdown(lab: LabPlan) -> None:
         assert parts["rarp_fabric_after_resume_ms"] <= 20, parts
         assert parts["network_path_ms"] <= 20, parts
         assert parts["network_path_ms"] <= parts["guest_answer_ms"] + TOLERANCE_MS, parts
-        # the gap is the migration's: it began before RESUME and ended with the guest's answer
-        # (a reply in flight at STOP may land after it: lead_in can be a little negative)
-        assert parts["lead_in_ms"] + parts["switchover_ms"] >= -TOLERANCE_MS, parts
+        # the gap is the migration's: it ended after RESUME, with or after the guest's first
+        # answer, and began before RESUME or within WARM_UP_MS after it: with a ~10 ms
+        # switchover, a stall of the guest warming up on its new host can outlast the
+        # switchover's own gap (seen in CI: the longest gap began 21 ms after RESUME)
+        assert parts["prober_answer_ms"] >= -TOLERANCE_MS, parts
         assert parts["prober_answer_ms"] >= parts["guest_answer_ms"] - TOLERANCE_MS, parts
+        assert parts["lead_in_ms"] + parts["switchover_ms"] >= -WARM_UP_MS, parts
