@@ -38,11 +38,11 @@ from segue.agent.client import AgentClient
 from segue.domain.errors import SegueError
 from segue.image.builder import build_image
 from segue.lab import guests
-from segue.lab.lab import lab_down, lab_up, load_state
 from segue.lab.netns import run_in_netns
 from segue.lab.topology import LabPlan
 
 sys.path.insert(0, str(Path(__file__).parent))
+from benchlab import fresh_lab
 from peers import PEERS, Peer
 
 LAB = "bench"
@@ -98,12 +98,7 @@ def where(plan: LabPlan) -> str:
 
 def run_segue(plan: LabPlan, dest: str, deadline: float) -> dict[str, Any]:
     """One migration through the controller, with Segue's policy."""
-    with guests.controller(plan) as client:
-        job = client.call("POST", f"/vms/{VM}/migrations",
-                          json={"to": dest, "deadline_s": deadline})
-        while job["phase"] not in TERMINAL:
-            time.sleep(0.1)
-            job = client.call("GET", f"/migrations/{job['id']}")
+    job = guests.migrate_and_wait(plan, VM, dest, timeout=deadline + 60, deadline_s=deadline)
     s = job.get("summary") or {}
     copy_ms = s.get("qemu_total_ms")
     return {"converged": job["phase"] == "completed", "total_s": s.get("total_s"),
@@ -318,13 +313,8 @@ def main() -> int:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    lab_down(LAB)
-    build_image()
-    lab_up(LAB, 2)
-    try:
-        return bench(load_state(LAB).plan, args)
-    finally:
-        lab_down(LAB)
+    with fresh_lab(LAB) as plan:
+        return bench(plan, args)
 
 
 def bench(plan: LabPlan, args: argparse.Namespace) -> int:

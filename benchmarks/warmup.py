@@ -17,27 +17,19 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from segue.image.builder import build_image
 from segue.lab import guests
-from segue.lab.lab import lab_down, lab_up, load_state
 from segue.lab.topology import LabPlan
+
+sys.path.insert(0, str(Path(__file__).parent))
+from benchlab import fresh_lab
 
 LAB = "warm"
 VARIANTS = {"default": "", "idle=poll": " idle=poll"}
 PARTS = ("switchover_ms", "network_path_ms", "guest_answer_ms", "blackout_ms")
-
-
-def move(plan: LabPlan, name: str, dest: str) -> dict[str, Any]:
-    with guests.controller(plan) as client:
-        job = client.call("POST", f"/vms/{name}/migrations", json={"to": dest})
-        while job["phase"] not in ("completed", "failed", "cancelled"):
-            time.sleep(0.1)
-            job = client.call("GET", f"/migrations/{job['id']}")
-    return dict(job)
 
 
 def run_variant(plan: LabPlan, name: str, extra: str, moves: int) -> list[dict[str, Any]]:
@@ -50,7 +42,8 @@ def run_variant(plan: LabPlan, name: str, extra: str, moves: int) -> list[dict[s
     seen = []
     for i in range(moves):
         dest = "host2" if i % 2 == 0 else "host1"
-        watched = guests.watch_migration(plan, name, lambda d=dest: move(plan, name, d))
+        watched = guests.watch_migration(
+            plan, name, lambda d=dest: guests.migrate_and_wait(plan, name, d))
         assert watched.job["phase"] == "completed", watched.job.get("reason")
         seen.append(watched.breakdown.to_dict())
         print(name, i, json.dumps(seen[-1]), flush=True)
@@ -66,15 +59,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    lab_down(LAB)
-    build_image()
-    lab_up(LAB, 2)
-    try:
-        plan = load_state(LAB).plan
+    with fresh_lab(LAB) as plan:
         runs = {label: run_variant(plan, f"w{i}", extra, args.moves)
                 for i, (label, extra) in enumerate(VARIANTS.items())}
-    finally:
-        lab_down(LAB)
     medians = {label: {part: statistics.median([r[part] for r in seen if r[part] is not None])
                        for part in PARTS} for label, seen in runs.items()}
     print(f"{'guest':<10}" + "".join(f"{p.removesuffix('_ms'):>16}" for p in PARTS))

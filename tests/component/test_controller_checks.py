@@ -252,17 +252,30 @@ async def test_check_uses_stored_facts_of_an_unreachable_destination(
         assert codes(answer["results"], "ok") >= {"CPU_OK", "PORT_GROUPS_OK"}
 
 
-async def test_check_counts_memory_reserved_by_other_incoming_migrations(
-        tmp_path: Path, three_hosts: list[FakeAgent]) -> None:
-    three_hosts[0].vms["db1"] = running(vm_spec("db1", memory_mib=7700))
-    async with controller(tmp_path, three_hosts) as c:
+@asynccontextmanager
+async def db1_migrating(tmp_path: Path, hosts: list[FakeAgent],
+                        phase: str) -> AsyncIterator[Controller]:
+    """A controller whose inventory has db1 (7700 MiB) on host1 with a migration to host3 in
+    ``phase``."""
+    hosts[0].vms["db1"] = running(vm_spec("db1", memory_mib=7700))
+    async with controller(tmp_path, hosts) as c:
         await cluster_of(c)
         with c.app.state.db.session() as s:
             s.add(MigrationRow(id="m-db1", vm_name="db1", source_host="host1",
-                               dest_host="host3", phase="monitor", created_at=utcnow(),
+                               dest_host="host3", phase=phase, created_at=utcnow(),
                                updated_at=utcnow(), options={}, summary={}, last_progress={}))
-        answer = (await c.http.post("/vms/web1/migrations/check", json={"to": "host3"})).json()
-        memory = next(r for r in answer["results"] if r["check"] == "resources")
+        yield c
+
+
+async def resources_check(c: Controller, vm: str, dest: str) -> dict[str, Any]:
+    answer = (await c.http.post(f"/vms/{vm}/migrations/check", json={"to": dest})).json()
+    return dict(next(r for r in answer["results"] if r["check"] == "resources"))
+
+
+async def test_check_counts_memory_reserved_by_other_incoming_migrations(
+        tmp_path: Path, three_hosts: list[FakeAgent]) -> None:
+    async with db1_migrating(tmp_path, three_hosts, "monitor") as c:
+        memory = await resources_check(c, "web1", "host3")
         assert memory["code"] == "INSUFFICIENT_MEMORY"
         assert memory["facts"]["reserved_mib"] == 7700 + 128
         answer = (await c.http.post("/vms/db1/migrations/check", json={"to": "host3"})).json()
@@ -273,15 +286,8 @@ async def test_a_queued_migration_reserves_no_memory_yet(
         tmp_path: Path, three_hosts: list[FakeAgent]) -> None:
     """Checked again when it leaves the queue, a queued job must not make the job ahead of
     it fail for memory it does not hold yet."""
-    three_hosts[0].vms["db1"] = running(vm_spec("db1", memory_mib=7700))
-    async with controller(tmp_path, three_hosts) as c:
-        await cluster_of(c)
-        with c.app.state.db.session() as s:
-            s.add(MigrationRow(id="m-db1", vm_name="db1", source_host="host1",
-                               dest_host="host3", phase="queued", created_at=utcnow(),
-                               updated_at=utcnow(), options={}, summary={}, last_progress={}))
-        answer = (await c.http.post("/vms/web1/migrations/check", json={"to": "host3"})).json()
-        memory = next(r for r in answer["results"] if r["check"] == "resources")
+    async with db1_migrating(tmp_path, three_hosts, "queued") as c:
+        memory = await resources_check(c, "web1", "host3")
     assert memory["code"] == "RESOURCES_OK", memory
     assert memory["facts"].get("reserved_mib", 0) == 0, memory
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,14 +40,7 @@ def lab() -> Iterator[LabPlan]:
 
 
 def migrate(plan: LabPlan, dest: str) -> dict[str, Any]:
-    with guests.controller(plan) as client:
-        job: dict[str, Any] = client.call("POST", f"/vms/{VM}/migrations", json={"to": dest})
-        deadline = time.monotonic() + 180
-        while job["phase"] not in ("completed", "failed", "cancelled"):
-            assert time.monotonic() < deadline, job
-            time.sleep(0.2)
-            job = client.call("GET", f"/migrations/{job['id']}")
-    return job
+    return guests.migrate_and_wait(plan, VM, dest, timeout=180)
 
 
 def test_every_migration_has_an_ordered_breakdown(lab: LabPlan) -> None:

@@ -213,12 +213,7 @@ def postcopy_migration(migration_id: str, url: str | None = URL,
     """Switch a copying migration to post-copy now: the VM runs on the destination at once
     and pulls the memory it still lacks (the policy does this by itself when pre-copy
     cannot converge)."""
-    with ControllerClient.from_env(url) as client:
-        job = client.call("POST", f"/migrations/{migration_id}/postcopy")
-    if as_json:
-        print_json(job)
-        return
-    console.print(f"post-copy requested for {job['id']} ({job['phase']})")
+    _ask_job(migration_id, "postcopy", "post-copy", url, as_json)
 
 
 @migration_app.command("cancel")
@@ -226,9 +221,15 @@ def postcopy_migration(migration_id: str, url: str | None = URL,
 def cancel_migration(migration_id: str, url: str | None = URL,
                      as_json: bool = typer.Option(False, "--json")) -> None:
     """Cancel a migration that is queued or still copying; the VM stays on its source."""
+    _ask_job(migration_id, "cancel", "cancel", url, as_json)
+
+
+def _ask_job(migration_id: str, action: str, what: str, url: str | None,
+             as_json: bool) -> None:
+    """``POST /migrations/ID/ACTION``; prints the job (``--json``) or one line."""
     with ControllerClient.from_env(url) as client:
-        job = client.call("POST", f"/migrations/{migration_id}/cancel")
+        job = client.call("POST", f"/migrations/{migration_id}/{action}")
     if as_json:
         print_json(job)
         return
-    console.print(f"cancel requested for {job['id']} ({job['phase']})")
+    console.print(f"{what} requested for {job['id']} ({job['phase']})")

@@ -124,6 +124,7 @@ class MigrationJob:
         self.service.transition(self.id, Phase.PREPARE, f"destination {self.dest.host}")
         self._check_cancel()
         spec = (await self.src.get_vm(self.vm))["spec"]
+        self.source_facts = self.service.host_facts(self.source.host)
         self._choose_streams()
         caps, params = self.qemu_settings()
         measuring = asyncio.create_task(self._measure(), name=f"measure-{self.id[:8]}")
@@ -144,13 +145,11 @@ class MigrationJob:
         """Multifd or one stream, and the post-copy preempt channel, from both hosts' facts
         (the destination needs them before it listens, so before anything is measured);
         noted with the reason."""
-        src, dst = self.service.host_facts(self.source.host), self.service.host_facts(
-            self.dest.host)
-        speeds = [int((f.get("migration") or {}).get("speed_mbps") or 0) for f in (src, dst)]
+        src, dst = self.source_facts, self.service.host_facts(self.dest.host)
+        speeds = [f.migration.speed_mbps or 0 for f in (src, dst)]
         nic_bps = min(speeds) * 1e6 / 8 if all(speeds) else None
-        cpus = min(int((f.get("cpu") or {}).get("logical_cpus") or 1) for f in (src, dst))
-        oldest = policy.oldest_version(
-            [str((f.get("qemu") or {}).get("version") or "") for f in (src, dst)])
+        cpus = min(max(1, f.cpu.logical_cpus) for f in (src, dst))
+        oldest = policy.oldest_version([f.qemu.version for f in (src, dst)])
         self.multifd, why = policy.multifd_channels(self.options, nic_bps, cpus, oldest)
         self.preempt = policy.postcopy_preempt(self.options, oldest)
         self.settings = policy.initial_settings(self.options, multifd=self.multifd,
@@ -158,15 +157,21 @@ class MigrationJob:
         self.service.note(self.id, why)
 
     async def _measure(self) -> tuple[float | None, float | None]:
-        """(link bytes/s, dirty bytes/s), each None when it could not be measured (noted)."""
-        link_task = asyncio.create_task(self._measure_link())
+        """(link bytes/s, dirty bytes/s), side by side; each None when it could not be
+        measured (noted). Cancelled, it cancels both."""
+        async with asyncio.TaskGroup() as tg:
+            link = tg.create_task(self._measure_link())
+            dirty = tg.create_task(self._sample_dirty_rate())
+        return link.result(), dirty.result()
+
+    async def _sample_dirty_rate(self) -> float | None:
+        """The guest's dirty rate in bytes/s; None (noted) when QEMU could not measure it."""
         try:
             sample = await self.src.dirty_rate(self.vm)
-            dirty: float | None = float(sample["dirty_rate_mibs"]) * 2**20
         except SegueError as err:
             self.service.note(self.id, f"no dirty-rate sample ({err.code}): no prediction")
-            dirty = None
-        return await link_task, dirty
+            return None
+        return float(sample["dirty_rate_mibs"]) * 2**20
 
     async def _measure_link(self) -> float | None:
         """The migration link's rate from a short TCP stream between the two migration
@@ -200,8 +205,8 @@ class MigrationJob:
             self.service.note(self.id, why)
             return
         guess = policy.predict(memory, link, dirty, downtime)
-        accel, version = self.service.host_engine(self.source.host)
-        risk = policy.multipass_risk(accel, version, memory, link, dirty)
+        risk = policy.multipass_risk(self.source_facts.cpu.accel,
+                                     self.source_facts.qemu.version, memory, link, dirty)
         self.policy_state = policy.initial_state(self.options, guess, downtime, risk)
         self.prediction.update({"sampled_dirty_rate_mibs": round(dirty / 2**20, 2),
                                 **guess.to_summary(), "postcopy_at_once":

@@ -34,6 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from segue.checks import errors_of, run_checks
+from segue.checks.context import host_facts_from_dict
 from segue.controller import inventory
 from segue.controller.agents import AgentPool
 from segue.controller.db import Database
@@ -46,6 +47,7 @@ from segue.controller.models import utcnow as now_utc
 from segue.controller.precheck import Prechecker
 from segue.controller.scheduler import HostLimits, Running, Waiting, must_wait, next_to_start
 from segue.domain.errors import Conflict, InvalidRequest, NotFound
+from segue.domain.host import HostFacts
 from segue.engine import policy
 from segue.engine.phases import ACTIVE, RUNNING, Phase, check_transition
 
@@ -361,16 +363,10 @@ class MigrationService:
         for task in self.tasks:
             task.cancel()
 
-    def host_facts(self, host: str) -> dict[str, Any]:
-        """``host``'s last facts (``HostFacts.to_dict``; empty if none yet)."""
+    def host_facts(self, host: str) -> HostFacts:
+        """``host``'s last facts (parts it has not reported yet are empty)."""
         with self.db.session() as session:
-            return dict(inventory.get_host(session, host).facts or {})
-
-    def host_engine(self, host: str) -> tuple[str | None, str | None]:
-        """(accelerator, QEMU version) of ``host`` from its last facts (None if unknown)."""
-        facts = self.host_facts(host)
-        version = (facts.get("qemu") or {}).get("version")
-        return (facts.get("cpu") or {}).get("accel"), str(version) if version else None
+            return host_facts_from_dict(host, inventory.get_host(session, host).facts or {})
 
     def _refuse_unsafe_cap(self, options: MigrationOptions, host: str) -> None:
         """QEMU before 8.0 under TCG loses pages the guest dirties while it rate-limits a
@@ -378,11 +374,12 @@ class MigrationService:
         than corrupt the VM."""
         if not options.max_bandwidth_mibs or options.allow_postcopy:
             return  # with post-copy the policy leaves pre-copy early (segue.engine.policy)
-        accel, version = self.host_engine(host)
-        if policy.qemu_unsafe_for_multipass(accel, version):
+        facts = self.host_facts(host)
+        if policy.qemu_unsafe_for_multipass(facts.cpu.accel, facts.qemu.version):
             raise InvalidRequest(
                 "BANDWIDTH_CAP_UNSAFE",
-                f"{host} runs guests under TCG with QEMU {version}, which loses guest memory "
+                f"{host} runs guests under TCG with QEMU {facts.qemu.version or '(unknown)'}, "
+                "which loses guest memory "
                 "when it rate-limits a migration",
                 "migrate without --max-bandwidth, or allow post-copy")
 

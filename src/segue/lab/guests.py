@@ -19,6 +19,7 @@ from typing import Any
 from segue.agent.client import AgentClient
 from segue.controller.client import ControllerClient
 from segue.domain.errors import InvalidRequest, Unavailable
+from segue.engine.phases import TERMINAL
 from segue.image.builder import GuestImage
 from segue.image.cmdline import guest_cmdline, parse_guest_cmdline
 from segue.lab.blackout import Breakdown, breakdown
@@ -237,6 +238,26 @@ def _sniffers(plan: LabPlan, vm: dict[str, Any], ip: str) -> dict[str, Backgroun
             sniffer.stop()
         raise
     return found
+
+
+def migrate_and_wait(plan: LabPlan, name: str, dest: str, timeout: float = 600.0,
+                     **options: Any) -> dict[str, Any]:
+    """Ask the lab's controller to move VM ``name`` to ``dest`` (``options``: the request's
+    other fields, e.g. ``deadline_s``) and poll it until it ends; the ended job. Raises
+    Unavailable (``MIGRATION_WAIT_TIMEOUT``) if it has not ended within ``timeout`` s (the job
+    runs on)."""
+    deadline = time.monotonic() + timeout
+    with controller(plan) as client:
+        job: dict[str, Any] = client.call("POST", f"/vms/{name}/migrations",
+                                          json={"to": dest, **options})
+        while job["phase"] not in TERMINAL:
+            if time.monotonic() > deadline:
+                raise Unavailable("MIGRATION_WAIT_TIMEOUT",
+                                  f"migration {job['id']} of {name} still {job['phase']} "
+                                  f"after {timeout:.0f} s", f"segue migration show {job['id']}")
+            time.sleep(0.1)
+            job = client.call("GET", f"/migrations/{job['id']}")
+    return job
 
 
 def watch_migration(plan: LabPlan, name: str, migrate: Callable[[], dict[str, Any]],
