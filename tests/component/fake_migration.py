@@ -90,6 +90,7 @@ class FakeMigration:
         self.ram = ram_bytes(vm.opts.get("m"))
         self.cancel = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
+        self._changed = asyncio.Event()  # set (and replaced) at every status change
         self.server: asyncio.Server | None = None
         self.sent = 0
         self.dirty_until: float | None = None
@@ -122,6 +123,12 @@ class FakeMigration:
                      "status": status, **extra}
         if self.caps["events"]:
             self.vm.emit("MIGRATION", {"status": status})
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def status_changed(self) -> None:
+        """Return at the next status change."""
+        await self._changed.wait()
 
     def busy(self) -> bool:
         return self.info.get("status") in ACTIVE

@@ -7,7 +7,8 @@ the device model. Behaviour, as QEMU 7.2 does it:
 - ``-daemonize``: double fork; the first process exits 0 only after the daemon wrote the
   pidfile and listens on the QMP socket (1, with a message on stderr, if the daemon failed).
 - QMP: greeting (with "oob"; ``exec-oob`` for migrate-pause/migrate-recover), ``qmp_capabilities``
-  negotiation (commands before it are refused),
+  negotiation (commands before it are refused); with ``$FAKE_QEMU_POSTCOPY_BLOCKS`` a post-copy
+  destination whose stream is down answers in-band commands only once it runs again,
   ``query-status``, ``query-version``, ``cont`` (RESUME), ``stop`` (STOP), ``system_powerdown``
   (POWERDOWN, then the "guest" shuts down: SHUTDOWN guest=true/guest-shutdown, exit),
   ``quit`` (SHUTDOWN host-qmp-quit, exit), the migration commands (``fake_migration.py``:
@@ -173,6 +174,9 @@ class FakeQemu:
         if not isinstance(msg, dict):
             send(writer, error("GenericError", "QMP input must be a JSON object"))
             return negotiated
+        if self.main_blocked() and "exec-oob" not in msg:
+            self.spawn_reply(writer, msg)  # answered once the "page" arrives, like QEMU
+            return negotiated
         reply = self.command(msg, negotiated)
         if msg.get("execute") == "qmp_capabilities" and "return" in reply:
             negotiated = True
@@ -183,6 +187,26 @@ class FakeQemu:
         await writer.drain()
         await self.after(msg.get("execute") or msg.get("exec-oob"))
         return negotiated
+
+    def main_blocked(self) -> bool:
+        """With ``$FAKE_QEMU_POSTCOPY_BLOCKS``, a post-copy destination whose stream is down
+        has its "main thread" waiting for a page: in-band commands wait, ``exec-oob`` ones
+        are answered (QEMU's monitor thread reads on)."""
+        return bool(os.environ.get("FAKE_QEMU_POSTCOPY_BLOCKS")) and \
+            self.opts.get("incoming") == "defer" and \
+            self.migration.info.get("status") in ("postcopy-paused", "postcopy-recover")
+
+    def spawn_reply(self, writer: asyncio.StreamWriter, msg: dict[str, Any]) -> None:
+        async def later() -> None:
+            while self.main_blocked():
+                await self.migration.status_changed()
+            reply = self.command(msg, True)
+            if "id" in msg:
+                reply["id"] = msg["id"]
+            send(writer, reply)
+            await writer.drain()
+
+        self.migration.spawn(later())
 
     def command(self, msg: dict[str, Any], negotiated: bool) -> dict[str, Any]:
         """The reply to one command (events it causes are emitted here too); ``exec-oob``
