@@ -119,3 +119,42 @@ class VMEvent(ResponseModel):
     event: str
     timestamp: float
     data: dict[str, Any] = {}
+
+
+class Health(ResponseModel):
+    status: str
+    version: str
+    host: str | None = None
+
+
+class SerialAnswer(ResponseModel):
+    name: str
+    lines: list[str]
+
+
+class VMCpu(ResponseModel):
+    """The ``-cpu`` value the VM's QEMU runs with and the features it enables."""
+
+    model: str
+    features: list[str]
+
+
+class FileRef(RequestModel):
+    """A file by datastore name and path inside it."""
+
+    datastore: Annotated[str, Field(min_length=1, max_length=64)]
+    path: Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class FilesRequest(RequestModel):
+    files: Annotated[list[FileRef], Field(max_length=64)]
+
+
+class FileVisibility(ResponseModel):
+    datastore: str
+    path: str
+    visible: bool
+
+
+class FilesAnswer(ResponseModel):
+    files: list[FileVisibility]

@@ -1,0 +1,142 @@
+"""One HTTP client base for both services: unix and TCP URLs, timeouts, error decoding.
+
+A service URL is ``http(s)://HOST:PORT`` or ``unix:/path/to.sock``. Every answer is decoded
+into a wire model (``segue.api``); an error answer (``{"error": {...}, "kind": ...}``) is
+raised again as the same ``SegueError`` kind and code the service raised, with its ``field``;
+an answer that is no Segue error (a proxy's page, a crash) raises ``Unavailable`` with the
+service's ``*_ERROR`` code; a connection failure raises ``Unavailable`` with its
+``*_UNREACHABLE`` code. ``Blocking`` runs an async client's calls from synchronous code on one
+private event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from segue.api.base import ErrorAnswer
+from segue.domain.errors import SegueError, Unavailable, error_from_dict
+
+UNIX_PREFIX = "unix:"
+T = TypeVar("T")
+
+
+def split_url(url: str, name: str = "service") -> tuple[str, str | None]:
+    """``(base_url, unix_socket_path)`` of a service URL (``unix:PATH`` or HTTP(S))."""
+    if url.startswith(UNIX_PREFIX):
+        return f"http://{name}", url[len(UNIX_PREFIX):]
+    return url, None
+
+
+def decode_error(resp: httpx.Response, service: str) -> SegueError:
+    """The service's own error from an error answer; ``Unavailable`` (``<SERVICE>_ERROR``)
+    when the answer is no Segue error."""
+    try:
+        answer = ErrorAnswer.model_validate_json(resp.content)
+    except ValidationError:
+        return Unavailable(f"{service.upper()}_ERROR",
+                           f"the {service} answered {resp.status_code}: {resp.text[:500]}",
+                           f"see the {service}'s log")
+    data = answer.error.model_dump(exclude_none=True)
+    if answer.error.field is not None:
+        data.setdefault("details", {})["field"] = answer.error.field
+    return error_from_dict(answer.kind, data)
+
+
+class ServiceClient:
+    """The HTTP base: one ``httpx.AsyncClient`` for one service at ``url``."""
+
+    service = "service"
+
+    def __init__(self, url: str, *, transport: httpx.AsyncBaseTransport | None = None,
+                 timeout: float = 60.0) -> None:
+        base_url, uds = split_url(url, self.service)
+        if transport is None and uds is not None:
+            transport = httpx.AsyncHTTPTransport(uds=uds)
+        self.url = url
+        self._http = httpx.AsyncClient(base_url=base_url, transport=transport, timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def unreachable(self, err: Exception) -> Unavailable:
+        return Unavailable(f"{self.service.upper()}_UNREACHABLE",
+                           f"the {self.service} at {self.url} did not answer: {err}",
+                           f"check that the {self.service} runs and the URL is right")
+
+    async def request(self, method: str, path: str, *, json: BaseModel | None = None,
+                      params: dict[str, Any] | None = None) -> httpx.Response:
+        """One request; the answer if it is a success, else the service's error raised."""
+        body = json.model_dump(mode="json", by_alias=True) if json is not None else None
+        try:
+            resp = await self._http.request(method, path, json=body, params=params)
+        except httpx.HTTPError as err:
+            raise self.unreachable(err) from err
+        if resp.status_code >= 400:
+            raise decode_error(resp, self.service)
+        return resp
+
+    async def call(self, model: type[T], method: str, path: str, *,
+                   json: BaseModel | None = None, params: dict[str, Any] | None = None) -> T:
+        """One request whose answer is one ``model`` (a wire model or a domain dataclass)."""
+        resp = await self.request(method, path, json=json, params=params)
+        return self._decode(TypeAdapter(model), resp)
+
+    async def call_list(self, model: type[T], method: str, path: str, *,
+                        params: dict[str, Any] | None = None) -> list[T]:
+        """One request whose answer is a list of ``model``."""
+        resp = await self.request(method, path, params=params)
+        return self._decode(TypeAdapter(list[model]), resp)  # type: ignore[valid-type]
+
+    def _decode(self, adapter: TypeAdapter[T], resp: httpx.Response) -> T:
+        try:
+            return adapter.validate_json(resp.content)
+        except ValidationError as err:
+            raise Unavailable(f"{self.service.upper()}_ANSWER_INVALID",
+                              f"the {self.service} at {self.url} answered "
+                              f"{resp.request.method} {resp.request.url.path} with a body "
+                              f"that does not fit: {err.errors()[0]['msg']}",
+                              "run the same Segue version on the controller and agents") from err
+
+
+C = TypeVar("C", bound=ServiceClient)
+
+
+class Blocking(Generic[C]):
+    """An async client used from synchronous code: ``run`` awaits one call on a private
+    event loop (the same loop for every call, so the client's connections are reused).
+
+        with Blocking(AgentClient(url)) as agent:
+            info = agent.run(agent.client.get_vm("web1"))
+    """
+
+    def __init__(self, client: C) -> None:
+        self.client = client
+        self._runner = asyncio.Runner()
+
+    def run(self, call: Coroutine[Any, Any, T]) -> T:
+        return self._runner.run(call)
+
+    def close(self) -> None:
+        try:
+            self._runner.run(self.client.aclose())
+        finally:
+            self._runner.close()
+
+    def __enter__(self) -> Blocking[C]:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
