@@ -15,17 +15,13 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
-from segue.domain.errors import InvalidRequest
 from segue.settings import ListenConfig
 
 
 def require_listen(listen: ListenConfig, what: str) -> None:
     """Raise InvalidRequest (``<WHAT>_CONFIG_INVALID``) unless ``listen`` names an address or
     a unix socket."""
-    if listen.address is None and listen.unix_socket is None:
-        raise InvalidRequest(f"{what.upper()}_CONFIG_INVALID",
-                             f"the {what} configuration has neither listen.address "
-                             "nor listen.unix_socket", "set at least one of them", field="listen")
+    listen.require(f"{what.upper()}_CONFIG_INVALID", f"the {what} configuration")
 
 
 def listen_sockets(listen: ListenConfig) -> list[socket.socket]:

@@ -52,6 +52,13 @@ class ListenConfig(BaseModel):
     port: Port = Field(7600, description="a TCP port, 1 to 65535")
     unix_socket: str | None = Field(None, description="the path of a unix socket to listen on")
 
+    def require(self, code: str, where: str) -> None:
+        """Raise InvalidRequest (``code``) naming ``where`` unless there is something to
+        listen on: a service needs it, a configuration built in code for tests does not."""
+        if self.address is None and self.unix_socket is None:
+            raise InvalidRequest(code, f"{where}: neither listen.address nor listen.unix_socket "
+                                 "is set", "set at least one of them", field="listen")
+
 
 class ServiceSettings(BaseSettings):
     """Base of a service's configuration (see the module doc).

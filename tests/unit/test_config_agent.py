@@ -18,6 +18,7 @@ from segue.domain.errors import InvalidRequest
 
 EXAMPLE = Path(__file__).parents[2] / "docs" / "examples" / "agent.toml"
 BASE = 'host = "h1"\nstate_dir = "/srv/h1"\n'
+LISTEN = '[listen]\nunix_socket = "/run/segue/agent.sock"\n'
 
 
 @pytest.fixture(autouse=True)
@@ -28,8 +29,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def write(tmp_path: Path, text: str) -> Path:
+    """An agent.toml of ``text``, listening on a unix socket unless ``text`` says where."""
     path = tmp_path / "agent.toml"
-    path.write_text(text)
+    path.write_text(text if "listen" in text else text + LISTEN)
     return path
 
 
@@ -59,12 +61,23 @@ def test_toml_round_trip(tmp_path: Path) -> None:
 
 
 def test_round_trip_of_defaults_leaves_out_unset_keys(tmp_path: Path) -> None:
-    config = AgentConfig(host="h1", state_dir=Path("/srv/h1"))
+    config = AgentConfig(host="h1", state_dir=Path("/srv/h1"),
+                         listen=ListenConfig(unix_socket="/run/a.sock"))
     text = config.to_toml()
     assert "controller_url" not in text and "advertise_url" not in text  # TOML has no null
     assert load_config(write(tmp_path, text)) == config
-    assert config.to_dict()["listen"] == {"address": None, "port": 7600, "unix_socket": None}
+    assert config.to_dict()["listen"] == {"address": None, "port": 7600,
+                                          "unix_socket": "/run/a.sock"}
     assert config_from_dict(config.to_dict()) == config
+
+
+def test_a_file_must_give_somewhere_to_listen(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(BASE)
+    err = refused(path)
+    assert err.code == "AGENT_CONFIG_INVALID" and str(path) in err.message
+    assert err.details["field"] == "listen"
+    assert AgentConfig(host="h1", state_dir=Path("/x")).listen == ListenConfig()  # in code: fine
 
 
 def test_the_example_file_loads() -> None:

@@ -113,8 +113,12 @@ def config_from_dict(data: dict[str, Any]) -> AgentConfig:
 
 def load_config(path: Path | None = None) -> AgentConfig:
     """Read the agent's TOML file (default ``AGENT_CONFIG_PATH``) with environment overrides;
-    raises InvalidRequest (``AGENT_CONFIG_MISSING``/``AGENT_CONFIG_INVALID``)."""
-    return load_settings(AgentConfig, path or AGENT_CONFIG_PATH)
+    raises InvalidRequest (``AGENT_CONFIG_MISSING``/``AGENT_CONFIG_INVALID``, the latter also
+    when the file gives nothing to listen on)."""
+    path = path or AGENT_CONFIG_PATH
+    config = load_settings(AgentConfig, path)
+    config.listen.require("AGENT_CONFIG_INVALID", str(path))
+    return config
 
 
 __all__ = ["AGENT_CONFIG_PATH", "AgentConfig", "ListenConfig", "config_from_dict",

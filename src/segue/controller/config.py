@@ -80,5 +80,9 @@ def controller_config_from_dict(data: dict[str, Any]) -> ControllerConfig:
 
 def load_controller_config(path: Path | None = None) -> ControllerConfig:
     """Read the controller's TOML file (default ``CONTROLLER_CONFIG_PATH``) with environment
-    overrides; raises InvalidRequest (``CONTROLLER_CONFIG_MISSING`` and as above)."""
-    return load_settings(ControllerConfig, path or CONTROLLER_CONFIG_PATH)
+    overrides; raises InvalidRequest (``CONTROLLER_CONFIG_MISSING`` and as above;
+    ``CONTROLLER_CONFIG_INVALID`` also when the file gives nothing to listen on)."""
+    path = path or CONTROLLER_CONFIG_PATH
+    config = load_settings(ControllerConfig, path)
+    config.listen.require("CONTROLLER_CONFIG_INVALID", str(path))
+    return config
