@@ -96,6 +96,7 @@ class ServiceSettings(BaseSettings):
 
 
 S = TypeVar("S", bound=ServiceSettings)
+_JSON_HINT = 'give it as JSON: a table as {"key": "value"}, a list as ["a", "b"]'
 
 
 class TypedEnvSource(EnvSettingsSource):
@@ -118,7 +119,12 @@ class TypedEnvSource(EnvSettingsSource):
 
     def prepare_field_value(self, field_name: str, field: FieldInfo, value: Any,
                             value_is_complex: bool) -> Any:
-        value = super().prepare_field_value(field_name, field, value, value_is_complex)
+        try:
+            value = super().prepare_field_value(field_name, field, value, value_is_complex)
+        except ValueError as err:  # a table or list that is not JSON
+            variable = f"{self.env_prefix}{field_name}".upper()
+            raise _invalid(self.service, f"environment variable {variable} is not valid JSON: "
+                           f"{err}", _JSON_HINT, (field_name,)) from err
         if value is None:
             return None
         kind: Any = field.annotation
@@ -147,6 +153,7 @@ def load_settings(cls: type[S], path: Path) -> S:
     """The configuration in the TOML file at ``path`` with environment overrides.
 
     Raises InvalidRequest (see the module doc)."""
+    path = path.expanduser()
     if not path.is_file():
         raise InvalidRequest(f"{cls.config_code}_MISSING", f"no {cls.what} configuration at {path}",
                              f"write one (see docs/examples/{path.name}) or pass --config FILE")

@@ -140,6 +140,9 @@ def test_environment_does_not_reach_configs_built_in_code(
     ("SEGUE_AGENT_LISTEN__PORT", "70000", "SEGUE_AGENT_LISTEN"),
     ("SEGUE_AGENT_LISTEN__PROT", "7601", "SEGUE_AGENT_LISTEN"),
     ("SEGUE_AGENT_HEARTBEAT_INTERVL", "1", "SEGUE_AGENT_HEARTBEAT_INTERVL"),
+    ("SEGUE_AGENT_DATASTORES", "{bad", "SEGUE_AGENT_DATASTORES"),
+    ("SEGUE_AGENT_CPU_EXCLUDE_FEATURES", "avx2", "SEGUE_AGENT_CPU_EXCLUDE_FEATURES"),
+    ("SEGUE_AGENT_CPU_EXCLUDE_FEATURES", '["AES"]', "SEGUE_AGENT_CPU_EXCLUDE_FEATURES"),
 ])
 def test_bad_environment_values_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             name: str, value: str, named: str) -> None:
