@@ -2,8 +2,9 @@
 
 ``lab_up`` cleans whatever a crashed lab of that name left (namespaces, processes in them
 including QEMU guests, the lab directory), builds the fabric, the shared datastore with its
-identity file and one agent configuration per host, starts each agent inside its host's
-namespace and waits until it answers ``GET /health`` on its unix socket. The state file
+identity file, one agent configuration per host (``<labdir>/<host>/agent.toml``) and the
+controller's (``<labdir>/controller.toml``), starts each agent inside its host's namespace
+and waits until it answers ``GET /health`` on its unix socket. The state file
 ``<labdir>/lab.json`` records the plan inputs (with the per-host agent overrides), each agent's
 pid and argv, and the creation time.
 
