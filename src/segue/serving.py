@@ -15,7 +15,13 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
-from segue.agent.config import ListenConfig
+from segue.settings import ListenConfig
+
+
+def require_listen(listen: ListenConfig, what: str) -> None:
+    """Raise InvalidRequest (``<WHAT>_CONFIG_INVALID``) unless ``listen`` names an address or
+    a unix socket."""
+    listen.require(f"{what.upper()}_CONFIG_INVALID", f"the {what} configuration")
 
 
 def listen_sockets(listen: ListenConfig) -> list[socket.socket]:
@@ -38,16 +44,15 @@ def listen_sockets(listen: ListenConfig) -> list[socket.socket]:
 
 
 def serve(app: FastAPI, listen: ListenConfig, what: str) -> None:
-    """Serve ``app`` until SIGTERM/SIGINT; exits with a message if nothing to listen on."""
+    """Serve ``app`` until SIGTERM/SIGINT; raises InvalidRequest (``<WHAT>_CONFIG_INVALID``)
+    if there is nothing to listen on."""
+    require_listen(listen, what)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # qemu.qmp logs every refused connect while QEMU creates its socket; our QMPSession
     # reports the errors that matter, with codes.
     logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
     socks = listen_sockets(listen)
-    if not socks:
-        raise SystemExit(f"the {what} configuration has neither listen.address "
-                         "nor listen.unix_socket")
     server = uvicorn.Server(uvicorn.Config(app, log_level="info", access_log=False,
                                            lifespan="on"))
     asyncio.run(server.serve(sockets=socks))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,10 +29,10 @@ LAB = "segt"
 # A stand-in for `segue agent`: answers /health on the unix socket and on mgmt_ip:port.
 STAND_IN = textwrap.dedent(
     """
-    import json, os, socket, socketserver, sys, threading
+    import json, os, socket, socketserver, sys, threading, tomllib
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    cfg = json.load(open(sys.argv[1]))
+    cfg = tomllib.load(open(sys.argv[1], "rb"))
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -124,7 +125,7 @@ def test_lab_up_down(home: Path, stand_in: list[str]) -> None:
     plan = state.plan
     identity = json.loads(plan.datastore_identity.read_text())
     assert identity["name"] == "shared" and identity["uuid"]
-    config = json.loads(plan.host("host1").agent_config_path.read_text())
+    config = tomllib.loads(plan.host("host1").agent_config_path.read_text())
     assert config["listen"]["address"] == "10.210.0.11"
     for host in plan.hosts:
         assert state.agents[host.name] in netns.pids_in_netns(host.netns)

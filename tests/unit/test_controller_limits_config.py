@@ -1,12 +1,14 @@
-"""The per-host migration limits in the controller's JSON config, and how the CLI shows a
+"""The per-host migration limits in the controller's configuration, and how the CLI shows a
 queued job."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from segue.cli.migrations import phase_label
-from segue.controller.config import controller_config_from_dict
+from segue.controller.config import controller_config_from_dict, load_controller_config
 from segue.controller.scheduler import HostLimits
 from segue.domain.errors import InvalidRequest
 
@@ -28,6 +30,15 @@ def test_a_limit_below_one_is_refused() -> None:
     with pytest.raises(InvalidRequest) as err:
         controller_config_from_dict({**URL, "max_incoming_per_host": 0})
     assert err.value.code == "MIGRATION_LIMIT_INVALID"
+
+
+def test_a_limit_below_one_in_the_file_is_refused_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "controller.toml"
+    path.write_text('database_url = "sqlite:///x.db"\nmax_outgoing_per_host = 0\n')
+    with pytest.raises(InvalidRequest) as err:
+        load_controller_config(path)
+    assert err.value.code == "MIGRATION_LIMIT_INVALID"
+    assert "max_outgoing_per_host" in err.value.message and str(path) in err.value.message
 
 
 @pytest.mark.parametrize(("job", "shown"), [

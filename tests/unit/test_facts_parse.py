@@ -1,8 +1,14 @@
-"""Pure parsers of host facts."""
+"""Pure parsers of host facts, and reading host facts and VM specs as stored or received."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import pytest
+from checks_factory import DS_UUID
+from checks_factory import facts as facts_of
 
 from segue.agent.facts_parse import (
     NON_FEATURE_PROPS,
@@ -14,6 +20,11 @@ from segue.agent.facts_parse import (
     parse_link_speed,
     parse_meminfo,
 )
+from segue.agent.vmstore import VMStore
+from segue.checks.context import host_facts_from_dict
+from segue.domain.errors import InvalidRequest
+from segue.domain.host import MemoryFacts
+from segue.domain.vm import DiskSpec, NicSpec, VMSpec, vm_spec_from_dict
 
 MEMINFO = """\
 MemTotal:       24731708 kB
@@ -121,3 +132,129 @@ def test_offered_features_drop_the_excluded_under_either_spelling() -> None:
     features = ["aes", "avx2", "fpu", "lahf-lm", "lahf_lm"]
     assert offered_features(features, ["avx2", "lahf_lm"]) == ["aes", "fpu"]
     assert offered_features(features, []) == features
+
+
+# ---- facts and specs as stored or received: read strictly, missing parts empty ----
+
+FULL_FACTS = facts_of("host2")
+
+
+def test_stored_facts_read_back_equal() -> None:
+    facts = host_facts_from_dict("host2", FULL_FACTS)
+    assert host_facts_from_dict("host2", facts.to_dict()) == facts
+    assert facts.datastores[0].uuid == DS_UUID and facts.migration.speed_mbps == 10000
+
+
+@pytest.mark.parametrize("data", [
+    {},
+    {"cpu": {"features": ["aes"]}},
+    {"name": "", "memory": {}, "port_groups": [{"name": "vm-net"}]},
+    {"migration": {"interface": "mig0"}, "datastores": [{"name": "shared"}]},
+])
+def test_facts_stored_before_every_part_was_reported_read_as_empty(
+        data: dict[str, Any]) -> None:
+    facts = host_facts_from_dict("h9", data)
+    assert facts.name == "h9"
+    assert facts.cpu.logical_cpus == 0 and facts.cpu.accel == ""
+    assert facts.memory == MemoryFacts(0, 0)
+    assert facts.qemu.machines == [] and facts.qemu.version == ""
+    assert facts.migration.present is False and facts.migration.speed_mbps is None
+    assert all(not p.exists and p.bridge == "" for p in facts.port_groups)
+    assert all(not d.present and d.uuid is None for d in facts.datastores)
+    assert facts.vms == 0
+
+
+def test_facts_keys_unknown_here_are_ignored() -> None:
+    facts = host_facts_from_dict("h9", {"gpu": {"count": 1}, "cpu": {"cores_per_die": 4}})
+    assert facts.name == "h9"
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"memory": {"total_mib": "512", "available_mib": 1}}, "memory.total_mib"),
+    ({"memory": {"total_mib": 512.0}}, "memory.total_mib"),
+    ({"vms": True}, "vms"),
+    ({"vms": "3"}, "vms"),
+    ({"cpu": {"features": "aes,avx"}}, "cpu.features"),
+    ({"cpu": {"logical_cpus": None}}, "cpu.logical_cpus"),
+    ({"memory": None}, "memory"),
+    ({"migration": {"up": "yes"}}, "migration.up"),
+    ({"migration": {"speed_mbps": "10000"}}, "migration.speed_mbps"),
+    ({"port_groups": [{"bridge": "br-vm"}]}, "port_groups.0.name"),
+    ({"port_groups": {"name": "vm-net"}}, "port_groups"),
+    ({"qemu": {"machine_aliases": {"pc": 7}}}, "qemu.machine_aliases.pc"),
+    ({"datastores": [{"name": "shared", "free_bytes": -1.5}]}, "datastores.0.free_bytes"),
+])
+def test_facts_of_the_wrong_type_are_refused(change: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        host_facts_from_dict("host2", {**FULL_FACTS, **change})
+    assert err.value.code == "HOST_FACTS_INVALID"
+    assert err.value.details["field"] == field and field in err.value.message
+
+
+def test_facts_with_nan_are_refused() -> None:
+    with pytest.raises(InvalidRequest) as err:
+        host_facts_from_dict("host2", {**FULL_FACTS, "vms": float("nan")})
+    assert err.value.code == "HOST_FACTS_INVALID"
+
+
+SPEC: dict[str, Any] = {
+    "name": "web1", "datastore": "shared", "uuid": "", "memory_mib": 512, "vcpus": 2,
+    "cpu_model": "qemu64", "machine": "pc",
+    "nics": [{"port_group": "vm-net", "mac": "52:54:00:00:00:01", "model": "e1000"}],
+    "disks": [{"datastore": "shared", "path": "web1/d.qcow2", "format": "raw",
+               "readonly": True}],
+    "kernel": "/k", "initrd": None, "cmdline": "", "serial_log": None,
+}
+
+
+def test_a_stored_spec_reads_back_equal() -> None:
+    spec = vm_spec_from_dict(SPEC)
+    assert spec.to_dict() == SPEC
+    assert spec.nics == [NicSpec("vm-net", "52:54:00:00:00:01", "e1000")]
+    assert spec.disks == [DiskSpec("shared", "web1/d.qcow2", "raw", True)]
+    assert vm_spec_from_dict({"name": "web1", "datastore": "shared", "disks": None}) == VMSpec(
+        "web1", "shared")
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"memory_mib": "512"}, "memory_mib"),
+    ({"memory_mib": 512.5}, "memory_mib"),
+    ({"vcpus": True}, "vcpus"),
+    ({"name": 7}, "name"),
+    ({"kernel": 1}, "kernel"),
+    ({"colour": "blue"}, "colour"),
+    ({"nics": [{"port_group": "vm-net"}]}, "nics.0.mac"),
+    ({"nics": [{"port_group": "vm-net", "mac": "52:54:00:00:00:01", "vlan": 3}]},
+     "nics.0.vlan"),
+    ({"disks": [{"datastore": "shared", "path": "d", "readonly": "yes"}]}, "disks.0.readonly"),
+    ({"nics": "vm-net"}, "nics"),
+])
+def test_specs_of_the_wrong_shape_are_refused(change: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        vm_spec_from_dict({**SPEC, **change})
+    assert err.value.code == "VM_SPEC_INVALID"
+    assert err.value.details["field"] == field and field in err.value.message
+
+
+@pytest.mark.parametrize("data", [None, [], "web1", {"name": "web1"}])
+def test_what_is_not_a_spec_is_refused(data: object) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        vm_spec_from_dict(data)
+    assert err.value.code == "VM_SPEC_INVALID"
+
+
+def test_a_host_skips_malformed_stored_specs(tmp_path: Path) -> None:
+    store = VMStore("host1", tmp_path / "vms", {"shared": tmp_path / "ds"})
+    good = vm_spec_from_dict(SPEC)
+    store.save(good)
+    for name, local, shared in [
+        ("bad1", {**SPEC, "name": "bad1", "colour": "blue"}, {"host": "host1", "spec": None}),
+        ("bad2", {**SPEC, "name": "bad2", "memory_mib": "512"}, {"host": 1, "spec": SPEC}),
+        ("bad3", ["not", "a", "spec"], ["nor", "this"]),
+    ]:
+        (tmp_path / "vms" / name).mkdir(parents=True)
+        (tmp_path / "vms" / name / "spec.json").write_text(json.dumps(local))
+        (tmp_path / "ds" / name).mkdir(parents=True)
+        (tmp_path / "ds" / name / "vm.json").write_text(json.dumps(shared))
+    assert store.local_specs() == [good]
+    assert [(e.spec, e.host) for e in store.datastore_entries()] == [(good, "host1")]

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from segue.domain.errors import InvalidRequest
 from segue.domain.vm import VMSpec, vm_spec_from_dict
 from segue.files import write_json_atomic
 
@@ -43,25 +44,26 @@ class VMStore:
         return self.vms_dir / name
 
     def local_specs(self) -> list[VMSpec]:
-        """Every VM this host owns, read from its state dir (corrupt files skipped)."""
+        """Every VM this host owns, read from its state dir (corrupt or malformed files
+        skipped)."""
         out = []
         for spec_file in sorted(self.vms_dir.glob("*/spec.json")):
             try:
                 out.append(vm_spec_from_dict(json.loads(spec_file.read_text())))
-            except (ValueError, OSError):
+            except (ValueError, OSError, InvalidRequest):
                 continue
         return out
 
     def datastore_entries(self) -> Iterator[DatastoreEntry]:
-        """Every VM spec on every datastore this host mounts."""
+        """Every VM spec on every datastore this host mounts (corrupt or malformed files
+        skipped)."""
         for root in self.datastores.values():
             for vm_file in sorted(root.glob(f"*/{VM_FILE}")):
                 try:
-                    data = json.loads(vm_file.read_text())
-                    yield DatastoreEntry(vm_spec_from_dict(data["spec"]), str(data["host"]),
-                                         vm_file)
-                except (ValueError, KeyError, OSError, TypeError):
+                    entry = _datastore_entry(json.loads(vm_file.read_text()), vm_file)
+                except (ValueError, OSError, InvalidRequest):
                     continue
+                yield entry
 
     def save(self, spec: VMSpec) -> None:
         """Write the spec locally and on its datastore; on failure neither stays written."""
@@ -88,3 +90,12 @@ class VMStore:
         shared.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # disks or other files stay: they are the user's
             shared.parent.rmdir()
+
+
+def _datastore_entry(data: object, path: Path) -> DatastoreEntry:
+    """A datastore's ``vm.json`` (``{"host": ..., "spec": {...}}``); raises InvalidRequest
+    (``VM_SPEC_INVALID``) if it is not one."""
+    if not isinstance(data, dict) or not isinstance(data.get("host"), str):
+        raise InvalidRequest("VM_SPEC_INVALID", f"{path} names no owning host",
+                             "it is not a file Segue wrote")
+    return DatastoreEntry(vm_spec_from_dict(data.get("spec")), data["host"], path)

@@ -1,70 +1,37 @@
 """Everything the checks decide on, gathered beforehand by the controller (plain data).
 
-Host facts arrive as the agent's ``GET /host`` JSON; ``host_facts_from_dict`` turns them into
-``segue.domain.host.HostFacts``, tolerating missing parts (an unknown value becomes empty or
-zero, which the checks then report as a problem rather than assume fine).
+Host facts arrive as the agent's ``GET /host`` JSON (or as the controller stored them);
+``host_facts_from_dict`` reads them into ``segue.domain.host.HostFacts`` with pydantic.
+Strict on types: a value of the wrong type is refused, never coerced. Lenient on parts: a
+part or field the host did not report reads as empty or zero (facts stored by an older
+agent), which the checks then report as a problem rather than assume fine; keys unknown here
+are ignored (a newer agent may report more).
+
+Errors: ``InvalidRequest`` (``HOST_FACTS_INVALID``) for facts with a value of the wrong type.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from segue.domain.host import (
-    CpuFacts,
-    DatastoreFacts,
-    HostFacts,
-    MemoryFacts,
-    MigrationNicFacts,
-    PortGroupFacts,
-    QemuFacts,
-)
+from pydantic import TypeAdapter
+
+from segue.domain.host import HostFacts
+from segue.domain.validation import parse_json_data
 from segue.domain.vm import VMSpec
 
-
-def _section(data: dict[str, Any], key: str) -> dict[str, Any]:
-    value = data.get(key)
-    return dict(value) if isinstance(value, dict) else {}
+_HOST_FACTS = TypeAdapter(HostFacts)
 
 
-def _cpu(cpu: dict[str, Any]) -> CpuFacts:
-    return CpuFacts(host_model=str(cpu.get("host_model") or ""), accel=str(cpu.get("accel") or ""),
-                    accel_reason=str(cpu.get("accel_reason") or ""),
-                    logical_cpus=int(cpu.get("logical_cpus") or 0),
-                    features=[str(f) for f in cpu.get("features") or []])
-
-
-def _nic(nic: dict[str, Any]) -> MigrationNicFacts:
-    speed = nic.get("speed_mbps")
-    return MigrationNicFacts(interface=nic.get("interface"), present=bool(nic.get("present")),
-                             up=bool(nic.get("up")),
-                             addresses=[str(a) for a in nic.get("addresses") or []],
-                             speed_mbps=int(speed) if speed is not None else None)
-
-
-def host_facts_from_dict(name: str, data: dict[str, Any]) -> HostFacts:
-    """The agent's facts JSON as ``HostFacts``; missing parts are empty (never raises)."""
-    memory, qemu = _section(data, "memory"), _section(data, "qemu")
-    return HostFacts(
-        name=str(data.get("name") or name),
-        cpu=_cpu(_section(data, "cpu")),
-        memory=MemoryFacts(total_mib=int(memory.get("total_mib") or 0),
-                           available_mib=int(memory.get("available_mib") or 0)),
-        qemu=QemuFacts(binary=str(qemu.get("binary") or ""), version=str(qemu.get("version") or ""),
-                       machines=[str(m) for m in qemu.get("machines") or []],
-                       machine_aliases={str(k): str(v) for k, v in
-                                        dict(qemu.get("machine_aliases") or {}).items()}),
-        migration=_nic(_section(data, "migration")),
-        port_groups=[PortGroupFacts(name=str(p.get("name")), bridge=str(p.get("bridge") or ""),
-                                    exists=bool(p.get("exists")), up=bool(p.get("up")))
-                     for p in data.get("port_groups") or []],
-        datastores=[DatastoreFacts(name=str(d.get("name")), path=str(d.get("path") or ""),
-                                   present=bool(d.get("present")), uuid=d.get("uuid"),
-                                   total_bytes=int(d.get("total_bytes") or 0),
-                                   free_bytes=int(d.get("free_bytes") or 0))
-                    for d in data.get("datastores") or []],
-        vms=int(data.get("vms") or 0),
-    )
+def host_facts_from_dict(name: str, data: Mapping[str, Any]) -> HostFacts:
+    """The facts JSON of host ``name`` as ``HostFacts`` (see the module doc); ``name`` stands
+    in when the facts name no host. Raises InvalidRequest (``HOST_FACTS_INVALID``)."""
+    facts = {**data, "name": data.get("name") or name}
+    return parse_json_data(_HOST_FACTS, facts, "HOST_FACTS_INVALID", f"facts of host {name}",
+                           "the agent reported facts of another shape: run the same Segue "
+                           "version on the agent and the controller")
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,11 @@ def image_build(force: bool = typer.Option(False, help="Rebuild even if cached."
 
 @app.command("agent")
 @handles_errors
-def agent(config: Path = typer.Option(..., help="Agent configuration file (JSON).")) -> None:
-    """Run the host agent on this host (normally as root, inside the host's namespace)."""
+def agent(config: Path | None = typer.Option(
+        None, help="Agent configuration file (TOML); default /etc/segue/agent.toml.")) -> None:
+    """Run the host agent on this host (normally as root, inside the host's namespace).
+
+    Environment variables SEGUE_AGENT_<KEY> override keys of the file."""
     from segue.agent.config import load_config
     from segue.agent.server import run_agent
 
@@ -54,8 +57,12 @@ def agent(config: Path = typer.Option(..., help="Agent configuration file (JSON)
 
 @app.command("server")
 @handles_errors
-def server(config: Path = typer.Option(..., help="Controller configuration file (JSON).")) -> None:
-    """Run the controller: inventory, migrations and the cluster's API."""
+def server(config: Path | None = typer.Option(
+        None, help="Controller configuration file (TOML); default /etc/segue/controller.toml.",
+)) -> None:
+    """Run the controller: inventory, migrations and the cluster's API.
+
+    Environment variables SEGUE_CONTROLLER_<KEY> override keys of the file."""
     from segue.controller.config import load_controller_config
     from segue.controller.server import run_controller
 

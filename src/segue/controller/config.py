@@ -1,90 +1,88 @@
-"""Configuration of the controller, read from a JSON file.
+"""Configuration of the controller: a TOML file, ``/etc/segue/controller.toml`` by default.
 
-Example::
+Example (``docs/examples/controller.toml``)::
 
-    {
-      "database_url": "sqlite:////var/lib/segue/lab/segue/controller.db",
-      "listen": {"address": "10.210.0.2", "port": 7700,
-                 "unix_socket": "/var/lib/segue/lab/segue/controller.sock"},
-      "heartbeat_timeout": 10.0,
-      "max_outgoing_per_host": 2,
-      "max_incoming_per_host": 2
-    }
+    database_url = "sqlite:////var/lib/segue/controller.db"
+    heartbeat_timeout = 10.0
+    max_outgoing_per_host = 2
+    max_incoming_per_host = 2
 
-``database_url`` is any SQLAlchemy URL: a SQLite file by default, PostgreSQL
+    [listen]
+    address = "10.210.0.2"
+    port = 7700
+    unix_socket = "/var/lib/segue/controller.sock"
+
+``database_url`` (required) is any SQLAlchemy URL: a SQLite file, or PostgreSQL
 (``postgresql+psycopg://...``) for several controllers sharing one database.
+``heartbeat_timeout``: seconds without a heartbeat after which a host counts as disconnected.
 ``max_outgoing_per_host`` / ``max_incoming_per_host``: migrations that may run at once out of
 and into each host (default 2 each); further requests are queued in order
-(``segue.controller.scheduler``).
+(``segue.controller.scheduler``). ``listen.port`` defaults to 7700.
+
+Environment variables override single keys: ``SEGUE_CONTROLLER_DATABASE_URL=...``,
+``SEGUE_CONTROLLER_LISTEN__ADDRESS=...`` (``segue.settings`` says how they are read).
+
+Errors: ``InvalidRequest`` ``CONTROLLER_CONFIG_MISSING`` (no file),
+``CONTROLLER_CONFIG_INVALID`` (unreadable TOML, an unknown key, a wrong type or value) or
+``MIGRATION_LIMIT_INVALID`` (a per-host limit below 1), naming the file and the key.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from segue.agent.config import ListenConfig
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
 from segue.controller.scheduler import HostLimits
-from segue.domain.errors import InvalidRequest
+from segue.settings import ListenConfig, Port, ServiceSettings, load_settings, settings_from_dict
 
 CONTROLLER_PORT = 7700
+CONTROLLER_CONFIG_PATH = Path("/etc/segue/controller.toml")
+_LIMIT = "a number of migrations at once, at least 1"
 
 
-@dataclass(frozen=True)
-class ControllerConfig:
-    database_url: str
-    listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=CONTROLLER_PORT))
-    heartbeat_timeout: float = 10.0
-    max_outgoing_per_host: int = 2
-    max_incoming_per_host: int = 2
+class ControllerListen(ListenConfig):
+    """The controller's listen table: as the agent's, on port 7700 by default."""
+
+    port: Port = Field(CONTROLLER_PORT, description="a TCP port, 1 to 65535")
+
+
+class ControllerConfig(ServiceSettings):
+    """The controller's configuration (see the module doc)."""
+
+    model_config = SettingsConfigDict(env_prefix="SEGUE_CONTROLLER_")
+    config_code: ClassVar[str] = "CONTROLLER_CONFIG"
+    what: ClassVar[str] = "controller"
+    key_codes: ClassVar[dict[str, str]] = {"max_outgoing_per_host": "MIGRATION_LIMIT_INVALID",
+                                           "max_incoming_per_host": "MIGRATION_LIMIT_INVALID"}
+
+    database_url: str = Field(min_length=1, description=(
+        "a SQLAlchemy URL, e.g. sqlite:////var/lib/segue/controller.db"))
+    listen: ControllerListen = ControllerListen()
+    heartbeat_timeout: float = Field(10.0, gt=0, le=86400, description=(
+        "seconds without a heartbeat before a host is disconnected: more than 0"))
+    max_outgoing_per_host: int = Field(2, ge=1, le=1024, description=_LIMIT)
+    max_incoming_per_host: int = Field(2, ge=1, le=1024, description=_LIMIT)
 
     @property
     def limits(self) -> HostLimits:
         """The per-host migration limits the scheduler applies."""
         return HostLimits(self.max_outgoing_per_host, self.max_incoming_per_host)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "database_url": self.database_url,
-            "listen": {"address": self.listen.address, "port": self.listen.port,
-                       "unix_socket": self.listen.unix_socket},
-            "heartbeat_timeout": self.heartbeat_timeout,
-            "max_outgoing_per_host": self.max_outgoing_per_host,
-            "max_incoming_per_host": self.max_incoming_per_host,
-        }
-
 
 def controller_config_from_dict(data: dict[str, Any]) -> ControllerConfig:
-    """Build a config from parsed JSON; raises InvalidRequest naming the bad field
+    """A config from data shaped like the TOML file; raises InvalidRequest naming the bad key
     (``CONTROLLER_CONFIG_INVALID``; ``MIGRATION_LIMIT_INVALID`` for a limit below 1)."""
-    if "database_url" not in data:
-        raise InvalidRequest("CONTROLLER_CONFIG_INVALID",
-                             "controller configuration lacks 'database_url'",
-                             "add e.g. sqlite:////var/lib/segue/controller.db")
-    listen = data.get("listen") or {}
-    config = ControllerConfig(
-        database_url=str(data["database_url"]),
-        listen=ListenConfig(address=listen.get("address"),
-                            port=int(listen.get("port", CONTROLLER_PORT)),
-                            unix_socket=listen.get("unix_socket")),
-        heartbeat_timeout=float(data.get("heartbeat_timeout", 10.0)),
-        max_outgoing_per_host=int(data.get("max_outgoing_per_host", 2)),
-        max_incoming_per_host=int(data.get("max_incoming_per_host", 2)),
-    )
-    config.limits.validate()
+    return settings_from_dict(ControllerConfig, data)
+
+
+def load_controller_config(path: Path | None = None) -> ControllerConfig:
+    """Read the controller's TOML file (default ``CONTROLLER_CONFIG_PATH``) with environment
+    overrides; raises InvalidRequest (``CONTROLLER_CONFIG_MISSING`` and as above;
+    ``CONTROLLER_CONFIG_INVALID`` also when the file gives nothing to listen on)."""
+    path = path or CONTROLLER_CONFIG_PATH
+    config = load_settings(ControllerConfig, path)
+    config.listen.require("CONTROLLER_CONFIG_INVALID", str(path))
     return config
-
-
-def load_controller_config(path: Path) -> ControllerConfig:
-    """Read a controller configuration file; raises InvalidRequest if missing or malformed."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise InvalidRequest("CONTROLLER_CONFIG_MISSING", f"no controller configuration at {path}",
-                             "pass --config FILE") from err
-    except json.JSONDecodeError as err:
-        raise InvalidRequest("CONTROLLER_CONFIG_INVALID", f"{path} is not valid JSON: {err}",
-                             "fix the file") from err
-    return controller_config_from_dict(data)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from segue.controller.app import create_app
 from segue.controller.config import ControllerConfig
-from segue.serving import serve
+from segue.serving import require_listen, serve
 
 
 def run_controller(config: ControllerConfig) -> None:
-    """Serve until SIGTERM/SIGINT."""
+    """Serve until SIGTERM/SIGINT. Raises InvalidRequest (``CONTROLLER_CONFIG_INVALID``) if
+    there is nothing to listen on."""
+    require_listen(config.listen, "controller")
     serve(create_app(config), config.listen, "controller")

@@ -1,9 +1,13 @@
 """A virtual machine's definition (its spec) and its run state.
 
 A ``VMSpec`` is plain data: what the VM is (memory, vCPUs, CPU model, machine type, NICs on
-port groups, disks on datastores, how it boots). ``validate_vm_spec`` checks what can be
-checked without a host and raises ``InvalidRequest`` naming the field and the fix; checks
-against a host (does the port group exist, is there memory) belong to the agent.
+port groups, disks on datastores, how it boots). ``vm_spec_from_dict`` reads a stored spec
+with pydantic (strict: unknown fields and values of the wrong type are refused).
+``validate_vm_spec`` checks what can be checked without a host and raises ``InvalidRequest``
+naming the field and the fix; checks against a host (does the port group exist, is there
+memory) belong to the agent.
+
+Errors: ``InvalidRequest`` (``VM_SPEC_INVALID``) naming the field.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from pydantic import ConfigDict, TypeAdapter, with_config
+
 from segue.domain.errors import InvalidRequest
+from segue.domain.validation import parse_json_data
 
 VM_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,47}")
 MAC_RE = re.compile(r"([0-9a-f]{2}:){5}[0-9a-f]{2}")
@@ -65,6 +72,11 @@ def state_from_qmp_status(status: str) -> VMState:
     return QMP_STATUS_TO_STATE.get(status, VMState.UNKNOWN)
 
 
+# Stored specs are read closed: a field unknown here means the spec is not one of ours.
+_CLOSED = ConfigDict(extra="forbid")
+
+
+@with_config(_CLOSED)
 @dataclass(frozen=True)
 class NicSpec:
     """A NIC: the port group it plugs into and its MAC (kept across migrations)."""
@@ -74,6 +86,7 @@ class NicSpec:
     model: str = "virtio-net-pci"
 
 
+@with_config(_CLOSED)
 @dataclass(frozen=True)
 class DiskSpec:
     """A disk file on a datastore, named by datastore and path relative to its root."""
@@ -84,6 +97,7 @@ class DiskSpec:
     readonly: bool = False
 
 
+@with_config(_CLOSED)
 @dataclass(frozen=True)
 class VMSpec:
     """Everything needed to start the VM on any host that has its port groups and datastores.
@@ -113,17 +127,16 @@ class VMSpec:
         return replace(self, **changes)
 
 
-def vm_spec_from_dict(data: dict[str, Any]) -> VMSpec:
-    """Rebuild a spec from its ``to_dict`` form; raises InvalidRequest on a malformed one."""
-    try:
-        fields = dict(data)
-        fields["nics"] = [NicSpec(**n) for n in fields.get("nics") or []]
-        fields["disks"] = [DiskSpec(**d) for d in fields.get("disks") or []]
-        return VMSpec(**fields)
-    except TypeError as err:
-        raise InvalidRequest(
-            "VM_SPEC_INVALID", f"malformed VM spec: {err}", "compare it with the VMSpec fields"
-        ) from err
+_VM_SPEC = TypeAdapter(VMSpec)
+
+
+def vm_spec_from_dict(data: object) -> VMSpec:
+    """Rebuild a spec from its ``to_dict`` form (``nics``/``disks`` of null read as none);
+    raises InvalidRequest (``VM_SPEC_INVALID``) naming the field of a malformed one."""
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if not (k in ("nics", "disks") and v is None)}
+    return parse_json_data(_VM_SPEC, data, "VM_SPEC_INVALID", "VM spec",
+                           "compare it with the VMSpec fields")
 
 
 def _invalid(field_name: str, problem: str, hint: str) -> InvalidRequest:

@@ -2,8 +2,9 @@
 
 ``lab_up`` cleans whatever a crashed lab of that name left (namespaces, processes in them
 including QEMU guests, the lab directory), builds the fabric, the shared datastore with its
-identity file and one agent configuration per host, starts each agent inside its host's
-namespace and waits until it answers ``GET /health`` on its unix socket. The state file
+identity file, one agent configuration per host (``<labdir>/<host>/agent.toml``) and the
+controller's (``<labdir>/controller.toml``), starts each agent inside its host's namespace
+and waits until it answers ``GET /health`` on its unix socket. The state file
 ``<labdir>/lab.json`` records the plan inputs (with the per-host agent overrides), each agent's
 pid and argv, and the creation time.
 
@@ -240,13 +241,18 @@ def _write_host_files(plan: LabPlan) -> None:
     plan.datastore_identity.write_text(json.dumps(identity) + "\n")
     for host in plan.hosts:
         host.state_dir.mkdir(parents=True, exist_ok=True)
-        host.agent_config_path.write_text(json.dumps(host.agent_config(), indent=2) + "\n")
+        host.agent_config_path.write_text(host.agent_config_toml())
+
+
+def _write_controller_config(plan: LabPlan) -> None:
+    plan.controller.directory.mkdir(parents=True, exist_ok=True)
+    plan.controller.config_path.write_text(plan.controller.config_toml())
 
 
 def _start_controller(plan: LabPlan, argv: list[str], deadline: float) -> int:
     """Start the controller in its namespace; returns its pid once it answers /health."""
     ctl = plan.controller
-    ctl.config_path.write_text(json.dumps(ctl.config(), indent=2) + "\n")
+    _write_controller_config(plan)
     ctl.socket.unlink(missing_ok=True)
     pid = netns.spawn_in_netns(ctl.netns, argv, ctl.log).pid
     while time.monotonic() < deadline and pid_alive(pid):

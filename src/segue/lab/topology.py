@@ -27,12 +27,13 @@ import hashlib
 import random
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
 from segue.agent.config import AgentConfig, ListenConfig, config_from_dict
+from segue.controller.config import controller_config_from_dict
 from segue.domain.errors import InsufficientResources, InvalidRequest, NotFound
 from segue.paths import lab_dir
 
@@ -59,7 +60,7 @@ _TAG_MAX = 8  # "h16-" + tag must fit in IFNAME_MAX
 _RESERVED_TAGS = frozenset({"mgmt", "mig"})
 _BRIDGE = re.compile(r"^[a-z][a-z0-9-]{0,14}$")
 # Agent settings a lab host may override; the rest is the lab's wiring.
-OVERRIDABLE = frozenset(f.name for f in fields(AgentConfig)) - {"host", "state_dir", "listen"}
+OVERRIDABLE = frozenset(AgentConfig.model_fields) - {"host", "state_dir", "listen"}
 # What ``--older-cpu HOST`` takes away: both are offered by TCG's ``max`` model.
 OLDER_CPU_EXCLUDES = ("avx2", "aes")
 
@@ -107,19 +108,20 @@ class HostPlan:
 
     @property
     def agent_config_path(self) -> Path:
-        return self.state_dir / "agent.json"
+        return self.state_dir / "agent.toml"
 
     @property
     def agent_log(self) -> Path:
         return self.state_dir / "agent.log"
 
     def agent_config(self) -> dict[str, Any]:
-        """The agent's configuration, in the JSON form ``segue.agent.config`` reads, with
-        this host's overrides merged in."""
+        """The agent's configuration as data shaped like its TOML file
+        (``segue.agent.config``), with this host's overrides merged in."""
         return AgentConfig(
             host=self.name,
             state_dir=self.state_dir,
-            listen=ListenConfig(self.mgmt_ip, AGENT_PORT, str(self.agent_socket)),
+            listen=ListenConfig(address=self.mgmt_ip, port=AGENT_PORT,
+                                unix_socket=str(self.agent_socket)),
             port_groups=dict(self.port_groups),
             datastores={DATASTORE_NAME: self.datastore_dir},
             migration_interface=MIGRATION_INTERFACE,
@@ -128,6 +130,11 @@ class HostPlan:
             "controller_url": CONTROLLER_URL,
             "advertise_url": f"http://{self.mgmt_ip}:{AGENT_PORT}",
         } | self.agent_overrides
+
+    def agent_config_toml(self) -> str:
+        """The text of the agent's TOML file; raises InvalidRequest (``AGENT_CONFIG_INVALID``)
+        if the overrides make a configuration the agent would refuse."""
+        return config_from_dict(self.agent_config()).to_toml()
 
 
 @dataclass(frozen=True)
@@ -145,20 +152,26 @@ class ControllerPlan:
 
     @property
     def config_path(self) -> Path:
-        return self.directory / "controller.json"
+        return self.directory / "controller.toml"
 
     @property
     def log(self) -> Path:
         return self.directory / "controller.log"
 
     def config(self) -> dict[str, Any]:
-        """The controller's configuration (``segue.controller.config`` reads it)."""
+        """The controller's configuration as data shaped like its TOML file
+        (``segue.controller.config``), with the lab's settings merged in."""
         return {
             "database_url": f"sqlite:///{self.directory / 'controller.db'}",
             "listen": {"address": self.mgmt_ip, "port": CONTROLLER_PORT,
                        "unix_socket": str(self.socket)},
             "heartbeat_timeout": 10.0,
         } | self.settings
+
+    def config_toml(self) -> str:
+        """The text of the controller's TOML file; raises InvalidRequest
+        (``CONTROLLER_CONFIG_INVALID``, ``MIGRATION_LIMIT_INVALID``) for bad settings."""
+        return controller_config_from_dict(self.config()).to_toml()
 
 
 @dataclass(frozen=True)
