@@ -3,13 +3,14 @@
 What the agents report decides, never a guess:
 - ``finalize`` or ``postcopy``: past the commit point: finished forward (a post-copy is
   watched to its end, recovering a paused stream).
+- the source's QEMU in post-copy (any phase from ``check`` to ``switchover``): the commit
+  point was crossed after the last stored phase: the post-copy is watched to its end.
 - a destination that already runs the VM (its agent resumed it when QEMU completed the copy)
   in any phase from ``check`` to ``switchover``: the move is finished (undoing it would rewind
   the guest); the phases between are walked through with that reason.
-- ``switchover``: QEMU had completed the copy, past the commit point: the job waits for the
-  destination to run, then finalizes, or fails with both QEMUs left as they are.
-- ``start`` or ``monitor`` with the source's QEMU reporting ``completed`` or post-copy: the
-  commit point was crossed after the last stored phase: forward as above.
+- ``switchover``, or the source's QEMU reporting ``completed``: past the commit point: the
+  job waits for the destination to run, then finalizes, or fails with both QEMUs left as
+  they are.
 - anything else is rolled back, since no copy in flight survived the old controller's monitor
   loop: the compensating steps the phase implies are pushed again (all of them for a rollback
   the restart interrupted: every step is idempotent) and the job ends ``failed``
@@ -31,7 +32,7 @@ from segue.engine.phases import Phase
 log = logging.getLogger(__name__)
 FORWARD = [Phase.CHECK, Phase.PREPARE, Phase.START, Phase.MONITOR, Phase.SWITCHOVER,
            Phase.FINALIZE]
-COPYING = (Phase.START, Phase.MONITOR)
+COPYING = (Phase.START, Phase.MONITOR)  # the source's migration may run
 
 
 async def recover(job: MigrationJob, phase: Phase) -> None:
@@ -55,22 +56,24 @@ async def _recover(job: MigrationJob, phase: Phase) -> None:
         job.rollback.commit("found in post-copy")
         await _forward(job, from_postcopy=True)
         return
-    if await _dest_state(job) == VMState.RUNNING and phase in FORWARD:
-        job.rollback.commit("found the destination running")
-        _walk(job, Phase.FINALIZE, "found the destination running")
-        await asyncio.shield(job.finalize(enter=False))
-        return
-    status = await _source_status(job) if phase in COPYING else None
-    if phase == Phase.SWITCHOVER or status == MigrationStatus.COMPLETED:
-        job.rollback.commit("QEMU had completed the copy")
-        _walk(job, Phase.SWITCHOVER, "QEMU had completed the copy")
-        await _forward(job, from_postcopy=False)
-        return
+    # The source first: a destination runs during a post-copy too, and finalizing then
+    # would shut down the source that still holds pages the guest needs.
+    status = await _source_status(job) if phase in FORWARD else None
     if status is not None and status.postcopy:
         job.rollback.commit("QEMU had switched to post-copy")
         _walk(job, Phase.MONITOR, "QEMU had switched to post-copy")
         job.enter(Phase.POSTCOPY, "found QEMU in post-copy")
         await _forward(job, from_postcopy=True)
+        return
+    if phase in FORWARD and await _dest_state(job) == VMState.RUNNING:
+        job.rollback.commit("found the destination running")
+        _walk(job, Phase.FINALIZE, "found the destination running")
+        await asyncio.shield(job.finalize(enter=False))
+        return
+    if phase == Phase.SWITCHOVER or status == MigrationStatus.COMPLETED:
+        job.rollback.commit("QEMU had completed the copy")
+        _walk(job, Phase.SWITCHOVER, "QEMU had completed the copy")
+        await _forward(job, from_postcopy=False)
         return
     await _roll_back(job, phase)
 
