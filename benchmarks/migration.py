@@ -6,8 +6,10 @@ A fresh 2-host lab; the migration link is shaped to ``--link-mbit`` (tc tbf on b
 migration interfaces, inside their namespaces) and measured with a TCP stream. One guest
 (256 MiB, 64 MiB of hot pages) migrates host1 -> host2 in each scenario: idle, dirtying at
 about 25 %, 75 % and 150 % of the measured bandwidth, and idle but answering the prober every
-1.5 ms. Segue's runs go through the controller (its policy); each peer's run applies the peer's
-settings through QMP via the agents, with its manager's escalation (``benchmarks/peers.py``).
+1.5 ms. Segue's runs go through the controller (its policy); each peer's run is Segue's own
+migration job (``segue.engine.job``) driving both agents with the peer's policy object: its
+settings, its manager's escalation and give-up (``benchmarks/peers.py``), so that every
+policy is driven the same way (the job's rollback included).
 Runs are interleaved (every repetition runs every scenario with every policy in a shuffled
 order); a run that has not converged by ``--deadline`` s is cancelled and shown as such. After
 each measured run the guest is moved back unmeasured. Prints a table of medians and writes
@@ -17,13 +19,15 @@ Times: *copy* is QEMU's own ``total-time`` (``migrate`` to completion), the same
 every policy; *end-to-end* is the wall clock of the whole move as its manager ran it: for
 Segue from the request (pre-migration checks, the link and dirty-rate measurement, the
 destination's start) to the source's release; for a peer from the destination's start to
-the source's release (the peers' own checks are not run here). *x limit* is copy time over
-touched RAM / measured bandwidth.
+the source's release (the peers' own checks are not run here, nor is the inventory told: a
+peer's move is undone by the unmeasured move back). *x limit* is copy time over touched RAM /
+measured bandwidth.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import random
@@ -31,11 +35,22 @@ import statistics
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segue.agent.client import AgentClient
+from pydantic import JsonValue
+
+from segue.api.migration import MigrationOptionsBody
+from segue.clients.agent import AgentClient
+from segue.clients.base import Blocking
 from segue.domain.errors import SegueError
+from segue.domain.host import HostFacts
+from segue.engine.context import JobSpec, Ports
+from segue.engine.job import MigrationJob
+from segue.engine.phases import Phase, check_transition
+from segue.engine.ports import MonotonicClock
+from segue.engine.progress import Progress
 from segue.image.builder import build_image
 from segue.lab import guests
 from segue.lab.netns import run_in_netns
@@ -43,12 +58,13 @@ from segue.lab.topology import LabPlan
 
 sys.path.insert(0, str(Path(__file__).parent))
 from benchlab import fresh_lab
-from peers import PEERS, Peer
+from peers import PEERS, Peer, PeerPolicy
 
 LAB = "bench"
 VM = "bench1"
 SCENARIOS = {"idle": 0.0, "dirty-25": 0.25, "dirty-75": 0.75, "dirty-150": 1.5, "prober": 0.0}
-TERMINAL = ("completed", "failed", "cancelled")
+RAM_BYTES = 256 * 1024**2  # the guest's memory, as the peers' managers count it
+NO_STALL_LIMIT_S = 86_400.0  # a peer's job gives up as the peer would, not on Segue's stall
 
 
 def shape_link(plan: LabPlan, mbit: int) -> None:
@@ -84,15 +100,16 @@ def set_dirty_rate(plan: LabPlan, ip: str, mib_per_s: int) -> None:
     run_in_netns(plan.client_ns, [sys.executable, "-c", code])
 
 
-def agents(plan: LabPlan) -> dict[str, AgentClient]:
-    return {h.name: AgentClient(uds=str(h.agent_socket)) for h in plan.hosts}
+def agent_url(plan: LabPlan, host: str) -> str:
+    return f"unix:{plan.host(host).agent_socket}"
 
 
 def where(plan: LabPlan) -> str:
-    for name, client in agents(plan).items():
-        if any(v["name"] == VM and v.get("role") != "incoming" and v["state"] == "running"
-               for v in client.list_vms()):
-            return name
+    for host in plan.hosts:
+        with Blocking(AgentClient(agent_url(plan, host.name))) as agent:
+            vms = agent.run(agent.client.list_vms())
+        if any(v.name == VM and v.role != "incoming" and v.state == "running" for v in vms):
+            return host.name
     raise RuntimeError(f"{VM} runs nowhere")
 
 
@@ -108,78 +125,80 @@ def run_segue(plan: LabPlan, dest: str, deadline: float) -> dict[str, Any]:
             "downtime_target_ms": s.get("downtime_target_ms"), "postcopy": s.get("postcopy")}
 
 
-def _status(client: AgentClient) -> dict[str, Any]:
-    return dict(client.migration_status(VM).get("migration") or {})
+@dataclass
+class BenchStore:
+    """A peer job's record, in memory (``segue.engine.ports.JobStore``): its phase (moved as
+    the phase table allows), the last sample, the summary, the outcome. The controller's
+    inventory is not told (see the module doc)."""
+
+    phase: Phase = Phase.CHECK
+    reason: str | None = None
+    last: Progress | None = None
+    summary: dict[str, JsonValue] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def transition(self, job_id: str, target: Phase, message: str = "", *,
+                   reason: str | None = None, error_code: str | None = None) -> None:
+        check_transition(self.phase, target)
+        self.phase, self.reason = target, reason if reason is not None else self.reason
+
+    def note(self, job_id: str, message: str) -> None:
+        self.notes.append(message)
+
+    def record_sample(self, job_id: str, t: float, progress: Progress) -> None:
+        self.last = progress
+
+    def set_summary(self, job_id: str, summary: dict[str, JsonValue]) -> None:
+        self.summary = dict(summary)
+
+    def commit_location(self, vm: str, host: str) -> None:
+        return None
 
 
-def _escalate(peer: Peer, src: AgentClient, info: dict[str, Any], state: dict[str, Any],
-              elapsed: float) -> None:
-    """Apply the peer manager's downtime steps (a real peer does this through QMP too)."""
-    remaining = int((info.get("ram") or {}).get("remaining") or 0)
-    stalled = remaining >= state["best_remaining"] and state["iteration_changed"]
-    state["best_remaining"] = min(state["best_remaining"], remaining)
-    target = peer.next_downtime_ms(state["downtime"], stalled, elapsed, state["ram"])
-    if target is not None and target != state["downtime"]:
-        state["downtime"] = target
-        src._call("POST", f"/vms/{VM}/migration/parameters",
-                  json={"parameters": {"downtime-limit": target}})
+@dataclass(frozen=True)
+class KnownFacts:
+    """Both hosts' facts, asked of their agents before the job."""
+
+    facts: dict[str, HostFacts]
+
+    def host_facts(self, host: str) -> HostFacts:
+        return self.facts[host]
 
 
-def _drive(peer: Peer, src: AgentClient, deadline: float) -> tuple[dict[str, Any], str | None]:
-    """Poll until QEMU ends the migration or the peer (or the deadline) gives up."""
-    start = time.monotonic()
-    state = {"downtime": peer.parameters["downtime-limit"], "best_remaining": 1 << 62,
-             "iteration": 0, "iteration_changed": False, "ram": 256 * 1024**2}
-    best, best_at = -1, start
-    while True:
-        info = _status(src)
-        if info.get("status") in TERMINAL:
-            return info, None
-        ram = info.get("ram") or {}
-        state["iteration_changed"] = ram.get("dirty-sync-count", 0) != state["iteration"]
-        state["iteration"] = ram.get("dirty-sync-count", 0)
-        if int(ram.get("transferred") or 0) > best:
-            best, best_at = int(ram.get("transferred") or 0), time.monotonic()
-        elapsed = time.monotonic() - start
-        why = peer.give_up(elapsed, time.monotonic() - best_at, state["ram"])
-        if why is None and elapsed > deadline:
-            why = f"not converged within the benchmark's {deadline:.0f} s deadline"
-        if why is not None:
-            return info, why
-        _escalate(peer, src, info, state, elapsed)
-        time.sleep(0.1)
+async def run_peer_job(plan: LabPlan, peer: Peer, src_host: str, dest: str,
+                       deadline: float) -> BenchStore:
+    """One migration by Segue's job with the peer's policy; the job's record."""
+    src = AgentClient(agent_url(plan, src_host))
+    dst = AgentClient(agent_url(plan, dest))
+    try:
+        facts = KnownFacts({src_host: await src.facts(), dest: await dst.facts()})
+        store = BenchStore()
+        options = MigrationOptionsBody(deadline_s=deadline, stall_timeout_s=NO_STALL_LIMIT_S,
+                                       allow_postcopy=False)
+        spec = JobSpec(str(uuid.uuid4()), VM, src_host, dest, options)
+        job = MigrationJob(spec, Ports(src, dst, store, facts, MonotonicClock()),
+                           PeerPolicy(peer, RAM_BYTES))
+        await job.run()
+        return store
+    finally:
+        await src.aclose()
+        await dst.aclose()
 
 
 def run_peer(plan: LabPlan, peer: Peer, src_host: str, dest: str,
              deadline: float) -> dict[str, Any]:
-    """One migration with a peer's settings, driven through the agents."""
-    clients = agents(plan)
-    src, dst = clients[src_host], clients[dest]
-    spec = src.get_vm(VM)["spec"]
-    started = time.monotonic()
-    uri = dst.prepare_incoming(spec, str(uuid.uuid4()), peer.capabilities,
-                               peer.parameters)["uri"]
-    src.start_migration(VM, uri, peer.capabilities, peer.parameters)
-    info, gave_up = _drive(peer, src, deadline)
-    if gave_up is not None or info.get("status") != "completed":
-        src.cancel_migration(VM)
-        dst.abort_incoming(VM)
-        return {"converged": False, "reason": gave_up or info.get("error-desc"),
+    """One migration with a peer's settings, driven by Segue's job through the agents."""
+    store = asyncio.run(run_peer_job(plan, peer, src_host, dest, deadline))
+    s = store.summary
+    if store.phase != Phase.COMPLETED:
+        return {"converged": False, "reason": store.reason,
                 "total_s": None, "copy_s": None, "qemu_downtime_ms": None,
-                "bytes": (info.get("ram") or {}).get("transferred"), "iterations": None}
-    while dst.get_vm(VM)["state"] != "running":
-        time.sleep(0.01)
-    total = time.monotonic() - started
-    dst.claim(VM)
-    while src.get_vm(VM)["state"] != "postmigrate":
-        time.sleep(0.01)
-    src.release(VM)
-    ram = info.get("ram") or {}
-    copy_ms = info.get("total-time")
-    return {"converged": True, "total_s": round(total, 3),
-            "copy_s": copy_ms / 1000 if copy_ms else None,
-            "qemu_downtime_ms": info.get("downtime"),
-            "bytes": ram.get("transferred"), "iterations": ram.get("dirty-sync-count"),
+                "bytes": store.last.transferred if store.last else None, "iterations": None}
+    copy_ms = s.get("qemu_total_ms")
+    return {"converged": True, "total_s": s.get("total_s"),
+            "copy_s": copy_ms / 1000 if isinstance(copy_ms, int | float) and copy_ms else None,
+            "qemu_downtime_ms": s.get("qemu_downtime_ms"),
+            "bytes": s.get("bytes_sent"), "iterations": s.get("iterations"),
             "reason": None}
 
 
@@ -220,9 +239,10 @@ def replace_guest(plan: LabPlan) -> None:
     """Destroy a dead guest wherever it is and boot a fresh one on host1."""
     with guests.controller(plan) as client:
         spec = client.get_vm(VM)["spec"]
-        for agent in agents(plan).values():  # the inventory may not know where it ended
-            if any(v["name"] == VM for v in agent.list_vms()):
-                agent.destroy_vm(VM)
+        for host in plan.hosts:  # the inventory may not know where it ended
+            with Blocking(AgentClient(agent_url(plan, host.name))) as agent:
+                if any(v.name == VM for v in agent.run(agent.client.list_vms())):
+                    agent.run(agent.client.destroy_vm(VM))
         with contextlib.suppress(SegueError):  # gone from its host: the inventory forgets it
             client.destroy_vm(VM)
         client.create_vm("host1", spec | {"uuid": ""}, start=True)

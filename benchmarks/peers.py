@@ -15,12 +15,21 @@ does while the migration runs, as their defaults and documentation describe them
   nothing moved for that long).
 
 A peer that never converges is cut at the benchmark's deadline and reported as such.
+
+Every peer runs through Segue's own migration job (``segue.engine.job``), as Segue's policy
+does: ``PeerPolicy`` is the policy object the job is given for a peer (its settings fixed up
+front, nothing measured, its manager's escalation and give-up on every sample).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+
+from segue.api.agent import ParameterValue
+from segue.domain.host import HostFacts
+from segue.engine.policies import Plan
+from segue.engine.policy import Action, Settings
+from segue.engine.progress import Progress
 
 GIB = 1024**3
 # QEMU keeps capabilities across migrations (a VM that arrived by post-copy still has
@@ -34,9 +43,14 @@ UNLIMITED = 100 * GIB  # bytes/s: a cap out of the way
 class Peer:
     name: str
     capabilities: dict[str, bool]
-    parameters: dict[str, Any]
+    parameters: dict[str, ParameterValue]
     notes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, ParameterValue] = field(default_factory=dict)
+
+    @property
+    def downtime_ms(self) -> int:
+        """The downtime target the peer starts with."""
+        return int(self.parameters["downtime-limit"])
 
     def next_downtime_ms(self, current_ms: int, stalled: bool, elapsed_s: float,
                          ram_bytes: int) -> int | None:
@@ -73,3 +87,66 @@ PEERS: dict[str, Peer] = {
                      {"max-bandwidth": UNLIMITED, "downtime-limit": 300,
                       "multifd-channels": 8}),
 }
+
+
+class PeerPolicy:
+    """A peer as the policy of a Segue migration job (``segue.engine.policies``): the peer's
+    capabilities and parameters on both QEMUs, nothing measured, and on every sample what
+    the peer's manager does: raise the downtime target (``Peer.next_downtime_ms``) or give up
+    (``Peer.give_up``). Times count from the first sample (the peer's manager starts its
+    clock at ``migrate``). Post-copy is never started."""
+
+    measures = False
+
+    def __init__(self, peer: Peer, ram_bytes: int) -> None:
+        self.peer = peer
+        self.ram_bytes = ram_bytes
+        self._downtime = peer.downtime_ms
+        self._t0: float | None = None
+        self._best_remaining = 1 << 62
+        self._iteration = 0
+        self._best_sent, self._best_at = -1, 0.0
+
+    @property
+    def name(self) -> str:
+        return self.peer.name
+
+    @property
+    def downtime_ms(self) -> int:
+        return self._downtime
+
+    def choose_streams(self, source: HostFacts, dest: HostFacts) -> str:
+        return f"{self.peer.name}'s own settings, whatever the hosts"
+
+    def plan(self, memory: int, link_bps: float | None, dirty_bps: float | None,
+             source: HostFacts) -> Plan:
+        return Plan({"peer": self.peer.name}, ())
+
+    def settings(self) -> Settings:
+        return Settings(dict(self.peer.capabilities), dict(self.peer.parameters),
+                        (f"{self.peer.name}'s defaults" + (f": {self.peer.notes}"
+                                                          if self.peer.notes else ""),))
+
+    def decide(self, progress: Progress, elapsed_s: float) -> list[Action]:
+        """The peer's manager on one sample: give up, or raise the downtime target."""
+        if self._t0 is None:
+            self._t0, self._best_at = elapsed_s, elapsed_s
+        elapsed = elapsed_s - self._t0
+        changed = progress.iteration != self._iteration
+        self._iteration = progress.iteration
+        if progress.transferred > self._best_sent:
+            self._best_sent, self._best_at = progress.transferred, elapsed_s
+        why = self.peer.give_up(elapsed, elapsed_s - self._best_at, self.ram_bytes)
+        if why is not None:
+            return [Action("abort", why, code="MIGRATION_PEER_GAVE_UP")]
+        stalled = progress.remaining >= self._best_remaining and changed
+        self._best_remaining = min(self._best_remaining, progress.remaining)
+        target = self.peer.next_downtime_ms(self._downtime, stalled, elapsed, self.ram_bytes)
+        if target is None or target == self._downtime:
+            return []
+        before, self._downtime = self._downtime, target
+        return [Action("set_parameters", f"{self.peer.name}: downtime target {before} -> "
+                                         f"{target} ms", {"downtime-limit": target})]
+
+    def request_postcopy(self, reason: str) -> None:
+        """Peers here never switch to post-copy (it is not allowed in their jobs)."""

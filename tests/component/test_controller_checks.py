@@ -1,5 +1,6 @@
 """The controller's pre-migration checks, `where` matrix and CPU baseline, driven over HTTP
-against fake agents (objects with the AsyncAgentClient methods the controller calls)."""
+against fake agents (objects with the typed AgentClient methods the controller calls, answering
+its wire models; ``define_vm`` answers as the older client the inventory routes use)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,26 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import TypeAdapter
 
+from segue.api.agent import (
+    DirtyRateAnswer,
+    FileRef,
+    FileVisibility,
+    MigrationView,
+    ProbeAnswer,
+    ProbeListener,
+    ThroughputAnswer,
+    VMCpu,
+)
+from segue.api.vm import VMInfo
 from segue.controller.agents import AgentPool
 from segue.controller.app import create_app
 from segue.controller.config import ControllerConfig
 from segue.controller.migration_models import MigrationRow
 from segue.controller.models import utcnow
 from segue.domain.errors import NotFound, Unavailable
+from segue.domain.host import HostFacts
 
 DS_UUID = "0b7c5d4e-1f2a-4b3c-8d9e-0f1a2b3c4d5e"
 FULL = ["aes", "avx", "lm", "sse2", "sse4.2"]
@@ -70,45 +84,46 @@ class FakeAgent:
         if self.down:
             raise Unavailable("AGENT_UNREACHABLE", f"agent {self.name} did not answer", "")
 
-    def _vm(self, name: str) -> dict[str, Any]:
+    def _vm(self, name: str) -> VMInfo:
         if name not in self.vms:
             raise NotFound("VM_NOT_FOUND", f"no VM {name} on {self.name}", "")
-        return self.vms[name]
+        return vm_info(self.name, self.vms[name])
 
-    async def facts(self) -> dict[str, Any]:
+    async def facts(self) -> HostFacts:
         self._answer("facts")
-        return self.facts_
+        return TypeAdapter(HostFacts).validate_python(self.facts_)
 
-    async def get_vm(self, name: str) -> dict[str, Any]:
+    async def get_vm(self, name: str) -> VMInfo:
         self._answer("get_vm")
         return self._vm(name)
 
-    async def vm_cpu(self, name: str) -> dict[str, Any]:
+    async def vm_cpu(self, name: str) -> VMCpu:
         self._answer("vm_cpu")
-        return {"model": "qemu64,+aes", "features": ["aes", "lm", "sse2"]}
+        return VMCpu(model="qemu64,+aes", features=["aes", "lm", "sse2"])
 
-    async def open_probe_listener(self, sink: bool = False) -> dict[str, Any]:
+    async def open_probe_listener(self, sink: bool = False) -> ProbeListener:
         self._answer("open_probe_listener" + (" sink" if sink else ""))
-        return {"address": f"10.0.1.{self.name[-1]}", "port": 40000}
+        return ProbeListener(address=f"10.0.1.{self.name[-1]}", port=40000)
 
     async def measure_throughput(self, address: str, port: int,
-                                 seconds: float = 0.3) -> dict[str, Any]:
+                                 seconds: float = 0.3) -> ThroughputAnswer:
         self._answer(f"throughput {address}:{port}")
         if not self.path_ok:
-            return {"ok": False, "bytes_per_s": None, "bytes": 0, "seconds": 0.0,
-                    "error": "connection timed out"}
-        return {"ok": True, "bytes_per_s": 117_000_000, "bytes": 35_100_000,
-                "seconds": seconds, "error": None}
+            return ThroughputAnswer(ok=False, bytes_per_s=None, bytes=0, seconds=0.0,
+                                    error="connection timed out")
+        return ThroughputAnswer(ok=True, bytes_per_s=117_000_000, bytes=35_100_000,
+                                seconds=seconds, error=None)
 
-    async def probe_migration_path(self, address: str, port: int) -> dict[str, Any]:
+    async def probe_migration_path(self, address: str, port: int) -> ProbeAnswer:
         self._answer(f"probe {address}:{port}")
-        return {"ok": self.path_ok, "rtt_ms": 0.2 if self.path_ok else None,
-                "error": None if self.path_ok else "connection timed out",
-                "source_address": f"10.0.1.{self.name[-1]}"}
+        return ProbeAnswer(ok=self.path_ok, rtt_ms=0.2 if self.path_ok else None,
+                           error=None if self.path_ok else "connection timed out",
+                           source_address=f"10.0.1.{self.name[-1]}")
 
-    async def files_visible(self, files: list[dict[str, str]]) -> list[dict[str, Any]]:
+    async def files_visible(self, files: list[FileRef]) -> list[FileVisibility]:
         self._answer("files_visible")
-        return [{**f, "visible": f"{f['datastore']}:{f['path']}" not in self.invisible}
+        return [FileVisibility(datastore=f.datastore, path=f.path,
+                               visible=f"{f.datastore}:{f.path}" not in self.invisible)
                 for f in files]
 
     async def define_vm(self, spec: dict[str, Any], start: bool = False) -> dict[str, Any]:
@@ -126,23 +141,31 @@ class FakeAgent:
     async def abort_incoming(self, name: str) -> None:
         self._answer("abort_incoming")
 
-    async def dirty_rate(self, name: str, calc_time_ms: int = 300) -> dict[str, Any]:
+    async def dirty_rate(self, name: str, calc_time_ms: int = 300) -> DirtyRateAnswer:
         self._answer("dirty_rate")
-        return {"dirty_rate_mibs": 0.0, "calc_time_ms": calc_time_ms}
+        return DirtyRateAnswer(dirty_rate_mibs=0.0, calc_time_ms=calc_time_ms)
 
-    async def migration_status(self, name: str) -> dict[str, Any]:
+    async def migration_status(self, name: str) -> MigrationView:
         self._answer("migration_status")
-        return {"migration": {}}
+        return MigrationView(name=name, role="source", state="running")
+
+
+def vm_info(host: str, info: dict[str, Any]) -> VMInfo:
+    """A VM as an agent reports it (``info``: the fields a heartbeat carries)."""
+    return VMInfo.model_validate({"host": host, "role": "owner", **info})
 
 
 class FakePool(AgentPool):
-    """An AgentPool that hands out the fakes by URL."""
+    """An AgentPool that hands out the fakes by URL (as the older and the typed client)."""
 
     def __init__(self, agents: dict[str, FakeAgent]) -> None:
         super().__init__()
         self.fakes = {f"http://{a.name}:7600": a for a in agents.values()}
 
     def client(self, url: str) -> Any:
+        return self.fakes[url]
+
+    def typed(self, url: str) -> Any:
         return self.fakes[url]
 
     async def aclose(self) -> None:

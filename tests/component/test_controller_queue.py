@@ -16,8 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from test_controller_checks import Controller, FakeAgent, FakePool, host_facts, running, vm_spec
+from test_controller_checks import (
+    Controller,
+    FakeAgent,
+    FakePool,
+    host_facts,
+    running,
+    vm_info,
+    vm_spec,
+)
 
+from segue.api.agent import DirtyRateAnswer, IncomingAnswer, MigrationView, VMEvent
+from segue.api.qemu import QueryMigrate
+from segue.api.vm import VMInfo, VMSpecBody
 from segue.controller.app import create_app
 from segue.controller.config import ControllerConfig
 from segue.domain.errors import Unavailable
@@ -44,26 +55,34 @@ class MovingAgent(FakeAgent):
     moves: Moves = field(default_factory=Moves)
     sent: int = 0
 
-    async def prepare_incoming(self, spec: dict[str, Any], migration_id: str,
-                               capabilities: Any = None, parameters: Any = None) -> Any:
-        self._answer(f"prepare_incoming {spec['name']}")
-        self.vms[spec["name"]] = {**running(spec), "state": "inmigrate"}
-        self.moves.agents[spec["name"]] = self
-        return {"uri": f"tcp:10.0.1.{self.name[-1]}:4444", "pid": 99}
+    async def prepare_incoming(self, spec: VMSpecBody, migration_id: str,
+                               capabilities: Any = None, parameters: Any = None
+                               ) -> IncomingAnswer:
+        self._answer(f"prepare_incoming {spec.name}")
+        self.vms[spec.name] = {**running(spec.model_dump()), "state": "inmigrate"}
+        self.moves.agents[spec.name] = self
+        return IncomingAnswer(uri=f"tcp:10.0.1.{self.name[-1]}:4444", pid=99, state="inmigrate")
 
     async def abort_incoming(self, name: str) -> None:
         self._answer(f"abort_incoming {name}")
         self.vms.pop(name, None)
 
+    def _view(self, name: str) -> MigrationView:
+        vm = self.vms.get(name, {})
+        return MigrationView(name=name, role="source", state=vm.get("state", "stopped"),
+                             migration=QueryMigrate.model_validate({
+                                 "status": vm.get("migration", "none"),
+                                 "ram": {"transferred": self.sent}}))
+
     async def start_migration(self, name: str, uri: str, capabilities: Any = None,
-                              parameters: Any = None) -> dict[str, Any]:
+                              parameters: Any = None) -> MigrationView:
         self._answer(f"start_migration {name}")
         self.moves.started.append(name)
         self.moves.done[name] = asyncio.Event()
         self.vms[name]["migration"] = "active"
-        return {}
+        return self._view(name)
 
-    async def migration_status(self, name: str) -> dict[str, Any]:
+    async def migration_status(self, name: str) -> MigrationView:
         self._answer("migration_status")
         status = self.vms.get(name, {}).get("migration", "none")
         if status in ("active", "postcopy-active") and self.moves.done[name].is_set():
@@ -71,34 +90,34 @@ class MovingAgent(FakeAgent):
             self.vms[name]["state"] = "postmigrate"
             self.moves.agents[name].vms[name]["state"] = "running"
         self.sent += 1 << 20
-        return {"migration": {"status": status, "ram": {"transferred": self.sent}}}
+        return self._view(name)
 
-    async def start_postcopy(self, name: str) -> dict[str, Any]:
+    async def start_postcopy(self, name: str) -> MigrationView:
         self._answer(f"start_postcopy {name}")
         self.vms[name]["migration"] = "postcopy-active"
         self.moves.agents[name].vms[name]["state"] = "running"  # the destination runs it
-        return {}
+        return self._view(name)
 
-    async def cancel_migration(self, name: str) -> dict[str, Any]:
+    async def cancel_migration(self, name: str) -> MigrationView:
         self._answer(f"cancel_migration {name}")
         self.vms[name]["migration"] = "cancelled"
-        return {}
+        return self._view(name)
 
-    async def resume_vm(self, name: str) -> dict[str, Any]:
+    async def resume_vm(self, name: str) -> VMInfo:
         self.vms[name]["state"] = "running"
-        return self.vms[name]
+        return vm_info(self.name, self.vms[name])
 
-    async def events(self, name: str, since: int = 0) -> list[dict[str, Any]]:
+    async def events(self, name: str, since: int = 0) -> list[VMEvent]:
         return []
 
-    async def dirty_rate(self, name: str, calc_time_ms: int = 300) -> dict[str, Any]:
+    async def dirty_rate(self, name: str, calc_time_ms: int = 300) -> DirtyRateAnswer:
         raise Unavailable("FAKE_NO_DIRTY_RATE", "this fake cannot measure", "")
 
     async def set_migration_parameters(self, name: str, parameters: Any) -> dict[str, Any]:
         return {}
 
-    async def claim(self, name: str) -> dict[str, Any]:
-        return self.vms[name]
+    async def claim(self, name: str) -> VMInfo:
+        return vm_info(self.name, self.vms[name])
 
     async def release(self, name: str) -> None:
         self.vms.pop(name)

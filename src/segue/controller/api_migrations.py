@@ -1,49 +1,33 @@
-"""Migration routes of the controller API.
+"""Migration routes of the controller API (bodies and answers: ``segue.api.migration``,
+``segue.api.checks``).
 
-``POST /vms/{name}/migrations`` (202: the job, already past every pre-migration check, in
-phase ``check`` or, beyond the per-host limits, ``queued``; 409 ``MIGRATION_CHECKS_FAILED``
-with ``details.results`` otherwise),
-``POST /vms/{name}/migrations/check`` (body ``{"to": HOST}``: ``{vm, source, destination, ok,
-results}``), ``GET /vms/{name}/where`` (``{vm, source, checks, hosts: [{host, ok, checks:
-{check: ok|warning|error}, results}]}``, every other host), ``GET /migrations``,
-``GET /migrations/{id}``, ``GET /migrations/{id}/samples``,
+``POST /vms/{name}/migrations`` (``MigrationRequestBody``; 202: the job, already past every
+pre-migration check, in phase ``check`` or, beyond the per-host limits, ``queued``; 409
+``MIGRATION_CHECKS_FAILED`` with ``details.results`` otherwise),
+``POST /vms/{name}/migrations/check`` (``CheckRequestBody``: ``CheckAnswer``),
+``GET /vms/{name}/where`` (``WhereAnswer``: every other host, the worst severity per check),
+``GET /migrations``, ``GET /migrations/{id}``, ``GET /migrations/{id}/samples``,
 ``POST /migrations/{id}/cancel`` (a queued job ends ``cancelled`` at once),
 ``POST /migrations/{id}/postcopy`` (switch a copying job to post-copy now; 409
-``MIGRATION_POSTCOPY_NOT_POSSIBLE`` when it does not copy or post-copy is not allowed). Every
-job carries
-``queue_position`` (1: next to start; None when not queued).
+``MIGRATION_POSTCOPY_NOT_POSSIBLE`` when it does not copy or post-copy is not allowed).
+Every job carries ``queue_position`` (1: next to start; None when not queued).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 from fastapi import APIRouter, Request
 
-from segue.controller.migrations import MigrationOptions, MigrationService
+from segue.api.checks import CheckAnswer, WhereAnswer
+from segue.api.migration import (
+    CheckRequestBody,
+    MigrationJobView,
+    MigrationOptionsBody,
+    MigrationRequestBody,
+    ProgressSample,
+)
+from segue.controller.migrations import MigrationService
 
 router = APIRouter()
-
-
-@dataclass(frozen=True)
-class MigrationRequest:
-    """Body of a migration request: the destination host and optional settings."""
-
-    to: str
-    downtime_limit_ms: int | None = None  # None: chosen from the measured link
-    max_bandwidth_mibs: int | None = None
-    deadline_s: float = 600.0
-    stall_timeout_s: float = 15.0
-    allow_postcopy: bool = True
-    max_downtime_ms: int = 2000
-
-
-@dataclass(frozen=True)
-class CheckRequest:
-    """Body of a check: the destination host."""
-
-    to: str
 
 
 def _service(request: Request) -> MigrationService:
@@ -51,48 +35,47 @@ def _service(request: Request) -> MigrationService:
     return service
 
 
-@router.post("/vms/{name}/migrations", status_code=202)
-async def migrate_vm(request: Request, name: str, body: MigrationRequest) -> dict[str, Any]:
-    options = MigrationOptions(downtime_limit_ms=body.downtime_limit_ms,
-                               max_bandwidth_mibs=body.max_bandwidth_mibs,
-                               deadline_s=body.deadline_s, stall_timeout_s=body.stall_timeout_s,
-                               allow_postcopy=body.allow_postcopy,
-                               max_downtime_ms=body.max_downtime_ms)
+@router.post("/vms/{name}/migrations", status_code=202, response_model=MigrationJobView)
+async def migrate_vm(request: Request, name: str, body: MigrationRequestBody
+                     ) -> MigrationJobView:
+    options = MigrationOptionsBody.model_validate(body.model_dump(exclude={"to"}))
     return await _service(request).request(name, body.to, options)
 
 
-@router.post("/vms/{name}/migrations/check")
-async def check_migration(request: Request, name: str, body: CheckRequest) -> dict[str, Any]:
+@router.post("/vms/{name}/migrations/check", response_model=CheckAnswer)
+async def check_migration(request: Request, name: str, body: CheckRequestBody) -> CheckAnswer:
     """Every pre-migration check for one destination; nothing starts."""
-    return await _service(request).prechecks.check(name, body.to)
+    return await _service(request).check(name, body.to)
 
 
-@router.get("/vms/{name}/where")
-async def where_vm_can_go(request: Request, name: str) -> dict[str, Any]:
+@router.get("/vms/{name}/where", response_model=WhereAnswer)
+async def where_vm_can_go(request: Request, name: str) -> WhereAnswer:
     """Every other host with its check results: where the VM can go."""
-    return await _service(request).prechecks.where(name)
+    return await _service(request).where(name)
 
 
-@router.get("/migrations")
-def list_migrations(request: Request, vm: str | None = None) -> list[dict[str, Any]]:
+@router.get("/migrations", response_model=list[MigrationJobView])
+def list_migrations(request: Request, vm: str | None = None) -> list[MigrationJobView]:
     return _service(request).list_all(vm)
 
 
-@router.get("/migrations/{migration_id}")
-def show_migration(request: Request, migration_id: str) -> dict[str, Any]:
+@router.get("/migrations/{migration_id}", response_model=MigrationJobView)
+def show_migration(request: Request, migration_id: str) -> MigrationJobView:
     return _service(request).get(migration_id)
 
 
-@router.get("/migrations/{migration_id}/samples")
-def migration_samples(request: Request, migration_id: str) -> list[dict[str, Any]]:
+@router.get("/migrations/{migration_id}/samples", response_model=list[ProgressSample])
+def migration_samples(request: Request, migration_id: str) -> list[ProgressSample]:
     return _service(request).samples(migration_id)
 
 
-@router.post("/migrations/{migration_id}/postcopy")
-def start_postcopy(request: Request, migration_id: str) -> dict[str, Any]:
+# These two reach running jobs and may start queued ones: they run on the event loop (async),
+# never in a worker thread.
+@router.post("/migrations/{migration_id}/postcopy", response_model=MigrationJobView)
+async def start_postcopy(request: Request, migration_id: str) -> MigrationJobView:
     return _service(request).request_postcopy(migration_id)
 
 
-@router.post("/migrations/{migration_id}/cancel")
-def cancel_migration(request: Request, migration_id: str) -> dict[str, Any]:
+@router.post("/migrations/{migration_id}/cancel", response_model=MigrationJobView)
+async def cancel_migration(request: Request, migration_id: str) -> MigrationJobView:
     return _service(request).cancel(migration_id)

@@ -14,6 +14,9 @@ A destination whose agent does not answer is checked on its last heartbeat's fac
 Errors: ``NotFound`` (``VM_NOT_FOUND``, ``HOST_NOT_FOUND``), ``Unavailable``
 (``AGENT_UNREACHABLE``) when the source's agent (or, strict, the destination's) does not
 answer, the agents' own errors about the VM (e.g. ``VM_NOT_FOUND`` from the source).
+
+Answers are ``segue.api.checks`` models (``CheckAnswer``, ``WhereAnswer``); agents are asked
+through the typed client (``AgentPool.typed``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from segue.agent.client import AsyncAgentClient
+from segue.api.agent import FileRef
+from segue.api.checks import CheckAnswer, CheckResultView, WhereAnswer, WhereRow
 from segue.checks import (
     CHECKS,
     CheckResult,
@@ -40,12 +44,14 @@ from segue.checks import (
 )
 from segue.checks.network import nic_usable
 from segue.checks.resources import memory_needed_mib
+from segue.clients.agent import AgentClient
 from segue.controller import inventory
 from segue.controller.agents import AgentPool
 from segue.controller.db import Database
 from segue.controller.migration_models import MigrationRow
 from segue.controller.models import Host, utcnow
 from segue.domain.errors import SegueError, Unavailable
+from segue.domain.host import HostFacts
 from segue.domain.vm import VMSpec, vm_spec_from_dict
 from segue.engine.phases import ACTIVE, RUNNING, Phase
 
@@ -62,12 +68,13 @@ class HostRow:
     connected: bool
     maintenance: bool
     migration_enabled: bool
-    facts: dict[str, Any]
+    facts: dict[str, Any]  # the inventory's JSON column, as the last heartbeat stored it
 
-    def record(self, facts: dict[str, Any] | None = None, reason: str = "") -> HostRecord:
+    def record(self, facts: HostFacts | None = None, reason: str = "") -> HostRecord:
         """The checks' view, on fresh ``facts`` or (None) on the stored ones, unreachable."""
         return HostRecord(self.name, self.connected, self.maintenance, self.migration_enabled,
-                          host_facts_from_dict(self.name, self.facts if facts is None else facts),
+                          host_facts_from_dict(self.name, self.facts) if facts is None
+                          else facts,
                           reachable=facts is not None, unreachable_reason=reason)
 
 
@@ -79,7 +86,7 @@ class Source:
     state: str
     cpu_features: frozenset[str] | None
     host: HostRecord
-    client: AsyncAgentClient
+    client: AgentClient
 
 
 @dataclass(frozen=True)
@@ -105,15 +112,16 @@ async def bounded(call: Awaitable[T], where: str) -> T:
                           f"{AGENT_CALL_TIMEOUT_S:g} s", "check that the agent runs") from err
 
 
-def results_view(results: list[CheckResult]) -> dict[str, Any]:
-    """``ok`` (no error) and every result, as the API shows them."""
-    return {"ok": not errors_of(results), "results": [r.to_dict() for r in results]}
+def result_views(results: list[CheckResult]) -> list[CheckResultView]:
+    """Every result, as the API shows them."""
+    return [CheckResultView.model_validate(r.to_dict()) for r in results]
 
 
-def matrix_row(host: str, results: list[CheckResult]) -> dict[str, Any]:
+def matrix_row(host: str, results: list[CheckResult]) -> WhereRow:
     """One destination of ``where``: the worst severity per check, and every result."""
     per_check = {check: worst(r for r in results if r.check == check) for check in CHECKS}
-    return {"host": host, "checks": per_check, **results_view(results)}
+    return WhereRow(host=host, checks=per_check, ok=not errors_of(results),
+                    results=result_views(results))
 
 
 class Prechecker:
@@ -165,21 +173,21 @@ class Prechecker:
         """Fresh facts of the source, the VM's run state and CPU features (None if its QEMU
         cannot say); raises Unavailable (AGENT_UNREACHABLE) and the agent's own errors."""
         row = plan.source
-        client = self.agents.client(row.url)
+        client = self.agents.typed(row.url)
         facts = await bounded(client.facts(), row.url)
         live = await bounded(client.get_vm(plan.vm_name), row.url)
         try:
             cpu = await bounded(client.vm_cpu(plan.vm_name), row.url)
-            features: frozenset[str] | None = frozenset(str(f) for f in cpu["features"])
+            features: frozenset[str] | None = frozenset(cpu.features)
         except SegueError:
             features = None
-        return Source(vm_spec_from_dict(plan.spec), str(live["state"]), features,
+        return Source(vm_spec_from_dict(plan.spec), live.state.value, features,
                       row.record(facts), client)
 
-    async def dest(self, row: HostRow, strict: bool) -> tuple[HostRecord, AsyncAgentClient]:
+    async def dest(self, row: HostRow, strict: bool) -> tuple[HostRecord, AgentClient]:
         """The destination on fresh facts; on its stored ones, unreachable, when its agent does
         not answer (raised instead with ``strict``)."""
-        client = self.agents.client(row.url)
+        client = self.agents.typed(row.url)
         try:
             return row.record(await bounded(client.facts(), row.url)), client
         except SegueError as err:
@@ -188,7 +196,7 @@ class Prechecker:
             return row.record(None, f"{err.code}: {err.message}"), client
 
     @staticmethod
-    async def probe(source: Source, dest: HostRecord, client: AsyncAgentClient
+    async def probe(source: Source, dest: HostRecord, client: AgentClient
                     ) -> PathProbe | None:
         """Test the migration path; None when it is not worth trying (same host, destination
         unreachable, or a migration interface unusable: the checks report those)."""
@@ -198,15 +206,15 @@ class Prechecker:
         address, port = dest.facts.migration.addresses[0].split("/")[0], 0
         try:
             listener = await bounded(client.open_probe_listener(), dest.name)
-            address, port = str(listener["address"]), int(listener["port"])
+            address, port = listener.address, listener.port
             answer = await bounded(source.client.probe_migration_path(address, port),
                                    source.host.name)
         except SegueError as err:
             return PathProbe(ok=False, dest_address=address, port=port,
                              error=f"{err.code}: {err.message}")
-        return PathProbe(ok=bool(answer.get("ok")), dest_address=address, port=port,
-                         source_address=answer.get("source_address"),
-                         rtt_ms=answer.get("rtt_ms"), error=answer.get("error"))
+        return PathProbe(ok=answer.ok, dest_address=address, port=port,
+                         source_address=answer.source_address, rtt_ms=answer.rtt_ms,
+                         error=answer.error)
 
     # ---- questions ----
     async def context(self, plan: Plan, source: Source, row: HostRow, strict: bool = False
@@ -220,38 +228,38 @@ class Prechecker:
             files_visible=await self.files(source.vm, dest, client))
 
     @staticmethod
-    async def files(vm: VMSpec, dest: HostRecord, client: AsyncAgentClient
+    async def files(vm: VMSpec, dest: HostRecord, client: AgentClient
                     ) -> dict[str, bool] | None:
         """Which of the VM's files the destination sees (None if it cannot be asked)."""
         if not dest.reachable:
             return None
-        refs = [{"datastore": vm.datastore, "path": f"{vm.name}/vm.json"},
-                *({"datastore": d.datastore, "path": d.path} for d in vm.disks)]
+        refs = [FileRef(datastore=vm.datastore, path=f"{vm.name}/vm.json"),
+                *(FileRef(datastore=d.datastore, path=d.path) for d in vm.disks)]
         try:
             answer = await bounded(client.files_visible(refs), dest.name)
         except SegueError:
             return None
-        return {f"{f['datastore']}:{f['path']}": bool(f["visible"]) for f in answer}
+        return {f"{f.datastore}:{f.path}": f.visible for f in answer}
 
     async def for_request(self, vm_name: str, dest: str) -> MigrationContext:
         """The context of a migration request: both agents must answer (strict)."""
         plan = self.plan(vm_name, dest)
         return await self.context(plan, await self.source(plan), plan.dests[0], strict=True)
 
-    async def check(self, vm_name: str, dest: str) -> dict[str, Any]:
-        """``{vm, source, destination, ok, results}`` for one destination."""
+    async def check(self, vm_name: str, dest: str) -> CheckAnswer:
+        """Every check for one destination."""
         plan = self.plan(vm_name, dest)
         ctx = await self.context(plan, await self.source(plan), plan.dests[0])
-        return {"vm": vm_name, "source": plan.source.name, "destination": dest,
-                **results_view(run_checks(ctx))}
+        results = run_checks(ctx)
+        return CheckAnswer(vm=vm_name, source=plan.source.name, destination=dest,
+                           ok=not errors_of(results), results=result_views(results))
 
-    async def where(self, vm_name: str) -> dict[str, Any]:
-        """``{vm, source, checks, hosts: [{host, ok, checks: {check: severity}, results}]}``
-        for every other host of the cluster, checked concurrently."""
+    async def where(self, vm_name: str) -> WhereAnswer:
+        """Every other host of the cluster with its results (checked concurrently)."""
         plan = self.plan(vm_name, None)
         source = await self.source(plan)
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(self.context(plan, source, row)) for row in plan.dests]
         rows = [matrix_row(t.result().dest.name, run_checks(t.result())) for t in tasks]
-        return {"vm": vm_name, "source": plan.source.name, "checks": list(CHECKS),
-                "hosts": rows}
+        return WhereAnswer(vm=vm_name, source=plan.source.name, checks=list(CHECKS),
+                           hosts=rows)

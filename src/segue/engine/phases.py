@@ -2,6 +2,7 @@
 
     [queued ->] check -> prepare -> start -> monitor -> switchover -> finalize -> completed
     any phase from ``check`` to ``switchover`` -> rolling_back -> failed | cancelled
+    monitor | postcopy | switchover -> failed      (past the commit point: no rollback)
     queued -> cancelled
 
 ``queued``: accepted, but a per-host concurrency limit holds it back
@@ -13,6 +14,11 @@ undone (the destination owns the VM), so finalize never rolls back.
 ``postcopy`` (monitor -> postcopy -> switchover | finalize): QEMU switched to post-copy, the
 destination runs the guest and holds its newest memory, so it never rolls back either; a
 post-copy that cannot be recovered ends ``failed`` with no rollback.
+
+The commit point (``segue.engine.job``) is QEMU reporting the copy ``completed``, or post-copy
+being requested of it: from then on the destination may have run guest code, so the job only
+rolls forward, and a failure (in ``monitor`` right after the request, in ``postcopy`` or in
+``switchover``) ends ``failed`` with both QEMUs left as they are.
 """
 
 from __future__ import annotations
@@ -44,9 +50,10 @@ ALLOWED: dict[Phase, frozenset[Phase]] = {
     Phase.CHECK: frozenset({Phase.PREPARE, Phase.ROLLING_BACK}),
     Phase.PREPARE: frozenset({Phase.START, Phase.ROLLING_BACK}),
     Phase.START: frozenset({Phase.MONITOR, Phase.ROLLING_BACK}),
-    Phase.MONITOR: frozenset({Phase.SWITCHOVER, Phase.POSTCOPY, Phase.ROLLING_BACK}),
+    Phase.MONITOR: frozenset({Phase.SWITCHOVER, Phase.POSTCOPY, Phase.ROLLING_BACK,
+                              Phase.FAILED}),
     Phase.POSTCOPY: frozenset({Phase.SWITCHOVER, Phase.FINALIZE, Phase.FAILED}),
-    Phase.SWITCHOVER: frozenset({Phase.FINALIZE, Phase.ROLLING_BACK}),
+    Phase.SWITCHOVER: frozenset({Phase.FINALIZE, Phase.ROLLING_BACK, Phase.FAILED}),
     Phase.FINALIZE: frozenset({Phase.COMPLETED}),
     Phase.ROLLING_BACK: frozenset({Phase.FAILED, Phase.CANCELLED}),
     Phase.COMPLETED: frozenset(),

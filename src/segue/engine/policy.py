@@ -3,7 +3,8 @@
 Inputs are numbers only (VM memory, a link bandwidth estimate, the dirty rate QEMU sampled
 before the start, the ``Progress`` samples, seconds elapsed, the user's options); outputs are
 QEMU capabilities/parameters and ``Action``s, each with the reason it was taken, which the
-job stores (``MigrationService.note``). Nothing here does I/O or reads a clock.
+job stores (``segue.engine.job``, through its ``JobStore``). Nothing here does I/O or reads
+a clock; ``segue.engine.policies.SeguePolicy`` is the object a job drives these through.
 
 Choices (QEMU 8.0 and newer; ``make setup`` installs 10.0; what changes on 7.2 is said):
 
@@ -56,8 +57,11 @@ Choices (QEMU 8.0 and newer; ``make setup`` installs 10.0; what changes on 7.2 i
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
+from pydantic import JsonValue
+
+from segue.api.agent import ParameterValue
 from segue.engine.progress import Progress
 
 DOWNTIME_STEP = 1.5
@@ -81,7 +85,7 @@ XBZRLE_CACHE_MIN = 64 * 1024**2
 
 
 class PolicyOptions(Protocol):
-    """The user's settings the policy reads (``MigrationOptions`` has them)."""
+    """The user's settings the policy reads (``segue.api.migration.MigrationOptionsBody``)."""
 
     @property
     def downtime_limit_ms(self) -> int | None: ...
@@ -100,18 +104,19 @@ class Settings:
     """Capabilities and parameters for both QEMUs before ``migrate``, with the reasons."""
 
     capabilities: dict[str, bool]
-    parameters: dict[str, Any]
+    parameters: dict[str, ParameterValue]
     reasons: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class Action:
     """One thing to do now: ``set_parameters`` (``parameters``), ``start_postcopy``,
-    ``abort``; ``reason`` says why, in words a user reads."""
+    ``abort`` (the job fails with ``code``); ``reason`` says why, in words a user reads."""
 
     kind: Literal["set_parameters", "start_postcopy", "abort"]
     reason: str
-    parameters: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, ParameterValue] = field(default_factory=dict)
+    code: str = "MIGRATION_DEADLINE"
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,7 @@ class Prediction:
     reason: str
     hybrid_s: float = 0.0  # one pre-copy pass, then post-copy of what was dirtied meanwhile
 
-    def to_summary(self) -> dict[str, Any]:
+    def to_summary(self) -> dict[str, JsonValue]:
         return {"predicted_converges": self.converges,
                 "predicted_total_s": round(self.total_s, 2),
                 "predicted_hybrid_s": round(self.hybrid_s, 2),
@@ -161,7 +166,7 @@ def initial_settings(options: PolicyOptions, downtime_ms: int | None = None,
             "xbzrle": xbzrle_cache > 0}
     bandwidth = (options.max_bandwidth_mibs * 1024**2 if options.max_bandwidth_mibs
                  else UNCAPPED_BANDWIDTH)
-    params: dict[str, Any] = {"downtime-limit": downtime,
+    params: dict[str, ParameterValue] = {"downtime-limit": downtime,
                               "max-bandwidth": bandwidth}
     if options.max_bandwidth_mibs and options.allow_postcopy:
         params["max-postcopy-bandwidth"] = bandwidth

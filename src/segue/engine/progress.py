@@ -10,15 +10,15 @@ gains on the guest) with ``converging``; in post-copy every page moves once, so 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
 
-ACTIVE_STATES = frozenset({"setup", "active", "pre-switchover", "device", "postcopy-active",
-                           "postcopy-paused", "postcopy-recover", "wait-unplug", "cancelling"})
+from pydantic import JsonValue
+
+from segue.api.qemu import MigrationStatus, QueryMigrate, RamStats
 
 
 @dataclass(frozen=True)
 class Progress:
-    status: str
+    status: MigrationStatus
     transferred: int
     remaining: int
     total: int
@@ -34,45 +34,43 @@ class Progress:
     error: str | None = None
     dirty_ratio: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, JsonValue]:
+        """The sample as stored and shown (``segue.api.migration.ProgressSample``)."""
+        out: dict[str, JsonValue] = asdict(self)
+        out["status"] = MigrationStatus(self.status).value
+        return out
 
 
-def progress_from_query(info: dict[str, Any]) -> Progress:
+def progress_from_query(info: QueryMigrate) -> Progress:
     """Fold a ``query-migrate`` answer into a Progress."""
-    ram = info.get("ram") or {}
-    status = str(info.get("status", "none"))
-    page_size = int(ram.get("page-size") or 4096)
-    dirty_rate = float(ram.get("dirty-pages-rate") or 0) * page_size
-    throughput = float(ram.get("mbps") or 0) * 1e6 / 8
-    remaining = int(ram.get("remaining") or 0)
+    ram = info.ram or RamStats()
+    status = info.status
+    dirty_rate = float(ram.dirty_pages_rate) * (ram.page_size or 4096)
+    throughput = float(ram.mbps) * 1e6 / 8
     return Progress(
         status=status,
-        transferred=int(ram.get("transferred") or 0),
-        remaining=remaining,
-        total=int(ram.get("total") or 0),
+        transferred=ram.transferred,
+        remaining=ram.remaining,
+        total=ram.total,
         dirty_rate=dirty_rate,
         throughput=throughput,
-        iteration=int(ram.get("dirty-sync-count") or 0),
-        expected_downtime_ms=_opt(info.get("expected-downtime")),
-        downtime_ms=_opt(info.get("downtime")),
-        total_time_ms=_opt(info.get("total-time")),
-        setup_time_ms=_opt(info.get("setup-time")),
-        eta_s=eta_seconds(remaining, throughput, dirty_rate) if status == "active" else None,
+        iteration=ram.dirty_sync_count,
+        expected_downtime_ms=info.expected_downtime,
+        downtime_ms=info.downtime,
+        total_time_ms=info.total_time,
+        setup_time_ms=info.setup_time,
+        eta_s=(eta_seconds(ram.remaining, throughput, dirty_rate)
+               if status == MigrationStatus.ACTIVE else None),
         converging=_converging(status, throughput, dirty_rate),
-        error=info.get("error-desc"),
+        error=info.error_desc,
         dirty_ratio=round(dirty_rate / throughput, 3) if throughput else None,
     )
 
 
-def _converging(status: str, throughput: float, dirty_rate: float) -> bool | None:
-    if status.startswith("postcopy"):
+def _converging(status: MigrationStatus, throughput: float, dirty_rate: float) -> bool | None:
+    if status.postcopy:
         return True
-    return (throughput > dirty_rate) if status == "active" and throughput else None
-
-
-def _opt(value: Any) -> float | None:
-    return None if value is None else float(value)
+    return (throughput > dirty_rate) if status == MigrationStatus.ACTIVE and throughput else None
 
 
 def eta_seconds(remaining: int, throughput: float, dirty_rate: float) -> float | None:

@@ -1,0 +1,121 @@
+"""Whether a migration request is accepted: the checks that run before any job exists.
+
+A request is refused at once when the VM or host is unknown, the destination is the VM's own
+host, the VM already migrates (one active job per VM, queued ones included), a bandwidth cap
+would corrupt the guest (``refuse_unsafe_cap``), an agent does not answer or the VM is not
+running; then every pre-migration check runs (``segue.controller.precheck``,
+``segue.checks``) and any error refuses it with ``MIGRATION_CHECKS_FAILED``, whose
+``details["results"]`` holds every result (errors, warnings and passes). The options' bounds
+are the request body's (``segue.api.migration.MigrationOptionsBody``). A queued job's checks
+run again when it leaves the queue (``recheck``).
+
+Errors: ``NotFound`` (``VM_NOT_FOUND``, ``HOST_NOT_FOUND``), ``Conflict``
+(``MIGRATION_SAME_HOST``, ``MIGRATION_IN_PROGRESS``, ``VM_NOT_RUNNING``,
+``MIGRATION_CHECKS_FAILED``, ``MIGRATION_SOURCE_CHANGED``), ``InvalidRequest``
+(``BANDWIDTH_CAP_UNSAFE``), ``Unavailable`` (``AGENT_UNREACHABLE``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+
+from segue.api.migration import MigrationOptionsBody
+from segue.checks import errors_of, run_checks
+from segue.controller import inventory
+from segue.controller.db import Database
+from segue.controller.migration_store import ActiveJob, InventoryFacts, SqlJobStore
+from segue.controller.precheck import Prechecker
+from segue.domain.errors import Conflict, InvalidRequest
+from segue.engine import policy
+from segue.engine.context import JobSpec
+
+
+class Admission:
+    """Decides whether a request may become a job (see the module doc)."""
+
+    def __init__(self, db: Database, store: SqlJobStore, facts: InventoryFacts,
+                 prechecks: Prechecker) -> None:
+        self.db = db
+        self.store = store
+        self.facts = facts
+        self.prechecks = prechecks
+
+    async def admit(self, vm: str, dest: str, options: MigrationOptionsBody
+                    ) -> tuple[JobSpec, list[str]]:
+        """The new job's spec and the checks' warning codes; raises to refuse (module doc).
+        Nothing is stored."""
+        source = self.check_inventory(vm, dest)
+        self.refuse_unsafe_cap(options, source)
+        warnings = await self.check_all(vm, dest)
+        return JobSpec(str(uuid.uuid4()), vm, source, dest, options), warnings
+
+    def check_inventory(self, vm_name: str, dest: str) -> str:
+        """The VM's host; raises unless the VM and ``dest`` are known, differ, and the VM
+        has no active migration."""
+        active = self.store.active_of(vm_name)
+        with self.db.session() as session:
+            vm = inventory.get_vm(session, vm_name)
+            self.refuse_in_flight(vm_name, active)
+            if vm.host == dest:
+                raise Conflict("MIGRATION_SAME_HOST", f"{vm_name} already runs on {dest}",
+                               "choose another destination host")
+            inventory.get_host(session, dest)
+            return inventory.get_host(session, vm.host).name
+
+    @staticmethod
+    def refuse_in_flight(vm: str, active: ActiveJob | None) -> None:
+        """Raise Conflict (``MIGRATION_IN_PROGRESS``) if ``vm`` has an ``active`` job."""
+        if active is not None:
+            raise Conflict("MIGRATION_IN_PROGRESS",
+                           f"{vm} is already migrating ({active.id}, {active.phase.value})",
+                           f"wait for it, or cancel it: segue migration cancel {active.id}")
+
+    def refuse_unsafe_cap(self, options: MigrationOptionsBody, host: str) -> None:
+        """QEMU before 8.0 under TCG loses pages the guest dirties while it rate-limits a
+        migration (the guest checker shows it, and guests crash): refuse a cap there rather
+        than corrupt the VM."""
+        if not options.max_bandwidth_mibs or options.allow_postcopy:
+            return  # with post-copy the policy leaves pre-copy early (segue.engine.policy)
+        facts = self.facts.host_facts(host)
+        if policy.qemu_unsafe_for_multipass(facts.cpu.accel, facts.qemu.version):
+            raise InvalidRequest(
+                "BANDWIDTH_CAP_UNSAFE",
+                f"{host} runs guests under TCG with QEMU {facts.qemu.version or '(unknown)'}, "
+                "which loses guest memory "
+                "when it rate-limits a migration",
+                "migrate without --max-bandwidth, or allow post-copy")
+
+    async def check_all(self, vm_name: str, dest: str, own: str | None = None) -> list[str]:
+        """Run every pre-migration check; the warnings' codes. Raises VM_NOT_RUNNING alone
+        (as before the checks existed), else MIGRATION_CHECKS_FAILED with every result.
+        ``own``: the job being checked, which is not "another migration of the VM"."""
+        ctx = await self.prechecks.for_request(vm_name, dest)
+        if own is not None and ctx.in_flight == own:
+            ctx = replace(ctx, in_flight=None)
+        if ctx.vm_state != "running":
+            raise Conflict("VM_NOT_RUNNING", f"{vm_name} is {ctx.vm_state}, not running",
+                           f"start it first (segue vm start {vm_name})")
+        results = run_checks(ctx)
+        errors = errors_of(results)
+        if errors:
+            codes = ", ".join(sorted({r.code for r in errors}))
+            raise Conflict("MIGRATION_CHECKS_FAILED",
+                           f"{vm_name} cannot migrate to {dest}: {len(errors)} check(s) failed "
+                           f"({codes})", "fix what each result's hint says; see them with "
+                           f"segue vm migrate {vm_name} --to {dest} --check",
+                           results=[r.to_dict() for r in results])
+        return [r.code for r in results if r.severity == "warning"]
+
+    async def recheck(self, spec: JobSpec) -> None:
+        """A queued job's checks at its start; raises as a request would, and
+        ``MIGRATION_SOURCE_CHANGED`` when the VM left its source while the job waited."""
+        with self.db.session() as session:
+            host = inventory.get_vm(session, spec.vm).host
+        if host != spec.source:
+            raise Conflict("MIGRATION_SOURCE_CHANGED",
+                           f"{spec.vm} moved to {host} while its migration from "
+                           f"{spec.source} was queued", "request the migration again")
+        warnings = await self.check_all(spec.vm, spec.dest, own=spec.id)
+        self.store.note(spec.id, "pre-migration checks passed again at start"
+                        + (f" (warnings: {', '.join(warnings)})" if warnings else ""))

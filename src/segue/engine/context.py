@@ -1,0 +1,219 @@
+"""What every part of one migration job shares: its spec, its ports, its phase, the user's
+requests, and its rollback stack with the compensating steps (``segue.engine.rollback``).
+
+``JobBase`` is the job's common half; ``segue.engine.job.MigrationJob`` runs it forward,
+``segue.engine.postcopy`` watches a post-copy and ``segue.engine.recovery`` picks up a job a
+previous controller left. Every phase change goes through ``enter`` (the store checks it
+against ``segue.engine.phases``); every decision is noted through ``note``.
+
+Compensating steps, bottom to top: ``SOURCE_RUNS`` (pushed when the job is made: resume the
+source if it is paused, but only while the destination is confirmed gone, else
+``MIGRATION_SPLIT_UNSAFE``), ``TEARDOWN`` (pushed before the destination's QEMU is asked
+to start: a failed start may leave one), ``CANCEL_SOURCE`` (pushed before ``migrate``).
+Each is idempotent, so a rollback a restart interrupted runs them all again.
+
+Errors (``MigrationFailed`` unless said): ``MIGRATION_SPLIT_UNSAFE``,
+``MIGRATION_SOURCE_NOT_RUNNING``, ``MIGRATION_CANCEL_TIMEOUT`` from the steps (noted, never
+raised past ``roll_back``); ``MigrationCancelled`` (``MIGRATION_CANCELLED``) and
+``MIGRATION_DEADLINE`` from ``check_cancel``; ``Conflict`` from ``cancel`` and
+``request_postcopy`` (``segue.engine.control``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pydantic import JsonValue
+
+from segue.api.migration import MigrationOptionsBody
+from segue.domain.errors import NotFound, SegueError
+from segue.domain.vm import VMState
+from segue.engine.control import not_cancellable, refuse_cancel, refuse_postcopy
+from segue.engine.phases import MigrationCancelled, MigrationFailed, Phase
+from segue.engine.policies import MigrationPolicy
+from segue.engine.ports import AgentPort, Clock, FactsSource, JobStore
+from segue.engine.progress import Progress, progress_from_query
+from segue.engine.rollback import RollbackStack
+
+log = logging.getLogger(__name__)
+SOURCE_RUNS = "make sure the source runs"
+TEARDOWN = "tear the destination down"
+CANCEL_SOURCE = "cancel the source's migration"
+CANCEL_POLL_S = 0.1
+CANCEL_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One migration: its id, the VM, the source and destination hosts' names, the options."""
+
+    id: str
+    vm: str
+    source: str
+    dest: str
+    options: MigrationOptionsBody
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The world a job acts on: both agents, its record, the hosts' facts and the clock."""
+
+    source: AgentPort
+    dest: AgentPort
+    store: JobStore
+    facts: FactsSource
+    clock: Clock
+
+
+def error_of(err: Exception) -> tuple[str, str]:
+    """``(code, message)`` of what failed a job (``MIGRATION_ERROR`` for a non-Segue one)."""
+    if isinstance(err, SegueError):
+        return err.code, err.message
+    return "MIGRATION_ERROR", repr(err)
+
+
+class JobBase:
+    """The shared half of one job (see the module doc)."""
+
+    def __init__(self, spec: JobSpec, ports: Ports, policy: MigrationPolicy,
+                 phase: Phase = Phase.CHECK) -> None:
+        self.spec, self.id, self.vm, self.options = spec, spec.id, spec.vm, spec.options
+        self.src, self.dst = ports.source, ports.dest
+        self.store, self.facts, self.clock = ports.store, ports.facts, ports.clock
+        self.policy = policy
+        self.started = self.clock.now()
+        self.phase = phase
+        self.phases = [phase]  # every phase this job object was in, in order
+        self.rollback = RollbackStack()
+        self.rollback.push(SOURCE_RUNS, self._ensure_source_runs)
+        self.cancel_requested = False
+        self._user_postcopy = False
+        self.last: Progress | None = None
+        self.prediction: dict[str, JsonValue] = {}
+
+    # ---- the record ----
+    def elapsed(self) -> float:
+        return self.clock.now() - self.started
+
+    def enter(self, phase: Phase, message: str = "", *, reason: str | None = None,
+              error_code: str | None = None) -> None:
+        """Move to ``phase`` (the store refuses a move the phase table does not allow)."""
+        self.store.transition(self.id, phase, message, reason=reason, error_code=error_code)
+        self.phase = phase
+        self.phases.append(phase)
+        log.info("migration %s -> %s %s", self.id[:8], phase, message)
+
+    def note(self, message: str) -> None:
+        self.store.note(self.id, message)
+
+    async def sample(self) -> Progress:
+        """One ``query-migrate`` of the source, stored as a sample."""
+        progress = progress_from_query((await self.src.migration_status(self.vm)).migration)
+        self.last = progress
+        self.store.record_sample(self.id, self.elapsed(), progress)
+        return progress
+
+    @property
+    def went_postcopy(self) -> bool:
+        """QEMU switched to post-copy in this job (the destination held the newest memory)."""
+        return Phase.POSTCOPY in self.phases
+
+    # ---- what the user may ask ----
+    def cancel(self) -> None:
+        """Ask the job to roll back and end ``cancelled`` at its next check. Raises
+        Conflict (``MIGRATION_NOT_CANCELLABLE``) past the commit point or in a phase that
+        cannot be cancelled."""
+        if self.rollback.committed:
+            raise not_cancellable(self.id, self.phase, self.rollback.commit_reason)
+        refuse_cancel(self.id, self.phase)
+        self.cancel_requested = True
+        self.note("cancel requested by the user")
+
+    def request_postcopy(self) -> None:
+        """Switch to post-copy at the next sample (like ``virsh migrate-postcopy``). Raises
+        Conflict (``MIGRATION_POSTCOPY_NOT_POSSIBLE``) unless the job copies memory with
+        post-copy allowed."""
+        refuse_postcopy(self.id, self.phase, self.options.allow_postcopy)
+        self._user_postcopy = True
+        self.note("post-copy requested by the user")
+
+    def take_postcopy_request(self) -> bool:
+        """Whether the user asked for post-copy since the last call."""
+        asked, self._user_postcopy = self._user_postcopy, False
+        return asked
+
+    def check_cancel(self) -> None:
+        """Raise MigrationCancelled if the user cancelled, MigrationFailed
+        (``MIGRATION_DEADLINE``) past the deadline; neither past the commit point (a cancel
+        could reach QEMU after its switch and lose the VM)."""
+        if self.rollback.committed:
+            return
+        if self.cancel_requested:
+            raise MigrationCancelled("MIGRATION_CANCELLED", "cancelled by the user", "")
+        if self.elapsed() > self.options.deadline_s:
+            raise MigrationFailed("MIGRATION_DEADLINE",
+                                  f"not done within the {self.options.deadline_s:.0f} s deadline",
+                                  "raise the deadline or the downtime limit")
+
+    # ---- rolling back ----
+    def push_teardown(self) -> None:
+        self.rollback.push(TEARDOWN, self._tear_down)
+
+    def push_cancel_source(self) -> None:
+        self.rollback.push(CANCEL_SOURCE, self._cancel_source)
+
+    async def roll_back(self, outcome: Phase, reason: str, code: str,
+                        enter: bool = True) -> None:
+        """Run the rollback stack (every step attempted, each noted), then end ``outcome``."""
+        if enter:
+            self.enter(Phase.ROLLING_BACK, reason)
+        await self.rollback.unwind(self.note, self.id)
+        self.enter(outcome, reason, reason=reason, error_code=code)
+
+    async def fail(self, err: Exception) -> None:
+        """End the job ``failed`` for ``err``: rolled back before the commit point; past it,
+        at once with both QEMUs left as they are (the destination may have run the guest)."""
+        code, message = error_of(err)
+        if self.rollback.committed:
+            self.enter(Phase.FAILED, message, reason=message, error_code=code)
+            return
+        await self.roll_back(Phase.FAILED, message, code)
+
+    async def _tear_down(self) -> None:
+        """Kill the destination's incoming QEMU; one that is not there is gone already."""
+        try:
+            await self.dst.abort_incoming(self.vm)
+        except NotFound:
+            self.note(f"{self.spec.dest} has no incoming {self.vm}: nothing to tear down")
+
+    async def _cancel_source(self) -> None:
+        """Cancel the source's migration if it runs, and wait until QEMU says it ended."""
+        if (await self.src.migration_status(self.vm)).migration.status.active:
+            await self.src.cancel_migration(self.vm)
+        deadline = self.clock.now() + CANCEL_TIMEOUT_S
+        while (await self.src.migration_status(self.vm)).migration.status.active:
+            if self.clock.now() > deadline:
+                raise MigrationFailed("MIGRATION_CANCEL_TIMEOUT",
+                                      f"the source's migration still runs "
+                                      f"{CANCEL_TIMEOUT_S:.0f} s after its cancel",
+                                      "see the source agent's log")
+            await self.clock.sleep(CANCEL_POLL_S)
+
+    async def _ensure_source_runs(self) -> None:
+        """Resume a paused source, but only with the destination confirmed gone (torn down
+        in this rollback, or never prepared): else two QEMUs could run the VM."""
+        info = await self.src.get_vm(self.vm)
+        if info.state in (VMState.PAUSED, VMState.POSTMIGRATE):
+            if self.rollback.succeeded(TEARDOWN) is False:
+                raise MigrationFailed(
+                    "MIGRATION_SPLIT_UNSAFE",
+                    f"{self.vm} stays paused on {self.spec.source}: its destination "
+                    f"{self.spec.dest} could not be confirmed gone",
+                    f"check {self.spec.dest}; resume the source only if it does not run there")
+            await self.src.resume_vm(self.vm)
+            info = await self.src.get_vm(self.vm)
+        if info.state != VMState.RUNNING:
+            raise MigrationFailed("MIGRATION_SOURCE_NOT_RUNNING",
+                                  f"{self.vm} is {info.state.value} on {self.spec.source}",
+                                  "look at the source host")

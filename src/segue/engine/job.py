@@ -1,0 +1,364 @@
+"""One migration job's run: check, prepare, start, monitor, switchover, finalize; or roll back.
+
+The job talks to the two agents through ``AgentPort``s, keeps its record through a
+``JobStore``, reads the hosts' facts from a ``FactsSource`` and the time from a ``Clock``
+(``segue.engine.ports``); it knows no HTTP and no SQL. Until its commit point, any failure
+(an agent error, QEMU's migration failing, no progress, the deadline, a cancel) rolls back
+through the stack of compensating steps pushed as the job went (``segue.engine.context``):
+the source's migration is cancelled, the destination's QEMU is torn down, and the source is
+made sure to run, only once the destination is confirmed gone. At no moment do two QEMUs run
+the VM.
+
+The commit point is QEMU reporting the copy ``completed``, or post-copy being requested of it:
+from then on the destination may run guest code, the stack is dropped and the job only rolls
+forward (a failure ends ``failed`` with both QEMUs left as they are, and the error says what
+to look at). Once the destination runs, the VM's location is committed to the destination
+(``JobStore.commit_location``) and the source QEMU is shut down.
+
+The job is given its policy (``segue.engine.policies``; Segue's by default): while the
+destination QEMU starts, the job measures the migration link and samples the dirty rate (side
+by side, in a TaskGroup) when the policy wants them, and the policy settles its settings;
+each progress sample goes through ``policy.decide`` and every action is applied and noted
+with its reason. A post-copy is watched by ``segue.engine.postcopy``; a job a previous
+controller left is picked up by ``segue.engine.recovery``.
+
+The summary (``set_summary``) holds the policy's plan (``link_measured_mibs``,
+``downtime_target_ms``, ``predicted_*``, ...) and, once completed: ``postcopy``,
+``downtime_limit_ms``, ``qemu_downtime_ms``, ``qemu_total_ms``, ``setup_ms``, ``bytes_sent``,
+``ram_total``, ``iterations``, ``switchover_ms``, ``source_stop_at``, ``dest_resume_at``,
+``total_s``, ``actual_total_s``.
+
+``run`` and ``recover`` never raise (but ``CancelledError``): the outcome is in the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TypeVar
+
+from pydantic import JsonValue
+
+from segue.api.agent import IncomingAnswer
+from segue.api.agent import VMEvent as AgentEvent
+from segue.api.qemu import MigrationStatus
+from segue.api.vm import VMSpecBody
+from segue.domain.errors import NotFound, SegueError
+from segue.domain.vm import VMState
+from segue.engine import postcopy
+from segue.engine.context import JobBase, JobSpec, Ports
+from segue.engine.phases import MigrationCancelled, MigrationFailed, Phase
+from segue.engine.policies import MigrationPolicy, SeguePolicy
+from segue.engine.progress import Progress, progress_from_query
+
+log = logging.getLogger(__name__)
+POLL_S = 0.2
+SWITCHOVER_POLL_S = 0.02
+SWITCHOVER_TIMEOUT_S = 30.0
+CLAIM_RETRY_S = 0.5
+RELEASE_TIMEOUT_S = 10.0
+WAITING = frozenset({VMState.INMIGRATE, VMState.PAUSED, VMState.STARTING})
+Checks = Callable[[], Awaitable[None]]
+T = TypeVar("T")
+
+
+class MigrationJob(JobBase):
+    """Runs one accepted migration to completion or back to where it started."""
+
+    def __init__(self, spec: JobSpec, ports: Ports, policy: MigrationPolicy | None = None,
+                 phase: Phase = Phase.CHECK) -> None:
+        super().__init__(spec, ports, policy or SeguePolicy(spec.options), phase)
+        self.uri = ""  # where the destination listens, once prepared
+
+    def leave_queue(self) -> None:
+        """A queued job's slots are free: ``queued -> check`` (before anything awaits, so
+        its slots count at once); ``run`` it with its checks next."""
+        self.enter(Phase.CHECK, "migration slots free on both hosts; checking again before "
+                                "starting")
+
+    async def run(self, checks: Checks | None = None) -> None:
+        """The whole job, from ``check``; never raises but CancelledError (see the module
+        doc). ``checks``: run first (a job leaving the queue); what it raises fails the job."""
+        try:
+            if checks is not None:
+                await checks()
+            await self._prepare()
+            await self._start()
+            await self._monitor()
+            await self._switchover()
+        except asyncio.CancelledError:
+            if self.rollback.committed:
+                raise  # past the commit point a new controller finishes the job
+            await _shielded(self.roll_back(Phase.FAILED, "controller shutting down",
+                                           "CONTROLLER_STOPPED"), self.id)
+            raise
+        except MigrationCancelled as err:
+            await _shielded(self.roll_back(Phase.CANCELLED, err.message, err.code), self.id)
+            return
+        except Exception as err:
+            await _shielded(self.fail(err), self.id)
+            return
+        await _shielded(self.finalize(), self.id)
+
+    # ---- prepare ----
+    async def _prepare(self) -> None:
+        """Start the destination QEMU while measuring the link and sampling the dirty rate
+        (side by side: the sample's second is not added to the move), then let the policy
+        settle its settings from the measurement."""
+        self.enter(Phase.PREPARE, f"destination {self.spec.dest}")
+        self.check_cancel()
+        spec = (await self.src.get_vm(self.vm)).spec
+        source_facts = self.facts.host_facts(self.spec.source)
+        self.note(self.policy.choose_streams(source_facts,
+                                             self.facts.host_facts(self.spec.dest)))
+        self.push_teardown()  # a destination that failed to start may still have a QEMU
+        incoming, (link, dirty) = await _first_error(self._start_destination(spec))
+        self.uri = incoming.uri
+        self.note(f"destination QEMU (pid {incoming.pid}) listens on {self.uri}")
+        plan = self.policy.plan(spec.memory_mib * 1024**2, link, dirty, source_facts)
+        self.prediction = dict(plan.summary)
+        self.store.set_summary(self.id, dict(plan.summary))
+        for note in plan.notes:
+            self.note(note)
+
+    async def _start_destination(self, spec: VMSpecBody
+                                 ) -> tuple[IncomingAnswer, tuple[float | None, float | None]]:
+        settings = self.policy.settings()
+        async with asyncio.TaskGroup() as tg:
+            measured = tg.create_task(self._measure())
+            incoming = tg.create_task(self.dst.prepare_incoming(
+                spec, self.id, dict(settings.capabilities), dict(settings.parameters)))
+        return incoming.result(), measured.result()
+
+    async def _measure(self) -> tuple[float | None, float | None]:
+        """(link bytes/s, dirty bytes/s), side by side, when the policy wants them; each
+        None when it could not be measured (noted)."""
+        if not self.policy.measures:
+            return None, None
+        async with asyncio.TaskGroup() as tg:
+            link = tg.create_task(self._measure_link())
+            dirty = tg.create_task(self._sample_dirty_rate())
+        return link.result(), dirty.result()
+
+    async def _sample_dirty_rate(self) -> float | None:
+        """The guest's dirty rate in bytes/s; None (noted) when QEMU could not measure it."""
+        try:
+            sample = await self.src.dirty_rate(self.vm)
+        except SegueError as err:
+            self.note(f"no dirty-rate sample ({err.code}): no prediction")
+            return None
+        return sample.dirty_rate_mibs * 2**20
+
+    async def _measure_link(self) -> float | None:
+        """The migration link's rate from a short TCP stream between the two migration
+        addresses; None (noted) when it cannot be measured."""
+        try:
+            sink = await self.dst.open_probe_listener(sink=True)
+            answer = await self.src.measure_throughput(sink.address, sink.port)
+        except SegueError as err:
+            self.note(f"link not measured ({err.code}): {err.message}")
+            return None
+        if not answer.ok or answer.bytes_per_s is None:
+            self.note(f"link not measured: {answer.error}")
+            return None
+        return answer.bytes_per_s
+
+    # ---- start and monitor ----
+    async def _start(self) -> None:
+        self.enter(Phase.START, f"source {self.spec.source} -> {self.uri}")
+        self.check_cancel()
+        settings = self.policy.settings()
+        caps, params = dict(settings.capabilities), dict(settings.parameters)
+        self.push_cancel_source()  # a migrate that failed midway may have started
+        await self.src.start_migration(self.vm, self.uri, caps, params)
+        self.note(f"capabilities {caps}, parameters {params}: " + "; ".join(settings.reasons))
+
+    async def _monitor(self) -> None:
+        """Pre-copy until QEMU completes it or switches to post-copy (then the post-copy is
+        watched to its end); either is the commit point."""
+        self.enter(Phase.MONITOR, "copying memory while the VM runs")
+        best, best_at = -1, self.clock.now()
+        while True:
+            progress = await self.sample()
+            if progress.status == MigrationStatus.COMPLETED:
+                self.rollback.commit("QEMU completed the copy")
+                return
+            if progress.status.postcopy:
+                self.rollback.commit("QEMU switched to post-copy")
+                await self.watch_postcopy()
+                return
+            _raise_if_ended(progress)
+            if progress.transferred > best:
+                best, best_at = progress.transferred, self.clock.now()
+            elif self.clock.now() - best_at > self.options.stall_timeout_s:
+                raise MigrationFailed("MIGRATION_STALLED",
+                                      f"no data moved for {self.options.stall_timeout_s:.0f} s",
+                                      "check the migration network between the hosts")
+            self.check_cancel()
+            await self._apply_policy(progress)
+            await self.clock.sleep(POLL_S)
+
+    async def _apply_policy(self, progress: Progress) -> None:
+        """One ``decide`` on this sample; every action applied and noted. A user's post-copy
+        request makes the policy start it at this sample."""
+        if self.take_postcopy_request():
+            self.policy.request_postcopy("asked by the user")
+        for action in self.policy.decide(progress, self.elapsed()):
+            self.note(f"policy: {action.kind} {action.parameters or ''}-- {action.reason}")
+            if action.kind == "abort":
+                raise MigrationFailed(action.code, action.reason,
+                                      "raise the deadline, the downtime limit, or allow "
+                                      "post-copy")
+            if action.kind == "set_parameters":
+                await self.src.set_migration_parameters(self.vm, dict(action.parameters))
+            elif action.kind == "start_postcopy":
+                # QEMU may switch at any moment once asked: no more rollback from here
+                self.rollback.commit("post-copy requested of QEMU")
+                await self.src.start_postcopy(self.vm)
+
+    async def watch_postcopy(self) -> None:
+        """The destination runs the guest; wait for QEMU to complete (``postcopy``)."""
+        self.enter(Phase.POSTCOPY, "post-copy: the destination runs the VM and pulls the rest")
+        await postcopy.wait_postcopy(self)
+
+    # ---- switchover and finalize ----
+    async def _switchover(self) -> None:
+        """Wait for the destination to run the VM (past the commit point: a destination
+        that does not fails the job with both QEMUs left as they are)."""
+        self.enter(Phase.SWITCHOVER,
+                   "post-copy completed; the destination has every page" if self.went_postcopy
+                   else "source paused and sent the rest; waiting for the destination")
+        await self.wait_destination_runs()
+
+    async def wait_destination_runs(self) -> None:
+        """Return once the destination runs the VM; raises MigrationFailed
+        (``MIGRATION_DEST_NOT_RUNNING``) when it is gone or in another state, or not
+        running after SWITCHOVER_TIMEOUT_S (an agent that does not answer is asked again)."""
+        deadline = self.clock.now() + SWITCHOVER_TIMEOUT_S
+        state: str = "silent"
+        while self.clock.now() < deadline:
+            try:
+                info = await self.dst.get_vm(self.vm)
+            except NotFound:
+                state = "gone"
+                break
+            except SegueError:
+                state = "silent"
+            else:
+                state = info.state.value
+                if info.state == VMState.RUNNING:
+                    return
+                if info.state not in WAITING:
+                    break
+            await self.clock.sleep(SWITCHOVER_POLL_S)
+        raise MigrationFailed(
+            "MIGRATION_DEST_NOT_RUNNING",
+            f"the destination {self.spec.dest} did not resume {self.vm} after the copy "
+            f"(it is {state})",
+            f"past the commit point nothing is undone: see {self.spec.dest}'s agent log; "
+            f"the source QEMU on {self.spec.source} stays paused with the VM's memory as "
+            "the copy ended, resume it there only if the VM never ran on the destination")
+
+    async def finalize(self, enter: bool = True) -> None:
+        """The destination runs the VM: make it the owner, commit the location, then shut
+        the source QEMU down; ends ``completed``. An agent's failure in a step is noted,
+        never raised: the destination runs the VM whatever else fails."""
+        if enter:
+            self.enter(Phase.FINALIZE, f"{self.spec.dest} runs {self.vm}")
+        try:
+            summary = await self._summary()
+        except SegueError as err:
+            self.note(f"no final numbers from QEMU: {err}")
+            summary = {**self.prediction, "postcopy": self.went_postcopy}
+        await self._claim()
+        self.store.commit_location(self.vm, self.spec.dest)
+        await self._release_source()
+        total = round(self.elapsed(), 3)
+        qemu_total = summary.get("qemu_total_ms")
+        summary["total_s"] = total
+        summary["actual_total_s"] = (round(qemu_total / 1000, 2)
+                                     if isinstance(qemu_total, int | float) and qemu_total
+                                     else total)
+        self.store.set_summary(self.id, summary)
+        self.enter(Phase.COMPLETED, f"{self.vm} runs on {self.spec.dest} in {total} s")
+
+    async def _claim(self) -> None:
+        """The destination's agent takes the VM over (retried once)."""
+        try:
+            await self.dst.claim(self.vm)
+        except SegueError as err:
+            self.note(f"claim on {self.spec.dest} failed: {err}; retrying")
+            await self.clock.sleep(CLAIM_RETRY_S)
+            try:
+                await self.dst.claim(self.vm)
+            except SegueError as again:
+                self.note(f"retry failed: {again}")
+
+    async def _release_source(self) -> None:
+        """Shut the source QEMU down once it reached ``postmigrate`` (QEMU reports the
+        migration completed a moment before the source's run state says so); a failure
+        is noted."""
+        deadline = self.clock.now() + RELEASE_TIMEOUT_S
+        try:
+            while (await self.src.get_vm(self.vm)).state != VMState.POSTMIGRATE:
+                if self.clock.now() > deadline:
+                    raise MigrationFailed("MIGRATION_SOURCE_NOT_POSTMIGRATE",
+                                          "the source never reached postmigrate",
+                                          "its QEMU stays paused; destroy it by hand")
+                await self.clock.sleep(SWITCHOVER_POLL_S)
+            await self.src.release(self.vm)
+        except SegueError as err:
+            self.note(f"release on {self.spec.source} failed: {err}")
+
+    async def _summary(self) -> dict[str, JsonValue]:
+        """What the move cost, from QEMU's final numbers and the two QMP event streams."""
+        final = progress_from_query((await self.src.migration_status(self.vm)).migration)
+        stop = _last_event(await self.src.events(self.vm), "STOP")
+        resume = _last_event(await self.dst.events(self.vm), "RESUME")
+        return {
+            **self.prediction, "postcopy": self.went_postcopy,
+            "downtime_limit_ms": self.policy.downtime_ms,
+            "qemu_downtime_ms": final.downtime_ms, "qemu_total_ms": final.total_time_ms,
+            "setup_ms": final.setup_time_ms, "bytes_sent": final.transferred,
+            "ram_total": final.total, "iterations": final.iteration,
+            "switchover_ms": round((resume - stop) * 1000, 1) if stop and resume else None,
+            "source_stop_at": stop, "dest_resume_at": resume,
+        }
+
+
+def _raise_if_ended(progress: Progress) -> None:
+    """Raise MigrationFailed if QEMU's pre-copy ended without completing."""
+    if not progress.status.active:
+        raise MigrationFailed("MIGRATION_QEMU_FAILED",
+                              f"QEMU's migration ended {progress.status.value}: "
+                              f"{progress.error or 'no reason given'}",
+                              "see the agents' logs; the VM stays on its source")
+
+
+def _last_event(events: list[AgentEvent], name: str) -> float | None:
+    stamps = [e.timestamp for e in events if e.event == name]
+    return stamps[-1] if stamps else None
+
+
+async def _first_error(call: Coroutine[object, object, T]) -> T:
+    """Await ``call``, whose TaskGroups wrap what fails in ExceptionGroups: the first error
+    is raised as itself (cancellation passes through)."""
+    try:
+        return await call
+    except BaseExceptionGroup as group:
+        first: BaseException = group
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+
+
+async def _shielded(cleanup: Coroutine[object, object, None], job_id: str) -> None:
+    """Run a job's last steps (rollback, finalize) to their end even if the job's task is
+    cancelled meanwhile; an error there is logged (the job's record says how far it got)."""
+    try:
+        await asyncio.shield(cleanup)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("migration %s: its last steps failed", job_id[:8])
