@@ -73,10 +73,6 @@ class ManagedVM:
         """Run control of its QEMU, None without a QMP session."""
         return QemuMachine(self.qmp) if self.qmp is not None else None
 
-    def migration_commands(self) -> QemuMigration | None:
-        """The migration commands of its QEMU, None without a QMP session."""
-        return QemuMigration(self.qmp) if self.qmp is not None else None
-
     async def refresh_state(self) -> None:
         """Ask QEMU for the run state (kept as it was if QEMU does not answer)."""
         if self.qmp is None or not self.qmp.connected:

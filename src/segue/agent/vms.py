@@ -71,7 +71,8 @@ class NoMigrationHook:
 
 
 class VMManager:
-    """All VMs of this host. Watcher tasks run in the TaskGroup given to ``start_watchers``."""
+    """All VMs of this host. Watcher tasks run in the TaskGroup given to ``load``; ``hook``
+    is the destination side of migrations (set before ``load``: it resumes adopted arrivals)."""
 
     def __init__(self, config: AgentConfig, caps: QemuCapabilities) -> None:
         self.config = config
