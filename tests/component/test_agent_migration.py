@@ -329,6 +329,23 @@ async def test_restarted_agent_adopts_an_incoming_vm(lab: Lab, caps: QemuCapabil
             assert (await dst.get_vm("web1")).role == "owner"
 
 
+async def test_restarted_agent_resumes_a_vm_that_arrived_meanwhile(
+        lab: Lab, caps: QemuCapabilities) -> None:
+    async with agent_on(lab, caps, "host1") as src:
+        info = await running_vm(src, lab)
+        async with agent_on(lab, caps, "host2") as dst:
+            incoming = await prepare(dst, info.spec)
+        await src.start_migration("web1", incoming.uri, {}, FAST)
+        await wait_for(src, "web1", status_is(MigrationStatus.COMPLETED))
+        # no agent ran on host2 to resume it: its QEMU (-S) waits paused
+        async with agent_on(lab, caps, "host2") as dst:
+            shown = await dst.migration_status("web1")
+            assert shown.state is VMState.RUNNING and shown.role == "incoming"
+            assert shown.migration.status is MigrationStatus.COMPLETED
+            assert (await dst.get_vm("web1")).adopted is True
+            assert (await dst.claim("web1")).role == "owner"
+
+
 async def test_restarted_agent_forgets_a_dead_incoming_vm(lab: Lab, caps: QemuCapabilities
                                                           ) -> None:
     async with agent_on(lab, caps, "host1") as src:

@@ -133,15 +133,19 @@ class QMPSession:
                          command, self.name)
 
     async def next_event(self, timeout: float) -> QMPEvent | None:
-        """The next QEMU event, or None if none came within ``timeout``.
-
-        Raises QMPAnswerInvalid for a message that is no event."""
+        """The next QEMU event, or None if none came within ``timeout``. A message that is
+        no event (QEMU broke its schema) is logged and dropped: the caller goes on
+        watching."""
         try:
             async with asyncio.timeout(timeout):
                 msg = await self._events.get()
         except TimeoutError:
             return None
-        return validated(QMPEvent, dict(msg), "an event", self.name)
+        try:
+            return validated(QMPEvent, dict(msg), "an event", self.name)
+        except QMPAnswerInvalid as err:
+            log.warning("%s", err)
+            return None
 
     async def close(self) -> None:
         """Disconnect; never raises (the peer may already be gone)."""
