@@ -19,7 +19,10 @@ As QEMU 7.2 does it, in miniature:
   (``{"status": ...}``) are sent only with the ``events`` capability, as QEMU does.
 - ``calc-dirty-rate`` / ``query-dirty-rate``: ``measuring`` for ``calc-time`` (s, or ms
   with ``calc-time-unit``; refused with ``$FAKE_QEMU_OLD_DIRTY_RATE``, as before 8.2), then
-  ``measured`` with ``$FAKE_QEMU_DIRTY_RATE`` MiB/s (default 4).
+  ``measured`` with ``$FAKE_QEMU_DIRTY_RATE`` MiB/s (default 4); with
+  ``$FAKE_QEMU_DIRTY_RATE_STUCK`` it stays ``measuring``.
+- ``announce-self`` (``initial``, ``max``, ``rounds``, ``step``, unsigned): accepted; nothing
+  is sent (the fake has no NICs).
 - post-copy (needs ``postcopy-ram`` before ``migrate``): ``migrate-start-postcopy`` stops
   the source and sends ``POSTCOPY``: both sides ``postcopy-active``, the destination's run
   state ``paused`` (``-S``) until a ``cont``. ``migrate-pause`` (or a broken stream) in
@@ -115,6 +118,7 @@ class FakeMigration:
             "migrate-start-postcopy": self.start_postcopy,
             "migrate-pause": self.pause,
             "migrate-recover": self.recover,
+            "announce-self": self.announce_self,
         }.get(name)
         return handler(args) if handler else None
 
@@ -251,10 +255,16 @@ class FakeMigration:
     def query_dirty_rate(self, _: dict[str, Any]) -> dict[str, Any]:
         if self.dirty_until is None:
             return {"return": {"status": "unstarted"}}
-        if time.monotonic() < self.dirty_until:
+        if time.monotonic() < self.dirty_until or os.environ.get("FAKE_QEMU_DIRTY_RATE_STUCK"):
             return {"return": {"status": "measuring"}}
         rate = int(os.environ.get("FAKE_QEMU_DIRTY_RATE", "4"))
         return {"return": {"status": "measured", "dirty-rate": rate, "calc-time": 1}}
+
+    def announce_self(self, args: dict[str, Any]) -> dict[str, Any]:
+        for key in ("initial", "max", "rounds", "step"):
+            if not isinstance(args.get(key), int) or args[key] < 0:
+                return error("GenericError", f"Parameter '{key}' expects an unsigned integer")
+        return {"return": {}}
 
     # ---- source ----
     def migrate(self, args: dict[str, Any]) -> dict[str, Any]:

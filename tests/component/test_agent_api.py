@@ -18,11 +18,13 @@ import pytest
 import uvicorn
 
 from segue.agent.app import create_app
-from segue.agent.client import AgentClient
 from segue.agent.facts import QemuCapabilities
 from segue.agent.facts_parse import parse_meminfo
+from segue.api.vm import VMSpecBody
+from segue.clients.agent import AgentClient
+from segue.clients.base import Blocking
 from segue.domain.errors import Conflict, NotFound
-from segue.domain.vm import VMSpec
+from segue.domain.vm import VMSpec, VMState
 from segue.qemu import process
 from segue.qemu.argv import LaunchPlan, RuntimePaths, build_argv
 from segue.qemu.qmp import QMPCommandFailed, QMPSession
@@ -356,13 +358,15 @@ async def test_resource_and_spec_errors(lab: Lab, agent: AgentFactory) -> None:
                                   "MEMORY_EXCEEDS_HOST")
         await assert_define_fails(lab, http, lab.spec("web1", vcpus=64), 409,
                                   "VCPUS_EXCEED_HOST")
-        err = await assert_define_fails(lab, http, lab.spec("Web 1"), 400, "VM_SPEC_INVALID")
+        # a name the wire takes ([A-Za-z0-9._-]) but a VM may not have (lowercase only)
+        err = await assert_define_fails(lab, http, lab.spec("Web1"), 400, "VM_SPEC_INVALID")
         assert err["details"] == {"field": "name"}
         await assert_define_fails(lab, http, lab.spec("web1", machine="pc-i440fx-1.0"), 400,
                                   "MACHINE_UNKNOWN")
         before = tree(lab.state_dir, lab.datastore)
-        resp = await http.post("/vms", json={"datastore": "shared"})  # no name: pydantic
-        assert resp.status_code == 422
+        for body in ({"datastore": "shared"}, lab.spec("Web 1")):  # refused by the wire model
+            resp = await http.post("/vms", json=body)
+            assert resp.status_code == 422
         assert tree(lab.state_dir, lab.datastore) == before
 
 
@@ -488,7 +492,7 @@ async def test_restart_does_not_adopt_a_stale_pidfile(lab: Lab, agent: AgentFact
     assert process.pid_alive(os.getpid())
 
 
-# ---- the sync client against a served agent ----
+# ---- the client, used synchronously, against a served agent ----
 
 @pytest.fixture
 def served_agent(lab: Lab, caps: QemuCapabilities) -> Iterator[str]:
@@ -508,21 +512,23 @@ def served_agent(lab: Lab, caps: QemuCapabilities) -> Iterator[str]:
 
 
 def test_agent_client_round_trip(lab: Lab, served_agent: str) -> None:
-    with AgentClient(uds=served_agent) as client:
-        assert client.health()["host"] == "host1"
-        info = client.define_vm(lab.spec("web1"), start=True)
-        assert info["state"] == "running"
-        assert client.get_vm("web1")["pid"] == info["pid"]
-        assert [v["name"] for v in client.list_vms()] == ["web1"]
-        assert "RESUME" in [e["event"] for e in client.events("web1")]
-        assert client.serial("web1") == []
+    with Blocking(AgentClient(f"unix:{served_agent}")) as agent:
+        client = agent.client
+        assert agent.run(client.health()).host == "host1"
+        spec = VMSpecBody.model_validate(lab.spec("web1"))
+        info = agent.run(client.define_vm(spec, start=True))
+        assert info.state is VMState.RUNNING
+        assert agent.run(client.get_vm("web1")).pid == info.pid
+        assert [v.name for v in agent.run(client.list_vms())] == ["web1"]
+        assert "RESUME" in [e.event for e in agent.run(client.events("web1"))]
+        assert agent.run(client.serial("web1")) == []
         with pytest.raises(Conflict) as exc:
-            client.define_vm(lab.spec("web1"))
+            agent.run(client.define_vm(spec))
         assert exc.value.code == "VM_EXISTS"
-        assert client.stop_vm("web1", timeout=10)["state"] == "stopped"
-        client.destroy_vm("web1")
+        assert agent.run(client.stop_vm("web1", timeout=10)).state is VMState.STOPPED
+        agent.run(client.destroy_vm("web1"))
         with pytest.raises(NotFound) as missing:
-            client.get_vm("web1")
+            agent.run(client.get_vm("web1"))
         assert missing.value.code == "VM_NOT_FOUND"
     assert lab.qemu_pids() == []
 
@@ -553,11 +559,13 @@ async def test_fake_qemu_speaks_qmp(lab: Lab) -> None:
     assert exc.value.details["qmp_class"] == "CommandNotFound"
     await qmp.execute("cont")
     resume = await qmp.next_event(2)
-    assert resume is not None and resume["event"] == "RESUME"
-    assert set(resume["timestamp"]) == {"seconds", "microseconds"}
+    assert resume is not None and resume.event == "RESUME"
+    # QEMU's timestamp: {"seconds", "microseconds"}, both set
+    assert resume.timestamp.model_fields_set == {"seconds", "microseconds"}
+    assert abs(resume.at - time.time()) < 30
     await qmp.execute("stop")
     stop = await qmp.next_event(2)
-    assert stop is not None and stop["event"] == "STOP"
+    assert stop is not None and stop.event == "STOP"
     assert (await qmp.execute("query-status"))["status"] == "paused"
     await qmp.close()
 

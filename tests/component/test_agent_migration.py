@@ -1,5 +1,6 @@
 """The agent side of a live migration: two agents (host1, host2) on one shared datastore,
-their fake QEMUs migrating over a real TCP stream on the loopback interface."""
+their fake QEMUs migrating over a real TCP stream on the loopback interface, each driven
+through the typed agent client the controller uses (``segue.clients.agent.AgentClient``)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,27 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
+from segue.agent.app import create_app
 from segue.agent.config import AgentConfig
+from segue.agent.facts import QemuCapabilities
+from segue.api.agent import IncomingAnswer, MigrationView
+from segue.api.qemu import MigrationStatus, QueryMigrate
+from segue.api.vm import VMInfo, VMSpecBody
+from segue.clients.agent import AgentClient
+from segue.domain.errors import Conflict, InvalidRequest, NotFound, SegueError, Unavailable
+from segue.domain.vm import VMState
 from segue.qemu import process
 
 if TYPE_CHECKING:  # fixtures come from conftest.py; only their types are imported
-    from conftest import AgentFactory, Lab
+    from conftest import Lab
 
 SLOW = {"max-bandwidth": 1 << 20}  # 64 MiB of guest RAM at 1 MiB/s: a minute, unless cancelled
 FAST = {"max-bandwidth": 128 << 20}  # QEMU's default: 0.5 s
@@ -33,272 +42,320 @@ def host_config(lab: Lab, host: str, **changes: object) -> AgentConfig:
     return lab.config(**fields)
 
 
+class Agent(AgentClient):
+    """The typed client of one agent app; ``raw`` for what the typed client cannot send."""
+
+    raw: httpx.AsyncClient
+
+
 @asynccontextmanager
-async def two_agents(lab: Lab, agent: AgentFactory
-                     ) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
-    async with agent(host_config(lab, "host1")) as src, agent(host_config(lab, "host2")) as dst:
+async def agent_on(lab: Lab, caps: QemuCapabilities, host: str, **changes: object
+                   ) -> AsyncIterator[Agent]:
+    """One agent app (its lifespan) for ``host``; leaving is an agent shutdown (QEMU
+    processes keep running, as in production)."""
+    app = create_app(host_config(lab, host, **changes), caps)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with Agent("http://agent", transport=transport, timeout=60) as client, \
+                httpx.AsyncClient(transport=transport, base_url="http://agent") as raw:
+            client.raw = raw
+            yield client
+
+
+@asynccontextmanager
+async def two_agents(lab: Lab, caps: QemuCapabilities) -> AsyncIterator[tuple[Agent, Agent]]:
+    async with agent_on(lab, caps, "host1") as src, agent_on(lab, caps, "host2") as dst:
         yield src, dst
 
 
-def error_code(resp: httpx.Response, status: int) -> str:
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert body["error"]["message"] and body["error"]["hint"], body
-    return str(body["error"]["code"])
+async def refused(call: Awaitable[object], kind: type[SegueError], code: str) -> SegueError:
+    """The call fails with the agent's own error of exactly this kind and code, with a
+    message and a hint (the kind is the HTTP status: invalid 400, not_found 404, conflict
+    409, unavailable 503)."""
+    with pytest.raises(SegueError) as exc:
+        await call
+    err = exc.value
+    assert type(err) is kind and err.code == code, err
+    assert err.message and err.hint, err
+    return err
 
 
-async def ok(resp: Any, status: int = 200) -> Any:
-    answer: httpx.Response = await resp
-    assert answer.status_code == status, answer.text
-    return answer.json() if answer.content else None
+async def no_content(agent: Agent, path: str) -> None:
+    """POST ``path``: it succeeds with 204 and no body."""
+    resp = await agent.request("POST", path)
+    assert resp.status_code == 204 and resp.content == b"", resp.text
 
 
-async def running_vm(http: httpx.AsyncClient, lab: Lab, name: str = "web1") -> dict[str, Any]:
+def spec_of(lab: Lab, name: str = "web1", **changes: object) -> VMSpecBody:
+    return VMSpecBody.model_validate(lab.spec(name, **changes))
+
+
+async def running_vm(agent: Agent, lab: Lab, name: str = "web1") -> VMInfo:
     """Define and start a VM; its info."""
-    return dict(await ok(http.post("/vms", json=lab.spec(name), params={"start": True}), 201))
+    return await agent.define_vm(spec_of(lab, name), start=True)
 
 
-async def prepare(dst: httpx.AsyncClient, spec: dict[str, Any], **body: Any) -> dict[str, Any]:
-    payload = {"spec": spec, "migration_id": "m-1", "capabilities": {}, "parameters": {},
-               **body}
-    return dict(await ok(dst.post("/migrations/incoming", json=payload), 201))
+async def prepare(dst: Agent, spec: VMSpecBody, migration_id: str = "m-1",
+                  capabilities: dict[str, bool] | None = None,
+                  parameters: dict[str, int | bool | str] | None = None) -> IncomingAnswer:
+    return await dst.prepare_incoming(spec, migration_id, capabilities or {}, parameters or {})
 
 
-async def wait_for(http: httpx.AsyncClient, name: str, predicate: Any,
-                   timeout: float = 10.0) -> dict[str, Any]:
-    """Poll ``GET /vms/{name}/migration`` until ``predicate(status)``; the status."""
+async def wait_for(agent: Agent, name: str, predicate: Callable[[MigrationView], bool],
+                   timeout: float = 10.0) -> MigrationView:
+    """Poll the VM's migration status until ``predicate(status)``; the status."""
     deadline = time.monotonic() + timeout
     while True:
-        status = dict(await ok(http.get(f"/vms/{name}/migration")))
+        status = await agent.migration_status(name)
         if predicate(status):
             return status
         assert time.monotonic() < deadline, f"not reached in time: {status}"
         await asyncio.sleep(0.05)
 
 
+def status_is(*wanted: MigrationStatus) -> Callable[[MigrationView], bool]:
+    return lambda s: s.migration.status in wanted
+
+
+def state_is(wanted: VMState) -> Callable[[MigrationView], bool]:
+    return lambda s: s.state is wanted
+
+
 def shared_owner(lab: Lab, name: str = "web1") -> str:
     return str(json.loads((lab.datastore / name / "vm.json").read_text())["host"])
 
 
-async def migrate_to_completion(src: httpx.AsyncClient, dst: httpx.AsyncClient,
-                                info: dict[str, Any]) -> dict[str, Any]:
+async def migrate_to_completion(src: Agent, dst: Agent, info: VMInfo) -> MigrationView:
     """Prepare host2, migrate from host1 until QEMU says completed; host1's status.
 
     Parameters stay set in a QEMU across migrations (as in QEMU): bandwidth is given."""
-    incoming = await prepare(dst, info["spec"])
-    await ok(src.post("/vms/web1/migrate", json={"uri": incoming["uri"], "parameters": FAST}))
-    return await wait_for(src, "web1", lambda s: s["migration"].get("status") == "completed")
+    incoming = await prepare(dst, info.spec)
+    await src.start_migration("web1", incoming.uri, {}, FAST)
+    return await wait_for(src, "web1", status_is(MigrationStatus.COMPLETED))
 
 
 # ---- the whole move ----
 
-async def test_live_migration_moves_the_vm(lab: Lab, agent: AgentFactory) -> None:
-    async with two_agents(lab, agent) as (src, dst):
+async def test_live_migration_moves_the_vm(lab: Lab, caps: QemuCapabilities) -> None:
+    async with two_agents(lab, caps) as (src, dst):
         info = await running_vm(src, lab)
-        assert info["role"] == "owner"
-        incoming = await prepare(dst, info["spec"], capabilities={"xbzrle": False},
+        assert info.role == "owner"
+        incoming = await prepare(dst, info.spec, capabilities={"xbzrle": False},
                                  parameters={"downtime-limit": 300})
-        assert incoming["uri"].startswith("tcp:127.0.0.1:")
-        assert int(incoming["uri"].rsplit(":", 1)[1]) > 0  # the real port, read back
-        assert incoming["state"] == "inmigrate" and incoming["migration_id"] == "m-1"
-        assert incoming["announce"]["announce-initial"] == 1
+        assert incoming.uri.startswith("tcp:127.0.0.1:")
+        assert int(incoming.uri.rsplit(":", 1)[1]) > 0  # the real port, read back
+        assert incoming.state is VMState.INMIGRATE and incoming.migration_id == "m-1"
+        assert incoming.announce["announce-initial"] == 1
         assert shared_owner(lab) == "host1", "prepare must not touch the datastore's vm.json"
-        listed = {v["name"]: v for v in await ok(dst.get("/vms"))}
-        assert listed["web1"]["role"] == "incoming" and listed["web1"]["state"] == "inmigrate"
-        assert listed["web1"]["uuid"] == info["uuid"]
-        cmdline = Path(f"/proc/{incoming['pid']}/cmdline").read_bytes().split(b"\0")
+        listed = {v.name: v for v in await dst.list_vms()}
+        assert listed["web1"].role == "incoming" and listed["web1"].state is VMState.INMIGRATE
+        assert listed["web1"].uuid == info.uuid
+        cmdline = Path(f"/proc/{incoming.pid}/cmdline").read_bytes().split(b"\0")
         assert b"-incoming" in cmdline and b"defer" in cmdline
 
-        started = await ok(src.post("/vms/web1/migrate",
-                                    json={"uri": incoming["uri"], "capabilities": {}}))
-        assert started["status"] in ("setup", "active")
-        during = await ok(src.get("/vms/web1/migration"))
-        assert during["role"] == "source" and during["name"] == "web1"
-        done = await wait_for(src, "web1", lambda s: s["migration"].get("status") == "completed")
-        assert done["state"] == "postmigrate" and done["role"] == "source"
-        assert done["migration"]["downtime"] >= 1
-        arrived = await wait_for(dst, "web1", lambda s: s["state"] == "running")
-        assert arrived["role"] == "incoming"  # until claimed
-        src_events = [e["event"] for e in await ok(src.get("/vms/web1/events"))]
+        started = await src.start_migration("web1", incoming.uri, {}, {})
+        assert started.migration.status in (MigrationStatus.SETUP, MigrationStatus.ACTIVE)
+        during = await src.migration_status("web1")
+        assert during.role == "source" and during.name == "web1"
+        done = await wait_for(src, "web1", status_is(MigrationStatus.COMPLETED))
+        assert done.state is VMState.POSTMIGRATE and done.role == "source"
+        assert done.migration.downtime is not None and done.migration.downtime >= 1
+        arrived = await wait_for(dst, "web1", state_is(VMState.RUNNING))
+        assert arrived.role == "incoming"  # until claimed
+        src_events = [e.event for e in await src.events("web1")]
         assert "STOP" in src_events and "MIGRATION" in src_events
-        assert "RESUME" in [e["event"] for e in await ok(dst.get("/vms/web1/events"))]
+        assert "RESUME" in [e.event for e in await dst.events("web1")]
 
-        claimed = await ok(dst.post("/vms/web1/incoming/claim"))
-        assert claimed["role"] == "owner" and claimed["state"] == "running"
+        claimed = await dst.claim("web1")
+        assert claimed.role == "owner" and claimed.state is VMState.RUNNING
         assert shared_owner(lab) == "host2"
         assert not (lab.root / "host2" / "vms" / "web1" / "role.json").exists()
 
-        assert await ok(src.post("/vms/web1/release"), 204) is None
-        assert not process.pid_alive(info["pid"])
-        assert (await src.get("/vms/web1")).status_code == 404
+        await no_content(src, "/vms/web1/release")
+        assert info.pid is not None and not process.pid_alive(info.pid)
+        await refused(src.get_vm("web1"), NotFound, "VM_NOT_FOUND")
         assert not (lab.root / "host1" / "vms" / "web1").exists()
         assert shared_owner(lab) == "host2", "release must leave the destination's vm.json"
-        assert [v["name"] for v in await ok(dst.get("/vms"))] == ["web1"]
-        assert lab.qemu_pids() == [incoming["pid"]]
+        assert [v.name for v in await dst.list_vms()] == ["web1"]
+        assert lab.qemu_pids() == [incoming.pid]
 
 
-async def test_cancel_keeps_the_source_running(lab: Lab, agent: AgentFactory) -> None:
-    async with two_agents(lab, agent) as (src, dst):
+async def test_cancel_keeps_the_source_running(lab: Lab, caps: QemuCapabilities) -> None:
+    async with two_agents(lab, caps) as (src, dst):
         info = await running_vm(src, lab)
-        incoming = await prepare(dst, info["spec"])
-        await ok(src.post("/vms/web1/migrate", json={"uri": incoming["uri"], "parameters": SLOW}))
-        await wait_for(src, "web1", lambda s: s["migration"].get("status") == "active")
-        cancelled = await ok(src.post("/vms/web1/migration/cancel"))
-        assert cancelled["migration"]["status"] == "cancelled", cancelled
-        assert cancelled["state"] == "running" and cancelled["role"] == "owner"
+        incoming = await prepare(dst, info.spec)
+        assert incoming.pid is not None
+        await src.start_migration("web1", incoming.uri, {}, SLOW)
+        await wait_for(src, "web1", status_is(MigrationStatus.ACTIVE))
+        cancelled = await src.cancel_migration("web1")
+        assert cancelled.migration.status is MigrationStatus.CANCELLED, cancelled
+        assert cancelled.state is VMState.RUNNING and cancelled.role == "owner"
         # the destination QEMU exits when its stream breaks off, as QEMU does
-        assert await process.wait_exit(incoming["pid"], 5)
-        gone = await wait_for(dst, "web1", lambda s: s["state"] == "stopped")
-        assert gone["role"] == "incoming"
-        assert await ok(dst.post("/vms/web1/incoming/abort"), 204) is None
-        assert (await dst.get("/vms/web1")).status_code == 404
+        assert await process.wait_exit(incoming.pid, 5)
+        gone = await wait_for(dst, "web1", state_is(VMState.STOPPED))
+        assert gone.role == "incoming"
+        await no_content(dst, "/vms/web1/incoming/abort")
+        await refused(dst.get_vm("web1"), NotFound, "VM_NOT_FOUND")
         assert not (lab.root / "host2" / "vms" / "web1").exists()
         assert shared_owner(lab) == "host1"
-        assert lab.qemu_pids() == [info["pid"]]
+        assert lab.qemu_pids() == [info.pid]
         # and it can migrate again
         again = await migrate_to_completion(src, dst, info)
-        assert again["state"] == "postmigrate"
+        assert again.state is VMState.POSTMIGRATE
 
 
 async def test_abort_while_listening_kills_only_the_incoming_qemu(
-        lab: Lab, agent: AgentFactory) -> None:
-    async with two_agents(lab, agent) as (src, dst):
+        lab: Lab, caps: QemuCapabilities) -> None:
+    async with two_agents(lab, caps) as (src, dst):
         info = await running_vm(src, lab)
-        incoming = await prepare(dst, info["spec"])
-        assert await ok(dst.post("/vms/web1/incoming/abort"), 204) is None
-        assert not process.pid_alive(incoming["pid"])
-        assert process.pid_alive(info["pid"])
+        incoming = await prepare(dst, info.spec)
+        await no_content(dst, "/vms/web1/incoming/abort")
+        assert incoming.pid is not None and not process.pid_alive(incoming.pid)
+        assert info.pid is not None and process.pid_alive(info.pid)
         assert shared_owner(lab) == "host1"
-        assert error_code(await dst.post("/vms/web1/incoming/abort"), 404) == "VM_NOT_FOUND"
+        await refused(dst.abort_incoming("web1"), NotFound, "VM_NOT_FOUND")
 
 
 async def test_resume_after_a_completed_migration_is_the_rollback(
-        lab: Lab, agent: AgentFactory) -> None:
-    async with two_agents(lab, agent) as (src, dst):
+        lab: Lab, caps: QemuCapabilities) -> None:
+    async with two_agents(lab, caps) as (src, dst):
         info = await running_vm(src, lab)
         await migrate_to_completion(src, dst, info)
-        await wait_for(dst, "web1", lambda s: s["state"] == "running")
-        await ok(dst.post("/vms/web1/incoming/abort"), 204)  # the destination failed
-        resumed = await ok(src.post("/vms/web1/resume"))
-        assert resumed["state"] == "running" and resumed["role"] == "owner"
+        await wait_for(dst, "web1", state_is(VMState.RUNNING))
+        await no_content(dst, "/vms/web1/incoming/abort")  # the destination failed
+        resumed = await src.resume_vm("web1")
+        assert resumed.state is VMState.RUNNING and resumed.role == "owner"
         assert shared_owner(lab) == "host1"
-        assert error_code(await src.post("/vms/web1/resume"), 409) == "VM_NOT_PAUSED"
+        await refused(src.resume_vm("web1"), Conflict, "VM_NOT_PAUSED")
 
 
 # ---- refusals ----
 
-async def test_refusals_change_nothing(lab: Lab, agent: AgentFactory) -> None:
-    async with two_agents(lab, agent) as (src, dst):
+async def test_refusals_change_nothing(lab: Lab, caps: QemuCapabilities) -> None:
+    async with two_agents(lab, caps) as (src, dst):
         info = await running_vm(src, lab)
-        code = error_code(await src.post("/vms/web1/incoming/abort"), 409)
-        assert code == "VM_NOT_INCOMING"
-        assert process.pid_alive(info["pid"]), "abort must never kill an owned VM"
-        assert error_code(await src.post("/vms/web1/release"), 409) == "VM_NOT_MIGRATED"
-        assert error_code(await src.post("/vms/web1/incoming/claim"), 409) == "VM_NOT_INCOMING"
-        payload = {"spec": info["spec"], "migration_id": "m-x"}
-        assert error_code(await src.post("/migrations/incoming", json=payload), 409) \
-            == "VM_EXISTS"
-        bad_uri = {"uri": "exec:touch /tmp/pwned"}
-        assert error_code(await src.post("/vms/web1/migrate", json=bad_uri), 400) \
-            == "MIGRATION_URI_INVALID"
+        assert info.pid is not None
+        await refused(src.abort_incoming("web1"), Conflict, "VM_NOT_INCOMING")
+        assert process.pid_alive(info.pid), "abort must never kill an owned VM"
+        await refused(src.release("web1"), Conflict, "VM_NOT_MIGRATED")
+        await refused(src.claim("web1"), Conflict, "VM_NOT_INCOMING")
+        await refused(prepare(src, info.spec, migration_id="m-x"), Conflict, "VM_EXISTS")
+        await refused(src.start_migration("web1", "exec:touch /tmp/pwned", {}, {}),
+                      InvalidRequest, "MIGRATION_URI_INVALID")
 
-        incoming = await prepare(dst, info["spec"])
-        assert error_code(await dst.post("/vms/web1/incoming/claim"), 409) == "VM_NOT_RUNNING"
-        assert error_code(await dst.post("/vms/web1/start"), 409) == "VM_INCOMING"
-        assert error_code(await dst.post("/vms/web1/migrate", json={"uri": incoming["uri"]}),
-                          409) == "VM_INCOMING"
-        assert error_code(await dst.post("/migrations/incoming", json=payload), 409) \
-            == "VM_EXISTS"
-        await ok(src.post("/vms/web1/migrate", json={"uri": incoming["uri"],
-                                                     "parameters": SLOW}))
-        again = await src.post("/vms/web1/migrate", json={"uri": incoming["uri"]})
-        assert error_code(again, 409) == "MIGRATION_IN_PROGRESS"
-        assert error_code(await src.post("/vms/web1/release"), 409) == "VM_NOT_MIGRATED"
-        assert error_code(await src.post("/vms/web1/resume"), 409) == "VM_NOT_PAUSED"
-        await ok(src.post("/vms/web1/migration/cancel"))
-        assert await process.wait_exit(incoming["pid"], 5)
-        assert lab.qemu_pids() == [info["pid"]]
+        incoming = await prepare(dst, info.spec)
+        assert incoming.pid is not None
+        await refused(dst.claim("web1"), Conflict, "VM_NOT_RUNNING")
+        await refused(dst.start_vm("web1"), Conflict, "VM_INCOMING")
+        await refused(dst.start_migration("web1", incoming.uri, {}, {}), Conflict,
+                      "VM_INCOMING")
+        await refused(prepare(dst, info.spec, migration_id="m-x"), Conflict, "VM_EXISTS")
+        await src.start_migration("web1", incoming.uri, {}, SLOW)
+        await refused(src.start_migration("web1", incoming.uri, {}, {}), Conflict,
+                      "MIGRATION_IN_PROGRESS")
+        await refused(src.release("web1"), Conflict, "VM_NOT_MIGRATED")
+        await refused(src.resume_vm("web1"), Conflict, "VM_NOT_PAUSED")
+        await src.cancel_migration("web1")
+        assert await process.wait_exit(incoming.pid, 5)
+        assert lab.qemu_pids() == [info.pid]
 
 
 async def test_stopped_vm_cannot_migrate_and_unknown_names_are_404(
-        lab: Lab, agent: AgentFactory) -> None:
-    async with two_agents(lab, agent) as (src, _):
-        await ok(src.post("/vms", json=lab.spec("idle")), 201)
-        body = {"uri": "tcp:127.0.0.1:1"}
-        assert error_code(await src.post("/vms/idle/migrate", json=body), 409) \
-            == "VM_NOT_RUNNING"
-        status = await ok(src.get("/vms/idle/migration"))
-        assert status == {"name": "idle", "role": "owner", "state": "stopped",
-                          "migration_id": None, "migration": {}}
-        for method, path, payload in [
-                ("POST", "/vms/nope/migrate", body), ("GET", "/vms/nope/migration", None),
-                ("POST", "/vms/nope/migration/cancel", None),
-                ("POST", "/vms/nope/incoming/abort", None),
-                ("POST", "/vms/nope/incoming/claim", None), ("POST", "/vms/nope/release", None),
-                ("POST", "/vms/nope/resume", None)]:
-            resp = await src.request(method, path, json=payload)
-            assert error_code(resp, 404) == "VM_NOT_FOUND", (method, path)
+        lab: Lab, caps: QemuCapabilities) -> None:
+    async with two_agents(lab, caps) as (src, _):
+        await src.define_vm(spec_of(lab, "idle"))
+        uri = "tcp:127.0.0.1:1"
+        await refused(src.start_migration("idle", uri, {}, {}), Conflict, "VM_NOT_RUNNING")
+        status = await src.migration_status("idle")
+        assert status == MigrationView(name="idle", role="owner", state=VMState.STOPPED,
+                                       migration_id=None, migration=QueryMigrate())
+        assert status.migration.status is MigrationStatus.NONE
+        calls: list[Awaitable[object]] = [
+            src.start_migration("nope", uri, {}, {}), src.migration_status("nope"),
+            src.cancel_migration("nope"), src.abort_incoming("nope"), src.claim("nope"),
+            src.release("nope"), src.resume_vm("nope")]
+        for call in calls:
+            await refused(call, NotFound, "VM_NOT_FOUND")
 
 
-async def test_failed_prepare_leaves_nothing(lab: Lab, agent: AgentFactory,
+async def test_failed_prepare_leaves_nothing(lab: Lab, caps: QemuCapabilities,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    async with agent(host_config(lab, "host1")) as src:
-        spec = (await running_vm(src, lab))["spec"]
-    async with agent(host_config(lab, "host2", migration_interface="sgnomig0")) as dst:
-        resp = await dst.post("/migrations/incoming", json={"spec": spec, "migration_id": "m"})
-        assert error_code(resp, 503) == "MIGRATION_NIC_UNAVAILABLE"
-    async with agent(host_config(lab, "host2")) as dst:
+    async with agent_on(lab, caps, "host1") as src:
+        spec = (await running_vm(src, lab)).spec
+    async with agent_on(lab, caps, "host2", migration_interface="sgnomig0") as dst:
+        await refused(prepare(dst, spec, migration_id="m"), Unavailable,
+                      "MIGRATION_NIC_UNAVAILABLE")
+    async with agent_on(lab, caps, "host2") as dst:
         monkeypatch.setenv("FAKE_QEMU_FAIL_START", "1")
-        resp = await dst.post("/migrations/incoming", json={"spec": spec, "migration_id": "m"})
-        assert error_code(resp, 503) == "QEMU_LAUNCH_FAILED"
-        assert (await dst.get("/vms/web1")).status_code == 404
-        no_uuid = {**spec, "uuid": ""}
-        resp = await dst.post("/migrations/incoming", json={"spec": no_uuid, "migration_id": "m"})
-        assert error_code(resp, 400) == "VM_SPEC_INVALID"
+        await refused(prepare(dst, spec, migration_id="m"), Unavailable, "QEMU_LAUNCH_FAILED")
+        await refused(dst.get_vm("web1"), NotFound, "VM_NOT_FOUND")
+        no_uuid = spec.model_copy(update={"uuid": ""})
+        await refused(prepare(dst, no_uuid, migration_id="m"), InvalidRequest,
+                      "VM_SPEC_INVALID")
     assert not (lab.root / "host2" / "vms" / "web1").exists()
     assert len(lab.qemu_pids()) == 1 and shared_owner(lab) == "host1"
 
 
 async def test_destroying_an_incoming_vm_keeps_the_owners_vm_json(
-        lab: Lab, agent: AgentFactory) -> None:
-    async with two_agents(lab, agent) as (src, dst):
+        lab: Lab, caps: QemuCapabilities) -> None:
+    async with two_agents(lab, caps) as (src, dst):
         info = await running_vm(src, lab)
-        incoming = await prepare(dst, info["spec"])
-        assert await ok(dst.delete("/vms/web1"), 204) is None
-        assert not process.pid_alive(incoming["pid"])
+        incoming = await prepare(dst, info.spec)
+        resp = await dst.request("DELETE", "/vms/web1")
+        assert resp.status_code == 204 and resp.content == b""
+        assert incoming.pid is not None and not process.pid_alive(incoming.pid)
         assert shared_owner(lab) == "host1"
-        assert (await src.get("/vms/web1")).json()["state"] == "running"
+        assert (await src.get_vm("web1")).state is VMState.RUNNING
 
 
 # ---- agent restarts ----
 
-async def test_restarted_agent_adopts_an_incoming_vm(lab: Lab, agent: AgentFactory) -> None:
-    async with agent(host_config(lab, "host1")) as src:
+async def test_restarted_agent_adopts_an_incoming_vm(lab: Lab, caps: QemuCapabilities) -> None:
+    async with agent_on(lab, caps, "host1") as src:
         info = await running_vm(src, lab)
-        async with agent(host_config(lab, "host2")) as dst:
-            incoming = await prepare(dst, info["spec"], migration_id="m-42")
-        assert process.pid_alive(incoming["pid"]), "an agent shutdown must not kill QEMU"
-        async with agent(host_config(lab, "host2")) as dst:
-            shown = await ok(dst.get("/vms/web1"))
-            assert shown["role"] == "incoming" and shown["migration_id"] == "m-42"
-            assert shown["adopted"] is True and shown["state"] == "inmigrate"
-            assert shown["pid"] == incoming["pid"]
-            await ok(src.post("/vms/web1/migrate", json={"uri": incoming["uri"]}))
-            await wait_for(dst, "web1", lambda s: s["state"] == "running")
-            assert (await ok(dst.post("/vms/web1/incoming/claim")))["role"] == "owner"
-        async with agent(host_config(lab, "host2")) as dst:
-            assert (await ok(dst.get("/vms/web1")))["role"] == "owner"
+        async with agent_on(lab, caps, "host2") as dst:
+            incoming = await prepare(dst, info.spec, migration_id="m-42")
+        assert incoming.pid is not None
+        assert process.pid_alive(incoming.pid), "an agent shutdown must not kill QEMU"
+        async with agent_on(lab, caps, "host2") as dst:
+            shown = await dst.get_vm("web1")
+            assert shown.role == "incoming" and shown.migration_id == "m-42"
+            assert shown.adopted is True and shown.state is VMState.INMIGRATE
+            assert shown.pid == incoming.pid
+            await src.start_migration("web1", incoming.uri, {}, {})
+            await wait_for(dst, "web1", state_is(VMState.RUNNING))
+            assert (await dst.claim("web1")).role == "owner"
+        async with agent_on(lab, caps, "host2") as dst:
+            assert (await dst.get_vm("web1")).role == "owner"
 
 
-async def test_restarted_agent_forgets_a_dead_incoming_vm(lab: Lab, agent: AgentFactory
+async def test_restarted_agent_resumes_a_vm_that_arrived_meanwhile(
+        lab: Lab, caps: QemuCapabilities) -> None:
+    async with agent_on(lab, caps, "host1") as src:
+        info = await running_vm(src, lab)
+        async with agent_on(lab, caps, "host2") as dst:
+            incoming = await prepare(dst, info.spec)
+        await src.start_migration("web1", incoming.uri, {}, FAST)
+        await wait_for(src, "web1", status_is(MigrationStatus.COMPLETED))
+        # no agent ran on host2 to resume it: its QEMU (-S) waits paused
+        async with agent_on(lab, caps, "host2") as dst:
+            shown = await dst.migration_status("web1")
+            assert shown.state is VMState.RUNNING and shown.role == "incoming"
+            assert shown.migration.status is MigrationStatus.COMPLETED
+            assert (await dst.get_vm("web1")).adopted is True
+            assert (await dst.claim("web1")).role == "owner"
+
+
+async def test_restarted_agent_forgets_a_dead_incoming_vm(lab: Lab, caps: QemuCapabilities
                                                           ) -> None:
-    async with agent(host_config(lab, "host1")) as src:
+    async with agent_on(lab, caps, "host1") as src:
         info = await running_vm(src, lab)
-    async with agent(host_config(lab, "host2")) as dst:
-        incoming = await prepare(dst, info["spec"])
-    os.kill(incoming["pid"], signal.SIGKILL)
-    assert await process.wait_exit(incoming["pid"], 5)
-    async with agent(host_config(lab, "host2")) as dst:
-        assert (await dst.get("/vms/web1")).status_code == 404
+    async with agent_on(lab, caps, "host2") as dst:
+        incoming = await prepare(dst, info.spec)
+    assert incoming.pid is not None
+    os.kill(incoming.pid, signal.SIGKILL)
+    assert await process.wait_exit(incoming.pid, 5)
+    async with agent_on(lab, caps, "host2") as dst:
+        await refused(dst.get_vm("web1"), NotFound, "VM_NOT_FOUND")
     assert not (lab.root / "host2" / "vms" / "web1").exists()
     assert shared_owner(lab) == "host1"

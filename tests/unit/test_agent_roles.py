@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from segue.agent.roles import VMRole, migration_active, migration_completed, role_of
+from segue.api.qemu import QueryMigrate
 from segue.domain.vm import VMState
+
+
+def qemu(answer: dict[str, object]) -> QueryMigrate:
+    """QEMU's ``query-migrate`` answer, as the QMP edge wraps it."""
+    return QueryMigrate.model_validate(answer)
 
 
 @pytest.mark.parametrize(("incoming", "migration", "state", "role"), [
@@ -25,11 +31,11 @@ from segue.domain.vm import VMState
 ])
 def test_role_of(incoming: bool, migration: dict[str, str], state: VMState,
                  role: VMRole) -> None:
-    assert role_of(incoming, migration, state) is role
+    assert role_of(incoming, qemu(migration), state) is role
 
 
 def test_active_and_completed() -> None:
-    assert migration_active({"status": "postcopy-active"})
-    assert not migration_active({}) and not migration_active({"status": "completed"})
-    assert migration_completed({"status": "completed"})
-    assert not migration_completed({"socket-address": []})
+    assert migration_active(qemu({"status": "postcopy-active"}))
+    assert not migration_active(qemu({})) and not migration_active(qemu({"status": "completed"}))
+    assert migration_completed(qemu({"status": "completed"}))
+    assert not migration_completed(qemu({"socket-address": []}))

@@ -6,41 +6,32 @@
 connect to a peer's listener from this host's migration address;
 ``?sink=true`` and ``POST /migration-network/throughput``: the same pair measuring the
 link's rate with a short TCP stream. ``POST /datastores/files``:
-which of a VM's files this host sees on its datastores. Bodies and answers are those
-of ``segue.agent.client.AsyncAgentClient``; errors map to HTTP in ``segue.httpapi``.
+which of a VM's files this host sees on its datastores. Bodies and answers are the wire
+models of ``segue.api.agent`` (what ``segue.clients.agent.AgentClient`` sends and decodes);
+errors map to HTTP in ``segue.httpapi``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
 
+from segue.agent.api_params import VMName
 from segue.agent.cpu import vm_cpu
-from segue.agent.migpath import ProbeListeners, measure_throughput, probe_path
-from segue.agent.migration import migration_address
+from segue.agent.migpath import ProbeListeners, measure_throughput, migration_address, probe_path
 from segue.agent.vms import VMManager
+from segue.api.agent import (
+    FilesAnswer,
+    FilesRequest,
+    FileVisibility,
+    ProbeAnswer,
+    ProbeListener,
+    ProbeRequest,
+    ThroughputAnswer,
+    ThroughputRequest,
+    VMCpu,
+)
 
 router = APIRouter()
-
-
-class FileRef(BaseModel):
-    datastore: str
-    path: str
-
-
-class FilesRequest(BaseModel):
-    files: list[FileRef]
-
-
-class ProbeRequest(BaseModel):
-    address: str
-    port: int = Field(ge=1, le=65535)
-
-
-class ThroughputRequest(ProbeRequest):
-    seconds: float = Field(default=0.3, gt=0, le=5)
 
 
 def _manager(request: Request) -> VMManager:
@@ -48,32 +39,32 @@ def _manager(request: Request) -> VMManager:
     return manager
 
 
-@router.get("/vms/{name}/cpu")
-async def cpu_of_vm(request: Request, name: str) -> dict[str, Any]:
+@router.get("/vms/{name}/cpu", response_model=VMCpu)
+async def cpu_of_vm(request: Request, name: VMName) -> VMCpu:
     return await vm_cpu(_manager(request), name)
 
 
-@router.post("/migration-network/listen", status_code=201)
-async def open_listener(request: Request, sink: bool = False) -> dict[str, Any]:
+@router.post("/migration-network/listen", status_code=201, response_model=ProbeListener)
+async def open_listener(request: Request, sink: bool = False) -> ProbeListener:
     address = await migration_address(_manager(request).config)
     listeners: ProbeListeners = request.app.state.probe_listeners
     return await listeners.open(address, sink=sink)
 
 
-@router.post("/migration-network/probe")
-async def probe(request: Request, body: ProbeRequest) -> dict[str, Any]:
+@router.post("/migration-network/probe", response_model=ProbeAnswer)
+async def probe(request: Request, body: ProbeRequest) -> ProbeAnswer:
     source = await migration_address(_manager(request).config)
     return await probe_path(source, body.address, body.port)
 
 
-@router.post("/migration-network/throughput")
-async def throughput(request: Request, body: ThroughputRequest) -> dict[str, Any]:
+@router.post("/migration-network/throughput", response_model=ThroughputAnswer)
+async def throughput(request: Request, body: ThroughputRequest) -> ThroughputAnswer:
     source = await migration_address(_manager(request).config)
     return await measure_throughput(source, body.address, body.port, body.seconds)
 
 
-@router.post("/datastores/files")
-def files_visible(request: Request, body: FilesRequest) -> dict[str, Any]:
+@router.post("/datastores/files", response_model=FilesAnswer)
+def files_visible(request: Request, body: FilesRequest) -> FilesAnswer:
     """Whether each file (datastore name + path inside it) exists on this host; a datastore
     this host does not mount, or a path leaving the datastore, counts as not visible."""
     roots = _manager(request).config.datastores
@@ -83,5 +74,5 @@ def files_visible(request: Request, body: FilesRequest) -> dict[str, Any]:
         parts = ref.path.split("/")
         ok = (root is not None and not ref.path.startswith("/") and ".." not in parts
               and (root / ref.path).is_file())
-        out.append({"datastore": ref.datastore, "path": ref.path, "visible": ok})
-    return {"files": out}
+        out.append(FileVisibility(datastore=ref.datastore, path=ref.path, visible=ok))
+    return FilesAnswer(files=out)

@@ -3,9 +3,10 @@
 Routes: ``GET /health``, ``GET /host`` (facts), ``GET/POST /vms``, ``GET/DELETE /vms/{name}``,
 ``POST /vms/{name}/start``, ``POST /vms/{name}/stop``, ``GET /vms/{name}/events``,
 ``GET /vms/{name}/serial``; the migration routes (``segue.agent.api_migration``) and the
-pre-migration check routes (``segue.agent.api_checks``). Errors are
+pre-migration check routes (``segue.agent.api_checks``). Every route takes and answers the
+wire models of ``segue.api`` (declared as its ``response_model``). Errors are
 ``{"error": {code, message, hint}, "kind": ...}`` with the HTTP status mapped from the
-error's kind here, and only here.
+error's kind in ``segue.httpapi``, and only there.
 """
 
 from __future__ import annotations
@@ -15,20 +16,25 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
 
 from segue import __version__
+from segue.agent.api_params import EventSeq, SerialLines, StopTimeout, VMName
 from segue.agent.config import AgentConfig
 from segue.agent.facts import QemuCapabilities, detect_accel, host_facts, probe_qemu
 from segue.agent.heartbeat import run_heartbeats
+from segue.agent.incoming import Incoming
 from segue.agent.migpath import ProbeListeners
+from segue.agent.outgoing import Outgoing
 from segue.agent.vms import VMManager
-from segue.domain.vm import VMSpec
+from segue.api.agent import Health, SerialAnswer, VMEvent
+from segue.api.vm import VMInfo, VMSpecBody
+from segue.domain.host import HostFacts
 from segue.httpapi import install_error_handler
 
 log = logging.getLogger(__name__)
+
 
 def create_app(config: AgentConfig, caps: QemuCapabilities | None = None) -> FastAPI:
     """The agent app; probes QEMU at startup unless ``caps`` is given (tests)."""
@@ -39,6 +45,10 @@ def create_app(config: AgentConfig, caps: QemuCapabilities | None = None) -> Fas
         probed = caps or await probe_qemu(config.qemu_binary, accel, reason)
         log.info("host %s: accelerator %s (%s)", config.host, probed.accel, probed.accel_reason)
         manager = VMManager(config, probed)
+        incoming = Incoming(manager)
+        manager.hook = incoming  # before load: an adopted arrival is resumed by it
+        app.state.incoming = incoming
+        app.state.outgoing = Outgoing(manager)
         async with asyncio.TaskGroup() as tg:
             await manager.load(tg)
             app.state.manager = manager
@@ -70,24 +80,24 @@ def _routes(app: FastAPI, config: AgentConfig) -> None:
     from segue.agent.api_migration import router as migration_router
     app.include_router(migration_router)
     app.include_router(checks_router)
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "host": config.host, "version": __version__}
+    @app.get("/health", response_model=Health)
+    async def health() -> Health:
+        return Health(status="ok", host=config.host, version=__version__)
 
-    @app.get("/host")
-    def facts(request: Request) -> dict[str, Any]:  # sync: FastAPI runs it in a thread
+    @app.get("/host", response_model=HostFacts)
+    def facts(request: Request) -> HostFacts:  # sync: FastAPI runs it in a thread
         m = _manager(request)
-        return host_facts(config, m.caps, vms=len(m.vms)).to_dict()
+        return host_facts(config, m.caps, vms=len(m.vms))
 
-    @app.get("/vms")
-    async def list_vms(request: Request) -> list[dict[str, Any]]:
+    @app.get("/vms", response_model=list[VMInfo])
+    async def list_vms(request: Request) -> list[VMInfo]:
         return await _manager(request).list_all()
 
-    @app.post("/vms", status_code=201)
-    async def define_vm(request: Request, spec: VMSpec, start: bool = False) -> dict[str, Any]:
+    @app.post("/vms", status_code=201, response_model=VMInfo)
+    async def define_vm(request: Request, spec: VMSpecBody, start: bool = False) -> VMInfo:
         """Define a VM; with ``start``, also start it, and if that fails, define nothing."""
         m = _manager(request)
-        info = await m.define(spec)
+        info = await m.define(spec.to_domain())
         if not start:
             return info
         try:
@@ -96,31 +106,32 @@ def _routes(app: FastAPI, config: AgentConfig) -> None:
             await asyncio.shield(m.destroy(spec.name))
             raise
 
-    @app.get("/vms/{name}")
-    async def show_vm(request: Request, name: str) -> dict[str, Any]:
+    @app.get("/vms/{name}", response_model=VMInfo)
+    async def show_vm(request: Request, name: VMName) -> VMInfo:
         return await _manager(request).info(name)
 
-    @app.post("/vms/{name}/start")
-    async def start_vm(request: Request, name: str) -> dict[str, Any]:
+    @app.post("/vms/{name}/start", response_model=VMInfo)
+    async def start_vm(request: Request, name: VMName) -> VMInfo:
         return await _manager(request).start(name)
 
-    @app.post("/vms/{name}/stop")
-    async def stop_vm(request: Request, name: str, timeout: float = 30.0,
-                      force: bool = False) -> dict[str, Any]:
+    @app.post("/vms/{name}/stop", response_model=VMInfo)
+    async def stop_vm(request: Request, name: VMName, timeout: StopTimeout = 30.0,
+                      force: bool = False) -> VMInfo:
         return await _manager(request).stop(name, timeout=timeout, force=force)
 
-    @app.delete("/vms/{name}", status_code=204)
-    async def destroy_vm(request: Request, name: str) -> None:
+    @app.delete("/vms/{name}", status_code=204, response_model=None)
+    async def destroy_vm(request: Request, name: VMName) -> None:
         await _manager(request).destroy(name)
 
-    @app.get("/vms/{name}/events")
-    async def vm_events(request: Request, name: str, since: int = 0) -> list[dict[str, Any]]:
+    @app.get("/vms/{name}/events", response_model=list[VMEvent])
+    async def vm_events(request: Request, name: VMName, since: EventSeq = 0) -> list[VMEvent]:
         return _manager(request).events(name, since)
 
-    @app.get("/vms/{name}/serial")
-    async def vm_serial(request: Request, name: str, lines: int = 50) -> dict[str, Any]:
+    @app.get("/vms/{name}/serial", response_model=SerialAnswer)
+    async def vm_serial(request: Request, name: VMName, lines: SerialLines = 50
+                        ) -> SerialAnswer:
         info = await _manager(request).info(name)
-        return {"name": name, "lines": tail_lines(Path(info["serial_log"]), lines)}
+        return SerialAnswer(name=name, lines=tail_lines(Path(info.serial_log), lines))
 
 
 def tail_lines(path: Path, lines: int, max_bytes: int = 256 * 1024) -> list[str]:

@@ -11,17 +11,16 @@ QEMU, ``Unavailable`` (``QMP_COMMAND_FAILED``, ``QMP_UNAVAILABLE``) from QEMU.
 
 from __future__ import annotations
 
-from typing import Any
-
 from segue.agent.facts_parse import features_from_expansion
 from segue.agent.vms import VMManager
+from segue.api.agent import VMCpu
 from segue.domain.errors import Conflict
 from segue.qemu import process
 from segue.qemu.cpu_model import parse_cpu_model
 
 
-async def vm_cpu(manager: VMManager, name: str) -> dict[str, Any]:
-    """``{"model": the -cpu value QEMU runs with, "features": [enabled features, sorted]}``."""
+async def vm_cpu(manager: VMManager, name: str) -> VMCpu:
+    """The ``-cpu`` value QEMU runs with and the features it enables, sorted."""
     vm = manager.get(name)
     launched = process.cmdline_option(vm.pid, "-cpu") if vm.pid is not None else None
     if vm.qmp is None or not vm.qmp.connected or launched is None:
@@ -29,6 +28,7 @@ async def vm_cpu(manager: VMManager, name: str) -> dict[str, Any]:
                        "start it first: only a running QEMU can say what CPU it exposes",
                        state=vm.state.value)
     model = parse_cpu_model(launched)
+    # the raw expansion is read at once by the pure parser shared with the host facts
     expansion = await vm.qmp.execute("query-cpu-model-expansion", {
         "type": "full", "model": {"name": model.name, "props": model.props}})
-    return {"model": launched, "features": features_from_expansion(expansion)}
+    return VMCpu(model=launched, features=features_from_expansion(expansion))

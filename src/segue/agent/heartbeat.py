@@ -30,7 +30,8 @@ async def heartbeat_body(config: AgentConfig, manager: VMManager) -> dict[str, A
     """What one heartbeat says: this host's facts now and its VMs' live states."""
     # pyroute2's sync netlink socket (migration NIC facts) cannot run in the loop's thread
     facts = await asyncio.to_thread(host_facts, config, manager.caps, len(manager.vms))
-    vms = [{k: info[k] for k in VM_FIELDS} for info in await manager.list_all()]
+    vms = [info.model_dump(mode="json", include=set(VM_FIELDS))
+           for info in await manager.list_all()]
     return {"name": config.host, "url": config.advertise_url, "facts": facts.to_dict(),
             "vms": vms}
 

@@ -11,8 +11,8 @@ Pure: the caller asks QEMU (``query-status``, ``query-migrate``) and passes the 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
 
+from segue.api.qemu import MigrationStatus, QueryMigrate
 from segue.domain.vm import VMState
 
 
@@ -22,26 +22,19 @@ class VMRole(StrEnum):
     INCOMING = "incoming"
 
 
-# query-migrate statuses (QEMU 7.2 MigrationStatus) while a migration still runs.
-ACTIVE_MIGRATION_STATUSES = frozenset({
-    "setup", "active", "pre-switchover", "device", "wait-unplug", "cancelling",
-    "postcopy-active", "postcopy-paused", "postcopy-recover",
-})
+def migration_active(migration: QueryMigrate) -> bool:
+    """True if QEMU's ``query-migrate`` answer says a migration still runs."""
+    return migration.status.active
 
 
-def migration_active(migration: dict[str, Any]) -> bool:
-    """True if a ``query-migrate`` answer (or MIGRATION event data) says it still runs."""
-    return migration.get("status") in ACTIVE_MIGRATION_STATUSES
+def migration_completed(migration: QueryMigrate) -> bool:
+    """True if QEMU's ``query-migrate`` answer says the migration completed."""
+    return migration.status is MigrationStatus.COMPLETED
 
 
-def migration_completed(migration: dict[str, Any]) -> bool:
-    """True if a ``query-migrate`` answer (or MIGRATION event data) says it completed."""
-    return migration.get("status") == "completed"
-
-
-def role_of(incoming: bool, migration: dict[str, Any], state: VMState) -> VMRole:
+def role_of(incoming: bool, migration: QueryMigrate, state: VMState) -> VMRole:
     """The VM's role, given whether it is an unclaimed destination here, QEMU's
-    ``query-migrate`` answer ({} if none) and its run state."""
+    ``query-migrate`` answer (status ``none`` if none) and its run state."""
     if incoming:
         return VMRole.INCOMING
     if migration_active(migration) or state == VMState.POSTMIGRATE:

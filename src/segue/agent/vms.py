@@ -8,12 +8,14 @@ adopts every QEMU whose pidfile still names a live QEMU of that VM.
 A VM has a role on this host (``segue.agent.roles``): ``owner``, ``source`` of a running
 migration, or ``incoming`` (a migration's destination, not yet claimed; marked by a role
 file in its runtime dir so a restarted agent knows). An incoming VM is never started from
-scratch and its removal never touches the datastore's vm.json, which names its owner; the
-migration operations themselves are in ``segue.agent.migration``.
+scratch and its removal never touches the datastore's vm.json, which names its owner. The
+migration operations themselves are in ``segue.agent.incoming`` (destination) and
+``segue.agent.outgoing`` (source); the watcher hands every event of a VM to the destination
+side (``MigrationHook``), which resumes a VM that arrived.
 
-Errors: ``NotFound`` (``VM_NOT_FOUND``), ``Conflict`` (``VM_NOT_STOPPED``,
-``VM_NOT_RUNNING``, ``VM_INCOMING``), the admission errors of ``segue.agent.admission``, and
-``Unavailable`` from the QEMU layer.
+Start and stop are guarded (``segue.agent.guards``). Errors: ``NotFound``
+(``VM_NOT_FOUND``), ``Conflict`` (``VM_NOT_STOPPED``, ``VM_NOT_RUNNING``, ``VM_INCOMING``),
+the admission errors of ``segue.agent.admission``, and ``Unavailable`` from the QEMU layer.
 """
 
 from __future__ import annotations
@@ -25,61 +27,59 @@ import os
 import shutil
 import time
 import uuid as uuidlib
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from segue.agent import admission
 from segue.agent.config import AgentConfig
 from segue.agent.facts import QemuCapabilities, datastore_facts, memory_facts, port_group_facts
-from segue.agent.roles import migration_completed, role_of
+from segue.agent.guards import ALL_ROLES, LIVE, OWNED, requires
+from segue.agent.managed import ManagedVM, read_incoming
+from segue.agent.roles import role_of
 from segue.agent.taps import attach_tap
 from segue.agent.vmstore import VM_FILE, VMStore
-from segue.domain.errors import Conflict, NotFound, SegueError
-from segue.domain.vm import VMSpec, VMState, state_from_qmp_status, validate_vm_spec
+from segue.api.agent import MigrationView, VMEvent
+from segue.api.qemu import QueryMigrate
+from segue.api.vm import VMInfo, VMSpecBody
+from segue.domain.errors import NotFound, SegueError
+from segue.domain.vm import VMSpec, VMState, validate_vm_spec
 from segue.qemu import process
 from segue.qemu.argv import LaunchPlan, RuntimePaths, build_argv, tap_name
-from segue.qemu.qmp import QMPSession
+from segue.qemu.machine import QemuMachine
+from segue.qemu.qmp import QMPEvent, QMPSession
 
 log = logging.getLogger(__name__)
-EVENTS_KEPT = 1000
 
 
-@dataclass
-class ManagedVM:
-    """A VM this agent owns, and what it knows of its QEMU."""
+class MigrationHook(Protocol):
+    """What the destination side of a migration does when the manager adopts or watches a
+    VM (``segue.agent.incoming.Incoming``); it never raises."""
 
-    spec: VMSpec
-    runtime: RuntimePaths
-    pid: int | None = None
-    qmp: QMPSession | None = None
-    watcher: asyncio.Task[None] | None = None
-    state: VMState = VMState.STOPPED
-    started_at: float | None = None
-    last_exit: str | None = None
-    adopted: bool = False
-    incoming: str | None = None  # migration id while this host is its unclaimed destination
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=EVENTS_KEPT))
-    event_seq: int = 0
+    async def adopted(self, vm: ManagedVM) -> None: ...
 
-    def record_event(self, event: dict[str, Any]) -> None:
-        self.event_seq += 1
-        entry = {"seq": self.event_seq, **event}
-        self.events.append(entry)
-        with self.runtime.events_log.open("a") as f:
-            f.write(json.dumps(entry) + "\n")
+    async def event(self, vm: ManagedVM, event: QMPEvent) -> None: ...
+
+
+class NoMigrationHook:
+    """A manager without a destination side: events are only recorded."""
+
+    async def adopted(self, vm: ManagedVM) -> None:
+        return None
+
+    async def event(self, vm: ManagedVM, event: QMPEvent) -> None:
+        return None
 
 
 class VMManager:
-    """All VMs of this host. Watcher tasks run in the TaskGroup given to ``start_watchers``."""
+    """All VMs of this host. Watcher tasks run in the TaskGroup given to ``load``; ``hook``
+    is the destination side of migrations (set before ``load``: it resumes adopted arrivals)."""
 
     def __init__(self, config: AgentConfig, caps: QemuCapabilities) -> None:
         self.config = config
         self.caps = caps
         self.store = VMStore(config.host, config.vms_dir, dict(config.datastores))
         self.vms: dict[str, ManagedVM] = {}
+        self.hook: MigrationHook = NoMigrationHook()
         self._tg: asyncio.TaskGroup | None = None
 
     # ---- lifecycle of the manager ----
@@ -112,11 +112,9 @@ class VMManager:
             return
         vm.pid, vm.qmp, vm.adopted = pid, qmp, True
         vm.started_at = Path(f"/proc/{pid}").stat().st_mtime
-        await self.refresh_state(vm)
+        await vm.refresh_state()
         log.info("adopted %s (pid %d, %s)", vm.spec.name, pid, vm.state.value)
-        if vm.incoming is not None and vm.state == VMState.PAUSED \
-                and migration_completed(await self.migration_info(vm)):
-            await self._resume_arrived(vm)  # it arrived while no agent was there to resume it
+        await self.hook.adopted(vm)
         self._watch(vm)
 
     async def close(self) -> None:
@@ -135,57 +133,38 @@ class VMManager:
             raise NotFound("VM_NOT_FOUND", f"no VM named {name} on {self.config.host}",
                            "list the host's VMs") from None
 
-    async def info(self, name: str) -> dict[str, Any]:
+    async def info(self, name: str) -> VMInfo:
         """The VM's spec and live state (QEMU is asked, not remembered)."""
         return (await self.info_and_migration(name))[0]
 
-    async def info_and_migration(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def info_and_migration(self, name: str) -> tuple[VMInfo, QueryMigrate]:
         """The VM's info and QEMU's ``query-migrate`` answer it was derived from. The migration
         is asked first, so its status is never newer than the run state (a completed migration
         never comes with the running state from before the switchover)."""
         vm = self.get(name)
-        migration = await self.migration_info(vm)
-        await self.refresh_state(vm)
-        return {
-            "name": vm.spec.name, "uuid": vm.spec.uuid, "host": self.config.host,
-            "state": vm.state.value,
-            "role": role_of(vm.incoming is not None, migration, vm.state).value,
-            "migration_id": vm.incoming, "pid": vm.pid, "started_at": vm.started_at,
-            "adopted": vm.adopted, "last_exit": vm.last_exit, "accel": self.caps.accel,
-            "serial_log": vm.spec.serial_log or str(vm.runtime.default_serial_log),
-            "spec": vm.spec.to_dict(),
-        }, migration
+        migration = await vm.migration()
+        await vm.refresh_state()
+        return VMInfo(
+            name=vm.spec.name, uuid=vm.spec.uuid, host=self.config.host, state=vm.state,
+            role=role_of(vm.incoming is not None, migration, vm.state).value,
+            migration_id=vm.incoming, pid=vm.pid, started_at=vm.started_at,
+            adopted=vm.adopted, last_exit=vm.last_exit, accel=self.caps.accel,
+            serial_log=vm.spec.serial_log or str(vm.runtime.default_serial_log),
+            spec=VMSpecBody.from_domain(vm.spec),
+        ), migration
 
-    async def list_all(self) -> list[dict[str, Any]]:
+    async def migration_view(self, name: str) -> MigrationView:
+        """The VM's migration as this host sees it: role, run state, QEMU's answer."""
+        info, migration = await self.info_and_migration(name)
+        return MigrationView(name=name, role=info.role, state=info.state,
+                             migration_id=info.migration_id, migration=migration)
+
+    async def list_all(self) -> list[VMInfo]:
         return [await self.info(name) for name in sorted(self.vms)]
 
-    async def refresh_state(self, vm: ManagedVM) -> None:
-        """Ask QEMU for the VM's run state (kept as it was if QEMU does not answer)."""
-        if vm.qmp is None or not vm.qmp.connected:
-            return
-        try:
-            status = await vm.qmp.execute("query-status", timeout=3)
-            vm.state = state_from_qmp_status(str(status["status"]))
-        except SegueError:
-            pass  # the watcher notices a dead QEMU; keep the last known state
-
-    async def migration_info(self, vm: ManagedVM) -> dict[str, Any]:
-        """QEMU's ``query-migrate`` answer; {} without a QEMU. When QEMU does not answer
-        (a post-copy destination's main thread waits for a page while the stream is down),
-        the status of its last MIGRATION event, marked ``from_event``: the monitor's own
-        thread still delivers events, and recovery needs to know the side is paused."""
-        if vm.qmp is None or not vm.qmp.connected:
-            return {}
-        try:
-            return dict(await vm.qmp.execute("query-migrate", timeout=3))
-        except SegueError:
-            last = next((e for e in reversed(vm.events) if e.get("event") == "MIGRATION"),
-                        None)
-            status = ((last or {}).get("data") or {}).get("status")
-            return {"status": status, "from_event": True} if status else {}
-
-    def events(self, name: str, since: int = 0) -> list[dict[str, Any]]:
-        return [e for e in self.get(name).events if e["seq"] > since]
+    def events(self, name: str, since: int = 0) -> list[VMEvent]:
+        """The VM's recorded QEMU events numbered above ``since``, oldest first."""
+        return [e for e in self.get(name).events if e.seq > since]
 
     # ---- define / destroy ----
     def host_view(self, extra_files: list[str]) -> admission.HostView:
@@ -219,7 +198,7 @@ class VMManager:
                 paths[f"disks[{i}]"] = str(root / disk.path)
         return paths
 
-    async def define(self, spec: VMSpec) -> dict[str, Any]:
+    async def define(self, spec: VMSpec) -> VMInfo:
         """Check and store a new VM (not started). Changes nothing if any check fails."""
         validate_vm_spec(spec)
         paths = self.file_paths(spec)
@@ -265,28 +244,17 @@ class VMManager:
             del self.vms[vm.spec.name]
 
     # ---- start / stop ----
-    def _is_running(self, vm: ManagedVM) -> bool:
-        return vm.pid is not None and process.pid_alive(vm.pid)
-
-    async def start(self, name: str) -> dict[str, Any]:
+    @requires(roles=OWNED, states={VMState.STOPPED}, code="VM_NOT_STOPPED", wanted="stopped",
+              hint="stop it first")
+    async def start(self, vm: ManagedVM) -> VMInfo:
         """Start the VM's QEMU, plug its taps, let it run. A failed start leaves no QEMU."""
-        vm = self.get(name)
-        async with vm.lock:
-            if vm.incoming is not None:
-                raise Conflict("VM_INCOMING",
-                               f"{name} is the destination of migration {vm.incoming}; "
-                               "it cannot be started from scratch",
-                               "wait for the migration, or abort the incoming side")
-            if self._is_running(vm):
-                raise Conflict("VM_NOT_STOPPED", f"{name} is already running (pid {vm.pid})",
-                               "stop it first")
-            paths = self.file_paths(vm.spec)
-            view = self.host_view(list(paths.values()))
-            admission.check_references(vm.spec, view, paths)
-            admission.check_cpu(vm.spec, view)
-            admission.check_fits(vm.spec, view, starting=True)
-            await self.launch(vm)
-        return await self.info(name)
+        paths = self.file_paths(vm.spec)
+        view = self.host_view(list(paths.values()))
+        admission.check_references(vm.spec, view, paths)
+        admission.check_cpu(vm.spec, view)
+        admission.check_fits(vm.spec, view, starting=True)
+        await self.launch(vm)
+        return await self.info(vm.name)
 
     async def launch(self, vm: ManagedVM, incoming: str | None = None) -> None:
         """Start the VM's QEMU, connect QMP, plug its taps; then let it run, unless
@@ -302,39 +270,37 @@ class VMManager:
         try:
             vm.pid = await process.launch_daemon(build_argv(vm.spec, plan), vm.runtime.qemu_log,
                                                  vm.runtime.pidfile)
-            vm.qmp = QMPSession(vm.spec.name)
-            await vm.qmp.connect(vm.runtime.qmp_socket)
+            vm.qmp = qmp = QMPSession(vm.spec.name)
+            await qmp.connect(vm.runtime.qmp_socket)
             for i, nic in enumerate(vm.spec.nics):
                 # pyroute2's sync netlink socket cannot run inside the event loop's thread
                 await asyncio.to_thread(attach_tap, tap_name(vm.spec.uuid, i),
                                         self.config.port_groups[nic.port_group])
             if incoming is None:
-                await vm.qmp.execute("cont")
+                await QemuMachine(qmp).cont()
         except BaseException:
             await asyncio.shield(self.kill(vm, reason="start failed"))
             raise
         vm.started_at, vm.adopted, vm.last_exit = time.time(), False, None
-        await self.refresh_state(vm)
+        await vm.refresh_state()
         self._watch(vm)
         log.info("started %s (pid %d%s)", vm.spec.name, vm.pid, ", incoming" if incoming else "")
 
-    async def stop(self, name: str, timeout: float = 30.0, force: bool = False) -> dict[str, Any]:
+    @requires(roles=ALL_ROLES, states=LIVE)
+    async def stop(self, vm: ManagedVM, timeout: float = 30.0, force: bool = False) -> VMInfo:
         """ACPI power-off; if the guest has not gone after ``timeout`` s, hard power-off."""
-        vm = self.get(name)
-        async with vm.lock:
-            if not self._is_running(vm) or vm.pid is None:
-                raise Conflict("VM_NOT_RUNNING", f"{name} is not running", "start it first")
-            if force or vm.qmp is None:
-                await self.kill(vm, reason="powered off")
+        machine = vm.machine()
+        if force or machine is None or vm.pid is None:
+            await self.kill(vm, reason="powered off")
+        else:
+            await machine.powerdown()
+            if await process.wait_exit(vm.pid, timeout):
+                await self._await_exit(vm)
             else:
-                await vm.qmp.execute("system_powerdown")
-                if await process.wait_exit(vm.pid, timeout):
-                    await self._await_exit(vm)
-                else:
-                    log.warning("%s ignored ACPI power-off for %.0f s", name, timeout)
-                    await self.kill(vm, reason=f"no ACPI shutdown within {timeout:.0f} s; "
-                                                "powered off")
-        return await self.info(name)
+                log.warning("%s ignored ACPI power-off for %.0f s", vm.name, timeout)
+                await self.kill(vm, reason=f"no ACPI shutdown within {timeout:.0f} s; "
+                                            "powered off")
+        return await self.info(vm.name)
 
     async def kill(self, vm: ManagedVM, reason: str) -> None:
         """Hard power-off (idempotent); returns when the process and its files are gone."""
@@ -355,21 +321,17 @@ class VMManager:
         vm.watcher = self._tg.create_task(self._watch_loop(vm), name=f"watch-{vm.spec.name}")
 
     async def _watch_loop(self, vm: ManagedVM) -> None:
-        """Record events until the QEMU process is gone, then clean up after it."""
+        """Record events until the QEMU process is gone, then clean up after it; every event
+        goes to the destination side too (it resumes a VM that arrived)."""
         try:
-            while vm.pid is not None and process.pid_alive(vm.pid):
+            while vm.process_alive():
                 event = await vm.qmp.next_event(0.25) if vm.qmp else None
                 if event is None:
                     if vm.qmp is None:
                         await asyncio.sleep(0.25)
                     continue
                 self._on_event(vm, event)
-                if vm.incoming is not None and migration_completed(event.get("data") or {}) \
-                        and event.get("event") == "MIGRATION":
-                    await self._resume_arrived(vm)
-                elif vm.incoming is not None and event.get("event") == "MIGRATION" and \
-                        (event.get("data") or {}).get("status") == "postcopy-active":
-                    await self._run_postcopy(vm)
+                await self.hook.event(vm, event)
             while vm.qmp is not None and (event := await vm.qmp.next_event(0)) is not None:
                 self._on_event(vm, event)  # what QEMU said just before it went
             await self._exited(vm)
@@ -378,45 +340,19 @@ class VMManager:
         except Exception:
             log.exception("watcher of %s failed; the VM keeps running", vm.spec.name)
 
-    def _on_event(self, vm: ManagedVM, event: dict[str, Any]) -> None:
-        ts = event.get("timestamp") or {}
-        entry = {"event": event.get("event"), "data": event.get("data", {}),
-                 "timestamp": ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6}
-        vm.record_event(entry)
-        name = entry["event"]
-        if name == "SHUTDOWN":
-            reason = entry["data"].get("reason", "unknown")
-            by = "guest" if entry["data"].get("guest", True) else "host"
-            vm.last_exit = f"{'guest shut down' if by == 'guest' else 'shut down by host'} " \
+    @staticmethod
+    def _on_event(vm: ManagedVM, event: QMPEvent) -> None:
+        vm.record_event(event)
+        if event.event == "SHUTDOWN":
+            reason = event.data.get("reason", "unknown")
+            by_guest = event.data.get("guest", True)
+            vm.last_exit = f"{'guest shut down' if by_guest else 'shut down by host'} " \
                            f"({reason})"
         new_state = {"STOP": VMState.PAUSED, "RESUME": VMState.RUNNING,
-                     "SHUTDOWN": VMState.SHUTDOWN, "GUEST_PANICKED": VMState.CRASHED}.get(str(name))
+                     "SHUTDOWN": VMState.SHUTDOWN, "GUEST_PANICKED": VMState.CRASHED
+                     }.get(event.event)
         if new_state is not None:
             vm.state = new_state
-
-    async def _resume_arrived(self, vm: ManagedVM) -> None:
-        """An incoming migration completed: run the guest at once (its QEMU has -S, so it
-        waits paused; QEMU announced the MACs already, at completion)."""
-        try:
-            if vm.qmp is not None:
-                await vm.qmp.execute("cont")
-        except SegueError as err:
-            log.error("%s arrived but does not resume: %s", vm.spec.name, err)
-
-    async def _run_postcopy(self, vm: ManagedVM) -> None:
-        """Post-copy began: QEMU (with -S) leaves the guest paused once the device state is
-        in; run it at once, as at completion (waits up to 30 s for that moment)."""
-        deadline = time.monotonic() + 30.0
-        try:
-            while vm.qmp is not None and time.monotonic() < deadline:
-                status = str((await vm.qmp.execute("query-status", timeout=3))["status"])
-                if status != "inmigrate":
-                    if status == "paused":
-                        await vm.qmp.execute("cont")
-                    return
-                await asyncio.sleep(0.005)
-        except SegueError as err:
-            log.error("%s runs post-copy but does not resume: %s", vm.spec.name, err)
 
     async def _exited(self, vm: ManagedVM) -> None:
         """The QEMU is gone: forget its pid and session and remove its runtime files."""
@@ -436,13 +372,3 @@ class VMManager:
         for path in (vm.runtime.pidfile, vm.runtime.qmp_socket, vm.runtime.serial_socket):
             path.unlink(missing_ok=True)
 
-
-def read_incoming(runtime: RuntimePaths) -> str | None:
-    """The migration id in the VM's role file, or None if it is no unclaimed destination."""
-    try:
-        data = json.loads(runtime.role_file.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("role") != "incoming":
-        return None
-    return str(data.get("migration_id", ""))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, JsonValue
 
 from segue.api.base import NonNegFloat, Port, RequestModel, ResponseModel, ShortText
 from segue.api.qemu import QueryMigrate
@@ -52,6 +52,12 @@ class MigrateRequest(RequestModel):
 
 class ParametersRequest(RequestModel):
     parameters: Parameters
+
+
+class ParametersAnswer(ResponseModel):
+    """QEMU's ``query-migrate-parameters`` after a change, by QEMU's names."""
+
+    parameters: dict[str, JsonValue]
 
 
 class ResumeRequest(RequestModel):

@@ -37,6 +37,7 @@ from segue.api.agent import (
     MigrateRequest,
     MigrationView,
     Parameters,
+    ParametersAnswer,
     ParametersRequest,
     ProbeAnswer,
     ProbeListener,
@@ -49,16 +50,11 @@ from segue.api.agent import (
     VMCpu,
     VMEvent,
 )
-from segue.api.base import ResponseModel
 from segue.api.vm import VMInfo, VMSpecBody
 from segue.clients.base import ServiceClient
 from segue.domain.host import HostFacts
 
-
-class ParametersAnswer(ResponseModel):
-    """QEMU's ``query-migrate-parameters`` after a change."""
-
-    parameters: dict[str, JsonValue]
+__all__ = ["AgentClient", "ParametersAnswer"]  # ParametersAnswer: re-exported, it lived here
 
 
 class AgentClient(ServiceClient):

@@ -51,7 +51,7 @@ class RuntimePaths:
 
     @property
     def role_file(self) -> Path:
-        """Present while the VM is a migration's destination (see segue.agent.migration)."""
+        """Present while the VM is a migration's destination (see segue.agent.incoming)."""
         return self.directory / "role.json"
 
 

@@ -1,7 +1,13 @@
 """One QMP session with one QEMU, over its unix socket, driven by qemu.qmp.
 
-Errors: ``QMPUnavailable`` (cannot connect, connection lost, timeout) and
-``QMPCommandFailed`` (QEMU answered with an error); both are ``Unavailable`` with a code.
+``execute`` returns QEMU's raw answer; ``query`` validates it into a model at once, and
+events come out of ``next_event`` as ``QMPEvent`` models: past this module no raw QMP dict
+travels (the typed command layers are ``segue.qemu.machine`` and ``segue.qemu.migration``).
+
+Errors (all ``Unavailable``, each with its code): ``QMPUnavailable`` (``QMP_UNAVAILABLE``:
+cannot connect, connection lost, timeout), ``QMPCommandFailed`` (``QMP_COMMAND_FAILED``:
+QEMU answered with an error), ``QMPAnswerInvalid`` (``QMP_ANSWER_INVALID``: an answer that
+does not fit its model).
 """
 
 from __future__ import annotations
@@ -9,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 from qemu.qmp import ConnectError, EventListener, ExecuteError, QMPClient, QMPError, Runstate
 
 from segue.domain.errors import Unavailable
@@ -24,6 +31,48 @@ class QMPUnavailable(Unavailable):
 
 class QMPCommandFailed(Unavailable):
     """QEMU refused a command; ``details['qmp_class']`` holds QEMU's error class."""
+
+
+class QMPAnswerInvalid(Unavailable):
+    """QEMU answered, but not in the shape its QAPI schema promises."""
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class QMPTimestamp(BaseModel):
+    """When QEMU emitted an event (its own clock)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    seconds: int = 0
+    microseconds: int = 0
+
+
+class QMPEvent(BaseModel):
+    """One QEMU event (``STOP``, ``RESUME``, ``MIGRATION`` ...) with its data."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    event: str
+    data: dict[str, JsonValue] = {}
+    timestamp: QMPTimestamp = QMPTimestamp()
+
+    @property
+    def at(self) -> float:
+        """The event's time in seconds since the epoch."""
+        return self.timestamp.seconds + self.timestamp.microseconds / 1e6
+
+
+def validated(model: type[M], raw: object, what: str, where: str) -> M:
+    """``raw`` (a QMP answer) as ``model``; raises QMPAnswerInvalid if it does not fit."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise QMPAnswerInvalid(
+            "QMP_ANSWER_INVALID", f"{what} on {where} answered {str(raw)[:300]}: "
+            f"{err.errors()[0]['msg']}", "run a QEMU version Segue supports (7.2 or newer)",
+        ) from err
 
 
 class QMPSession:
@@ -76,14 +125,27 @@ class QMPSession:
                 "check that its QEMU process runs",
             ) from err
 
-    async def next_event(self, timeout: float) -> dict[str, Any] | None:
-        """The next QEMU event as a plain dict, or None if none came within ``timeout``."""
+    async def query(self, model: type[M], command: str,
+                    arguments: dict[str, Any] | None = None, timeout: float = 10.0) -> M:
+        """Run one command and return its answer validated as ``model``; raises what
+        ``execute`` raises, and QMPAnswerInvalid for an answer that does not fit."""
+        return validated(model, await self.execute(command, arguments, timeout=timeout),
+                         command, self.name)
+
+    async def next_event(self, timeout: float) -> QMPEvent | None:
+        """The next QEMU event, or None if none came within ``timeout``. A message that is
+        no event (QEMU broke its schema) is logged and dropped: the caller goes on
+        watching."""
         try:
             async with asyncio.timeout(timeout):
                 msg = await self._events.get()
         except TimeoutError:
             return None
-        return dict(msg)
+        try:
+            return validated(QMPEvent, dict(msg), "an event", self.name)
+        except QMPAnswerInvalid as err:
+            log.warning("%s", err)
+            return None
 
     async def close(self) -> None:
         """Disconnect; never raises (the peer may already be gone)."""

@@ -1,0 +1,213 @@
+"""The destination side of a live migration, all of it: what this host does to receive a VM.
+
+- ``prepare``: check the host as a start does, start QEMU with the same argv plus
+  ``-incoming defer``, plug its taps, set the capabilities and parameters (with a 1 ms
+  announce delay, so the VM's MACs are announced by RARP right at completion), and listen
+  on this host's migration interface (port chosen by the kernel, read back from QEMU).
+  The VM is ``incoming`` here (a role file in its runtime dir says so across agent
+  restarts) until it is claimed.
+- as the migration arrives (``event``, called by the VM manager's watcher for every QEMU
+  event): ``completed`` resumes the guest at once (its QEMU runs with ``-S``); in post-copy,
+  the guest runs as soon as its device state is in. ``adopted``: an arrival found after an
+  agent restart, completed while no agent was there, is resumed too.
+- ``claim``: the VM runs here; this host becomes its owner (the datastore's vm.json names it).
+- ``abort``: kill the incoming QEMU and forget the VM (the datastore is not touched).
+- ``recover``: a paused post-copy listens again (``migrate-recover``) on a fresh port.
+
+Operations are guarded (``segue.agent.guards``). Errors: ``NotFound`` (``VM_NOT_FOUND``);
+``Conflict`` (``VM_EXISTS``, ``MAC_IN_USE``, ``VM_NOT_INCOMING``, ``VM_NOT_RUNNING``);
+``InvalidRequest`` (``VM_SPEC_INVALID``); ``Unavailable`` (``MIGRATION_NIC_UNAVAILABLE``,
+``MIGRATION_LISTEN_FAILED``, QEMU's ``QEMU_LAUNCH_FAILED``, ``QMP_COMMAND_FAILED``,
+``QMP_UNAVAILABLE``); the admission errors of ``segue.agent.admission``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Mapping
+from dataclasses import replace
+
+from segue.agent import admission
+from segue.agent.guards import ANY_STATE, INCOMING, LIVE, qmp_of, requires
+from segue.agent.managed import ManagedVM
+from segue.agent.migpath import migration_address
+from segue.agent.roles import migration_completed
+from segue.agent.vms import VMManager
+from segue.agent.vmstore import VM_FILE
+from segue.api.agent import IncomingAnswer, RecoverAnswer
+from segue.api.qemu import MigrationStatus
+from segue.api.vm import VMInfo
+from segue.domain.errors import InvalidRequest, SegueError
+from segue.domain.vm import VMSpec, VMState, validate_vm_spec
+from segue.files import write_json_atomic
+from segue.qemu.argv import RuntimePaths
+from segue.qemu.machine import QemuMachine
+from segue.qemu.migration import ParameterValue, QemuMigration, migration_event_status
+from segue.qemu.qmp import QMPEvent
+
+log = logging.getLogger(__name__)
+
+# QEMU waits announce-initial ms (default 50; 7.2 accepts 0..100000) after the incoming
+# migration completed before its first RARP: 1 ms lets the network learn the new port at once.
+ANNOUNCE_PARAMETERS: dict[str, ParameterValue] = {"announce-initial": 1}
+POSTCOPY_RUN_TIMEOUT_S = 30.0  # from post-copy's start until the device state is in
+
+
+def free_port(address: str) -> int:
+    """A TCP port free on ``address`` now (the kernel's pick; QEMU binds it right after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        return int(sock.getsockname()[1])
+
+
+class Incoming:
+    """The destination side of migrations to this host's ``VMManager`` (see the module doc);
+    the manager's ``MigrationHook``."""
+
+    def __init__(self, manager: VMManager) -> None:
+        self.m = manager
+
+    def get(self, name: str) -> ManagedVM:
+        return self.m.get(name)
+
+    # ---- prepare ----
+    async def prepare(self, spec: VMSpec, migration_id: str, capabilities: Mapping[str, bool],
+                      parameters: Mapping[str, ParameterValue]) -> IncomingAnswer:
+        """Check the host like a start does, launch the incoming QEMU and listen; where.
+
+        On any failure the QEMU is killed and the local definition removed before the error
+        is raised."""
+        address = await migration_address(self.m.config)
+        self._check(spec)
+        vm = ManagedVM(spec=spec, runtime=RuntimePaths(self.m.store.runtime_dir(spec.name)),
+                       incoming=migration_id)
+        self.m.vms[spec.name] = vm  # no await since the checks: the name is taken atomically
+        try:
+            async with vm.lock:
+                write_json_atomic(vm.runtime.directory / "spec.json", spec.to_dict())
+                write_json_atomic(vm.runtime.role_file,
+                                  {"role": "incoming", "migration_id": migration_id})
+                await self.m.launch(vm, incoming="defer")
+                answer = await self._listen(vm, address, capabilities, parameters)
+        except BaseException:
+            await asyncio.shield(self._discard(vm, "incoming migration not prepared"))
+            raise
+        log.info("%s: incoming migration %s on %s", spec.name, migration_id, answer.uri)
+        return answer
+
+    def _check(self, spec: VMSpec) -> None:
+        """The admission checks of define + start, for a VM that exists elsewhere already:
+        its own datastore entry (naming the source) is expected and not a clash."""
+        validate_vm_spec(spec)
+        if not spec.uuid:
+            raise InvalidRequest("VM_SPEC_INVALID", "uuid: an incoming VM needs its uuid",
+                                 "send the source's spec unchanged", field="uuid")
+        stale = self.m.vms.get(spec.name)
+        if stale is not None and stale.incoming is not None and stale.pid is None:
+            self.m.forget(stale)  # a destination whose QEMU died: nothing of it is left
+        paths = self.m.file_paths(spec)
+        view = self.m.host_view(list(paths.values()))
+        others = {n: e for n, e in view.datastore_vms.items() if n != spec.name}
+        admission.check_unique(spec, replace(view, datastore_vms=others))
+        admission.check_references(spec, view, paths)
+        admission.resolve_machine(spec, view)
+        admission.check_cpu(spec, view)
+        admission.check_fits(spec, view, starting=True)
+
+    async def _listen(self, vm: ManagedVM, address: str, capabilities: Mapping[str, bool],
+                      parameters: Mapping[str, ParameterValue]) -> IncomingAnswer:
+        qemu = QemuMigration(qmp_of(vm))
+        await qemu.set_capabilities(capabilities)
+        await qemu.set_parameters({**ANNOUNCE_PARAMETERS, **parameters})
+        await qemu.incoming(f"tcp:{address}:0")
+        port = await qemu.listening_port()
+        announce = await qemu.announce_parameters()
+        await vm.refresh_state()
+        return IncomingAnswer(uri=f"tcp:{address}:{port}", pid=vm.pid, state=vm.state,
+                              migration_id=vm.incoming, announce=announce)
+
+    # ---- as it arrives (the manager's MigrationHook) ----
+    async def event(self, vm: ManagedVM, event: QMPEvent) -> None:
+        """A QEMU event of ``vm``: an incoming migration that completed resumes the guest;
+        one that switched to post-copy runs it once its device state is in."""
+        if vm.incoming is None:
+            return
+        status = migration_event_status(event)
+        if status is MigrationStatus.COMPLETED:
+            await self._resume_arrived(vm)
+        elif status is MigrationStatus.POSTCOPY_ACTIVE:
+            await self._run_postcopy(vm)
+
+    async def adopted(self, vm: ManagedVM) -> None:
+        """An incoming VM found after an agent restart: if it arrived meanwhile, resume it
+        (no agent was there to do it)."""
+        if vm.incoming is not None and vm.state == VMState.PAUSED \
+                and migration_completed(await vm.migration()):
+            await self._resume_arrived(vm)
+
+    async def _resume_arrived(self, vm: ManagedVM) -> None:
+        """An incoming migration completed: run the guest at once (its QEMU has -S, so it
+        waits paused; QEMU announced the MACs already, at completion)."""
+        machine = vm.machine()
+        try:
+            if machine is not None:
+                await machine.cont()
+        except SegueError as err:
+            log.error("%s arrived but does not resume: %s", vm.name, err)
+
+    async def _run_postcopy(self, vm: ManagedVM) -> None:
+        """Post-copy began: QEMU (with -S) leaves the guest paused once the device state is
+        in; run it at once, as at completion (waits up to 30 s for that moment)."""
+        try:
+            async with asyncio.timeout(POSTCOPY_RUN_TIMEOUT_S):
+                while vm.qmp is not None:
+                    machine = QemuMachine(vm.qmp)
+                    status = await machine.status(timeout=3)
+                    if status != "inmigrate":
+                        if status == "paused":
+                            await machine.cont()
+                        return
+                    await asyncio.sleep(0.005)
+        except TimeoutError:
+            log.error("%s runs post-copy but its device state did not arrive in %.0f s",
+                      vm.name, POSTCOPY_RUN_TIMEOUT_S)
+        except SegueError as err:
+            log.error("%s runs post-copy but does not resume: %s", vm.name, err)
+
+    # ---- claim, abort, recover ----
+    @requires(roles=INCOMING, states={VMState.RUNNING}, fresh=True,
+              hint="claim it once the migration completed and it runs")
+    async def claim(self, vm: ManagedVM) -> VMInfo:
+        """The incoming VM runs here: write the datastore's vm.json naming this host and
+        clear the incoming role; the VM as this host now owns it."""
+        root = self.m.config.datastores[vm.spec.datastore]
+        write_json_atomic(root / vm.spec.name / VM_FILE,
+                          {"host": self.m.config.host, "spec": vm.spec.to_dict()})
+        vm.runtime.role_file.unlink(missing_ok=True)
+        log.info("%s: claimed (migration %s)", vm.name, vm.incoming)
+        vm.incoming = None
+        return await self.m.info(vm.name)
+
+    @requires(roles=INCOMING, states=ANY_STATE)
+    async def abort(self, vm: ManagedVM) -> None:
+        """Kill the incoming QEMU and forget the VM here; the datastore is not touched. A VM
+        this host owns is never killed (``VM_NOT_INCOMING``)."""
+        await self._discard(vm, "incoming migration aborted")
+        log.info("%s: incoming migration %s aborted", vm.name, vm.incoming)
+
+    async def _discard(self, vm: ManagedVM, reason: str) -> None:
+        await self.m.kill(vm, reason=reason)
+        self.m.forget(vm)
+
+    @requires(roles=INCOMING, states=LIVE, locked=False, hint="its QEMU is gone")
+    async def recover(self, vm: ManagedVM) -> RecoverAnswer:
+        """A paused post-copy: ``migrate-recover`` listening on a fresh port of this host's
+        migration address; the uri for the source's resume. Raises Unavailable
+        (``MIGRATION_NIC_UNAVAILABLE``) without a migration address."""
+        address = await migration_address(self.m.config)
+        uri = f"tcp:{address}:{free_port(address)}"
+        await QemuMigration(qmp_of(vm)).recover(uri)
+        log.info("%s: post-copy recovery listens on %s", vm.name, uri)
+        return RecoverAnswer(uri=uri)
