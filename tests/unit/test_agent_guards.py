@@ -47,7 +47,7 @@ EXPECTED: dict[str, tuple[set[VMRole], set[VMState], str, bool, bool, bool]] = {
     "pause": (EVERY_ROLE, LIVE, "VM_NOT_RUNNING", False, False, False),
     # destination (segue.agent.incoming)
     "claim": ({INCOMING}, {S.RUNNING}, "VM_NOT_RUNNING", False, True, True),
-    "abort": ({INCOMING}, EVERY_STATE, "", False, False, True),
+    "abort": ({INCOMING}, EVERY_STATE - {S.RUNNING}, "VM_RUNNING", False, True, True),
     "recover": ({INCOMING}, LIVE, "VM_NOT_RUNNING", False, False, False),
 }
 

@@ -86,6 +86,21 @@ def _escalating(w: World) -> None:
 
 
 ROLLED_BACK = [P.PREPARE, P.START, P.MONITOR, P.ROLLING_BACK, P.FAILED]
+def _never_ran(state: VMState, events_fail: bool = False,
+               abort_fails: bool = False) -> Callable[[World], None]:
+    """After the copy the destination is in ``state`` with no RESUME among its events."""
+
+    def setup(w: World) -> None:
+        w.wire.dest_after = state
+        w.dst.events_ = []
+        if events_fail:
+            w.dst.fail("events", BOOM)
+        if abort_fails:
+            w.dst.fail("abort_incoming", BOOM)
+
+    return setup
+
+
 FAILURES = [
     Case("source agent down at prepare", lambda w: w.src.fail("get_vm", times=1),
          "AGENT_UNREACHABLE", [P.PREPARE, P.ROLLING_BACK, P.FAILED],
@@ -143,6 +158,21 @@ FAILURES = [
              w.wire, "dest_after", VMState.INMIGRATE), "MIGRATION_DEST_NOT_RUNNING",
          [P.PREPARE, P.START, P.MONITOR, P.SWITCHOVER, P.FAILED],
          not_called={"host1": ["resume_vm"], "host2": ["abort_incoming"]}, runs_on=[]),
+    # the same two without a RESUME in the destination's events: no guest code ran there
+    Case("destination stopped after the copy, never having run", _never_ran(VMState.STOPPED),
+         "MIGRATION_DEST_NOT_RUNNING", [P.PREPARE, P.START, P.MONITOR, P.SWITCHOVER, P.FAILED],
+         called={"host1": ["resume_vm"], "host2": ["abort_incoming"]}, runs_on=["host1"],
+         notes=["host2 never resumed web1 after the copy (no RESUME)"]),
+    Case("destination still incoming, never having run", _never_ran(VMState.INMIGRATE),
+         "MIGRATION_DEST_NOT_RUNNING", [P.PREPARE, P.START, P.MONITOR, P.SWITCHOVER, P.FAILED],
+         called={"host1": ["resume_vm"], "host2": ["abort_incoming"]}, runs_on=["host1"]),
+    Case("destination's events unknown", _never_ran(VMState.STOPPED, events_fail=True),
+         "MIGRATION_DEST_NOT_RUNNING", [P.PREPARE, P.START, P.MONITOR, P.SWITCHOVER, P.FAILED],
+         not_called={"host1": ["resume_vm"], "host2": ["abort_incoming"]}, runs_on=[]),
+    Case("destination refuses the teardown", _never_ran(VMState.STOPPED, abort_fails=True),
+         "MIGRATION_DEST_NOT_RUNNING", [P.PREPARE, P.START, P.MONITOR, P.SWITCHOVER, P.FAILED],
+         called={"host2": ["abort_incoming"]}, not_called={"host1": ["resume_vm"]},
+         runs_on=[], notes=["the VM could not go back to host1: FAKE_BOOM"]),
 ]
 
 

@@ -190,10 +190,13 @@ class Incoming:
         vm.incoming = None
         return await self.m.info(vm.name)
 
-    @requires(roles=INCOMING, states=ANY_STATE)
+    @requires(roles=INCOMING, states=ANY_STATE - {VMState.RUNNING}, fresh=True,
+              code="VM_RUNNING", wanted="paused or gone",
+              hint="the VM runs here already: finish the migration (claim it), never abort it")
     async def abort(self, vm: ManagedVM) -> None:
         """Kill the incoming QEMU and forget the VM here; the datastore is not touched. A VM
-        this host owns is never killed (``VM_NOT_INCOMING``)."""
+        this host owns is never killed (``VM_NOT_INCOMING``), nor an incoming one that runs
+        guest code already (``VM_RUNNING``): the guest would lose what it did here."""
         await self._discard(vm, "incoming migration aborted")
         log.info("%s: incoming migration %s aborted", vm.name, vm.incoming)
 

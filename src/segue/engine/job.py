@@ -12,7 +12,10 @@ the VM.
 The commit point is QEMU reporting the copy ``completed``, or post-copy being requested of it:
 from then on the destination may run guest code, the stack is dropped and the job only rolls
 forward (a failure ends ``failed`` with both QEMUs left as they are, and the error says what
-to look at). Once the destination runs, the VM's location is committed to the destination
+to look at). One case goes back: a destination whose agent answers that its QEMU does not run
+the VM and never resumed it (no RESUME among its events) ran no guest code, so the source's
+paused memory is still the newest: the destination is torn down (its agent refuses that for
+a running VM) and the source resumed; the job still ends ``failed``. Once the destination runs, the VM's location is committed to the destination
 (``JobStore.commit_location``) and the source QEMU is shut down.
 
 The job is given its policy (``segue.engine.policies``; Segue's by default): while the
@@ -229,7 +232,42 @@ class MigrationJob(JobBase):
         self.enter(Phase.SWITCHOVER,
                    "post-copy completed; the destination has every page" if self.went_postcopy
                    else "source paused and sent the rest; waiting for the destination")
-        await self.wait_destination_runs()
+        try:
+            await self.wait_destination_runs()
+        except MigrationFailed as err:
+            if self.went_postcopy or not await self._destination_never_ran():
+                raise
+            await self._back_to_source(err)
+
+    async def _destination_never_ran(self) -> bool:
+        """True only if the destination's agent answers that its QEMU does not run the VM
+        and never resumed it (no RESUME among its events): then no guest code ran there and
+        the source's paused memory is still the newest. Anything it cannot confirm: False."""
+        try:
+            events = await self.dst.events(self.vm)
+            info = await self.dst.get_vm(self.vm)
+        except SegueError:
+            return False
+        return info.state != VMState.RUNNING and _last_event(events, "RESUME") is None
+
+    async def _back_to_source(self, err: MigrationFailed) -> None:
+        """QEMU completed the copy but the destination never ran the guest: tear it down
+        and run the VM on its source again;
+        raises ``err``, reworded to say where the VM runs (or as it was if any step fails:
+        the source then stays paused)."""
+        try:
+            await self._tear_down()  # the agent refuses to tear down a running destination
+            await self.src.resume_vm(self.vm)
+        except SegueError as step:
+            if step is not err:
+                self.note(f"the VM could not go back to {self.spec.source}: {step}")
+            raise err from None
+        self.note(f"{self.spec.dest} never resumed {self.vm} after the copy (no RESUME): its "
+                  f"QEMU was torn down and {self.vm} runs on {self.spec.source} again")
+        raise MigrationFailed(err.code, f"{err.message}; it never ran there, so {self.vm} "
+                              f"runs on {self.spec.source} again",
+                              f"see {self.spec.dest}'s agent log for why its QEMU did not "
+                              "take the VM over") from None
 
     async def wait_destination_runs(self) -> None:
         """Return once the destination runs the VM; raises MigrationFailed
