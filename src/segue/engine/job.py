@@ -15,8 +15,9 @@ forward (a failure ends ``failed`` with both QEMUs left as they are, and the err
 to look at). One case goes back: a destination whose agent answers that its QEMU does not run
 the VM and never resumed it (no RESUME among its events) ran no guest code, so the source's
 paused memory is still the newest: the destination is torn down (its agent refuses that for
-a running VM) and the source resumed; the job still ends ``failed``. Once the destination runs, the VM's location is committed to the destination
-(``JobStore.commit_location``) and the source QEMU is shut down.
+a running VM) and the source resumed; the job still ends ``failed``. Once the destination
+runs, the VM's location is committed to the destination (``JobStore.commit_location``) and
+the source QEMU is shut down.
 
 The job is given its policy (``segue.engine.policies``; Segue's by default): while the
 destination QEMU starts, the job measures the migration link and samples the dirty rate (side
