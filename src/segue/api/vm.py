@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from segue.api.base import Name, RequestModel, ResponseModel, ShortText, Text
+from segue.api.base import Name, RequestModel, ResponseModel, Text
 from segue.domain.vm import DiskSpec, NicSpec, VMSpec, VMState
 
 PathText = Annotated[str, Field(min_length=1, max_length=1024)]
