@@ -362,7 +362,7 @@ async def test_resource_and_spec_errors(lab: Lab, agent: AgentFactory) -> None:
                                   "MACHINE_UNKNOWN")
         before = tree(lab.state_dir, lab.datastore)
         resp = await http.post("/vms", json={"datastore": "shared"})  # no name: pydantic
-        assert resp.status_code == 422
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == "REQUEST_FIELD_MISSING"
         assert tree(lab.state_dir, lab.datastore) == before
 
 

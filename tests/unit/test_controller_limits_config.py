@@ -3,6 +3,8 @@ queued job."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from segue.cli.migrations import phase_label
@@ -35,4 +37,4 @@ def test_a_limit_below_one_is_refused() -> None:
     ({"phase": "monitor", "queue_position": None}, "monitor"),
 ])
 def test_a_queued_job_shows_its_place(job: dict[str, object], shown: str) -> None:
-    assert phase_label(job) == shown
+    assert phase_label(SimpleNamespace(**job)) == shown
