@@ -18,9 +18,11 @@ import pytest
 import uvicorn
 
 from segue.agent.app import create_app
-from segue.agent.client import AgentClient
 from segue.agent.facts import QemuCapabilities
 from segue.agent.facts_parse import parse_meminfo
+from segue.api.vm import VMSpecBody
+from segue.clients.agent import AgentClient
+from segue.clients.base import Blocking
 from segue.domain.errors import Conflict, NotFound
 from segue.domain.vm import VMSpec
 from segue.qemu import process
@@ -508,21 +510,23 @@ def served_agent(lab: Lab, caps: QemuCapabilities) -> Iterator[str]:
 
 
 def test_agent_client_round_trip(lab: Lab, served_agent: str) -> None:
-    with AgentClient(uds=served_agent) as client:
-        assert client.health()["host"] == "host1"
-        info = client.define_vm(lab.spec("web1"), start=True)
-        assert info["state"] == "running"
-        assert client.get_vm("web1")["pid"] == info["pid"]
-        assert [v["name"] for v in client.list_vms()] == ["web1"]
-        assert "RESUME" in [e["event"] for e in client.events("web1")]
-        assert client.serial("web1") == []
+    spec = VMSpecBody.model_validate(lab.spec("web1"))
+    with Blocking(AgentClient(f"unix:{served_agent}")) as agent:
+        client = agent.client
+        assert agent.run(client.health()).host == "host1"
+        info = agent.run(client.define_vm(spec, start=True))
+        assert info.state == "running"
+        assert agent.run(client.get_vm("web1")).pid == info.pid
+        assert [v.name for v in agent.run(client.list_vms())] == ["web1"]
+        assert "RESUME" in [e.event for e in agent.run(client.events("web1"))]
+        assert agent.run(client.serial("web1")) == []
         with pytest.raises(Conflict) as exc:
-            client.define_vm(lab.spec("web1"))
+            agent.run(client.define_vm(spec))
         assert exc.value.code == "VM_EXISTS"
-        assert client.stop_vm("web1", timeout=10)["state"] == "stopped"
-        client.destroy_vm("web1")
+        assert agent.run(client.stop_vm("web1", timeout=10)).state == "stopped"
+        agent.run(client.destroy_vm("web1"))
         with pytest.raises(NotFound) as missing:
-            client.get_vm("web1")
+            agent.run(client.get_vm("web1"))
         assert missing.value.code == "VM_NOT_FOUND"
     assert lab.qemu_pids() == []
 

@@ -15,10 +15,12 @@ import httpx
 import pytest
 
 from segue.agent.app import create_app
-from segue.agent.client import AsyncAgentClient
 from segue.agent.config import AgentConfig
 from segue.agent.facts import QemuCapabilities
 from segue.agent.migpath import ProbeListeners, measure_throughput, probe_path
+from segue.api.agent import FileRef, ProbeAnswer
+from segue.api.vm import VMSpecBody
+from segue.clients.agent import AgentClient
 from segue.domain.errors import Conflict, InsufficientResources, Unavailable
 from segue.qemu import process
 
@@ -28,13 +30,17 @@ if TYPE_CHECKING:  # fixtures come from conftest.py; only their types are import
 OLDER = ["avx2", "aes"]
 
 
+def spec(lab: Lab, name: str, **changes: object) -> VMSpecBody:
+    return VMSpecBody.model_validate(lab.spec(name, **changes))
+
+
 @asynccontextmanager
 async def agent_client(config: AgentConfig, caps: QemuCapabilities
-                       ) -> AsyncIterator[AsyncAgentClient]:
+                       ) -> AsyncIterator[AgentClient]:
     """The agent app (its lifespan) behind the async client the controller uses."""
     app = create_app(config, caps)
     async with app.router.lifespan_context(app):
-        client = AsyncAgentClient("http://agent", transport=httpx.ASGITransport(app=app))
+        client = AgentClient("http://agent", transport=httpx.ASGITransport(app=app))
         try:
             yield client
         finally:
@@ -46,31 +52,32 @@ async def agent_client(config: AgentConfig, caps: QemuCapabilities
 async def test_facts_omit_the_excluded_features(lab: Lab, caps: QemuCapabilities) -> None:
     caps = replace(caps, features=["aes", "avx2", "fpu", "lahf-lm", "lahf_lm", "sse2"])
     async with agent_client(lab.config(cpu_exclude_features=["aes", "lahf_lm"]), caps) as c:
-        assert (await c.facts())["cpu"]["features"] == ["avx2", "fpu", "sse2"]
+        assert (await c.facts()).cpu.features == ["avx2", "fpu", "sse2"]
     async with agent_client(lab.config(), caps) as c:
-        assert "aes" in (await c.facts())["cpu"]["features"]
+        assert "aes" in (await c.facts()).cpu.features
 
 
 async def test_vm_runs_without_the_excluded_features(lab: Lab, caps: QemuCapabilities) -> None:
     async with agent_client(lab.config(cpu_exclude_features=OLDER), caps) as client:
-        info = await client.define_vm(lab.spec("web1", cpu_model="max"), start=True)
-        assert process.cmdline_option(info["pid"], "-cpu") == "max,-aes,-avx2,enforce"
+        info = await client.define_vm(spec(lab, "web1", cpu_model="max"), start=True)
+        assert info.pid is not None
+        assert process.cmdline_option(info.pid, "-cpu") == "max,-aes,-avx2,enforce"
         cpu = await client.vm_cpu("web1")
-    assert cpu["model"] == "max,-aes,-avx2,enforce"
-    assert "fpu" in cpu["features"] and not {"aes", "avx2", "enforce"} & set(cpu["features"])
+    assert cpu.model == "max,-aes,-avx2,enforce"
+    assert "fpu" in cpu.features and not {"aes", "avx2", "enforce"} & set(cpu.features)
 
 
 async def test_vm_cpu_of_an_unrestricted_host(lab: Lab, caps: QemuCapabilities) -> None:
     async with agent_client(lab.config(), caps) as client:
-        await client.define_vm(lab.spec("web1", cpu_model="max"), start=True)
+        await client.define_vm(spec(lab, "web1", cpu_model="max"), start=True)
         cpu = await client.vm_cpu("web1")
-    assert cpu["model"] == "max,enforce"
-    assert {"aes", "avx2", "fpu"} <= set(cpu["features"])
+    assert cpu.model == "max,enforce"
+    assert {"aes", "avx2", "fpu"} <= set(cpu.features)
 
 
 async def test_vm_cpu_needs_a_running_qemu(lab: Lab, caps: QemuCapabilities) -> None:
     async with agent_client(lab.config(), caps) as client:
-        await client.define_vm(lab.spec("web1"))
+        await client.define_vm(spec(lab, "web1"))
         with pytest.raises(Conflict) as err:
             await client.vm_cpu("web1")
     assert err.value.code == "VM_NOT_RUNNING"
@@ -80,36 +87,36 @@ async def test_define_refuses_a_model_asking_for_an_excluded_feature(
         lab: Lab, caps: QemuCapabilities) -> None:
     async with agent_client(lab.config(cpu_exclude_features=OLDER), caps) as client:
         with pytest.raises(InsufficientResources) as err:
-            await client.define_vm(lab.spec("web1", cpu_model="qemu64,+aes,avx2=on,+sse4.2"),
+            await client.define_vm(spec(lab, "web1", cpu_model="qemu64,+aes,avx2=on,+sse4.2"),
                                    start=True)
         assert err.value.code == "CPU_FEATURE_MISSING"
         assert err.value.details["missing"] == ["aes", "avx2"]
         assert await client.list_vms() == []
         # taking an excluded feature away is fine: it is what the host does anyway
-        await client.define_vm(lab.spec("web2", cpu_model="qemu64,-aes"), start=True)
+        await client.define_vm(spec(lab, "web2", cpu_model="qemu64,-aes"), start=True)
     assert len(lab.qemu_pids()) == 1
 
 
 async def test_start_refuses_on_a_host_that_became_older(lab: Lab,
                                                          caps: QemuCapabilities) -> None:
     async with agent_client(lab.config(), caps) as client:
-        await client.define_vm(lab.spec("web1", cpu_model="qemu64,+aes"))
+        await client.define_vm(spec(lab, "web1", cpu_model="qemu64,+aes"))
     async with agent_client(lab.config(cpu_exclude_features=OLDER), caps) as client:
         with pytest.raises(InsufficientResources) as err:
             await client.start_vm("web1")
         assert err.value.code == "CPU_FEATURE_MISSING"
-        assert (await client.get_vm("web1"))["state"] == "stopped"
+        assert (await client.get_vm("web1")).state == "stopped"
     assert lab.qemu_pids() == []
 
 
 async def test_incoming_migration_refused_leaves_nothing(lab: Lab,
                                                          caps: QemuCapabilities) -> None:
     config = lab.config(cpu_exclude_features=OLDER, migration_interface="lo")
-    spec = lab.spec("web1", cpu_model="qemu64,+avx2",
+    incoming = spec(lab, "web1", cpu_model="qemu64,+avx2",
                     uuid="6f1c2a3b-4d5e-4f60-8a9b-0c1d2e3f4a5b")
     async with agent_client(config, caps) as client:
         with pytest.raises(InsufficientResources) as err:
-            await client.prepare_incoming(spec, "m-1")
+            await client.prepare_incoming(incoming, "m-1", {}, {})
         assert err.value.code == "CPU_FEATURE_MISSING"
         assert await client.list_vms() == []
     assert lab.qemu_pids() == []
@@ -121,26 +128,28 @@ async def test_listen_then_probe_over_the_migration_interface(
         lab: Lab, caps: QemuCapabilities) -> None:
     async with agent_client(lab.config(migration_interface="lo"), caps) as client:
         listener = await client.open_probe_listener()
-        assert listener["address"] == "127.0.0.1" and listener["port"] > 0
-        first = await client.probe_migration_path(listener["address"], listener["port"])
-        assert first["ok"] is True and first["error"] is None
-        assert first["rtt_ms"] >= 0 and first["source_address"] == "127.0.0.1"
+        assert listener.address == "127.0.0.1" and listener.port > 0
+        first = await client.probe_migration_path(listener.address, listener.port)
+        assert first.ok is True and first.error is None
+        assert first.rtt_ms is not None and first.rtt_ms >= 0
+        assert first.source_address == "127.0.0.1"
         await asyncio.sleep(0.1)  # the listener closes after its one connection
-        again = await client.probe_migration_path(listener["address"], listener["port"])
-    assert again["ok"] is False and "refused" in again["error"]
+        again = await client.probe_migration_path(listener.address, listener.port)
+    assert again.ok is False and again.error is not None and "refused" in again.error
 
 
 async def test_throughput_over_the_migration_interface(lab: Lab,
                                                       caps: QemuCapabilities) -> None:
     async with agent_client(lab.config(migration_interface="lo"), caps) as client:
         sink = await client.open_probe_listener(sink=True)
-        answer = await client.measure_throughput(sink["address"], sink["port"], seconds=0.2)
-        assert answer["ok"] is True and answer["error"] is None, answer
-        assert answer["bytes_per_s"] > 10e6  # loopback: far above any real NIC here
-        assert answer["bytes"] >= answer["bytes_per_s"] * answer["seconds"]
+        answer = await client.measure_throughput(sink.address, sink.port, seconds=0.2)
+        assert answer.ok is True and answer.error is None, answer
+        assert answer.bytes_per_s is not None
+        assert answer.bytes_per_s > 10e6  # loopback: far above any real NIC here
+        assert answer.bytes >= answer.bytes_per_s * answer.seconds
         await asyncio.sleep(0.1)  # one stream per sink
-        again = await client.measure_throughput(sink["address"], sink["port"], seconds=0.1)
-    assert again["ok"] is False and again["bytes_per_s"] is None and again["error"]
+        again = await client.measure_throughput(sink.address, sink.port, seconds=0.1)
+    assert again.ok is False and again.bytes_per_s is None and again.error
 
 
 async def test_throughput_is_what_the_receiver_took_not_what_was_buffered() -> None:
@@ -170,11 +179,11 @@ async def test_throughput_is_what_the_receiver_took_not_what_was_buffered() -> N
 async def test_probe_to_a_closed_port_is_not_ok(lab: Lab, caps: QemuCapabilities) -> None:
     async with agent_client(lab.config(migration_interface="lo"), caps) as client:
         listener = await client.open_probe_listener()
-        closed = listener["port"] + 1 if listener["port"] < 65535 else 1
+        closed = listener.port + 1 if listener.port < 65535 else 1
         answer = await client.probe_migration_path("127.0.0.1", closed)
-    assert answer == {"ok": False, "rtt_ms": None, "error": answer["error"],
-                      "source_address": "127.0.0.1"}
-    assert "refused" in answer["error"]
+    assert answer == ProbeAnswer(ok=False, rtt_ms=None, error=answer.error,
+                                 source_address="127.0.0.1")
+    assert answer.error is not None and "refused" in answer.error
 
 
 async def test_probe_times_out_without_raising(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -224,7 +233,7 @@ async def test_listener_closes_after_its_timeout() -> None:
 async def test_agent_stop_cancels_open_listeners(lab: Lab, caps: QemuCapabilities) -> None:
     started = time.monotonic()
     async with agent_client(lab.config(migration_interface="lo"), caps) as client:
-        port = (await client.open_probe_listener())["port"]
+        port = (await client.open_probe_listener()).port
     assert time.monotonic() - started < 5  # not the listener's 10 s
     answer = await probe_path("127.0.0.1", "127.0.0.1", port)
     assert answer["ok"] is False
@@ -235,9 +244,9 @@ async def test_files_visible_answers_per_file(lab: Lab, caps: QemuCapabilities) 
     (lab.datastore / "web1" / "disk0.qcow2").write_bytes(b"x")
     async with agent_client(lab.config(), caps) as client:
         answer = await client.files_visible([
-            {"datastore": "shared", "path": "web1/disk0.qcow2"},
-            {"datastore": "shared", "path": "web1/missing.qcow2"},
-            {"datastore": "nfs9", "path": "web1/disk0.qcow2"},
-            {"datastore": "shared", "path": "../shared/web1/disk0.qcow2"},
+            FileRef(datastore="shared", path="web1/disk0.qcow2"),
+            FileRef(datastore="shared", path="web1/missing.qcow2"),
+            FileRef(datastore="nfs9", path="web1/disk0.qcow2"),
+            FileRef(datastore="shared", path="../shared/web1/disk0.qcow2"),
         ])
-    assert [f["visible"] for f in answer] == [True, False, False, False]
+    assert [f.visible for f in answer] == [True, False, False, False]
