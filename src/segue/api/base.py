@@ -101,7 +101,7 @@ def _code_and_hint(error: Mapping[str, Any], field: str | None) -> tuple[str, st
     kind = str(error.get("type", ""))
     if kind == "json_invalid":
         return REQUEST_JSON_INVALID, "send a well-formed JSON document"
-    if kind == "model_attributes_type" and isinstance(error.get("input"), bytes | str):
+    if field is None and isinstance(error.get("input"), bytes):  # a body FastAPI did not parse
         return (REQUEST_CONTENT_TYPE_INVALID,
                 "send the body as a JSON object with Content-Type: application/json")
     if kind == "extra_forbidden":
