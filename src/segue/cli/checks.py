@@ -11,10 +11,10 @@ from collections.abc import Iterable
 import typer
 from rich.table import Table
 
+from segue.api.checks import CheckResultView, WhereAnswer
 from segue.cli.connect import URL, controller
 from segue.cli.output import console, handles_errors, print_json
 from segue.cli.vms import vm_app
-from segue.clients.controller import CheckResultView, WhereAnswer
 
 MARKS = {"ok": "[green]✓[/]", "warning": "[yellow]![/]", "error": "[red]✗[/]"}
 WORDS = {"ok": "[green]ok[/]", "warning": "[yellow]warning[/]", "error": "[red]error[/]"}

@@ -11,13 +11,14 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
+from segue.api.checks import CheckResultView
 from segue.api.migration import MigrationJobView, MigrationRequestBody, ProgressSample
 from segue.cli.checks import results_table
 from segue.cli.connect import URL, controller
 from segue.cli.output import console, handles_errors, print_json
 from segue.cli.vms import vm_app
 from segue.clients.base import Blocking
-from segue.clients.controller import CheckResultView, ControllerClient
+from segue.clients.controller import ControllerClient
 from segue.domain.errors import Conflict
 
 migration_app = typer.Typer(help="Live migrations: list, show, cancel.", no_args_is_help=True)

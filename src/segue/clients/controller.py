@@ -16,10 +16,9 @@ import os
 from pathlib import Path
 
 import httpx
-from pydantic import JsonValue
 
 from segue import paths
-from segue.api.base import ResponseModel
+from segue.api.checks import CheckAnswer, WhereAnswer
 from segue.api.cluster import BaselineView, ControllerHealth, RaisedBaselineView
 from segue.api.inventory import (
     CreateVMBody,
@@ -60,46 +59,6 @@ def resolve_url(url: str | None) -> str:
     if lab_socket().exists():
         return f"unix:{lab_socket()}"
     return DEFAULT_URL
-
-
-# ---- pre-migration checks (the shapes of ``segue.controller.precheck``'s answers) ----
-class CheckResultView(ResponseModel):
-    """One finding of one check (``segue.checks.result.CheckResult``)."""
-
-    check: str
-    code: str
-    severity: str
-    message: str
-    hint: str = ""
-    facts: dict[str, JsonValue] = {}
-
-
-class CheckAnswer(ResponseModel):
-    """``POST /vms/{name}/migrations/check``: can the VM go to ``destination``?"""
-
-    vm: str
-    source: str
-    destination: str
-    ok: bool
-    results: list[CheckResultView]
-
-
-class WhereHost(ResponseModel):
-    """One destination of ``where``: the worst severity per check and every result."""
-
-    host: str
-    ok: bool
-    checks: dict[str, str]
-    results: list[CheckResultView]
-
-
-class WhereAnswer(ResponseModel):
-    """``GET /vms/{name}/where``: every other host, checked."""
-
-    vm: str
-    source: str
-    checks: list[str]
-    hosts: list[WhereHost]
 
 
 class ControllerClient(ServiceClient):
