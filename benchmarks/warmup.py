@@ -35,21 +35,21 @@ PARTS = ("switchover_ms", "network_path_ms", "guest_answer_ms", "blackout_ms")
 def run_variant(plan: LabPlan, name: str, extra: str, moves: int) -> list[dict[str, Any]]:
     """Boot the guest, move it ``moves`` times, destroy it; each move's breakdown."""
     spec = guests.guest_spec(plan, name, build_image(), guests.GuestOptions(dirty_mbps=8))
-    spec["cmdline"] += extra
-    with guests.controller(plan) as client:
-        client.create_vm("host1", spec, start=True)
+    spec = guests.respec(spec, cmdline=spec.cmdline + extra)
+    with guests.controller(plan) as c:
+        c.run(c.client.create_vm("host1", spec, start=True))
     guests.wait_answering(plan, name, timeout=180)
     seen = []
     for i in range(moves):
         dest = "host2" if i % 2 == 0 else "host1"
         watched = guests.watch_migration(
             plan, name, lambda d=dest: guests.migrate_and_wait(plan, name, d))
-        assert watched.job["phase"] == "completed", watched.job.get("reason")
+        assert watched.job.phase == "completed", watched.job.reason
         seen.append(watched.breakdown.to_dict())
         print(name, i, json.dumps(seen[-1]), flush=True)
     host, _ = guests.find_vm(plan, name)
     with guests.agent(host) as agent:
-        agent.destroy_vm(name)
+        agent.run(agent.client.destroy_vm(name))
     return seen
 
 

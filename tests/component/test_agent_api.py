@@ -366,7 +366,9 @@ async def test_resource_and_spec_errors(lab: Lab, agent: AgentFactory) -> None:
         before = tree(lab.state_dir, lab.datastore)
         for body in ({"datastore": "shared"}, lab.spec("Web 1")):  # refused by the wire model
             resp = await http.post("/vms", json=body)
-            assert resp.status_code == 422
+            assert resp.status_code == 400, resp.text
+            error = resp.json()["error"]
+            assert error["code"].startswith("REQUEST_") and error["field"] == "name", error
         assert tree(lab.state_dir, lab.datastore) == before
 
 

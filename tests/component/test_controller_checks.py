@@ -26,7 +26,7 @@ from segue.api.agent import (
     ThroughputAnswer,
     VMCpu,
 )
-from segue.api.vm import VMInfo
+from segue.api.vm import VMInfo, VMSpecBody
 from segue.controller.agents import AgentPool
 from segue.controller.app import create_app
 from segue.controller.config import ControllerConfig
@@ -37,6 +37,7 @@ from segue.domain.host import HostFacts
 
 DS_UUID = "0b7c5d4e-1f2a-4b3c-8d9e-0f1a2b3c4d5e"
 FULL = ["aes", "avx", "lm", "sse2", "sse4.2"]
+REPORTED = ("name", "uuid", "state", "pid", "spec")  # a VM's fields in a heartbeat
 
 
 def host_facts(name: str, features: list[str] = FULL, port_groups: tuple[str, ...] = ("vm-net",),
@@ -126,12 +127,13 @@ class FakeAgent:
                                visible=f"{f.datastore}:{f.path}" not in self.invisible)
                 for f in files]
 
-    async def define_vm(self, spec: dict[str, Any], start: bool = False) -> dict[str, Any]:
+    async def define_vm(self, spec: VMSpecBody, start: bool = False) -> VMInfo:
         self._answer("define_vm")
-        info = {"name": spec["name"], "uuid": "9b1d6a52-3f4e-4c7a-9d2b-5e6f7a8b9c0d",
-                "state": "running" if start else "stopped", "pid": 4242, "spec": spec}
-        self.vms[spec["name"]] = info
-        return info
+        info = {"name": spec.name, "uuid": "9b1d6a52-3f4e-4c7a-9d2b-5e6f7a8b9c0d",
+                "state": "running" if start else "stopped", "pid": 4242,
+                "spec": spec.model_dump(mode="json")}
+        self.vms[spec.name] = info
+        return VMInfo.model_validate({**info, "host": self.name, "role": "owner"})
 
     async def prepare_incoming(self, spec: dict[str, Any], migration_id: str,
                                capabilities: Any = None, parameters: Any = None) -> Any:
@@ -185,7 +187,8 @@ class Controller:
             agent.facts_ = facts
         return await self.http.post("/hosts/heartbeat", json={
             "name": name, "url": f"http://{name}:7600", "facts": agent.facts_,
-            "vms": list(agent.vms.values()) if with_vms else []})
+            "vms": [{k: vm[k] for k in REPORTED} for vm in agent.vms.values()] if with_vms
+            else []})
 
 
 @asynccontextmanager

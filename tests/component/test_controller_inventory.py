@@ -20,6 +20,8 @@ from segue.agent.app import create_app as create_agent_app
 from segue.agent.config import AgentConfig
 from segue.agent.facts import QemuCapabilities
 from segue.agent.heartbeat import run_heartbeats, send_heartbeat
+from segue.checks.context import host_facts_from_dict
+from segue.clients.controller import ControllerClient
 from segue.controller import inventory
 from segue.controller.agents import AgentPool
 from segue.controller.app import create_app
@@ -39,6 +41,7 @@ class Cluster:
     controller: FastAPI
     agents: dict[str, tuple[AgentConfig, FastAPI]]
     agent_http: dict[str, httpx.AsyncClient]
+    client: ControllerClient  # the typed client, as the agents' heartbeats use it
 
     @property
     def db(self) -> Database:
@@ -47,7 +50,7 @@ class Cluster:
 
     async def beat(self, host: str) -> None:
         config, app = self.agents[host]
-        await send_heartbeat(self.http, config, app.state.manager)
+        await send_heartbeat(self.client, config, app.state.manager)
 
     def host_row(self, name: str) -> Host:
         with self.db.session() as s:
@@ -81,7 +84,9 @@ def cluster(lab: Lab, caps: QemuCapabilities) -> ClusterFactory:
             http = await stack.enter_async_context(httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=controller), base_url="http://controller",
                 timeout=60))
-            yield Cluster(http, controller, agents, agent_http)
+            client = await stack.enter_async_context(ControllerClient(
+                "http://controller", transport=httpx.ASGITransport(app=controller)))
+            yield Cluster(http, controller, agents, agent_http, client)
 
     return run
 
@@ -298,7 +303,8 @@ def test_relative_sqlite_url_works(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     db.upgrade()
     now = utcnow()
     with db.session() as s:
-        inventory.record_heartbeat(s, "host1", "http://host1:7600", {}, [], now)
+        inventory.record_heartbeat(s, "host1", "http://host1:7600",
+                                   host_facts_from_dict("host1", {}), [], now)
     with db.session() as s:
         host = inventory.get_host(s, "host1")
         assert host.last_heartbeat == now and host.last_heartbeat.tzinfo is not None
@@ -308,23 +314,24 @@ def test_relative_sqlite_url_works(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 # ---- the CLI, end to end ----
 
-class LoopBridge(httpx.BaseTransport):
-    """A sync transport (for the CLI, run in a worker thread) that serves each request with
-    an ASGI app in the test's event loop."""
+class LoopBridge(httpx.AsyncBaseTransport):
+    """A transport for the CLI's client (whose event loop runs in a worker thread) that
+    serves each request with an ASGI app in the test's event loop."""
 
     def __init__(self, app: FastAPI, loop: asyncio.AbstractEventLoop) -> None:
         self._asgi = httpx.ASGITransport(app=app)
         self._loop = loop
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        body = request.read()
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = await request.aread()
 
         async def call() -> tuple[int, httpx.Headers, bytes]:
             resp = await self._asgi.handle_async_request(httpx.Request(
                 request.method, request.url, headers=request.headers, content=body))
             return resp.status_code, resp.headers, await resp.aread()
 
-        status, headers, content = asyncio.run_coroutine_threadsafe(call(), self._loop).result()
+        served = asyncio.run_coroutine_threadsafe(call(), self._loop)
+        status, headers, content = await asyncio.wrap_future(served)
         return httpx.Response(status, headers=headers, content=content)
 
 
@@ -333,7 +340,6 @@ async def test_cli_drives_the_controller(cluster: ClusterFactory, lab: Lab,
     from typer.testing import CliRunner
 
     from segue.cli.main import app as cli
-    from segue.controller.client import ControllerClient
 
     async with cluster() as c:
         await c.beat("host1")
@@ -362,3 +368,34 @@ async def test_cli_drives_the_controller(cluster: ClusterFactory, lab: Lab,
         assert "destroyed" in await segue("vm", "events", "web1")
         out = await segue("vm", "show", "web1", code=1)
         assert "VM_NOT_FOUND" in out and "hint" in out
+
+
+async def test_cli_prints_the_controllers_code(cluster: ClusterFactory, lab: Lab,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request the controller refuses shows its code, message and hint; never the code of
+    another service (``AGENT_ERROR``)."""
+    from typer.testing import CliRunner
+
+    from segue.cli.main import app as cli
+
+    async with cluster() as c:
+        await c.beat("host1")
+        await create_vm(c, lab, start=False)
+        bridge = LoopBridge(c.controller, asyncio.get_running_loop())
+        monkeypatch.setattr(ControllerClient, "from_env", classmethod(
+            lambda cls, url=None: cls("http://controller", transport=bridge)))
+
+        async def segue(*args: str) -> str:
+            result = await asyncio.to_thread(CliRunner().invoke, cli, list(args))
+            assert result.exit_code == 1, result.output
+            assert "AGENT_ERROR" not in result.output
+            return result.output
+
+        out = await segue("vm", "stop", "web1", "--timeout=-5")
+        assert "error: REQUEST_INVALID: timeout" in out and "hint" in out
+        out = await segue("host", "show", "höst")
+        assert "error: REQUEST_INVALID: name" in out
+        out = await segue("vm", "create", "web1", "--host", "host1", "--kernel", "/k")
+        assert "error: VM_EXISTS" in out and "hint: choose another name" in out
+        stopped = (await c.http.get("/vms/web1")).json()
+        assert stopped["state"] == "stopped"  # nothing changed

@@ -6,10 +6,10 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
+from segue.api.migration import MigrationJobView
 from segue.image.builder import build_image
 from segue.lab import guests, netns
 from segue.lab.lab import lab_down, lab_up, load_state
@@ -30,8 +30,8 @@ def lab() -> Iterator[LabPlan]:
     try:
         plan = load_state(LAB).plan
         spec = guests.guest_spec(plan, VM, image, guests.GuestOptions(dirty_mbps=8))
-        with guests.controller(plan) as client:
-            client.create_vm("host1", spec, start=True)
+        with guests.controller(plan) as c:
+            c.run(c.client.create_vm("host1", spec, start=True))
         guests.wait_answering(plan, VM, timeout=180)
         yield plan
     finally:
@@ -39,7 +39,7 @@ def lab() -> Iterator[LabPlan]:
     assert not netns.list_namespaces(f"{LAB}-")
 
 
-def migrate(plan: LabPlan, dest: str) -> dict[str, Any]:
+def migrate(plan: LabPlan, dest: str) -> MigrationJobView:
     return guests.migrate_and_wait(plan, VM, dest, timeout=180)
 
 
@@ -47,8 +47,8 @@ def test_every_migration_has_an_ordered_breakdown(lab: LabPlan) -> None:
     for dest in ("host2", "host1"):
         watched = guests.watch_migration(lab, VM, functools.partial(migrate, lab, dest))
         measured = watched.breakdown.to_dict()
-        print(f"{watched.job['source']} -> {dest}: {json.dumps(measured)}")
-        assert watched.job["phase"] == "completed", watched.job
+        print(f"{watched.job.source} -> {dest}: {json.dumps(measured)}")
+        assert watched.job.phase == "completed", watched.job
         parts = {k: v for k, v in measured.items() if v is not None}
         assert parts.keys() == measured.keys(), (measured, watched.sniffs)
         assert watched.sniffs[dest]["clock"] == "kernel"

@@ -100,10 +100,10 @@ def test_where_shows_the_matrix(lab: LabPlan, vm: str) -> None:
 def test_older_host_really_runs_guests_without_its_missing_features(lab: LabPlan) -> None:
     facts = json.loads(segue("lab", "facts", "host2", "--json", "--name", LAB).stdout)
     assert not set(OLD_CPU) & set(facts["cpu"]["features"])
-    with guests.agent(lab.host("host2")) as client:
-        refused = client._http.post("/vms", json={
+    with guests.agent(lab.host("host2")) as agent:
+        refused = agent.run(agent.client._http.post("/vms", json={
             "name": "old1", "datastore": "shared", "memory_mib": 128,
-            "cpu_model": "qemu64,+aes", "kernel": str(build_image().kernel)})
+            "cpu_model": "qemu64,+aes", "kernel": str(build_image().kernel)}))
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "CPU_FEATURE_MISSING"
     assert not qemus_of("old1")
 
@@ -116,8 +116,8 @@ def test_refused_migrations_start_nothing_and_the_healthy_host_takes_the_vm(
         assert proc.returncode == 1 and "MIGRATION_CHECKS_FAILED" in proc.stderr, proc.stderr
         assert code in proc.stdout + proc.stderr
         assert len(qemus_of(vm)) == 1, "a refused migration started a QEMU"
-        with guests.agent(lab.host(dest)) as client:
-            assert vm not in [v["name"] for v in client.list_vms()]
+        with guests.agent(lab.host(dest)) as agent:
+            assert vm not in [v.name for v in agent.run(agent.client.list_vms())]
     assert json.loads(segue("migration", "list", "--json").stdout) == before
     boot = guests.verify_vm(lab, vm).split()[1]
     job = json.loads(segue("vm", "migrate", vm, "--to", "host4", "--json").stdout)

@@ -17,6 +17,9 @@ from typing import Any
 import lab_cli
 import pytest
 
+from segue.api.inventory import VMView
+from segue.clients.agent import AgentClient
+from segue.clients.base import Blocking, decode_error
 from segue.domain.errors import SegueError
 from segue.image.builder import build_image
 from segue.lab import guests, netns
@@ -58,30 +61,30 @@ def lab() -> Iterator[LabPlan]:
 
 
 @pytest.fixture(scope="module")
-def running(lab: LabPlan) -> dict[str, Any]:
+def running(lab: LabPlan) -> dict[str, VMView]:
     """Two guests, on host1 and host2, dirtying memory, answering probes."""
     segue("lab", "vm", "create", "g1", "--host", "host1", "--dirty-mbps", "4")
     segue("lab", "vm", "create", "g2", "--host", "host2", "--memory", "192")
     for name in ("g1", "g2"):
         guests.wait_answering(lab, name, timeout=180)
-    return {vm["name"]: vm for vm in guests.all_vms(lab)}
+    return {vm.name: vm for vm in guests.all_vms(lab)}
 
 
 verify_fields = lab_cli.verify_fields
 
 
 def test_guests_answer_the_prober_from_the_client_namespace(
-        lab: LabPlan, running: dict[str, Any]) -> None:
+        lab: LabPlan, running: dict[str, VMView]) -> None:
     for name in ("g1", "g2"):
         proc = segue("lab", "probe", name, "--seconds", "2", "--json")
         result = json.loads(proc.stdout)
         assert result["received"] > 0.9 * result["sent"] > 100, result
         assert len(result["boot_ids"]) == 1, result
         assert result["guest_errors"] == 0
-    assert running["g1"]["host"] == "host1" and running["g2"]["host"] == "host2"
+    assert running["g1"].host == "host1" and running["g2"].host == "host2"
 
 
-def test_guest_memory_verifies_clean_while_dirtying(lab: LabPlan, running: dict[str, Any]
+def test_guest_memory_verifies_clean_while_dirtying(lab: LabPlan, running: dict[str, VMView]
                                                     ) -> None:
     first = verify_fields(guests.verify_vm(lab, "g1"))
     time.sleep(2)
@@ -92,7 +95,7 @@ def test_guest_memory_verifies_clean_while_dirtying(lab: LabPlan, running: dict[
     assert segue("lab", "verify", "g2").returncode == 0
 
 
-def test_heartbeats_reach_the_serial_log(lab: LabPlan, running: dict[str, Any]) -> None:
+def test_heartbeats_reach_the_serial_log(lab: LabPlan, running: dict[str, VMView]) -> None:
     proc = segue("lab", "vm", "serial", "g1", "--lines", "5")
     beats = [line for line in proc.stdout.splitlines() if line.startswith("HB ")]
     assert beats, proc.stdout
@@ -114,19 +117,20 @@ def test_host_facts_are_real(lab: LabPlan) -> None:
     assert facts["memory"]["total_mib"] > facts["memory"]["available_mib"] > 0
 
 
-def test_agent_restart_adopts_running_vm(lab: LabPlan, running: dict[str, Any]) -> None:
+def test_agent_restart_adopts_running_vm(lab: LabPlan, running: dict[str, VMView]) -> None:
     host = lab.host("host1")
     before = guests.find_vm(lab, "g1")[1]
     boot = verify_fields(guests.verify_vm(lab, "g1"))["boot"]
     stop_agent(LAB, "host1")
-    assert pid_alive(before["pid"]), "stopping the agent must not stop its VMs"
+    assert before.pid is not None and pid_alive(before.pid), \
+        "stopping the agent must not stop its VMs"
     ip = guests.guest_ip(before)
     assert verify_fields(guests.verify_ip(lab, ip))["boot"] == boot
     start_agent(LAB, "host1")
-    with guests.agent(host) as client:
-        after = client.get_vm("g1")
-    assert after["adopted"] is True and after["pid"] == before["pid"]
-    assert after["state"] == "running"
+    with guests.agent(host) as agent:
+        after = agent.run(agent.client.get_vm("g1"))
+    assert after.adopted is True and after.pid == before.pid
+    assert after.state == "running"
     assert verify_fields(guests.verify_vm(lab, "g1"))["boot"] == boot
     assert lab_status(LAB).up
 
@@ -140,10 +144,16 @@ def expect_error(code: str, *args: str) -> str:
 
 
 def vm_names(lab: LabPlan) -> set[str]:
-    return {vm["name"] for vm in guests.all_vms(lab)}
+    return {vm.name for vm in guests.all_vms(lab)}
 
 
-def test_bad_input_is_refused_and_changes_nothing(lab: LabPlan, running: dict[str, Any]
+def define_raw(agent: Blocking[AgentClient], body: dict[str, Any]) -> SegueError | None:
+    """POST a VM body as given (no client-side model) and start it; the agent's error."""
+    resp = agent.run(agent.client._http.post("/vms", json=body, params={"start": "true"}))
+    return decode_error(resp, "agent") if resp.status_code >= 400 else None
+
+
+def test_bad_input_is_refused_and_changes_nothing(lab: LabPlan, running: dict[str, VMView]
                                                   ) -> None:
     before = vm_names(lab)
     files = sorted(p.name for p in lab.datastore_dir.iterdir())
@@ -154,8 +164,8 @@ def test_bad_input_is_refused_and_changes_nothing(lab: LabPlan, running: dict[st
     expect_error("LAB_EXISTS", "lab", "up")
     expect_error("VM_NOT_FOUND", "lab", "probe", "nosuchvm")
     host3 = lab.host("host3")
-    spec = guests.guest_spec(lab, "x1", build_image(), guests.GuestOptions())
-    g1_mac = running["g1"]["spec"]["nics"][0]["mac"]
+    spec = guests.guest_spec(lab, "x1", build_image(), guests.GuestOptions()).model_dump()
+    g1_mac = running["g1"].spec.nics[0].mac
     cases = {
         "PORTGROUP_NOT_FOUND": {**spec,
                                 "nics": [{"port_group": "dmz", "mac": "52:54:00:aa:00:01"}]},
@@ -166,12 +176,12 @@ def test_bad_input_is_refused_and_changes_nothing(lab: LabPlan, running: dict[st
         # QEMU itself refuses a file that is no kernel: the define is undone too
         "QEMU_LAUNCH_FAILED": {**spec, "kernel": "/etc/hostname"},
     }
-    with guests.agent(host3) as client:
+    with guests.agent(host3) as agent:
         for code, bad in cases.items():
-            with pytest.raises(SegueError) as err:
-                client.define_vm(bad, start=True)
-            assert err.value.code == code, err.value
-            assert err.value.hint
+            err = define_raw(agent, bad)
+            assert err is not None, code
+            assert err.code == code, err
+            assert err.hint
     assert vm_names(lab) == before
     assert not [p for p in qemu_pids_of(lab)
                 if b"guest=x1," in Path(f"/proc/{p}/cmdline").read_bytes()]
@@ -179,15 +189,17 @@ def test_bad_input_is_refused_and_changes_nothing(lab: LabPlan, running: dict[st
     assert not list((host3.state_dir / "vms").glob("*"))
 
 
-def test_stop_then_destroy(lab: LabPlan, running: dict[str, Any]) -> None:
-    pid = guests.find_vm(lab, "g2")[1]["pid"]
+def test_stop_then_destroy(lab: LabPlan, running: dict[str, VMView]) -> None:
+    pid = guests.find_vm(lab, "g2")[1].pid
+    assert pid is not None
     proc = segue("lab", "vm", "stop", "g2", "--timeout", "60")
     assert "stopped" in proc.stdout and "guest shut down" in proc.stdout, proc.stdout
     assert not pid_alive(pid)
     expect_error("VM_NOT_RUNNING", "lab", "vm", "stop", "g2")
     segue("lab", "vm", "start", "g2")
     guests.wait_answering(lab, "g2", timeout=180)
-    pid = guests.find_vm(lab, "g2")[1]["pid"]
+    pid = guests.find_vm(lab, "g2")[1].pid
+    assert pid is not None
     segue("lab", "vm", "destroy", "g2")
     assert not pid_alive(pid)
     assert "g2" not in vm_names(lab)
@@ -216,17 +228,17 @@ def test_own_disk_image_boots_and_destroy_keeps_the_disk(lab: LabPlan) -> None:
                  "--disk", "disks/blank.qcow2")
     assert "own1 on host3: running" in proc.stdout, proc.stdout
     info = guests.find_vm(lab, "own1")[1]
-    assert info["spec"]["disks"][0]["format"] == "qcow2" and info["spec"]["kernel"] is None
-    assert str(disk).encode() in Path(f"/proc/{info['pid']}/cmdline").read_bytes()
+    assert info.spec.disks[0].format == "qcow2" and info.spec.kernel is None
+    assert str(disk).encode() in Path(f"/proc/{info.pid}/cmdline").read_bytes()
     expect_error("DISK_NOT_FOUND", "lab", "vm", "create", "own2", "--host", "host3",
                  "--disk", "disks/missing.qcow2")
     segue("lab", "vm", "destroy", "own1")
-    assert not pid_alive(info["pid"]) and disk.exists()
+    assert info.pid is not None and not pid_alive(info.pid) and disk.exists()
     disk.unlink()
     disk.parent.rmdir()
 
 
-def test_zz_lab_down_leaves_nothing(lab: LabPlan, running: dict[str, Any]) -> None:
+def test_zz_lab_down_leaves_nothing(lab: LabPlan, running: dict[str, VMView]) -> None:
     guest_pids = qemu_pids_of(lab)
     agent_pids = [h.agent_pid for h in lab_status(LAB).hosts if h.agent_pid]
     assert guest_pids and len(agent_pids) == 3

@@ -19,7 +19,9 @@ from typing import Any
 import lab_cli
 import pytest
 
-from segue.agent.client import AgentClient
+from segue.api.migration import MigrationRequestBody
+from segue.clients.agent import AgentClient
+from segue.clients.base import Blocking
 from segue.image.builder import build_image
 from segue.image.protocol import parse_heartbeat
 from segue.lab import guests, netns
@@ -87,7 +89,8 @@ class Sampler:
 
     def __init__(self, plan: LabPlan, name: str, dest: str) -> None:
         order = sorted(plan.hosts, key=lambda h: h.name != dest)
-        self.clients = [AgentClient(uds=str(h.agent_socket), timeout=5) for h in order]
+        self.clients = [Blocking(AgentClient(f"unix:{h.agent_socket}", timeout=5))
+                        for h in order]
         self.name = name
         self.samples: list[int] = []
         self.stop = threading.Event()
@@ -96,9 +99,9 @@ class Sampler:
 
     def _count(self) -> int:
         running = 0
-        for client in self.clients:
-            for info in client.list_vms():
-                if info["name"] == self.name and info["state"] == "running":
+        for agent in self.clients:
+            for info in agent.run(agent.client.list_vms()):
+                if info.name == self.name and info.state == "running":
                     running += 1
         return running
 
@@ -127,8 +130,8 @@ def migrate(plan: LabPlan, name: str, to: str, *extra: str) -> dict[str, Any]:
 
 def last_heartbeat_seq(plan: LabPlan, name: str) -> int:
     host, _ = guests.find_vm(plan, name)
-    with guests.agent(host) as client:
-        lines = [ln for ln in client.serial(name, 20) if ln.startswith("HB ")]
+    with guests.agent(host) as agent:
+        lines = [ln for ln in agent.run(agent.client.serial(name, 20)) if ln.startswith("HB ")]
     heartbeat = parse_heartbeat(lines[-1])
     assert heartbeat is not None, lines[-1]
     return heartbeat.seq
@@ -137,7 +140,7 @@ def last_heartbeat_seq(plan: LabPlan, name: str) -> int:
 def test_five_round_trips_keep_memory_identity_and_one_running_qemu(lab: LabPlan, vm: str
                                                                       ) -> None:
     boot = fields(guests.verify_vm(lab, vm))["boot"]
-    mac = guests.find_vm(lab, vm)[1]["spec"]["nics"][0]["mac"]
+    mac = guests.find_vm(lab, vm)[1].spec.nics[0].mac
     for trip in range(5):
         for dest in ("host2", "host1"):
             seq_before = last_heartbeat_seq(lab, vm)
@@ -152,7 +155,7 @@ def test_five_round_trips_keep_memory_identity_and_one_running_qemu(lab: LabPlan
             assert verdict["boot"] == boot and verdict["result"] == "ok", verdict
             assert last_heartbeat_seq(lab, vm) > seq_before
             info = guests.find_vm(lab, vm)[1]
-            assert info["spec"]["nics"][0]["mac"] == mac
+            assert info.spec.nics[0].mac == mac
             summary = job["summary"]
             assert summary["bytes_sent"] > 0 and summary["iterations"] >= 1
             # QEMU's own clocks: the destination resumed only after the source stopped
@@ -173,15 +176,15 @@ def test_prober_sees_a_short_blackout_and_no_reboot(lab: LabPlan, vm: str) -> No
 
 
 def kill_dest_qemu_when_copying(plan: LabPlan, name: str, dest: str) -> None:
-    client = AgentClient(uds=str(plan.host(dest).agent_socket))
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for info in client.list_vms():
-            if info["name"] == name and info.get("pid"):
-                time.sleep(1.0)  # let the copy start
-                os.kill(int(info["pid"]), 9)
-                return
-        time.sleep(0.05)
+    with guests.agent(plan.host(dest)) as agent:
+        while time.monotonic() < deadline:
+            for info in agent.run(agent.client.list_vms()):
+                if info.name == name and info.pid:
+                    time.sleep(1.0)  # let the copy start
+                    os.kill(info.pid, 9)
+                    return
+            time.sleep(0.05)
     raise AssertionError("no incoming QEMU appeared")
 
 
@@ -223,8 +226,9 @@ def assert_back_on_source(plan: LabPlan, name: str, src: str, dest: str, boot: s
     assert host_of(plan, name) == src
     verdict = fields(guests.verify_vm(plan, name))
     assert verdict["boot"] == boot and verdict["result"] == "ok", verdict
-    with guests.agent(plan.host(dest)) as client:
-        assert name not in [v["name"] for v in client.list_vms()], "destination left behind"
+    with guests.agent(plan.host(dest)) as agent:
+        assert name not in [v.name for v in agent.run(agent.client.list_vms())], \
+            "destination left behind"
     job = migrate(plan, name, dest)  # and a following migration succeeds
     assert job["phase"] == "completed", job
 
@@ -278,13 +282,13 @@ def cancel_in(plan: LabPlan, job_id: str, phase: str, timeout: float = 60) -> li
     """Poll the job every 10 ms; cancel it as soon as it is in ``phase``; the phases seen."""
     seen: list[str] = []
     deadline = time.monotonic() + timeout
-    with guests.controller(plan) as client:
+    with guests.controller(plan) as c:
         while time.monotonic() < deadline:
-            now = client.call("GET", f"/migrations/{job_id}")["phase"]
+            now = c.run(c.client.get_migration(job_id)).phase
             if not seen or seen[-1] != now:
                 seen.append(now)
             if now == phase:
-                client.call("POST", f"/migrations/{job_id}/cancel")
+                c.run(c.client.cancel_migration(job_id))
                 return seen
             assert now not in ("completed", "failed", "cancelled"), seen
             time.sleep(0.01)
@@ -303,14 +307,14 @@ def test_cancel_in_every_cancellable_phase(lab: LabPlan, vm: str, phase: str) ->
     src = host_of(lab, vm)
     dest = "host2" if src == "host1" else "host1"
     boot = fields(guests.verify_vm(lab, vm))["boot"]
-    with slow_link(lab, src), guests.controller(lab) as client:
-        job = client.call("POST", f"/vms/{vm}/migrations",
-                          json={"to": dest, "allow_postcopy": False})
-        assert job["phase"] == "check", job
-        seen = [job["phase"]] if phase == "check" else cancel_in(lab, job["id"], phase)
+    with slow_link(lab, src), guests.controller(lab) as c:
+        asked = c.run(c.client.request_migration(
+            vm, MigrationRequestBody(to=dest, allow_postcopy=False)))
+        assert asked.phase == "check", asked
+        seen = [asked.phase] if phase == "check" else cancel_in(lab, asked.id, phase)
         if phase == "check":
-            client.call("POST", f"/migrations/{job['id']}/cancel")
-        job = wait_job(job["id"])
+            c.run(c.client.cancel_migration(asked.id))
+        job = wait_job(asked.id)
     assert job["phase"] == "cancelled", (seen, job)
     assert [t["to"] for t in job["transitions"]][-2:] == ["rolling_back", "cancelled"], job
     assert phase in [t["to"] for t in job["transitions"]]
@@ -339,8 +343,8 @@ def test_bad_requests_change_nothing(lab: LabPlan, vm: str) -> None:
     after = json.loads(segue("migration", "list", "--json").stdout)
     assert len(after) == len(before) + 1  # only the cancelled one
     assert host_of(lab, vm) == src
-    pid = guests.find_vm(lab, vm)[1]["pid"]
-    assert pid_alive(pid)
+    pid = guests.find_vm(lab, vm)[1].pid
+    assert pid is not None and pid_alive(pid)
 
 
 def test_controller_crash_mid_migration_is_reconciled(lab: LabPlan, vm: str) -> None:
@@ -363,6 +367,7 @@ def test_controller_crash_mid_migration_is_reconciled(lab: LabPlan, vm: str) -> 
     verdict = fields(guests.verify_vm(lab, vm))
     assert verdict["boot"] == boot and verdict["result"] == "ok", verdict
     other = dest if owner == src else src
-    with guests.agent(lab.host(other)) as client:
-        assert vm not in [v["name"] for v in client.list_vms()], "a second QEMU was left"
+    with guests.agent(lab.host(other)) as agent:
+        assert vm not in [v.name for v in agent.run(agent.client.list_vms())], \
+            "a second QEMU was left"
     assert migrate(lab, vm, other)["phase"] == "completed"

@@ -67,16 +67,16 @@ def decisions(job: dict[str, Any]) -> list[str]:
 
 def report(plan: LabPlan, job: dict[str, Any]) -> None:
     """Print what happened (read with ``pytest -s``): the job, QEMU's statuses, the serial."""
-    with guests.controller(plan) as client:
-        samples = client.call("GET", f"/migrations/{job['id']}/samples")
-    statuses = [s["status"] for s in samples]
+    with guests.controller(plan) as c:
+        samples = c.run(c.client.migration_samples(job["id"]))
+    statuses = [s.status for s in samples]
     print(json.dumps({"phase": job["phase"], "summary": job["summary"],
                       "statuses": sorted(set(statuses), key=statuses.index),
                       "transitions": [f"{t['to']}: {t['message']}"
                                       for t in job["transitions"]]}, indent=1))
     host, _ = guests.find_vm(plan, VM)
     with guests.agent(host) as agent:
-        print("\n".join(agent.serial(VM, 30)))
+        print("\n".join(agent.run(agent.client.serial(VM, 30))))
 
 
 def wait_job(job_id: str, until: tuple[str, ...], timeout: float = 600) -> dict[str, Any]:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from segue.cli.main import app as cli
-from segue.controller.client import ControllerClient
-from segue.domain.errors import Conflict
+from segue.clients.controller import ControllerClient
+from segue.domain.errors import Conflict, SegueError
+from segue.httpapi import STATUS_BY_KIND
 
 
 def result(check: str, code: str, severity: str, hint: str = "") -> dict[str, Any]:
@@ -28,16 +30,18 @@ CHECKS = ["request", "cpu", "network"]
 
 @pytest.fixture
 def answers(monkeypatch: pytest.MonkeyPatch) -> dict[tuple[str, str], Any]:
-    """(method, path) -> the canned answer, or a SegueError to raise."""
+    """(method, path) -> the controller's canned answer, or a SegueError it answers with."""
     canned: dict[tuple[str, str], Any] = {}
 
-    def call(self: ControllerClient, method: str, path: str, **kwargs: Any) -> Any:
-        answer = canned[(method, path)]
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
+    def answer(request: httpx.Request) -> httpx.Response:
+        found = canned[(request.method, request.url.path)]
+        if isinstance(found, SegueError):
+            return httpx.Response(STATUS_BY_KIND[found.kind],
+                                  json={"error": found.to_dict(), "kind": found.kind})
+        return httpx.Response(200, json=found)
 
-    monkeypatch.setattr(ControllerClient, "call", call)
+    monkeypatch.setattr(ControllerClient, "from_env", classmethod(
+        lambda cls, url=None: cls("http://controller", transport=httpx.MockTransport(answer))))
     return canned
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from segue.agent.config import config_from_dict
 from segue.agent.heartbeat import FailureLog
+from segue.api.vm import DiskBody, NicBody
 from segue.cli.vms import parse_disk, parse_nic, random_mac
 from segue.domain.errors import InvalidRequest
 from segue.domain.vm import MAC_RE
@@ -23,9 +24,9 @@ def test_random_mac_is_qemu_local_unicast() -> None:
 
 
 def test_parse_disk() -> None:
-    assert parse_disk("shared:web1/d.qcow2") == {"datastore": "shared",
-                                                 "path": "web1/d.qcow2", "format": "qcow2"}
-    assert parse_disk("shared:web1/d.img:raw")["format"] == "raw"
+    assert parse_disk("shared:web1/d.qcow2") == DiskBody(datastore="shared",
+                                                         path="web1/d.qcow2", format="qcow2")
+    assert parse_disk("shared:web1/d.img:raw").format == "raw"
     for bad in ("shared", ":x", "shared:", "shared:a:vmdk", "a:b:c:d"):
         with pytest.raises(InvalidRequest) as caught:
             parse_disk(bad)
@@ -33,9 +34,9 @@ def test_parse_disk() -> None:
 
 
 def test_parse_nic() -> None:
-    assert parse_nic("vm-net=52:54:00:AA:BB:CC") == {"port_group": "vm-net",
-                                                     "mac": "52:54:00:aa:bb:cc"}
-    assert parse_nic("vm-net", random.Random(0))["mac"].startswith("52:54:00:")
+    assert parse_nic("vm-net=52:54:00:AA:BB:CC") == NicBody(port_group="vm-net",
+                                                            mac="52:54:00:aa:bb:cc")
+    assert parse_nic("vm-net", random.Random(0)).mac.startswith("52:54:00:")
     with pytest.raises(InvalidRequest):
         parse_nic("=52:54:00:aa:bb:cc")
 

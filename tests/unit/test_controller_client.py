@@ -7,8 +7,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from segue.controller.client import ControllerClient, resolve_url, split_url
-from segue.domain.errors import NotFound, Unavailable
+from segue.clients.base import Blocking, split_url
+from segue.clients.controller import ControllerClient, resolve_url
+from segue.domain.errors import InvalidRequest, NotFound, Unavailable
 
 
 @pytest.fixture(autouse=True)
@@ -33,23 +34,43 @@ def test_lab_socket_then_default(home: Path) -> None:
 
 
 def test_split_url() -> None:
-    assert split_url("unix:/run/c.sock") == ("http://controller", "/run/c.sock")
-    assert split_url("https://c:7700") == ("https://c:7700", None)
+    assert split_url("unix:/run/c.sock", "controller") == ("http://controller", "/run/c.sock")
+    assert split_url("https://c:7700", "controller") == ("https://c:7700", None)
+
+
+def canned(status: int, body: object) -> Blocking[ControllerClient]:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json=body)
+
+    return Blocking(ControllerClient("http://c", transport=httpx.MockTransport(answer)))
 
 
 def test_errors_come_back_with_their_code() -> None:
-    def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(404, json={"kind": "not_found", "error": {
-            "code": "VM_NOT_FOUND", "message": "no VM named x", "hint": "segue vm list"}})
-
-    client = ControllerClient("http://c", transport=httpx.MockTransport(answer))
-    with client, pytest.raises(NotFound) as caught:
-        client.get_vm("x")
+    with canned(404, {"kind": "not_found", "error": {
+            "code": "VM_NOT_FOUND", "message": "no VM named x", "hint": "segue vm list"}}) as c, \
+            pytest.raises(NotFound) as caught:
+        c.run(c.client.get_vm("x"))
     assert caught.value.code == "VM_NOT_FOUND" and caught.value.hint == "segue vm list"
 
 
+def test_refused_requests_come_back_with_their_field() -> None:
+    with canned(400, {"kind": "invalid", "error": {
+            "code": "REQUEST_INVALID", "message": "timeout: too small", "hint": "fix it",
+            "field": "timeout"}}) as c, pytest.raises(InvalidRequest) as caught:
+        c.run(c.client.stop_vm("x", timeout=-1))
+    assert caught.value.code == "REQUEST_INVALID"
+    assert caught.value.details["field"] == "timeout"
+
+
+def test_an_answer_that_is_no_segue_error_is_the_controllers() -> None:
+    """A proxy's page or a crash is the controller's failure, never an agent's."""
+    with canned(502, {"detail": "bad gateway"}) as c, pytest.raises(Unavailable) as caught:
+        c.run(c.client.list_hosts())
+    assert caught.value.code == "CONTROLLER_ERROR"
+
+
 def test_unreachable_controller(home: Path) -> None:
-    client = ControllerClient.from_env(f"unix:{home}/none.sock")
-    with client, pytest.raises(Unavailable) as caught:
-        client.list_hosts()
+    with Blocking(ControllerClient.from_env(f"unix:{home}/none.sock")) as c, \
+            pytest.raises(Unavailable) as caught:
+        c.run(c.client.list_hosts())
     assert caught.value.code == "CONTROLLER_UNREACHABLE" and "--url" in caught.value.hint

@@ -10,13 +10,23 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from segue.api.inventory import VMReport
+from segue.api.vm import VMSpecBody
+from segue.checks.context import host_facts_from_dict
 from segue.controller import inventory
 from segue.controller.db import Database
 from segue.controller.models import VMEvent
 from segue.domain.errors import Conflict, NotFound
+from segue.domain.host import HostFacts
+from segue.domain.vm import VMState
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 FACTS = {"migration": {"addresses": ["fe80::1", "10.0.0.11"]}, "cpu": {"logical_cpus": 4}}
+
+
+def facts(data: dict[str, Any] | None = None) -> HostFacts:
+    """Host facts with only the given parts (the rest empty)."""
+    return host_facts_from_dict("h", data or {})
 
 
 @pytest.fixture
@@ -28,9 +38,9 @@ def session() -> Iterator[Session]:
     db.dispose()
 
 
-def vm_info(name: str, state: str = "running", pid: int | None = 100) -> dict[str, Any]:
-    return {"name": name, "state": state, "pid": pid, "uuid": f"uuid-{name}",
-            "spec": {"name": name, "memory_mib": 64}}
+def vm_info(name: str, state: str = "running", pid: int | None = 100) -> VMReport:
+    return VMReport(name=name, state=VMState(state), pid=pid, uuid=f"uuid-{name}",
+                    spec=VMSpecBody(name=name, datastore="shared", memory_mib=64))
 
 
 @pytest.mark.parametrize(("facts", "address"), [
@@ -41,22 +51,22 @@ def vm_info(name: str, state: str = "running", pid: int | None = 100) -> dict[st
     ({}, None),
 ])
 def test_migration_address_is_the_first_ipv4(facts: dict[str, Any], address: str | None) -> None:
-    assert inventory.migration_address(facts) == address
+    assert inventory.migration_address(host_facts_from_dict("h", facts)) == address
 
 
 def test_heartbeat_upserts_the_host(session: Session) -> None:
-    host = inventory.record_heartbeat(session, "h1", "http://h1:7600", FACTS, [], T0)
+    host = inventory.record_heartbeat(session, "h1", "http://h1:7600", facts(FACTS), [], T0)
     assert host.state == "connected" and host.created_at == T0
     assert host.migration_address == "10.0.0.11"
     later = T0 + timedelta(seconds=5)
-    again = inventory.record_heartbeat(session, "h1", "http://h1:7601", {}, [], later)
+    again = inventory.record_heartbeat(session, "h1", "http://h1:7601", facts(), [], later)
     assert again.id == host.id and again.url == "http://h1:7601"
     assert again.last_heartbeat == later and again.created_at == T0
     assert again.migration_address is None
 
 
 def test_connected_and_stale(session: Session) -> None:
-    host = inventory.record_heartbeat(session, "h1", "u", {}, [], T0)
+    host = inventory.record_heartbeat(session, "h1", "u", facts(), [], T0)
     assert inventory.host_connected(host, T0 + timedelta(seconds=10), 10)
     assert not inventory.host_connected(host, T0 + timedelta(seconds=11), 10)
     assert inventory.mark_stale_hosts(session, T0 + timedelta(seconds=5), 10) == []
@@ -68,21 +78,21 @@ def test_connected_and_stale(session: Session) -> None:
 
 def test_get_host_hint_lists_hosts(session: Session) -> None:
     for name in ("h2", "h1"):
-        inventory.record_heartbeat(session, name, "u", {}, [], T0)
+        inventory.record_heartbeat(session, name, "u", facts(), [], T0)
     with pytest.raises(NotFound) as caught:
         inventory.get_host(session, "h3")
     assert caught.value.code == "HOST_NOT_FOUND" and "h1, h2" in caught.value.hint
 
 
 def test_heartbeat_reconciles_vms(session: Session) -> None:
-    h1 = inventory.record_heartbeat(session, "h1", "u1", {}, [], T0)
-    inventory.record_heartbeat(session, "h2", "u2", {}, [], T0)
+    h1 = inventory.record_heartbeat(session, "h1", "u1", facts(), [], T0)
+    inventory.record_heartbeat(session, "h2", "u2", facts(), [], T0)
     inventory.add_vm(session, vm_info("a"), h1, T0)
     inventory.add_vm(session, vm_info("b"), h1, T0)
     # h1 reports a paused, b gone, c new; h2 reports an incoming copy of a (not its own)
-    inventory.record_heartbeat(session, "h1", "u1", {}, [vm_info("a", "paused", 100),
+    inventory.record_heartbeat(session, "h1", "u1", facts(), [vm_info("a", "paused", 100),
                                                          vm_info("c")], T0)
-    inventory.record_heartbeat(session, "h2", "u2", {}, [vm_info("a", "inmigrate", 7)], T0)
+    inventory.record_heartbeat(session, "h2", "u2", facts(), [vm_info("a", "inmigrate", 7)], T0)
     states = {vm.name: (vm.host, vm.state, vm.pid) for vm in inventory.list_vms(session)}
     assert states == {"a": ("h1", "paused", 100), "b": ("h1", "missing", None),
                       "c": ("h1", "running", 100)}
@@ -92,8 +102,8 @@ def test_heartbeat_reconciles_vms(session: Session) -> None:
 
 
 def test_add_vm_refuses_duplicates_but_not_its_own_discovery(session: Session) -> None:
-    h1 = inventory.record_heartbeat(session, "h1", "u", {}, [vm_info("a")], T0)
-    h2 = inventory.record_heartbeat(session, "h2", "u", {}, [], T0)
+    h1 = inventory.record_heartbeat(session, "h1", "u", facts(), [vm_info("a")], T0)
+    h2 = inventory.record_heartbeat(session, "h2", "u", facts(), [], T0)
     assert inventory.add_vm(session, vm_info("a"), h1).host == "h1"  # the heartbeat was first
     with pytest.raises(Conflict) as caught:
         inventory.add_vm(session, vm_info("a"), h2)
@@ -103,8 +113,8 @@ def test_add_vm_refuses_duplicates_but_not_its_own_discovery(session: Session) -
 
 
 def test_move_and_remove_are_events(session: Session) -> None:
-    h1 = inventory.record_heartbeat(session, "h1", "u", {}, [], T0)
-    inventory.record_heartbeat(session, "h2", "u", {}, [], T0)
+    h1 = inventory.record_heartbeat(session, "h1", "u", facts(), [], T0)
+    inventory.record_heartbeat(session, "h2", "u", facts(), [], T0)
     inventory.add_vm(session, vm_info("a"), h1, T0)
     assert inventory.move_vm(session, "a", "h2", T0).host == "h2"
     with pytest.raises(NotFound):
@@ -119,16 +129,16 @@ def test_move_and_remove_are_events(session: Session) -> None:
 
 
 def test_views(session: Session) -> None:
-    host = inventory.record_heartbeat(session, "h1", "u", FACTS, [vm_info("a")], T0)
+    host = inventory.record_heartbeat(session, "h1", "u", facts(FACTS), [vm_info("a")], T0)
     view = inventory.host_view(host, ["a"], T0 + timedelta(seconds=60), 10)
-    assert view["state"] == "disconnected" and view["cpus"] == 4 and view["vms"] == ["a"]
-    assert view["last_heartbeat"] == "2025-01-01T12:00:00+00:00"
+    assert view.state == "disconnected" and view.cpus == 4 and view.vms == ["a"]
+    assert view.model_dump(mode="json")["last_heartbeat"] == "2025-01-01T12:00:00Z"
     inventory.set_migration_enabled(host, False)
-    assert inventory.host_view(host, [], T0, 10)["migration_enabled"] is False
+    assert inventory.host_view(host, [], T0, 10).migration_enabled is False
     vm = inventory.get_vm(session, "a")
-    assert inventory.vm_view(vm)["spec"] == {"name": "a", "memory_mib": 64}
+    assert inventory.vm_view(vm).spec == VMSpecBody(name="a", datastore="shared", memory_mib=64)
 
 
 def test_naive_datetimes_are_refused(session: Session) -> None:
     with pytest.raises(Exception, match="naive datetime"):
-        inventory.record_heartbeat(session, "h1", "u", {}, [], datetime(2025, 1, 1))
+        inventory.record_heartbeat(session, "h1", "u", facts(), [], datetime(2025, 1, 1))

@@ -4,6 +4,7 @@ queued job."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -46,4 +47,4 @@ def test_a_limit_below_one_in_the_file_is_refused_naming_it(tmp_path: Path) -> N
     ({"phase": "monitor", "queue_position": None}, "monitor"),
 ])
 def test_a_queued_job_shows_its_place(job: dict[str, object], shown: str) -> None:
-    assert phase_label(job) == shown
+    assert phase_label(SimpleNamespace(**job)) == shown

@@ -1,9 +1,10 @@
 """Heartbeats: the agent tells the controller it is alive, what its host is, what VMs run.
 
 With ``controller_url`` configured, ``run_heartbeats`` POSTs ``/hosts/heartbeat`` every
-``heartbeat_interval`` seconds: ``{name, url, facts, vms: [{name, state, pid, uuid, spec}]}``.
-A failed heartbeat is logged (the first one, then at most once a minute while failures go
-on) and retried at the next interval; it never stops the agent.
+``heartbeat_interval`` seconds through the controller's client
+(``segue.clients.controller``): a ``segue.api.inventory.Heartbeat`` with this host's facts
+and its VMs. A failed heartbeat is logged (the first one, then at most once a minute while
+failures go on) and retried at the next interval; it never stops the agent.
 """
 
 from __future__ import annotations
@@ -11,45 +12,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 import httpx
+from pydantic import TypeAdapter
 
-from segue.agent.client import decode_response
 from segue.agent.config import AgentConfig
 from segue.agent.facts import host_facts
 from segue.agent.vms import VMManager
-from segue.controller.client import split_url
+from segue.api.inventory import Heartbeat, HeartbeatAnswer, HostFactsBody, VMReport
+from segue.api.vm import VMInfo
+from segue.clients.controller import ControllerClient
 
 log = logging.getLogger(__name__)
 FAILURE_LOG_INTERVAL = 60.0  # seconds between two logs of continuing failures
-VM_FIELDS = ("name", "state", "pid", "uuid", "spec")
+HEARTBEAT_TIMEOUT = 10.0  # seconds one heartbeat may take
+_VM_INFO = TypeAdapter(VMInfo)
 
 
-async def heartbeat_body(config: AgentConfig, manager: VMManager) -> dict[str, Any]:
+async def heartbeat_body(config: AgentConfig, manager: VMManager) -> Heartbeat:
     """What one heartbeat says: this host's facts now and its VMs' live states."""
+    if config.advertise_url is None:
+        raise ValueError("a heartbeat needs the agent's advertise_url")
     # pyroute2's sync netlink socket (migration NIC facts) cannot run in the loop's thread
     facts = await asyncio.to_thread(host_facts, config, manager.caps, len(manager.vms))
-    vms = [info.model_dump(mode="json", include=set(VM_FIELDS))
+    vms = [VMReport.from_info(_VM_INFO.validate_python(info, from_attributes=True))
            for info in await manager.list_all()]
-    return {"name": config.host, "url": config.advertise_url, "facts": facts.to_dict(),
-            "vms": vms}
+    return Heartbeat(name=config.host, url=config.advertise_url,
+                     facts=HostFactsBody.from_domain(facts), vms=vms)
 
 
-async def send_heartbeat(http: httpx.AsyncClient, config: AgentConfig,
-                         manager: VMManager) -> None:
-    """Send one heartbeat; raises the controller's SegueError, or httpx.HTTPError."""
-    resp = await http.post("/hosts/heartbeat", json=await heartbeat_body(config, manager))
-    decode_response(resp)
-
-
-def controller_http(url: str, transport: httpx.AsyncBaseTransport | None = None,
-                    timeout: float = 10.0) -> httpx.AsyncClient:
-    """An async HTTP client of the controller at ``url`` (``http(s)://`` or ``unix:PATH``)."""
-    base_url, uds = split_url(url)
-    if transport is None and uds is not None:
-        transport = httpx.AsyncHTTPTransport(uds=uds)
-    return httpx.AsyncClient(base_url=base_url, transport=transport, timeout=timeout)
+async def send_heartbeat(controller: ControllerClient, config: AgentConfig,
+                         manager: VMManager) -> HeartbeatAnswer:
+    """Send one heartbeat; raises the controller's SegueError (``Unavailable``
+    ``CONTROLLER_UNREACHABLE`` when it does not answer)."""
+    return await controller.heartbeat(await heartbeat_body(config, manager))
 
 
 class FailureLog:
@@ -80,10 +76,11 @@ async def run_heartbeats(config: AgentConfig, manager: VMManager,
         log.error("heartbeats need controller_url and advertise_url; sending none")
         return
     failures = FailureLog()
-    async with controller_http(config.controller_url, transport) as http:
+    async with ControllerClient(config.controller_url, transport=transport,
+                                timeout=HEARTBEAT_TIMEOUT) as controller:
         while True:
             try:
-                await send_heartbeat(http, config, manager)
+                await send_heartbeat(controller, config, manager)
             except Exception as err:  # whatever went wrong, the agent keeps serving its VMs
                 failures.failed(err, time.monotonic())
             else:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import typer
+from pydantic import JsonValue
 from rich.table import Table
 
+from segue.api.migration import MigrationJobView, MigrationRequestBody
 from segue.cli.output import console, handles_errors, print_json
 from segue.image.protocol import parse_verify
 from segue.lab import guests
@@ -111,24 +113,24 @@ def verify(vm: str, name: str = NAME) -> None:
 @handles_errors
 def facts(host: str, name: str = NAME, as_json: bool = typer.Option(False, "--json")) -> None:
     """What a host's agent reports about its host."""
-    with guests.agent(_plan(name).host(host)) as client:
-        data = client.facts()
+    with guests.agent(_plan(name).host(host)) as a:
+        data = a.run(a.client.facts())
     if as_json:
         print_json(data)
         return
-    cpu, mem, mig = data["cpu"], data["memory"], data["migration"]
-    console.print(f"[bold]{data['name']}[/]: {cpu['host_model']}, {cpu['logical_cpus']} CPUs, "
-                  f"{mem['available_mib']}/{mem['total_mib']} MiB free", highlight=False)
-    console.print(f"  accelerator {cpu['accel']} ({cpu['accel_reason']}), "
-                  f"{len(cpu['features'])} CPU features, QEMU {data['qemu']['version']}",
+    cpu, mem, mig = data.cpu, data.memory, data.migration
+    console.print(f"[bold]{data.name}[/]: {cpu.host_model}, {cpu.logical_cpus} CPUs, "
+                  f"{mem.available_mib}/{mem.total_mib} MiB free", highlight=False)
+    console.print(f"  accelerator {cpu.accel} ({cpu.accel_reason}), "
+                  f"{len(cpu.features)} CPU features, QEMU {data.qemu.version}",
                   highlight=False)
-    console.print(f"  migration {mig['interface']} {','.join(mig['addresses'])} "
-                  f"{'up' if mig['up'] else 'DOWN'} {mig['speed_mbps']} Mbit/s", highlight=False)
-    for pg in data["port_groups"]:
-        console.print(f"  port group {pg['name']} on {pg['bridge']}: "
-                      f"{'up' if pg['up'] else 'DOWN'}", highlight=False)
-    for ds in data["datastores"]:
-        console.print(f"  datastore {ds['name']} at {ds['path']} id {ds['uuid']}", highlight=False)
+    console.print(f"  migration {mig.interface} {','.join(mig.addresses)} "
+                  f"{'up' if mig.up else 'DOWN'} {mig.speed_mbps} Mbit/s", highlight=False)
+    for pg in data.port_groups:
+        console.print(f"  port group {pg.name} on {pg.bridge}: "
+                      f"{'up' if pg.up else 'DOWN'}", highlight=False)
+    for ds in data.datastores:
+        console.print(f"  datastore {ds.name} at {ds.path} id {ds.uuid}", highlight=False)
 
 
 @vm_app.command("create")
@@ -152,14 +154,14 @@ def vm_create(vm: str, host: str = typer.Option(..., help="Host to define it on.
     plan = _plan(name)
     target = plan.host(host)
     opts = guests.GuestOptions(memory_mib=memory, dirty_mbps=dirty_mbps, hot_mib=hot_mib)
-    spec = guests.guest_spec(plan, vm, build_image(), opts) | {"cpu_model": cpu}
+    spec = guests.respec(guests.guest_spec(plan, vm, build_image(), opts), cpu_model=cpu)
     if kernel or disk:
         spec = guests.own_image(spec, kernel=kernel, initrd=initrd, cmdline=append, disk=disk)
-    with guests.controller(plan) as client:
-        info = client.create_vm(target.name, spec, start=start)
+    with guests.controller(plan) as c:
+        info = c.run(c.client.create_vm(target.name, spec, start=start))
     ip = guests.guest_ip(info) if not (kernel or disk) else "set by your image"
-    console.print(f"{vm} on {host}: {info['state']} (ip {ip}, "
-                  f"mac {info['spec']['nics'][0]['mac']})", highlight=False)
+    console.print(f"{vm} on {host}: {info.state} (ip {ip}, "
+                  f"mac {info.spec.nics[0].mac})", highlight=False)
 
 
 @vm_app.command("list")
@@ -172,9 +174,9 @@ def vm_list(name: str = NAME, as_json: bool = typer.Option(False, "--json")) -> 
         return
     table = Table("name", "host", "state", "pid", "memory", "ip")
     for vm in vms:
-        ip = guests.guest_ip(vm) if "segue.ip" in str(vm["spec"].get("cmdline")) else "-"
-        table.add_row(vm["name"], vm["host"], vm["state"], str(vm["pid"] or "-"),
-                      f"{vm['spec']['memory_mib']} MiB", ip)
+        ip = guests.guest_ip(vm) if guests.is_lab_guest(vm) else "-"
+        table.add_row(vm.name, vm.host, vm.state, str(vm.pid or "-"),
+                      f"{vm.spec.memory_mib} MiB", ip)
     console.print(table)
 
 
@@ -190,8 +192,8 @@ def vm_show(vm: str, name: str = NAME) -> None:
 @handles_errors
 def vm_start(vm: str, name: str = NAME) -> None:
     """Start a defined guest."""
-    with guests.controller(_plan(name)) as client:
-        console.print(f"{vm}: {client.start_vm(vm)['state']}")
+    with guests.controller(_plan(name)) as c:
+        console.print(f"{vm}: {c.run(c.client.start_vm(vm)).state}")
 
 
 @vm_app.command("stop")
@@ -200,18 +202,18 @@ def vm_stop(vm: str, force: bool = typer.Option(False, help="Hard power-off at o
             timeout: float = typer.Option(30.0, help="Seconds to wait for ACPI shutdown."),
             name: str = NAME) -> None:
     """Shut a guest down (ACPI, then hard after the timeout)."""
-    with guests.controller(_plan(name)) as client:
-        info = client.stop_vm(vm, timeout=timeout, force=force)
-    live = info.get("live") or info
-    console.print(f"{vm}: {live['state']} ({live.get('last_exit')})", highlight=False)
+    with guests.controller(_plan(name)) as c:
+        info = c.run(c.client.stop_vm(vm, timeout=timeout, force=force))
+    state, last_exit = (info.live.state, info.live.last_exit) if info.live else (info.state, None)
+    console.print(f"{vm}: {state} ({last_exit})", highlight=False)
 
 
 @vm_app.command("destroy")
 @handles_errors
 def vm_destroy(vm: str, name: str = NAME) -> None:
     """Power off (hard) and remove a guest's definition."""
-    with guests.controller(_plan(name)) as client:
-        client.destroy_vm(vm)
+    with guests.controller(_plan(name)) as c:
+        c.run(c.client.destroy_vm(vm))
     console.print(f"{vm}: destroyed")
 
 
@@ -220,8 +222,8 @@ def vm_destroy(vm: str, name: str = NAME) -> None:
 def vm_serial(vm: str, lines: int = typer.Option(20), name: str = NAME) -> None:
     """The last lines of a guest's serial console."""
     host, _ = guests.find_vm(_plan(name), vm)
-    with guests.agent(host) as client:
-        for line in client.serial(vm, lines):
+    with guests.agent(host) as a:
+        for line in a.run(a.client.serial(vm, lines)):
             console.print(line, highlight=False, markup=False)
 
 
@@ -241,10 +243,10 @@ def demo(keep: bool = typer.Option(False, help="Leave the lab up afterwards."),
         plan = _plan(name)
         spec = guests.guest_spec(plan, "web1", image,
                                  guests.GuestOptions(dirty_mbps=dirty_mbps))
-        with guests.controller(plan) as client, console.status("booting web1 on host1"):
-            client.create_vm("host1", spec, start=True)
+        with guests.controller(plan) as c, console.status("booting web1 on host1"):
+            c.run(c.client.create_vm("host1", spec, start=True))
             first = parse_verify(guests.wait_answering(plan, "web1"))
-        console.print(f"web1 runs on host1, ip {guests.guest_ip(spec_as_info(spec))}, "
+        console.print(f"web1 runs on host1, ip {guests.guest_ip(spec)}, "
                       f"boot id {first.boot_id}, rewriting {dirty_mbps} MiB/s", highlight=False)
         rows = [_demo_migration(plan, "web1", dest, first.boot_id) for dest in ("host2", "host1")]
         _demo_table(rows)
@@ -255,26 +257,25 @@ def demo(keep: bool = typer.Option(False, help="Leave the lab up afterwards."),
             console.print(f"lab {name} kept: `segue lab down --name {name}` removes it")
 
 
-def spec_as_info(spec: dict[str, Any]) -> dict[str, Any]:
-    return {"name": spec["name"], "spec": spec}
-
-
 def _demo_migration(plan: LabPlan, vm: str, dest: str, boot: str) -> dict[str, Any]:
     from segue.cli.migrations import follow
 
     _, info = guests.find_vm(plan, vm)
-    console.print(f"migrating {vm} {info['host']} -> {dest}")
+    console.print(f"migrating {vm} {info.host} -> {dest}")
 
-    def move() -> dict[str, Any]:
-        with guests.controller(plan) as client:
-            job = client.call("POST", f"/vms/{vm}/migrations", json={"to": dest})
-            done: dict[str, Any] = follow(client, job)
-            return done
+    def move() -> MigrationJobView:
+        with guests.controller(plan) as c:
+            job = c.run(c.client.request_migration(vm, MigrationRequestBody(to=dest)))
+            return follow(c, job)
 
     watched = guests.watch_migration(plan, vm, move)
     verdict = parse_verify(guests.verify_vm(plan, vm))
     return {"job": watched.job, "probe": watched.probe, "verdict": verdict,
             "same_boot": verdict.boot_id == boot, "parts": watched.breakdown.to_dict()}
+
+
+def _number(value: JsonValue) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def _ms(value: Any) -> str:
@@ -288,12 +289,12 @@ def _demo_table(rows: list[dict[str, Any]]) -> None:
                   "iterations", "checker", title="live migrations of web1")
     for row in rows:
         job, seen, verdict, parts = row["job"], row["probe"], row["verdict"], row["parts"]
-        s = job.get("summary") or {}
-        sent = s.get("bytes_sent") or 0
-        ram = s.get("ram_total") or 0
+        s = job.summary
+        sent = _number(s.get("bytes_sent"))
+        ram = _number(s.get("ram_total"))
         checker = ("same boot, memory ok" if row["same_boot"] and verdict.ok
                    else f"boot {verdict.boot_id} result {'ok' if verdict.ok else 'fail'}")
-        table.add_row(f"{job['source']} -> {job['destination']}", job["phase"],
+        table.add_row(f"{job.source} -> {job.destination}", job.phase,
                       f"{s.get('total_s', '-')} s", f"{s.get('qemu_downtime_ms', '-')} ms",
                       _ms(parts["switchover_ms"]), _ms(parts["network_path_ms"]),
                       _ms(parts["guest_answer_ms"]),

@@ -1,28 +1,32 @@
 """``segue vm migrate`` (``--check``: the pre-migration checks only) and
-``segue migration list|show|cancel``: talk to the controller only."""
+``segue migration list|show|postcopy|cancel``: talk to the controller only."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
+from segue.api.checks import CheckResultView
+from segue.api.migration import MigrationJobView, MigrationRequestBody, ProgressSample
 from segue.cli.checks import results_table
+from segue.cli.connect import URL, controller
 from segue.cli.output import console, handles_errors, print_json
 from segue.cli.vms import vm_app
-from segue.controller.client import ControllerClient
+from segue.clients.base import Blocking
+from segue.clients.controller import ControllerClient
 from segue.domain.errors import Conflict
 
 migration_app = typer.Typer(help="Live migrations: list, show, cancel.", no_args_is_help=True)
-URL = typer.Option(None, "--url", help="Controller URL (default: $SEGUE_URL or the lab's).")
 TERMINAL = ("completed", "failed", "cancelled")
 
 
-def _mib(n: float | None) -> str:
-    return "-" if n is None else f"{n / 1024**2:.1f} MiB"
+def _mib(n: object) -> str:
+    return "-" if not isinstance(n, int | float) else f"{n / 1024**2:.1f} MiB"
 
 
 def _rate(n: float | None) -> str:
@@ -54,66 +58,75 @@ def migrate(vm: str, to: str = typer.Option(..., "--to", help="Destination host.
     if check:
         run_check(vm, to, url, as_json)
         return
-    body = {"to": to, "downtime_limit_ms": downtime_ms, "deadline_s": deadline,
-            "stall_timeout_s": stall_timeout, "max_bandwidth_mibs": max_bandwidth or None,
-            "allow_postcopy": postcopy, "max_downtime_ms": max_downtime}
-    with ControllerClient.from_env(url) as client:
-        job = request_migration(client, vm, body, as_json)
+    body = MigrationRequestBody(to=to, downtime_limit_ms=downtime_ms, deadline_s=deadline,
+                                stall_timeout_s=stall_timeout,
+                                max_bandwidth_mibs=max_bandwidth or None,
+                                allow_postcopy=postcopy, max_downtime_ms=max_downtime)
+    with controller(url) as c:
+        job = request_migration(c, vm, body, as_json)
         if not wait:
             print_json(job) if as_json else console.print(
-                f"migration {job['id']} of {vm} to {to} {_accepted(job)}")
+                f"migration {job.id} of {vm} to {to} {_accepted(job)}")
             return
-        job = follow(client, job, quiet=as_json)
+        job = follow(c, job, quiet=as_json)
     if as_json:
         print_json(job)
     else:
         print_summary(job)
-    if job["phase"] != "completed":
+    if job.phase != "completed":
         raise typer.Exit(1)
 
 
-def phase_label(job: dict[str, Any]) -> str:
+class QueuedJob(Protocol):
+    @property
+    def phase(self) -> str: ...
+    @property
+    def queue_position(self) -> int | None: ...
+
+
+def phase_label(job: QueuedJob) -> str:
     """The phase as shown: a queued job with its place in the queue, e.g. ``queued (2)``."""
-    position = job.get("queue_position")
-    return f"{job['phase']} ({position})" if position else str(job["phase"])
+    return f"{job.phase} ({job.queue_position})" if job.queue_position else job.phase
 
 
-def _accepted(job: dict[str, Any]) -> str:
-    if job.get("queue_position"):
-        return f"queued at position {job['queue_position']} (per-host migration limits)"
-    return f"started ({job['phase']})"
+def _accepted(job: MigrationJobView) -> str:
+    if job.queue_position:
+        return f"queued at position {job.queue_position} (per-host migration limits)"
+    return f"started ({job.phase})"
 
 
 def run_check(vm: str, to: str, url: str | None, as_json: bool) -> None:
     """``--check``: the results as a table (or JSON); exit 1 if any is an error."""
-    with ControllerClient.from_env(url) as client:
-        answer = client.call("POST", f"/vms/{vm}/migrations/check", json={"to": to})
+    with controller(url) as c:
+        answer = c.run(c.client.check_migration(vm, to))
     if as_json:
         print_json(answer)
     else:
-        console.print(results_table(answer["results"],
-                                    f"can {vm} migrate from {answer['source']} to {to}?"))
-    if not answer["ok"]:
+        console.print(results_table(answer.results,
+                                    f"can {vm} migrate from {answer.source} to {to}?"))
+    if not answer.ok:
         raise typer.Exit(1)
 
 
-def request_migration(client: ControllerClient, vm: str, body: dict[str, Any],
-                      as_json: bool) -> dict[str, Any]:
+def request_migration(c: Blocking[ControllerClient], vm: str, body: MigrationRequestBody,
+                      as_json: bool) -> MigrationJobView:
     """Ask for the migration; a refusal on checks shows every result, then raises."""
     try:
-        return dict(client.call("POST", f"/vms/{vm}/migrations", json=body))
+        return c.run(c.client.request_migration(vm, body))
     except Conflict as err:
         if err.code == "MIGRATION_CHECKS_FAILED":
-            results = list(err.details.get("results") or [])
+            results = [CheckResultView.model_validate(r)
+                       for r in err.details.get("results") or []]
             if as_json:
                 print_json({"error": err.to_dict()})
             else:
-                failed = [r for r in results if r["severity"] != "ok"]
-                console.print(results_table(failed, f"{vm} cannot migrate to {body['to']}"))
+                failed = [r for r in results if r.severity != "ok"]
+                console.print(results_table(failed, f"{vm} cannot migrate to {body.to}"))
         raise
 
 
-def follow(client: ControllerClient, job: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
+def follow(c: Blocking[ControllerClient], job: MigrationJobView,
+           quiet: bool = False) -> MigrationJobView:
     """Poll the job until it ends, drawing a progress bar; returns the final job."""
     columns = [TextColumn("[bold]{task.fields[phase]:<10}"), BarColumn(), DownloadColumn(),
                TextColumn("dirty {task.fields[dirty]}  sent at {task.fields[speed]}  "
@@ -123,22 +136,21 @@ def follow(client: ControllerClient, job: dict[str, Any], quiet: bool = False) -
         task = bar.add_task("migrate", total=None, phase=phase_label(job), dirty="-", speed="-",
                             iteration=0, eta="-", conv="-")
         shown = quiet  # --json: stdout carries the JSON only
-        while job["phase"] not in TERMINAL:
+        while job.phase not in TERMINAL:
             time.sleep(0.25)
-            job = client.call("GET", f"/migrations/{job['id']}")
+            job = c.run(c.client.get_migration(job.id))
             shown = _show_prediction(bar, job, shown)
-            p = job.get("progress") or {}
-            eta = p.get("eta_s")
-            bar.update(task, total=p.get("total") or None, completed=p.get("transferred", 0),
-                       phase=phase_label(job), dirty=_rate(p.get("dirty_rate")),
-                       speed=_rate(p.get("throughput")), iteration=p.get("iteration", 0),
-                       eta="-" if eta is None else f"{eta:.1f}s", conv=_convergence(p))
+            p = job.progress or ProgressSample(status="none")
+            bar.update(task, total=p.total or None, completed=p.transferred,
+                       phase=phase_label(job), dirty=_rate(p.dirty_rate),
+                       speed=_rate(p.throughput), iteration=p.iteration,
+                       eta="-" if p.eta_s is None else f"{p.eta_s:.1f}s", conv=_convergence(p))
     return job
 
 
-def _show_prediction(bar: Progress, job: dict[str, Any], shown: bool) -> bool:
+def _show_prediction(bar: Progress, job: MigrationJobView, shown: bool) -> bool:
     """Print the policy's prediction once, when the job has one; whether it was shown."""
-    s = job.get("summary") or {}
+    s = job.summary
     if shown or "predicted_total_s" not in s:
         return shown
     bar.console.print(f"prediction: {s.get('prediction')}; about {s['predicted_total_s']} s",
@@ -146,24 +158,22 @@ def _show_prediction(bar: Progress, job: dict[str, Any], shown: bool) -> bool:
     return True
 
 
-def _convergence(p: dict[str, Any]) -> str:
+def _convergence(p: ProgressSample) -> str:
     """The convergence indicator: dirty rate over throughput, and whether the copy gains."""
-    ratio = p.get("dirty_ratio")
-    converging = p.get("converging")
+    converging = p.converging
     verdict = "-" if converging is None else "converging" if converging else "NOT converging"
-    return verdict if ratio is None else f"{verdict} (dirty/sent {ratio:.2f})"
+    return verdict if p.dirty_ratio is None else f"{verdict} (dirty/sent {p.dirty_ratio:.2f})"
 
 
-def print_summary(job: dict[str, Any]) -> None:
-    s = job.get("summary") or {}
-    if job["phase"] != "completed":
-        console.print(f"[bold red]{job['phase']}[/]: migration {job['id']} of {job['vm']} "
-                      f"{job['source']} -> {job['destination']}: {job.get('reason')}",
-                      highlight=False)
+def print_summary(job: MigrationJobView) -> None:
+    s = job.summary
+    if job.phase != "completed":
+        console.print(f"[bold red]{job.phase}[/]: migration {job.id} of {job.vm} "
+                      f"{job.source} -> {job.destination}: {job.reason}", highlight=False)
         return
     table = Table("vm", "from", "to", "total", "QEMU downtime", "switchover", "sent",
-                  "RAM", "iterations", title=f"migration {job['id']}")
-    table.add_row(job["vm"], job["source"], job["destination"], f"{s.get('total_s')} s",
+                  "RAM", "iterations", title=f"migration {job.id}")
+    table.add_row(job.vm, job.source, job.destination, f"{s.get('total_s')} s",
                   f"{s.get('qemu_downtime_ms')} ms", f"{s.get('switchover_ms')} ms",
                   _mib(s.get("bytes_sent")), _mib(s.get("ram_total")), str(s.get("iterations")))
     console.print(table)
@@ -174,16 +184,16 @@ def print_summary(job: dict[str, Any]) -> None:
 def list_migrations(vm: str | None = typer.Option(None, help="Only this VM's."),
                     url: str | None = URL, as_json: bool = typer.Option(False, "--json")) -> None:
     """Every migration, oldest first, with its phase (queued ones with their place)."""
-    with ControllerClient.from_env(url) as client:
-        rows = client.call("GET", "/migrations", params={"vm": vm} if vm else None)
+    with controller(url) as c:
+        rows = c.run(c.client.list_migrations(vm))
     if as_json:
         print_json(rows)
         return
     table = Table("id", "vm", "from", "to", "phase", "created", "total", "reason")
     for r in rows:
-        table.add_row(r["id"], r["vm"], r["source"], r["destination"], phase_label(r),
-                      r["created_at"][:19], str((r.get("summary") or {}).get("total_s", "-")),
-                      r.get("reason") or "")
+        table.add_row(r.id, r.vm, r.source, r.destination, phase_label(r),
+                      r.created_at.isoformat()[:19], str(r.summary.get("total_s", "-")),
+                      r.reason or "")
     console.print(table)
 
 
@@ -192,16 +202,16 @@ def list_migrations(vm: str | None = typer.Option(None, help="Only this VM's."),
 def show_migration(migration_id: str, url: str | None = URL,
                    as_json: bool = typer.Option(False, "--json")) -> None:
     """One migration with every phase transition and decision."""
-    with ControllerClient.from_env(url) as client:
-        job = client.call("GET", f"/migrations/{migration_id}")
+    with controller(url) as c:
+        job = c.run(c.client.get_migration(migration_id))
     if as_json:
         print_json(job)
         return
-    console.print(f"migration {job['id']}: {job['vm']} {job['source']} -> "
-                  f"{job['destination']}, {job['phase']}", highlight=False)
+    console.print(f"migration {job.id}: {job.vm} {job.source} -> "
+                  f"{job.destination}, {job.phase}", highlight=False)
     table = Table("at", "from", "to", "message")
-    for t in job["transitions"]:
-        table.add_row(t["at"][11:23], t["from"] or "", t["to"], t["message"])
+    for t in job.transitions or []:
+        table.add_row(t.at.isoformat()[11:23], t.from_ or "", t.to, t.message)
     console.print(table)
     print_summary(job)
 
@@ -213,7 +223,7 @@ def postcopy_migration(migration_id: str, url: str | None = URL,
     """Switch a copying migration to post-copy now: the VM runs on the destination at once
     and pulls the memory it still lacks (the policy does this by itself when pre-copy
     cannot converge)."""
-    _ask_job(migration_id, "postcopy", "post-copy", url, as_json)
+    _ask_job(lambda c: c.start_postcopy(migration_id), "post-copy", url, as_json)
 
 
 @migration_app.command("cancel")
@@ -221,15 +231,17 @@ def postcopy_migration(migration_id: str, url: str | None = URL,
 def cancel_migration(migration_id: str, url: str | None = URL,
                      as_json: bool = typer.Option(False, "--json")) -> None:
     """Cancel a migration that is queued or still copying; the VM stays on its source."""
-    _ask_job(migration_id, "cancel", "cancel", url, as_json)
+    _ask_job(lambda c: c.cancel_migration(migration_id), "cancel", url, as_json)
 
 
-def _ask_job(migration_id: str, action: str, what: str, url: str | None,
-             as_json: bool) -> None:
-    """``POST /migrations/ID/ACTION``; prints the job (``--json``) or one line."""
-    with ControllerClient.from_env(url) as client:
-        job = client.call("POST", f"/migrations/{migration_id}/{action}")
+JobCall = Callable[[ControllerClient], Coroutine[Any, Any, MigrationJobView]]
+
+
+def _ask_job(ask: JobCall, what: str, url: str | None, as_json: bool) -> None:
+    """Ask the controller something about one job; prints the job (``--json``) or one line."""
+    with controller(url) as c:
+        job = c.run(ask(c.client))
     if as_json:
         print_json(job)
         return
-    console.print(f"{what} requested for {job['id']} ({job['phase']})")
+    console.print(f"{what} requested for {job.id} ({job.phase})")

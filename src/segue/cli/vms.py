@@ -1,21 +1,20 @@
 """``segue vm``: VMs of the cluster, created and driven through the controller.
 
-Other command modules extend ``vm_app`` (e.g. ``segue vm migrate``); they take ``URL`` from
-``segue.cli.hosts`` and talk through ``ControllerClient.from_env(url)``.
+Other command modules extend ``vm_app`` (e.g. ``segue vm migrate``); every command talks
+through ``segue.cli.connect.controller(url)``.
 """
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.table import Table
 
-from segue.cli.hosts import URL
+from segue.api.vm import DiskBody, NicBody, VMSpecBody
+from segue.cli.connect import URL, controller
 from segue.cli.output import console, handles_errors, print_json
-from segue.controller.client import ControllerClient
 from segue.domain.errors import InvalidRequest
 from segue.domain.vm import DISK_FORMATS
 
@@ -28,7 +27,7 @@ def random_mac(rng: random.Random | None = None) -> str:
     return "52:54:00:" + ":".join(f"{rng.randrange(256):02x}" for _ in range(3))
 
 
-def parse_disk(text: str) -> dict[str, Any]:
+def parse_disk(text: str) -> DiskBody:
     """``DATASTORE:PATH[:FORMAT]`` as a disk spec; raises InvalidRequest (CLI_DISK_INVALID)."""
     parts = text.split(":")
     fmt = "qcow2"
@@ -38,16 +37,16 @@ def parse_disk(text: str) -> dict[str, Any]:
         raise InvalidRequest("CLI_DISK_INVALID", f"--disk {text!r} is not DATASTORE:PATH[:FORMAT]",
                              f"e.g. --disk shared:web1/disk0.qcow2 (formats: "
                              f"{', '.join(DISK_FORMATS)})")
-    return {"datastore": parts[0], "path": parts[1], "format": fmt}
+    return DiskBody(datastore=parts[0], path=parts[1], format=fmt)
 
 
-def parse_nic(text: str, rng: random.Random | None = None) -> dict[str, Any]:
+def parse_nic(text: str, rng: random.Random | None = None) -> NicBody:
     """``PORTGROUP[=MAC]`` as a NIC spec (a random 52:54:00 MAC if none is given)."""
     port_group, _, mac = text.partition("=")
     if not port_group:
         raise InvalidRequest("CLI_NIC_INVALID", f"--nic {text!r} names no port group",
                              "e.g. --nic vm-net or --nic vm-net=52:54:00:12:34:56")
-    return {"port_group": port_group, "mac": (mac or random_mac(rng)).lower()}
+    return NicBody(port_group=port_group, mac=(mac or random_mac(rng)).lower())
 
 
 def _absolute(path: str | None) -> str | None:
@@ -73,15 +72,15 @@ def create(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Define a VM on a host (and start it, unless --no-start)."""
-    spec = {"name": name, "datastore": datastore, "memory_mib": memory, "vcpus": vcpus,
-            "kernel": _absolute(kernel), "initrd": _absolute(initrd), "cmdline": append,
-            "disks": [parse_disk(d) for d in disk], "nics": [parse_nic(n) for n in nic]}
-    with ControllerClient.from_env(url) as client:
-        vm = client.create_vm(host, spec, start=start)
+    spec = VMSpecBody(name=name, datastore=datastore, memory_mib=memory, vcpus=vcpus,
+                      kernel=_absolute(kernel), initrd=_absolute(initrd), cmdline=append,
+                      disks=[parse_disk(d) for d in disk], nics=[parse_nic(n) for n in nic])
+    with controller(url) as c:
+        vm = c.run(c.client.create_vm(host, spec, start=start))
     if as_json:
         print_json(vm)
     else:
-        console.print(f"VM {vm['name']} ({vm['uuid']}) on {vm['host']}: {vm['state']}")
+        console.print(f"VM {vm.name} ({vm.uuid}) on {vm.host}: {vm.state}")
 
 
 @vm_app.command("list")
@@ -89,16 +88,15 @@ def create(
 def list_vms(url: str | None = URL, host: str | None = typer.Option(None, help="Only this host."),
              as_json: bool = typer.Option(False, "--json")) -> None:
     """Every VM of the inventory: host, state, memory, vCPUs."""
-    with ControllerClient.from_env(url) as client:
-        vms = client.list_vms(host)
+    with controller(url) as c:
+        vms = c.run(c.client.list_vms(host))
     if as_json:
         print_json(vms)
         return
     table = Table("VM", "host", "state", "memory", "vCPUs", "pid", "uuid")
     for vm in vms:
-        spec = vm["spec"]
-        table.add_row(vm["name"], vm["host"], vm["state"], f"{spec.get('memory_mib')} MiB",
-                      str(spec.get("vcpus")), str(vm["pid"] or "-"), vm["uuid"])
+        table.add_row(vm.name, vm.host, vm.state, f"{vm.spec.memory_mib} MiB",
+                      str(vm.spec.vcpus), str(vm.pid or "-"), vm.uuid)
     console.print(table)
 
 
@@ -106,24 +104,22 @@ def list_vms(url: str | None = URL, host: str | None = typer.Option(None, help="
 @handles_errors
 def show(name: str, url: str | None = URL, as_json: bool = typer.Option(False, "--json")) -> None:
     """One VM: the inventory's record and what its host says now."""
-    with ControllerClient.from_env(url) as client:
-        vm = client.get_vm(name)
+    with controller(url) as c:
+        vm = c.run(c.client.get_vm(name))
     if as_json:
         print_json(vm)
         return
-    spec, live = vm["spec"], vm.get("live") or {}
-    rows = [("host", vm["host"]), ("state", live.get("state", vm["state"])),
-            ("uuid", vm["uuid"]), ("pid", live.get("pid", vm["pid"]) or "-"),
-            ("memory", f"{spec.get('memory_mib')} MiB"), ("vCPUs", spec.get("vcpus")),
-            ("NICs", ", ".join(f"{n['port_group']}={n['mac']}" for n in spec.get("nics", []))
-             or "-"),
-            ("disks", ", ".join(f"{d['datastore']}:{d['path']}" for d in spec.get("disks", []))
-             or "-"),
-            ("last exit", live.get("last_exit") or "-")]
-    if vm.get("live_error"):
-        err = vm["live_error"]
-        rows.append(("live state", f"unavailable: {err['code']}: {err['message']}"))
-    table = Table(title=f"VM {vm['name']}", show_header=False)
+    spec, live = vm.spec, vm.live
+    rows = [("host", vm.host), ("state", live.state if live else vm.state),
+            ("uuid", vm.uuid), ("pid", (live.pid if live else vm.pid) or "-"),
+            ("memory", f"{spec.memory_mib} MiB"), ("vCPUs", spec.vcpus),
+            ("NICs", ", ".join(f"{n.port_group}={n.mac}" for n in spec.nics) or "-"),
+            ("disks", ", ".join(f"{d.datastore}:{d.path}" for d in spec.disks) or "-"),
+            ("last exit", (live.last_exit if live else None) or "-")]
+    if vm.live_error:
+        err = vm.live_error
+        rows.append(("live state", f"unavailable: {err.code}: {err.message}"))
+    table = Table(title=f"VM {vm.name}", show_header=False)
     for key, value in rows:
         table.add_row(key, str(value))
     console.print(table)
@@ -133,9 +129,9 @@ def show(name: str, url: str | None = URL, as_json: bool = typer.Option(False, "
 @handles_errors
 def start_vm(name: str, url: str | None = URL) -> None:
     """Start a stopped VM on its host."""
-    with ControllerClient.from_env(url) as client:
-        vm = client.start_vm(name)
-    console.print(f"VM {name} on {vm['host']}: {vm['state']} (pid {vm['pid']})")
+    with controller(url) as c:
+        vm = c.run(c.client.start_vm(name))
+    console.print(f"VM {name} on {vm.host}: {vm.state} (pid {vm.pid})")
 
 
 @vm_app.command("stop")
@@ -145,17 +141,17 @@ def stop_vm(name: str, url: str | None = URL,
             timeout: float = typer.Option(30.0, help="Seconds to wait for an ACPI shutdown.")
             ) -> None:
     """ACPI power-off (hard power-off after --timeout s, or at once with --force)."""
-    with ControllerClient.from_env(url) as client:
-        vm = client.stop_vm(name, force=force, timeout=timeout)
-    console.print(f"VM {name} on {vm['host']}: {vm['state']}")
+    with controller(url) as c:
+        vm = c.run(c.client.stop_vm(name, force=force, timeout=timeout))
+    console.print(f"VM {name} on {vm.host}: {vm.state}")
 
 
 @vm_app.command("destroy")
 @handles_errors
 def destroy(name: str, url: str | None = URL) -> None:
     """Power off and remove the VM everywhere (its event log stays)."""
-    with ControllerClient.from_env(url) as client:
-        client.destroy_vm(name)
+    with controller(url) as c:
+        c.run(c.client.destroy_vm(name))
     console.print(f"VM {name} destroyed")
 
 
@@ -164,13 +160,13 @@ def destroy(name: str, url: str | None = URL) -> None:
 def events(name: str, url: str | None = URL, as_json: bool = typer.Option(False, "--json")
            ) -> None:
     """What happened to the VM, oldest first."""
-    with ControllerClient.from_env(url) as client:
-        entries = client.vm_events(name)
+    with controller(url) as c:
+        entries = c.run(c.client.vm_events(name))
     if as_json:
         print_json(entries)
         return
     table = Table("at", "event", "detail")
     for e in entries:
-        detail = ", ".join(f"{k}={v}" for k, v in e["detail"].items())
-        table.add_row(e["at"], e["kind"], detail)
+        detail = ", ".join(f"{k}={v}" for k, v in e.detail.items())
+        table.add_row(e.at.isoformat(), e.kind, detail)
     console.print(table)

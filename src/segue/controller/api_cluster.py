@@ -1,16 +1,15 @@
 """Cluster routes of the controller API: the CPU baseline (``segue.controller.cluster``).
 
-``GET /cluster/baseline``: ``{model, features, cpu_model, updated_at, live_vms, raisable,
-hosts: [{name, connected, missing}]}``. ``POST /cluster/baseline/raise``: the same plus
-``added`` and ``removed``; Conflict ``BASELINE_NO_HOSTS`` or ``BASELINE_WOULD_LOWER``.
+``GET /cluster/baseline``: ``segue.api.cluster.BaselineView``.
+``POST /cluster/baseline/raise``: ``RaisedBaselineView`` (the same plus ``added`` and
+``removed``); Conflict ``BASELINE_NO_HOSTS`` or ``BASELINE_WOULD_LOWER``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 
+from segue.api.cluster import BaselineView, RaisedBaselineView
 from segue.controller import cluster
 from segue.controller.config import ControllerConfig
 from segue.controller.db import Database
@@ -29,13 +28,13 @@ def _timeout(request: Request) -> float:
     return config.heartbeat_timeout
 
 
-@router.get("/cluster/baseline")
-def show_baseline(request: Request) -> dict[str, Any]:
+@router.get("/cluster/baseline", response_model=BaselineView)
+def show_baseline(request: Request) -> BaselineView:
     with _db(request).session() as s:
         return cluster.baseline_view(s, utcnow(), _timeout(request))
 
 
-@router.post("/cluster/baseline/raise")
-def raise_baseline(request: Request) -> dict[str, Any]:
+@router.post("/cluster/baseline/raise", response_model=RaisedBaselineView)
+def raise_baseline(request: Request) -> RaisedBaselineView:
     with _db(request).session() as s:
         return cluster.raise_baseline(s, utcnow(), _timeout(request))

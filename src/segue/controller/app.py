@@ -13,11 +13,11 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 
 from segue import __version__
+from segue.api.cluster import ControllerHealth
 from segue.controller import inventory
 from segue.controller.agents import AgentPool
 from segue.controller.api_cluster import router as cluster_router
@@ -78,9 +78,9 @@ def create_app(config: ControllerConfig, agents: AgentPool | None = None) -> Fas
     app.include_router(migrations_router)
     app.include_router(cluster_router)
 
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__}
+    @app.get("/health", response_model=ControllerHealth)
+    async def health() -> ControllerHealth:
+        return ControllerHealth(status="ok", version=__version__)
 
     return app
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from segue.api.cluster import BaselineHost, BaselineView, RaisedBaselineView
 from segue.checks.baseline import (
     BASE_MODEL,
     Baseline,
@@ -36,11 +36,14 @@ from segue.controller import inventory
 from segue.controller.cluster_models import ClusterSetting
 from segue.controller.models import VM, Host
 from segue.domain.errors import Conflict
+from segue.domain.host import HostFacts
+from segue.domain.vm import VMState
 
 log = logging.getLogger(__name__)
 BASELINE_KEY = "cpu_baseline"
 BASELINE_ALIASES = frozenset({"baseline", BASE_MODEL})  # cpu_model values that mean "baseline"
-LIVE_STATES = ("running", "paused", "starting", "inmigrate", "postmigrate")  # a QEMU runs
+LIVE_STATES = frozenset({VMState.RUNNING, VMState.PAUSED, VMState.STARTING, VMState.INMIGRATE,
+                         VMState.POSTMIGRATE})  # a QEMU runs
 
 
 def host_features(host: Host) -> list[str] | None:
@@ -82,15 +85,14 @@ def _store(session: Session, baseline: Baseline, now: datetime) -> None:
     log.info("CPU baseline is now %s", baseline_cpu_string(baseline))
 
 
-def admit_host(session: Session, name: str, facts: dict[str, Any]) -> None:
+def admit_host(session: Session, name: str, facts: HostFacts) -> None:
     """Refuse a new host below the baseline while VMs run: Conflict HOST_BELOW_BASELINE."""
     if inventory.find_host(session, name) is not None or not live_vms(session):
         return
     stored = stored_baseline(session)
     if stored is None:
         return
-    features = ((facts.get("cpu") or {}).get("features")) or []
-    missing = missing_for_host(stored[0], features)
+    missing = missing_for_host(stored[0], facts.cpu.features)
     if missing:
         raise Conflict("HOST_BELOW_BASELINE",
                        f"host {name} lacks {len(missing)} CPU feature(s) of the cluster baseline "
@@ -116,7 +118,7 @@ def _connected_features(session: Session, now: datetime, timeout: float
             if inventory.host_connected(h, now, timeout)}
 
 
-def raise_baseline(session: Session, now: datetime, timeout: float) -> dict[str, Any]:
+def raise_baseline(session: Session, now: datetime, timeout: float) -> RaisedBaselineView:
     """Set the baseline to the intersection of the connected hosts' features; the new view
     with ``added`` and ``removed`` features. Raises Conflict (BASELINE_NO_HOSTS,
     BASELINE_WOULD_LOWER)."""
@@ -133,26 +135,25 @@ def raise_baseline(session: Session, now: datetime, timeout: float) -> dict[str,
                        "the baseline never drops while VMs run; bring back the hosts that "
                        "offer them, or stop the VMs", removed=removed)
     _store(session, new, now)
-    return {**baseline_view(session, now, timeout), "added": sorted(new.features - old.features),
-            "removed": removed}
+    view = baseline_view(session, now, timeout)
+    return RaisedBaselineView(**dict(view), added=sorted(new.features - old.features),
+                              removed=removed)
 
 
-def baseline_view(session: Session, now: datetime, timeout: float) -> dict[str, Any]:
+def baseline_view(session: Session, now: datetime, timeout: float) -> BaselineView:
     """The baseline as the API shows it, with what each host lacks and what a raise adds."""
     stored = stored_baseline(session)
     baseline = stored[0] if stored else Baseline()
     hosts = inventory.list_hosts(session)
     connected = _connected_features(session, now, timeout)
     raisable = (compute_baseline(connected).features - baseline.features) if connected else set()
-    return {
-        "model": baseline.model, "features": sorted(baseline.features),
-        "cpu_model": baseline_cpu_string(baseline),
-        "updated_at": stored[1].isoformat() if stored else None,
-        "live_vms": live_vms(session), "raisable": sorted(raisable),
-        "hosts": [{"name": h.name, "connected": h.name in connected,
-                   "missing": missing_for_host(baseline, host_features(h) or [])}
-                  for h in hosts],
-    }
+    return BaselineView(
+        model=baseline.model, features=sorted(baseline.features),
+        cpu_model=baseline_cpu_string(baseline), updated_at=stored[1] if stored else None,
+        live_vms=live_vms(session), raisable=sorted(raisable),
+        hosts=[BaselineHost(name=h.name, connected=h.name in connected,
+                            missing=missing_for_host(baseline, host_features(h) or []))
+               for h in hosts])
 
 
 def resolve_cpu_model(session: Session, cpu_model: str) -> str:

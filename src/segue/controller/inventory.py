@@ -1,8 +1,10 @@
 """The inventory: hosts and VMs as the controller knows them, and each VM's event log.
 
-Service functions over an SQLAlchemy ``Session`` (the caller owns the transaction: use
-``Database.session()``). Used by the API routes and by the migration engine; none of them
-talks to an agent. Every change of a VM's state or host is stored as a ``VMEvent``.
+Store functions over an SQLAlchemy ``Session`` (the caller owns the transaction: use
+``Database.session()``). Used by the inventory service (``segue.controller.inventory_service``)
+and by the migration engine; none of them talks to an agent. Every change of a VM's state or
+host is stored as a ``VMEvent``. The views (``host_view``, ``vm_view``, ``event_view``) are
+the API's answers (``segue.api.inventory``).
 
 Times are timezone-aware UTC datetimes (``segue.controller.models.utcnow``).
 
@@ -20,19 +22,32 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from segue.api.inventory import (
+    MISSING,
+    HostConnection,
+    HostDetail,
+    HostView,
+    InventoryState,
+    VMEventView,
+    VMReport,
+    VMView,
+)
+from segue.api.vm import VMInfo, VMSpecBody
+from segue.checks.context import host_facts_from_dict
 from segue.controller.models import VM, Host, HostState, VMEvent, utcnow
 from segue.domain.errors import Conflict, NotFound
+from segue.domain.host import HostFacts
+from segue.domain.vm import VMState
 
 log = logging.getLogger(__name__)
-MISSING = "missing"  # VM state: its host's agent no longer reports it
 
 
-def migration_address(facts: dict[str, Any]) -> str | None:
+def migration_address(facts: HostFacts) -> str | None:
     """The first IPv4 address of the host's migration interface (``facts.migration``).
 
     Addresses may carry a prefix length (``10.0.0.1/24``); None when there is none.
     """
-    for text in (facts.get("migration") or {}).get("addresses") or []:
+    for text in facts.migration.addresses:
         try:
             address = ipaddress.ip_interface(str(text)).ip
         except ValueError:
@@ -87,14 +102,14 @@ def set_migration_enabled(host: Host, enabled: bool) -> None:
 
 
 # ---- heartbeats ----
-def record_heartbeat(session: Session, name: str, url: str, facts: dict[str, Any],
-                     vms: list[dict[str, Any]], now: datetime) -> Host:
+def record_heartbeat(session: Session, name: str, url: str, facts: HostFacts,
+                     vms: list[VMReport], now: datetime) -> Host:
     """Store an agent's heartbeat: upsert its host (connected) and reconcile its VMs.
 
-    ``vms`` are the agent's VMs (``name``, ``state``, ``pid``, ``uuid``, ``spec``). A VM
-    this host owns gets its state and pid updated (a state change is an event); a VM unknown
-    to the inventory is added (``discovered``); a VM owned by another host is left alone (an
-    incoming migration); a VM this host owns but no longer reports becomes ``missing``.
+    ``vms`` are the agent's VMs. A VM this host owns gets its state and pid updated (a
+    state change is an event); a VM unknown to the inventory is added (``discovered``); a VM
+    owned by another host is left alone (an incoming migration); a VM this host owns but no
+    longer reports becomes ``missing``.
     """
     host = session.scalars(select(Host).where(Host.name == name)).first()
     if host is None:
@@ -103,7 +118,7 @@ def record_heartbeat(session: Session, name: str, url: str, facts: dict[str, Any
         log.info("host %s joined (%s)", name, url)
     elif host.state != HostState.CONNECTED:
         log.info("host %s reconnected", name)
-    host.url, host.facts, host.last_heartbeat = url, facts, now
+    host.url, host.facts, host.last_heartbeat = url, facts.to_dict(), now
     host.state = HostState.CONNECTED
     host.migration_address = migration_address(facts)
     session.flush()
@@ -111,16 +126,16 @@ def record_heartbeat(session: Session, name: str, url: str, facts: dict[str, Any
     return host
 
 
-def _reconcile_vms(session: Session, host: Host, reported: list[dict[str, Any]],
+def _reconcile_vms(session: Session, host: Host, reported: list[VMReport],
                    now: datetime) -> None:
-    by_name = {str(info["name"]): info for info in reported}
+    by_name = {info.name: info for info in reported}
     known = {vm.name: vm for vm in session.scalars(select(VM).where(VM.name.in_(by_name)))}
     for name, info in by_name.items():
         vm = known.get(name)
         if vm is None:
             add_vm(session, info, host, now, kind="discovered")
         elif vm.host == host.name:
-            update_vm_state(session, vm, str(info["state"]), info.get("pid"), now)
+            update_vm_state(session, vm, info.state, info.pid, now)
     owned = session.scalars(select(VM).where(VM.host == host.name, VM.name.not_in(by_name),
                                              VM.state != MISSING))
     for vm in owned:
@@ -157,22 +172,22 @@ def refuse_existing_vm(session: Session, name: str) -> None:
                        "choose another name, or destroy the existing VM first")
 
 
-def add_vm(session: Session, info: dict[str, Any], host: Host, now: datetime | None = None,
-           kind: str = "defined") -> VM:
-    """Insert a VM from an agent's answer (``name``, ``uuid``, ``state``, ``pid``, ``spec``).
+def add_vm(session: Session, info: VMInfo | VMReport, host: Host,
+           now: datetime | None = None, kind: str = "defined") -> VM:
+    """Insert a VM from an agent's answer or report.
 
     Records a ``kind`` event. If a heartbeat already added the same VM (same uuid on the same
     host) it is returned as is; any other VM of that name raises Conflict (VM_EXISTS).
     """
     now = now or utcnow()
-    name = str(info["name"])
+    name = info.name
     existing = find_vm(session, name)
     if existing is not None:
-        if existing.host == host.name and existing.uuid == info.get("uuid"):
+        if existing.host == host.name and existing.uuid == info.uuid:
             return existing
         refuse_existing_vm(session, name)
-    vm = VM(name=name, uuid=str(info.get("uuid") or ""), host=host.name,
-            spec=dict(info.get("spec") or {}), state=str(info["state"]), pid=info.get("pid"),
+    vm = VM(name=name, uuid=info.uuid, host=host.name,
+            spec=info.spec.model_dump(mode="json"), state=info.state.value, pid=info.pid,
             updated_at=now)
     session.add(vm)
     record_vm_event(session, name, kind, {"host": host.name, "uuid": vm.uuid,
@@ -181,18 +196,24 @@ def add_vm(session: Session, info: dict[str, Any], host: Host, now: datetime | N
     return vm
 
 
-def update_vm_state(session: Session, vm: VM, state: str, pid: int | None,
+def vm_state(vm: VM) -> InventoryState:
+    """The VM's stored state: a ``VMState``, or ``missing``."""
+    return MISSING if vm.state == MISSING else VMState(vm.state)
+
+
+def update_vm_state(session: Session, vm: VM, state: InventoryState, pid: int | None,
                     now: datetime | None = None) -> bool:
     """Set the VM's state and pid; a state change is recorded as a ``state`` event.
 
     Returns whether the state changed.
     """
     now = now or utcnow()
-    changed = vm.state != state
+    old = vm_state(vm)
+    changed = old != state
     if changed:
-        record_vm_event(session, vm.name, "state", {"from": vm.state, "to": state,
+        record_vm_event(session, vm.name, "state", {"from": str(old), "to": str(state),
                                                     "host": vm.host}, now)
-        vm.state = state
+        vm.state = str(state)
     if changed or vm.pid != pid:
         vm.pid, vm.updated_at = pid, now
     return changed
@@ -230,33 +251,40 @@ def vm_events(session: Session, vm_name: str) -> list[VMEvent]:
                                 .order_by(VMEvent.id)))
 
 
-# ---- views (API JSON) ----
-def host_view(host: Host, vms: Iterable[str], now: datetime, timeout: float) -> dict[str, Any]:
+# ---- views (the API's answers) ----
+def host_state(host: Host, now: datetime, timeout: float) -> HostConnection:
+    """``connected`` if its heartbeat is fresh at ``now``, else ``disconnected``."""
+    return "connected" if host_connected(host, now, timeout) else "disconnected"
+
+
+def host_view(host: Host, vms: Iterable[str], now: datetime, timeout: float) -> HostView:
     """The host as the API shows it; ``state`` is fresh (not only the last stored one)."""
-    facts = host.facts or {}
-    cpu, memory = facts.get("cpu") or {}, facts.get("memory") or {}
-    return {
-        "name": host.name, "url": host.url,
-        "state": (HostState.CONNECTED if host_connected(host, now, timeout)
-                  else HostState.DISCONNECTED).value,
-        "migration_address": host.migration_address, "maintenance": host.maintenance,
-        "migration_enabled": host.migration_enabled,
-        "last_heartbeat": _iso(host.last_heartbeat), "created_at": _iso(host.created_at),
-        "cpus": cpu.get("logical_cpus"), "accel": cpu.get("accel"),
-        "memory_total_mib": memory.get("total_mib"),
-        "memory_available_mib": memory.get("available_mib"), "vms": sorted(vms),
-    }
+    facts = host_facts_from_dict(host.name, host.facts or {})
+    known = bool(host.facts)
+    return HostView(
+        name=host.name, url=host.url, state=host_state(host, now, timeout),
+        migration_address=host.migration_address, maintenance=host.maintenance,
+        migration_enabled=host.migration_enabled, last_heartbeat=host.last_heartbeat,
+        created_at=host.created_at,
+        cpus=facts.cpu.logical_cpus if known else None,
+        accel=facts.cpu.accel if known else None,
+        memory_total_mib=facts.memory.total_mib if known else None,
+        memory_available_mib=facts.memory.available_mib if known else None,
+        vms=sorted(vms))
 
 
-def vm_view(vm: VM) -> dict[str, Any]:
-    return {"name": vm.name, "uuid": vm.uuid, "host": vm.host, "state": vm.state,
-            "pid": vm.pid, "updated_at": _iso(vm.updated_at), "spec": vm.spec}
+def host_detail(host: Host, vms: Iterable[str], now: datetime, timeout: float) -> HostDetail:
+    """The host's view with the facts of its last heartbeat."""
+    view = host_view(host, vms, now, timeout)
+    facts = host_facts_from_dict(host.name, host.facts) if host.facts else None
+    return HostDetail(**dict(view), facts=facts)
 
 
-def event_view(event: VMEvent) -> dict[str, Any]:
-    return {"id": event.id, "vm": event.vm_name, "at": _iso(event.at), "kind": event.kind,
-            "detail": event.detail}
+def vm_view(vm: VM) -> VMView:
+    return VMView(name=vm.name, uuid=vm.uuid, host=vm.host, state=vm_state(vm), pid=vm.pid,
+                  updated_at=vm.updated_at, spec=VMSpecBody.model_validate(vm.spec, strict=False))
 
 
-def _iso(at: datetime | None) -> str | None:
-    return at.isoformat() if at is not None else None
+def event_view(event: VMEvent) -> VMEventView:
+    return VMEventView(id=event.id, vm=event.vm_name, at=event.at, kind=event.kind,
+                       detail=event.detail)

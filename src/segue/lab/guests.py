@@ -1,6 +1,9 @@
 """Guests in a lab: define them on a host's agent from the test image, find them, and
 probe or verify them from the client namespace (as an outside user of the VM network would).
 
+The clients are the typed ones (``segue.clients``) used synchronously:
+``with controller(plan) as c: c.run(c.client.list_vms())``.
+
 Errors: ``NotFound`` (``VM_NOT_FOUND``) for an unknown VM, ``Unavailable``
 (``PROBE_FAILED``) when the prober cannot run, plus the agents' own errors.
 """
@@ -16,8 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from segue.agent.client import AgentClient
-from segue.controller.client import ControllerClient
+from pydantic import JsonValue
+
+from segue.api.inventory import VMView
+from segue.api.migration import MigrationJobView, MigrationRequestBody
+from segue.api.vm import DiskBody, NicBody, VMInfo, VMSpecBody
+from segue.clients.agent import AgentClient
+from segue.clients.base import Blocking
+from segue.clients.controller import ControllerClient
 from segue.domain.errors import InvalidRequest, Unavailable
 from segue.engine.phases import TERMINAL
 from segue.image.builder import GuestImage
@@ -46,71 +55,84 @@ class GuestOptions:
     port_group: str = "vm-net"
 
 
-def agent(host: HostPlan) -> AgentClient:
-    """A client of the host's agent over its unix socket."""
-    return AgentClient(uds=str(host.agent_socket))
+LabVM = VMInfo | VMView  # a VM as its agent sees it now, else as the inventory last knew it
 
 
-def controller(plan: LabPlan) -> ControllerClient:
-    """A client of the lab's controller over its unix socket."""
-    return ControllerClient(f"unix:{plan.controller.socket}")
+def agent(host: HostPlan, timeout: float = 120.0) -> Blocking[AgentClient]:
+    """The host's agent over its unix socket, for blocking calls."""
+    return Blocking(AgentClient(f"unix:{host.agent_socket}", timeout=timeout))
 
 
-def all_vms(plan: LabPlan) -> list[dict[str, Any]]:
+def controller(plan: LabPlan, timeout: float = 300.0) -> Blocking[ControllerClient]:
+    """The lab's controller over its unix socket, for blocking calls."""
+    return Blocking(ControllerClient(f"unix:{plan.controller.socket}", timeout=timeout))
+
+
+def all_vms(plan: LabPlan) -> list[VMView]:
     """Every VM of the lab as the controller's inventory has it (each with its ``host``)."""
-    with controller(plan) as client:
-        return client.list_vms()
+    with controller(plan) as c:
+        return c.run(c.client.list_vms())
 
 
-def find_vm(plan: LabPlan, name: str) -> tuple[HostPlan, dict[str, Any]]:
-    """The host that owns VM ``name`` and the VM, with its agent's live state if it answers.
+def find_vm(plan: LabPlan, name: str) -> tuple[HostPlan, LabVM]:
+    """The host that owns VM ``name`` and the VM: its agent's live view if it answers, else
+    the inventory's record.
 
     Raises NotFound (``VM_NOT_FOUND``) for a VM the controller does not know.
     """
-    with controller(plan) as client:
-        record = client.get_vm(name)
-    live = record.get("live") or {}
-    return plan.host(str(record["host"])), {**record, **live}
+    with controller(plan) as c:
+        record = c.run(c.client.get_vm(name))
+    return plan.host(record.host), record.live or record
 
 
-def guest_ip(vm: dict[str, Any]) -> str:
+def guest_ip(vm: LabVM | VMSpecBody) -> str:
     """The guest's address, read back from its kernel command line."""
-    keys = parse_guest_cmdline(str(vm["spec"].get("cmdline", "")))
+    spec = vm if isinstance(vm, VMSpecBody) else vm.spec
+    keys = parse_guest_cmdline(spec.cmdline)
     if "ip" not in keys:
-        raise InvalidRequest("VM_NOT_A_LAB_GUEST", f"{vm['name']} has no segue.ip on its cmdline",
+        raise InvalidRequest("VM_NOT_A_LAB_GUEST", f"{spec.name} has no segue.ip on its cmdline",
                              "only VMs made with `segue lab vm create` can be probed")
     return keys["ip"].split("/")[0]
 
 
-def guest_spec(plan: LabPlan, name: str, image: GuestImage, opts: GuestOptions) -> dict[str, Any]:
+def is_lab_guest(vm: LabVM) -> bool:
+    """Whether the VM boots the test image (its address is on its kernel command line)."""
+    return "segue.ip" in vm.spec.cmdline
+
+
+def respec(spec: VMSpecBody, **changes: object) -> VMSpecBody:
+    """``spec`` with ``changes``, checked again (raises pydantic's ValidationError)."""
+    return VMSpecBody.model_validate({**dict(spec), **changes})
+
+
+def guest_spec(plan: LabPlan, name: str, image: GuestImage, opts: GuestOptions) -> VMSpecBody:
     """A VM spec for a lab guest with a free IP and MAC."""
     existing = all_vms(plan)
-    used_ips = [guest_ip(vm) for vm in existing if "segue.ip" in str(vm["spec"].get("cmdline"))]
-    used_macs = [n["mac"] for vm in existing for n in vm["spec"]["nics"]]
+    used_ips = [guest_ip(vm) for vm in existing if is_lab_guest(vm)]
+    used_macs = [n.mac for vm in existing for n in vm.spec.nics]
     ip = next_guest_ip(used_ips)
-    return {
-        "name": name, "datastore": DATASTORE_NAME, "memory_mib": opts.memory_mib, "vcpus": 1,
-        "cpu_model": "qemu64", "machine": "pc",
-        "nics": [{"port_group": opts.port_group, "mac": random_guest_mac(used_macs)}],
-        "kernel": str(image.kernel), "initrd": str(image.initrd),
-        "cmdline": guest_cmdline(f"{ip}/{PREFIXLEN}", hot_mib=opts.hot_mib,
-                                 dirty_mbps=opts.dirty_mbps, pattern_mib=opts.pattern_mib,
-                                 zero_mib=opts.zero_mib),
-    }
+    return VMSpecBody(
+        name=name, datastore=DATASTORE_NAME, memory_mib=opts.memory_mib, vcpus=1,
+        cpu_model="qemu64", machine="pc",
+        nics=[NicBody(port_group=opts.port_group, mac=random_guest_mac(used_macs))],
+        kernel=str(image.kernel), initrd=str(image.initrd),
+        cmdline=guest_cmdline(f"{ip}/{PREFIXLEN}", hot_mib=opts.hot_mib,
+                              dirty_mbps=opts.dirty_mbps, pattern_mib=opts.pattern_mib,
+                              zero_mib=opts.zero_mib))
 
 
-def own_image(spec: dict[str, Any], *, kernel: str = "", initrd: str = "", cmdline: str = "",
-              disk: str = "") -> dict[str, Any]:
+def own_image(spec: VMSpecBody, *, kernel: str = "", initrd: str = "", cmdline: str = "",
+              disk: str = "") -> VMSpecBody:
     """The spec booting the user's kernel (+initrd) or disk instead of the test image.
 
     ``disk`` is relative to the shared datastore; ``.qcow2`` files are qcow2, others raw.
     """
-    out = {**spec, "kernel": kernel or None, "initrd": initrd or None,
-           "cmdline": cmdline if kernel else ""}
+    changes: dict[str, object] = {"kernel": kernel or None, "initrd": initrd or None,
+                                  "cmdline": cmdline if kernel else ""}
     if disk:
         fmt = "qcow2" if disk.endswith(".qcow2") else "raw"
-        out["disks"] = [{"datastore": DATASTORE_NAME, "path": disk, "format": fmt}]
-    return out
+        changes["disks"] = [DiskBody(datastore=DATASTORE_NAME, path=disk, format=fmt)]
+    return respec(spec, **changes)
 
 
 def run_prober(plan: LabPlan, args: list[str], timeout: float) -> str:
@@ -217,16 +239,16 @@ class WatchedMigration:
     """A migration seen from outside: the job, the prober's result, each sniffer's result
     (by host name, and ``"fabric"`` for the switch) and the blackout's breakdown."""
 
-    job: dict[str, Any]
+    job: MigrationJobView
     probe: dict[str, Any]
     sniffs: dict[str, dict[str, Any]]
     breakdown: Breakdown
 
 
-def _sniffers(plan: LabPlan, vm: dict[str, Any], ip: str) -> dict[str, BackgroundSniffer]:
+def _sniffers(plan: LabPlan, vm: LabVM, ip: str) -> dict[str, BackgroundSniffer]:
     """A sniffer on every host's bridge of the VM's port group, and one on the fabric."""
-    nic = vm["spec"]["nics"][0]
-    mac, group = str(nic["mac"]), str(nic["port_group"])
+    nic = vm.spec.nics[0]
+    mac, group = nic.mac, nic.port_group
     found: dict[str, BackgroundSniffer] = {}
     try:
         for host in plan.hosts:
@@ -241,26 +263,30 @@ def _sniffers(plan: LabPlan, vm: dict[str, Any], ip: str) -> dict[str, Backgroun
 
 
 def migrate_and_wait(plan: LabPlan, name: str, dest: str, timeout: float = 600.0,
-                     **options: Any) -> dict[str, Any]:
+                     **options: Any) -> MigrationJobView:
     """Ask the lab's controller to move VM ``name`` to ``dest`` (``options``: the request's
-    other fields, e.g. ``deadline_s``) and poll it until it ends; the ended job. Raises
-    Unavailable (``MIGRATION_WAIT_TIMEOUT``) if it has not ended within ``timeout`` s (the job
-    runs on)."""
+    other fields, ``segue.api.migration.MigrationOptionsBody``, e.g. ``deadline_s``) and poll
+    it until it ends; the ended job. Raises Unavailable (``MIGRATION_WAIT_TIMEOUT``) if it has
+    not ended within ``timeout`` s (the job runs on)."""
     deadline = time.monotonic() + timeout
-    with controller(plan) as client:
-        job: dict[str, Any] = client.call("POST", f"/vms/{name}/migrations",
-                                          json={"to": dest, **options})
-        while job["phase"] not in TERMINAL:
+    body = MigrationRequestBody.model_validate({"to": dest, **options})
+    with controller(plan) as c:
+        job = c.run(c.client.request_migration(name, body))
+        while job.phase not in TERMINAL:
             if time.monotonic() > deadline:
                 raise Unavailable("MIGRATION_WAIT_TIMEOUT",
-                                  f"migration {job['id']} of {name} still {job['phase']} "
-                                  f"after {timeout:.0f} s", f"segue migration show {job['id']}")
+                                  f"migration {job.id} of {name} still {job.phase} "
+                                  f"after {timeout:.0f} s", f"segue migration show {job.id}")
             time.sleep(0.1)
-            job = client.call("GET", f"/migrations/{job['id']}")
+            job = c.run(c.client.get_migration(job.id))
     return job
 
 
-def watch_migration(plan: LabPlan, name: str, migrate: Callable[[], dict[str, Any]],
+def _seconds(value: JsonValue) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def watch_migration(plan: LabPlan, name: str, migrate: Callable[[], MigrationJobView],
                     interval_ms: float = 1.5) -> WatchedMigration:
     """Run ``migrate()`` (which moves VM ``name`` and returns the finished job, with its
     ``summary``) under the prober and a sniffer on every host and on the fabric; returns
@@ -276,9 +302,10 @@ def watch_migration(plan: LabPlan, name: str, migrate: Callable[[], dict[str, An
             seen = probe.stop()
         finally:
             sniffs = {where: sniffer.stop() for where, sniffer in sniffers.items()}
-    summary = job.get("summary") or {}
-    parts = breakdown(summary.get("source_stop_at"), summary.get("dest_resume_at"), seen,
-                      sniffs.get(str(job.get("destination"))), sniffs.get("fabric"))
+    summary = job.summary
+    parts = breakdown(_seconds(summary.get("source_stop_at")),
+                      _seconds(summary.get("dest_resume_at")), seen,
+                      sniffs.get(job.destination), sniffs.get("fabric"))
     return WatchedMigration(job, seen, sniffs, parts)
 
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from segue.domain.errors import Conflict, NotFound, Unavailable
+from segue.clients.base import Blocking, ServiceClient
+from segue.clients.controller import ControllerClient
+from segue.domain.errors import Conflict, NotFound, SegueError, Unavailable
 from segue.files import log_tail, write_json_atomic
 from segue.lab import netns
 from segue.lab.topology import (
@@ -186,15 +186,16 @@ def _agent_running(host: HostPlan, pid: int | None) -> bool:
 
 
 def agent_healthy(socket_path: Path, timeout: float = 1.0) -> bool:
-    """True if the agent on ``socket_path`` answers ``GET /health`` with 2xx."""
+    """True if the service (an agent or the controller) on ``socket_path`` answers
+    ``GET /health`` with 2xx."""
     if not socket_path.exists():
         return False
-    transport = httpx.HTTPTransport(uds=str(socket_path))
-    try:
-        with httpx.Client(transport=transport, timeout=timeout) as client:
-            return client.get("http://agent/health").is_success
-    except httpx.HTTPError:
-        return False
+    with Blocking(ServiceClient(f"unix:{socket_path}", timeout=timeout)) as service:
+        try:
+            service.run(service.client.request("GET", "/health"))
+        except SegueError:
+            return False
+    return True
 
 
 def _log_tail(path: Path) -> str:
@@ -267,13 +268,12 @@ def _wait_registered(plan: LabPlan, deadline: float) -> None:
     """Wait until every host's agent has registered with the controller and is connected."""
     want = {h.name for h in plan.hosts}
     seen: set[str] = set()
-    transport = httpx.HTTPTransport(uds=str(plan.controller.socket))
-    with httpx.Client(transport=transport, base_url="http://controller", timeout=5) as http:
+    with Blocking(ControllerClient(f"unix:{plan.controller.socket}", timeout=5)) as c:
         while time.monotonic() < deadline:
             try:
-                hosts = http.get("/hosts").json()
-                seen = {h["name"] for h in hosts if h.get("state") == "connected"}
-            except (httpx.HTTPError, ValueError, TypeError, KeyError):
+                hosts = c.run(c.client.list_hosts())
+                seen = {h.name for h in hosts if h.state == "connected"}
+            except SegueError:
                 seen = set()
             if want <= seen:
                 return

@@ -1,0 +1,162 @@
+"""The client of the controller (``segue.controller.app``), typed: one method per route.
+
+Where the controller is (``ControllerClient.from_env`` / ``resolve_url``): an explicit URL,
+else ``$SEGUE_URL``, else the lab controller's unix socket if it exists, else
+``http://127.0.0.1:7700``. A URL ``unix:/path/to.sock`` means a unix socket.
+
+Errors (``segue.clients.base``): the controller's own, raised again with the same kind, code
+and ``field``; ``Unavailable`` ``CONTROLLER_UNREACHABLE`` when it does not answer,
+``CONTROLLER_ERROR`` for an answer that is no Segue error, ``CONTROLLER_ANSWER_INVALID``
+for a body that does not fit its model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+
+from segue import paths
+from segue.api.checks import CheckAnswer, WhereAnswer
+from segue.api.cluster import BaselineView, ControllerHealth, RaisedBaselineView
+from segue.api.inventory import (
+    CreateVMBody,
+    Heartbeat,
+    HeartbeatAnswer,
+    HostDetail,
+    HostView,
+    VMDetail,
+    VMEventView,
+    VMView,
+)
+from segue.api.migration import (
+    CheckRequestBody,
+    MigrationJobView,
+    MigrationRequestBody,
+    ProgressSample,
+)
+from segue.api.vm import VMSpecBody
+from segue.clients.base import ServiceClient
+from segue.domain.errors import Unavailable
+
+DEFAULT_PORT = 7700
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+
+def lab_socket() -> Path:
+    """Where the lab's controller listens on a unix socket."""
+    return paths.lab_dir("segue") / "controller.sock"
+
+
+def resolve_url(url: str | None) -> str:
+    """The controller URL to use: ``url``, else $SEGUE_URL, else the lab socket, else
+    the local default."""
+    if url:
+        return url
+    if os.environ.get("SEGUE_URL"):
+        return os.environ["SEGUE_URL"]
+    if lab_socket().exists():
+        return f"unix:{lab_socket()}"
+    return DEFAULT_URL
+
+
+class ControllerClient(ServiceClient):
+    """Talks to the controller at ``url`` (``http(s)://...`` or ``unix:PATH``)."""
+
+    service = "controller"
+
+    def __init__(self, url: str, *, transport: httpx.AsyncBaseTransport | None = None,
+                 timeout: float = 300.0) -> None:
+        super().__init__(url, transport=transport, timeout=timeout)
+
+    @classmethod
+    def from_env(cls, url: str | None = None) -> ControllerClient:
+        """A client of the controller found as ``resolve_url`` says."""
+        return cls(resolve_url(url))
+
+    def unreachable(self, err: Exception) -> Unavailable:
+        return Unavailable("CONTROLLER_UNREACHABLE",
+                           f"the controller at {self.url} did not answer: {err}",
+                           "start it (segue server --config FILE) or point --url or "
+                           "$SEGUE_URL at it")
+
+    async def health(self) -> ControllerHealth:
+        return await self.call(ControllerHealth, "GET", "/health")
+
+    # ---- hosts ----
+    async def heartbeat(self, beat: Heartbeat) -> HeartbeatAnswer:
+        return await self.call(HeartbeatAnswer, "POST", "/hosts/heartbeat", json=beat)
+
+    async def list_hosts(self) -> list[HostView]:
+        return await self.call_list(HostView, "GET", "/hosts")
+
+    async def get_host(self, name: str) -> HostDetail:
+        return await self.call(HostDetail, "GET", f"/hosts/{name}")
+
+    async def set_migration_enabled(self, name: str, enabled: bool) -> HostView:
+        action = "enable-migration" if enabled else "disable-migration"
+        return await self.call(HostView, "POST", f"/hosts/{name}/{action}")
+
+    # ---- VMs ----
+    async def list_vms(self, host: str | None = None) -> list[VMView]:
+        return await self.call_list(VMView, "GET", "/vms",
+                                    params={"host": host} if host else None)
+
+    async def create_vm(self, host: str, spec: VMSpecBody, start: bool = True) -> VMDetail:
+        return await self.call(VMDetail, "POST", "/vms",
+                               json=CreateVMBody(host=host, spec=spec, start=start))
+
+    async def get_vm(self, name: str) -> VMDetail:
+        return await self.call(VMDetail, "GET", f"/vms/{name}")
+
+    async def start_vm(self, name: str) -> VMDetail:
+        return await self.call(VMDetail, "POST", f"/vms/{name}/start")
+
+    async def stop_vm(self, name: str, force: bool = False, timeout: float = 30.0) -> VMDetail:
+        return await self.call(VMDetail, "POST", f"/vms/{name}/stop",
+                               params={"force": "true" if force else "false",
+                                       "timeout": timeout})
+
+    async def destroy_vm(self, name: str) -> None:
+        await self.request("DELETE", f"/vms/{name}")
+
+    async def vm_events(self, name: str) -> list[VMEventView]:
+        return await self.call_list(VMEventView, "GET", f"/vms/{name}/events")
+
+    # ---- migrations ----
+    async def request_migration(self, vm: str, body: MigrationRequestBody) -> MigrationJobView:
+        """Ask for a live migration; Conflict ``MIGRATION_CHECKS_FAILED`` (with
+        ``details.results``) when a pre-migration check fails."""
+        return await self.call(MigrationJobView, "POST", f"/vms/{vm}/migrations", json=body)
+
+    async def check_migration(self, vm: str, to: str) -> CheckAnswer:
+        return await self.call(CheckAnswer, "POST", f"/vms/{vm}/migrations/check",
+                               json=CheckRequestBody(to=to))
+
+    async def where(self, vm: str) -> WhereAnswer:
+        return await self.call(WhereAnswer, "GET", f"/vms/{vm}/where")
+
+    async def list_migrations(self, vm: str | None = None) -> list[MigrationJobView]:
+        return await self.call_list(MigrationJobView, "GET", "/migrations",
+                                    params={"vm": vm} if vm else None)
+
+    async def get_migration(self, migration_id: str) -> MigrationJobView:
+        return await self.call(MigrationJobView, "GET", f"/migrations/{migration_id}")
+
+    async def migration_samples(self, migration_id: str) -> list[ProgressSample]:
+        return await self.call_list(ProgressSample, "GET", f"/migrations/{migration_id}/samples")
+
+    async def cancel_migration(self, migration_id: str) -> MigrationJobView:
+        return await self.call(MigrationJobView, "POST", f"/migrations/{migration_id}/cancel")
+
+    async def start_postcopy(self, migration_id: str) -> MigrationJobView:
+        return await self.call(MigrationJobView, "POST",
+                               f"/migrations/{migration_id}/postcopy")
+
+    # ---- cluster ----
+    async def baseline(self) -> BaselineView:
+        return await self.call(BaselineView, "GET", "/cluster/baseline")
+
+    async def raise_baseline(self) -> RaisedBaselineView:
+        return await self.call(RaisedBaselineView, "POST", "/cluster/baseline/raise")

@@ -1,0 +1,204 @@
+"""The inventory service: what the inventory routes do (``segue.controller.api_inventory``).
+
+It orchestrates the hosts' agents and the inventory's store (``segue.controller.inventory``):
+a VM action goes to the VM's host agent first, and the database changes only after the agent
+succeeded; every change is a VM event. Database sessions never stay open across a call to an
+agent. The routes only parse and answer.
+
+Errors: those of ``segue.controller.inventory`` and ``segue.controller.cluster``; the
+agents' own (passed through with their codes); ``Unavailable`` (``HOST_DISCONNECTED``) for an
+action on a host whose heartbeats stopped; ``InvalidRequest`` (``VM_SPEC_INVALID``, ``field``
+naming the spec's field) for a spec no host could run, refused before any agent is asked;
+``Conflict`` (``HOST_BELOW_BASELINE``) for the heartbeat of a new host below the CPU baseline.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Protocol
+
+from segue.api.base import error_detail
+from segue.api.inventory import (
+    CreateVMBody,
+    Heartbeat,
+    HeartbeatAnswer,
+    HostDetail,
+    HostView,
+    VMDetail,
+    VMEventView,
+    VMView,
+)
+from segue.api.vm import VMInfo, VMSpecBody
+from segue.controller import cluster, inventory
+from segue.controller.db import Database
+from segue.controller.models import VM, Host, utcnow
+from segue.domain.errors import InvalidRequest, NotFound, SegueError, Unavailable
+from segue.domain.vm import validate_vm_spec
+
+
+class InventoryAgent(Protocol):
+    """What the inventory asks a host agent (``segue.clients.agent.AgentClient`` does it)."""
+
+    async def get_vm(self, name: str) -> VMInfo: ...
+    async def define_vm(self, spec: VMSpecBody, start: bool = False) -> VMInfo: ...
+    async def start_vm(self, name: str) -> VMInfo: ...
+    async def stop_vm(self, name: str, timeout: float = 30.0, force: bool = False) -> VMInfo: ...
+    async def destroy_vm(self, name: str) -> None: ...
+
+
+AgentFor = Callable[[str], InventoryAgent]  # the agent at a URL
+
+
+def checked_spec(spec: VMSpecBody) -> None:
+    """Raise ``validate_vm_spec``'s InvalidRequest with its field as the request's
+    (``disks[0].path`` -> ``spec.disks.0.path``)."""
+    try:
+        validate_vm_spec(spec.to_domain())
+    except InvalidRequest as err:
+        field = re.sub(r"\[(\d+)\]", r".\1", str(err.details.get("field", "")))
+        raise InvalidRequest(err.code, err.message, err.hint,
+                             **{**err.details, "field": f"spec.{field}" if field else "spec"}
+                             ) from err
+
+
+class InventoryService:
+    """Hosts and VMs of the cluster: heartbeats in, views out, VM actions through agents."""
+
+    def __init__(self, db: Database, agents: AgentFor, heartbeat_timeout: float,
+                 now: Callable[[], datetime] = utcnow) -> None:
+        self.db = db
+        self.agents = agents
+        self.heartbeat_timeout = heartbeat_timeout
+        self.now = now
+
+    # ---- hosts ----
+    def heartbeat(self, beat: Heartbeat) -> HeartbeatAnswer:
+        """Store the heartbeat; a new host below the CPU baseline is refused (``cluster``)."""
+        facts = beat.facts.to_domain()
+        with self.db.session() as s:
+            cluster.admit_host(s, beat.name, facts)
+            host = inventory.record_heartbeat(s, beat.name, beat.url, facts, beat.vms,
+                                              self.now())
+            cluster.track_hosts(s, self.now())
+            return HeartbeatAnswer(name=host.name,
+                                   state=inventory.host_state(host, self.now(),
+                                                              self.heartbeat_timeout))
+
+    def _host_views(self, hosts: list[Host], vms: Iterable[VM]) -> list[HostView]:
+        """The hosts' views, each listing its VMs (from ``vms``)."""
+        names: dict[str, list[str]] = {}
+        for vm in vms:
+            names.setdefault(vm.host, []).append(vm.name)
+        return [inventory.host_view(h, names.get(h.name, []), self.now(),
+                                    self.heartbeat_timeout) for h in hosts]
+
+    def list_hosts(self) -> list[HostView]:
+        with self.db.session() as s:
+            return self._host_views(inventory.list_hosts(s), inventory.list_vms(s))
+
+    def show_host(self, name: str) -> HostDetail:
+        """The host's view and its last facts; raises NotFound (HOST_NOT_FOUND)."""
+        with self.db.session() as s:
+            host = inventory.get_host(s, name)
+            vms = [vm.name for vm in inventory.list_vms(s, host=name)]
+            return inventory.host_detail(host, vms, self.now(), self.heartbeat_timeout)
+
+    def set_migration_enabled(self, name: str, enabled: bool) -> HostView:
+        """Allow (or forbid) migrations to the host; raises NotFound (HOST_NOT_FOUND)."""
+        with self.db.session() as s:
+            host = inventory.get_host(s, name)
+            inventory.set_migration_enabled(host, enabled)
+            return self._host_views([host], inventory.list_vms(s, host=name))[0]
+
+    # ---- VMs ----
+    def list_vms(self, host: str | None = None) -> list[VMView]:
+        with self.db.session() as s:
+            return [inventory.vm_view(vm) for vm in inventory.list_vms(s, host=host)]
+
+    def vm_events(self, name: str) -> list[VMEventView]:
+        """The VM's events, oldest first (also a destroyed VM's); NotFound (VM_NOT_FOUND)
+        for a name that never had one."""
+        with self.db.session() as s:
+            events = inventory.vm_events(s, name)
+            if not events:
+                inventory.get_vm(s, name)
+            return [inventory.event_view(e) for e in events]
+
+    def _agent_of(self, host: Host) -> InventoryAgent:
+        """The host's agent; raises Unavailable (HOST_DISCONNECTED) if it is silent."""
+        timeout = self.heartbeat_timeout
+        if not inventory.host_connected(host, self.now(), timeout):
+            raise Unavailable("HOST_DISCONNECTED",
+                              f"host {host.name} has sent no heartbeat for over {timeout:g} s "
+                              f"(last: {host.last_heartbeat})",
+                              f"check the agent of {host.name} and its controller_url")
+        return self.agents(host.url)
+
+    def _agent_of_vm(self, name: str) -> InventoryAgent:
+        """The agent of the VM's host (raises as ``get_vm`` and ``_agent_of``)."""
+        with self.db.session() as s:
+            vm = inventory.get_vm(s, name)
+            return self._agent_of(inventory.get_host(s, vm.host))
+
+    async def create_vm(self, body: CreateVMBody) -> VMDetail:
+        """Define (and with ``body.start``, start) a VM on the host; refused (VM_EXISTS) if
+        the name is taken. A ``cpu_model`` of ``baseline`` or ``qemu64`` becomes the
+        cluster's CPU baseline."""
+        with self.db.session() as s:
+            inventory.refuse_existing_vm(s, body.spec.name)
+            agent = self._agent_of(inventory.get_host(s, body.host))
+            cpu_model = cluster.resolve_cpu_model(s, body.spec.cpu_model)
+        spec = body.spec.model_copy(update={"cpu_model": cpu_model})
+        checked_spec(spec)
+        info = await agent.define_vm(spec, start=body.start)
+        with self.db.session() as s:
+            vm = inventory.add_vm(s, info, inventory.get_host(s, body.host), self.now())
+            if body.start:
+                inventory.record_vm_event(s, vm.name, "started", {"pid": info.pid})
+            return VMDetail(**dict(inventory.vm_view(vm)), live=info)
+
+    async def show_vm(self, name: str) -> VMDetail:
+        """The inventory's record plus the agent's live view (``live`` None, ``live_error``
+        set, when the agent cannot be asked); raises NotFound (VM_NOT_FOUND)."""
+        with self.db.session() as s:
+            vm = inventory.get_vm(s, name)
+            view = inventory.vm_view(vm)
+            host = inventory.get_host(s, vm.host)
+        try:
+            live = await self._agent_of(host).get_vm(name)
+        except SegueError as err:
+            return VMDetail(**dict(view), live=None, live_error=error_detail(err))
+        return VMDetail(**dict(view), live=live)
+
+    def _store_live(self, name: str, info: VMInfo, kind: str,
+                    detail: dict[str, str | int | bool | None]) -> VMDetail:
+        """Record an action's event and the state the agent answered; the VM with ``live``."""
+        with self.db.session() as s:
+            vm = inventory.get_vm(s, name)
+            inventory.record_vm_event(s, name, kind, {"host": vm.host, **detail})
+            inventory.update_vm_state(s, vm, info.state, info.pid)
+            return VMDetail(**dict(inventory.vm_view(vm)), live=info)
+
+    async def start_vm(self, name: str) -> VMDetail:
+        info = await self._agent_of_vm(name).start_vm(name)
+        return self._store_live(name, info, "started", {"pid": info.pid})
+
+    async def stop_vm(self, name: str, force: bool = False, timeout: float = 30.0) -> VMDetail:
+        """ACPI power-off (hard after ``timeout`` s, or at once with ``force``)."""
+        info = await self._agent_of_vm(name).stop_vm(name, timeout=timeout, force=force)
+        return self._store_live(name, info, "stopped",
+                                {"force": force, "last_exit": info.last_exit})
+
+    async def destroy_vm(self, name: str) -> None:
+        """Power off and undefine on the agent, then forget the VM (its events stay)."""
+        agent = self._agent_of_vm(name)
+        try:
+            await agent.destroy_vm(name)
+        except NotFound as err:
+            if err.code != "VM_NOT_FOUND":
+                raise
+            # the agent no longer has it: forgetting it is all that is left to do
+        with self.db.session() as s:
+            inventory.remove_vm(s, name)
