@@ -116,12 +116,12 @@ def where(plan: LabPlan) -> str:
 def run_segue(plan: LabPlan, dest: str, deadline: float) -> dict[str, Any]:
     """One migration through the controller, with Segue's policy."""
     job = guests.migrate_and_wait(plan, VM, dest, timeout=deadline + 60, deadline_s=deadline)
-    s = job.get("summary") or {}
+    s = job.summary
     copy_ms = s.get("qemu_total_ms")
-    return {"converged": job["phase"] == "completed", "total_s": s.get("total_s"),
-            "copy_s": copy_ms / 1000 if copy_ms else None,
+    return {"converged": job.phase == "completed", "total_s": s.get("total_s"),
+            "copy_s": copy_ms / 1000 if isinstance(copy_ms, int | float) and copy_ms else None,
             "qemu_downtime_ms": s.get("qemu_downtime_ms"), "bytes": s.get("bytes_sent"),
-            "iterations": s.get("iterations"), "reason": job.get("reason"),
+            "iterations": s.get("iterations"), "reason": job.reason,
             "downtime_target_ms": s.get("downtime_target_ms"), "postcopy": s.get("postcopy")}
 
 
@@ -238,14 +238,14 @@ def one_run(plan: LabPlan, policy: str, scenario: str, rate: int, ip: str,
 def replace_guest(plan: LabPlan) -> None:
     """Destroy a dead guest wherever it is and boot a fresh one on host1."""
     with guests.controller(plan) as client:
-        spec = client.get_vm(VM)["spec"]
+        spec = client.run(client.client.get_vm(VM)).spec
         for host in plan.hosts:  # the inventory may not know where it ended
             with Blocking(AgentClient(agent_url(plan, host.name))) as agent:
                 if any(v.name == VM for v in agent.run(agent.client.list_vms())):
                     agent.run(agent.client.destroy_vm(VM))
         with contextlib.suppress(SegueError):  # gone from its host: the inventory forgets it
-            client.destroy_vm(VM)
-        client.create_vm("host1", spec | {"uuid": ""}, start=True)
+            client.run(client.client.destroy_vm(VM))
+        client.run(client.client.create_vm("host1", guests.respec(spec, uuid=""), start=True))
     guests.wait_answering(plan, VM)
 
 
@@ -345,7 +345,7 @@ def bench(plan: LabPlan, args: argparse.Namespace) -> int:
     spec = guests.guest_spec(plan, VM, build_image(),
                              guests.GuestOptions(memory_mib=256, hot_mib=64, dirty_mbps=0))
     with guests.controller(plan) as client:
-        client.create_vm("host1", spec, start=True)
+        client.run(client.client.create_vm("host1", spec, start=True))
     ip = guests.guest_ip(guests.find_vm(plan, VM)[1])
     guests.wait_answering(plan, VM)
     policies = args.policies.split(",")

@@ -222,7 +222,13 @@ async def test_resume_after_a_completed_migration_is_the_rollback(
         info = await running_vm(src, lab)
         await migrate_to_completion(src, dst, info)
         await wait_for(dst, "web1", state_is(VMState.RUNNING))
-        await no_content(dst, "/vms/web1/incoming/abort")  # the destination failed
+        # a destination that runs guest code is never torn down
+        await refused(dst.abort_incoming("web1"), Conflict, "VM_RUNNING")
+        arrived = await dst.get_vm("web1")
+        assert arrived.pid is not None and process.pid_alive(arrived.pid)
+        os.kill(arrived.pid, signal.SIGKILL)  # the destination failed
+        await wait_for(dst, "web1", state_is(VMState.STOPPED))
+        await no_content(dst, "/vms/web1/incoming/abort")
         resumed = await src.resume_vm("web1")
         assert resumed.state is VMState.RUNNING and resumed.role == "owner"
         assert shared_owner(lab) == "host1"

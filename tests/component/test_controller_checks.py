@@ -164,9 +164,6 @@ class FakePool(AgentPool):
         super().__init__()
         self.fakes = {f"http://{a.name}:7600": a for a in agents.values()}
 
-    def client(self, url: str) -> Any:
-        return self.fakes[url]
-
     def typed(self, url: str) -> Any:
         return self.fakes[url]
 
