@@ -36,6 +36,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from segue.api.base import AGENT_PORT
 from segue.domain.errors import InvalidRequest
 
 # A path given as text in the file (TOML has no path type) is still a path.
@@ -49,7 +50,7 @@ class ListenConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     address: str | None = Field(None, description="an address of this host to listen on")
-    port: Port = Field(7600, description="a TCP port, 1 to 65535")
+    port: Port = Field(AGENT_PORT, description="a TCP port, 1 to 65535")
     unix_socket: str | None = Field(None, description="the path of a unix socket to listen on")
 
     def require(self, code: str, where: str) -> None:

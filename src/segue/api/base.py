@@ -19,6 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from segue.domain.errors import SegueError
 
+# The services' default TCP ports.
+AGENT_PORT = 7600
+CONTROLLER_PORT = 7700
+
 # Bounded scalars used across the models.
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 Text = Annotated[str, Field(max_length=4096)]

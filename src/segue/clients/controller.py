@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from segue import paths
+from segue.api.base import CONTROLLER_PORT
 from segue.api.checks import CheckAnswer, WhereAnswer
 from segue.api.cluster import BaselineView, ControllerHealth, RaisedBaselineView
 from segue.api.inventory import (
@@ -40,7 +41,7 @@ from segue.api.vm import VMSpecBody
 from segue.clients.base import ServiceClient
 from segue.domain.errors import Unavailable
 
-DEFAULT_PORT = 7700
+DEFAULT_PORT = CONTROLLER_PORT
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 
 

@@ -35,10 +35,10 @@ from typing import Any, ClassVar
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from segue.api.base import CONTROLLER_PORT
 from segue.controller.scheduler import HostLimits
 from segue.settings import ListenConfig, Port, ServiceSettings, load_settings, settings_from_dict
 
-CONTROLLER_PORT = 7700
 CONTROLLER_CONFIG_PATH = Path("/etc/segue/controller.toml")
 _LIMIT = "a number of migrations at once, at least 1"
 

@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from segue.agent.config import AgentConfig, ListenConfig, config_from_dict
+from segue.api.base import AGENT_PORT, CONTROLLER_PORT
 from segue.controller.config import controller_config_from_dict
 from segue.domain.errors import InsufficientResources, InvalidRequest, NotFound
 from segue.paths import lab_dir
 
 MAX_HOSTS = 16
 IFNAME_MAX = 15
-AGENT_PORT = 7600
 MGMT_NET = "10.210.0"
 MIG_NET = "10.210.1"
 VM_NET = "10.210.2"
@@ -51,7 +51,6 @@ DATASTORE_NAME = "shared"
 DATASTORE_IDENTITY = ".segue-datastore.json"
 MIGRATION_INTERFACE = "mig0"
 CONTROLLER_IP = f"{MGMT_NET}.2"
-CONTROLLER_PORT = 7700
 CONTROLLER_URL = f"http://{CONTROLLER_IP}:{CONTROLLER_PORT}"
 
 _LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,15}$")
