@@ -5,7 +5,7 @@ The controller's migration engine reads these through ``segue.engine.ports.Agent
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import Field, JsonValue
 
@@ -39,7 +39,7 @@ class IncomingAnswer(ResponseModel):
     pid: int | None = None
     state: VMState
     migration_id: str | None = None
-    announce: dict[str, Any] = {}
+    announce: dict[str, JsonValue] = {}
 
 
 class MigrateRequest(RequestModel):
@@ -124,7 +124,7 @@ class VMEvent(ResponseModel):
     seq: int
     event: str
     timestamp: float
-    data: dict[str, Any] = {}
+    data: dict[str, JsonValue] = {}
 
 
 class Health(ResponseModel):

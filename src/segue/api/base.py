@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from segue.domain.errors import SegueError
 
@@ -53,7 +53,7 @@ class ErrorDetail(ResponseModel):
     message: str
     hint: str = ""
     field: str | None = None
-    details: dict[str, Any] | None = None
+    details: dict[str, JsonValue] | None = None
 
 
 class ErrorAnswer(ResponseModel):

@@ -24,6 +24,7 @@ from segue.domain.errors import SegueError, Unavailable, error_from_dict
 
 UNIX_PREFIX = "unix:"
 T = TypeVar("T")
+QueryParams = dict[str, str | int | float | bool]  # a request's query string
 
 
 def split_url(url: str, name: str = "service") -> tuple[str, str | None]:
@@ -76,7 +77,7 @@ class ServiceClient:
                            f"check that the {self.service} runs and the URL is right")
 
     async def request(self, method: str, path: str, *, json: BaseModel | None = None,
-                      params: dict[str, Any] | None = None) -> httpx.Response:
+                      params: QueryParams | None = None) -> httpx.Response:
         """One request; the answer if it is a success, else the service's error raised."""
         body = json.model_dump(mode="json", by_alias=True) if json is not None else None
         try:
@@ -88,13 +89,13 @@ class ServiceClient:
         return resp
 
     async def call(self, model: type[T], method: str, path: str, *,
-                   json: BaseModel | None = None, params: dict[str, Any] | None = None) -> T:
+                   json: BaseModel | None = None, params: QueryParams | None = None) -> T:
         """One request whose answer is one ``model`` (a wire model or a domain dataclass)."""
         resp = await self.request(method, path, json=json, params=params)
         return self._decode(TypeAdapter(model), resp)
 
     async def call_list(self, model: type[T], method: str, path: str, *,
-                        params: dict[str, Any] | None = None) -> list[T]:
+                        params: QueryParams | None = None) -> list[T]:
         """One request whose answer is a list of ``model``."""
         resp = await self.request(method, path, params=params)
         return self._decode(TypeAdapter(list[model]), resp)  # type: ignore[valid-type]
