@@ -358,17 +358,17 @@ async def test_resource_and_spec_errors(lab: Lab, agent: AgentFactory) -> None:
                                   "MEMORY_EXCEEDS_HOST")
         await assert_define_fails(lab, http, lab.spec("web1", vcpus=64), 409,
                                   "VCPUS_EXCEED_HOST")
-        # a name the wire takes ([A-Za-z0-9._-]) but a VM may not have (lowercase only)
+        err = await assert_define_fails(lab, http, lab.spec("Web 1"), 400, "VM_SPEC_INVALID")
+        assert err["details"] == {"field": "name"}
         err = await assert_define_fails(lab, http, lab.spec("Web1"), 400, "VM_SPEC_INVALID")
         assert err["details"] == {"field": "name"}
         await assert_define_fails(lab, http, lab.spec("web1", machine="pc-i440fx-1.0"), 400,
                                   "MACHINE_UNKNOWN")
         before = tree(lab.state_dir, lab.datastore)
-        for body in ({"datastore": "shared"}, lab.spec("Web 1")):  # refused by the wire model
-            resp = await http.post("/vms", json=body)
-            assert resp.status_code == 400, resp.text
-            error = resp.json()["error"]
-            assert error["code"].startswith("REQUEST_") and error["field"] == "name", error
+        resp = await http.post("/vms", json={"datastore": "shared"})  # no name: the wire model
+        assert resp.status_code == 400, resp.text
+        error = resp.json()["error"]
+        assert error["code"] == "REQUEST_FIELD_MISSING" and error["field"] == "name", error
         assert tree(lab.state_dir, lab.datastore) == before
 
 

@@ -33,7 +33,8 @@ class DiskBody(RequestModel):
 class VMSpecBody(RequestModel):
     """What a VM is (``segue.domain.vm.VMSpec``)."""
 
-    name: Name
+    # the name's syntax is the domain's (``validate_vm_spec``: VM_SPEC_INVALID naming it)
+    name: Annotated[str, Field(min_length=1, max_length=64)]
     datastore: Name
     uuid: Annotated[str, Field(max_length=36)] = ""
     memory_mib: Annotated[int, Field(ge=16, le=1024 * 1024)] = 256
