@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: setup deps venv image demo test unit component integration lint bench bench-warmup clean
+.PHONY: setup deps venv image demo test unit component integration lint bench bench-warmup bench-switchover clean
 
 setup: deps venv image
 
@@ -52,6 +52,10 @@ bench: setup
 # Where the blackout goes, with and without the guest's idle=poll (tables and JSON).
 bench-warmup: setup
 	$(PY) benchmarks/warmup.py $(BENCH_ARGS)
+
+# What an idle guest's switchover costs with each migration capability on and off.
+bench-switchover: setup
+	$(PY) benchmarks/switchover.py $(BENCH_ARGS)
 
 clean:
 	-$(SEGUE) lab down
