@@ -16,14 +16,17 @@ SPREADS = (("blackout_ms", "blackout ms", "ms"), ("qemu_downtime_ms", "QEMU down
 
 
 def fmt(value: float | None, unit: str) -> str:
-    """A number for the tables: seconds with 2 decimals, % and ms without; '-' for None."""
+    """A number for the tables: "s" with 2 decimals; "ms" whole; "%" a ratio as a
+    percentage; a unit ending in "+" shows the sign; '-' for None."""
     if value is None:
         return "-"
+    sign = "+" if unit.endswith("+") else ""
+    unit = unit.removesuffix("+")
     if unit == "s":
-        return f"{value:.2f}"
+        return f"{value:{sign}.2f}"
     if unit == "%":
-        return f"{value * 100:+.0f}%"
-    return f"{value:.0f}"
+        return f"{value * 100:{sign}.0f}%"
+    return f"{value:{sign}.0f}"
 
 
 def _triple(row: dict[str, Any], key: str, unit: str) -> str:
@@ -52,24 +55,29 @@ def main_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+ERRORS = (("total_error", "total time, relative", "%"),
+          ("downtime_error", "downtime, relative", "%"),
+          ("downtime_error_ms", "downtime, ms", "ms"))
+
+
 def prediction_table(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Rows with a prediction (Segue's): relative error of the predicted total time and
-    downtime, as the median signed error (bias) and the p95 and maximum of its size, and
-    over how many runs; empty when no row has one."""
-    mine = [r for r in rows if r.get("total_error_n") or r.get("downtime_error_n")]
+    """Rows with a prediction (Segue's): the error of the predicted total time (relative)
+    and downtime (relative, and in ms), each as the median signed error (bias), the p95
+    and maximum of its size, and over how many runs; empty when no row has one."""
+    mine = [r for r in rows if any(r.get(f"{key}_n") for key, _, _ in ERRORS)]
     if not mine:
         return []
-    head = (f"{'scenario':<10} {'policy':<9} | {'total time error':^27} | "
-            f"{'downtime error':^27}")
+    groups = "".join(f" | {label:^27}" for _, label, _ in ERRORS)
     sub = f"{'bias':>6} {'p95':>6} {'max':>6} {'runs':>5}"
-    lines = [head, f"{'':<10} {'':<9} | {sub} | {sub}", "-" * len(head)]
+    head = f"{'scenario':<10} {'policy':<9}{groups}"
+    lines = [head, f"{'':<10} {'':<9}" + f" | {sub}" * len(ERRORS), "-" * len(head)]
     for r in mine:
-        cells = [" ".join([fmt(r.get(f"{k}_bias"), "%").rjust(6),
-                           fmt(r.get(f"{k}_p95"), "%").rjust(6),
-                           fmt(r.get(f"{k}_max"), "%").rjust(6),
-                           f"{r.get(f'{k}_n', 0):>5}"])
-                 for k in ("total_error", "downtime_error")]
-        lines.append(f"{r['scenario']:<10} {r['policy']:<9} | {cells[0]} | {cells[1]}")
+        cells = "".join(" | " + " ".join([fmt(r.get(f"{key}_bias"), f"{unit}+").rjust(6),
+                                          fmt(r.get(f"{key}_p95"), unit).rjust(6),
+                                          fmt(r.get(f"{key}_max"), unit).rjust(6),
+                                          f"{r.get(f'{key}_n', 0):>5}"])
+                        for key, _, unit in ERRORS)
+        lines.append(f"{r['scenario']:<10} {r['policy']:<9}{cells}")
     return lines
 
 
@@ -93,7 +101,8 @@ def guests_table(rows: Sequence[dict[str, Any]]) -> list[str]:
 def print_report(rows: Sequence[dict[str, Any]]) -> None:
     """The three tables on stdout (the last two only when they have rows)."""
     print("\n".join(main_table(rows)))
-    for title, table in (("prediction error (predicted - actual) / actual",
+    for title, table in (("prediction error, predicted - actual (relative: over actual); "
+                          "bias: median signed error, p95 and max: of its size",
                           prediction_table(rows)),
                          ("each guest's blackout (ms)", guests_table(rows))):
         if table:
@@ -103,7 +112,7 @@ def print_report(rows: Sequence[dict[str, Any]]) -> None:
 
 def plot(rows: Sequence[dict[str, Any]], policies: Sequence[str], path: Path) -> None:
     """Bars of the median blackout and copy time per scenario and policy, each with a line
-    up to the worst run (its maximum) and a tick at the p95."""
+    up to the worst run (its maximum) and a tick at the p95; an x where no run converged."""
     try:
         import matplotlib
 
@@ -130,6 +139,9 @@ def plot(rows: Sequence[dict[str, Any]], policies: Sequence[str], path: Path) ->
             p95 = [r.get(f"{key}_p95") for r in found]
             ax.scatter([x for x, p in zip(xs, p95, strict=True) if p],
                        [p for p in p95 if p], marker="_", s=40, color="black", zorder=3)
+            for x, r in zip(xs, found, strict=True):
+                if r and not r["converged"]:  # no run converged: no bar, say so
+                    ax.text(x, 0, "x", ha="center", va="bottom", fontsize=8)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(scenarios))], scenarios)
         ax.set_title(label, fontsize=10)
     axes[0].legend(fontsize=8)

@@ -17,8 +17,10 @@ blackout, downtime or copy time):
 Prediction error (Segue's runs; a peer predicts nothing): relative, (predicted - actual) /
 actual, of the total time (``predicted_total_s`` against ``actual_total_s``) and of the
 downtime (``predicted_downtime_ms`` against QEMU's ``qemu_downtime_ms``); missing where
-either side is missing or the actual is 0. A row shows the median of the signed error (its
-bias: + means the model promised more than happened) and the p95 and maximum of its size.
+either side is missing or the actual is 0; and the downtime's absolute error in ms
+(``downtime_error_ms``), which says more than a ratio when QEMU's downtime is a few ms (as
+after post-copy). A row shows the median of each signed error (its bias: + means the model
+promised more than happened) and the p95 and maximum of its size.
 
 A row keeps the keys it has always had (``blackout_ms``, ``qemu_downtime_ms``, ``copy_s``,
 ``total_s`` as medians, ``converged``, ``memory_ok`` ...) and adds ``*_p95`` and ``*_max``
@@ -36,7 +38,7 @@ from typing import Any
 
 P95 = 95.0
 SPREAD_KEYS = ("blackout_ms", "qemu_downtime_ms", "copy_s", "total_s")
-ERROR_KEYS = ("total_error", "downtime_error")
+ERROR_KEYS = ("total_error", "downtime_error", "downtime_error_ms")
 
 
 def percentile(values: Iterable[float], q: float) -> float:
@@ -70,6 +72,14 @@ def relative_error(predicted: object, actual: object) -> float | None:
     return (predicted - actual) / actual
 
 
+def difference(predicted: object, actual: object) -> float | None:
+    """predicted - actual, or None when either is not a number."""
+    if not _number(predicted) or not _number(actual):
+        return None
+    assert isinstance(predicted, int | float) and isinstance(actual, int | float)
+    return float(predicted - actual)
+
+
 def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -95,6 +105,8 @@ def run_result(converged: bool, reason: str | None, summary: Mapping[str, Any]
                                       predicted["actual_total_s"]) if converged else None,
         "downtime_error": relative_error(predicted["predicted_downtime_ms"],
                                          summary.get("qemu_downtime_ms")) if converged else None,
+        "downtime_error_ms": difference(predicted["predicted_downtime_ms"],
+                                        summary.get("qemu_downtime_ms")) if converged else None,
     }
     return result
 

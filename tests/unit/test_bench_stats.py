@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
-from report import guests_table, main_table, prediction_table
+from report import fmt, guests_table, main_table, prediction_table
 from scenarios import SCENARIOS, Scenario, guests_needed, limits_s
 from stats import (
+    difference,
     percentile,
     relative_error,
     run_result,
@@ -82,6 +83,25 @@ def test_relative_error(predicted: object, actual: object, expected: float | Non
     assert relative_error(predicted, actual) == expected
 
 
+@pytest.mark.parametrize(("predicted", "actual", "expected"), [
+    (20, 65.0, -45.0),
+    (300, 2, 298.0),        # post-copy's few ms of downtime: a ratio would say +14900 %
+    (5, 0, 5.0),
+    (None, 2, None),
+    (5, False, None),
+])
+def test_difference(predicted: object, actual: object, expected: float | None) -> None:
+    assert difference(predicted, actual) == expected
+
+
+@pytest.mark.parametrize(("value", "unit", "shown"), [
+    (None, "ms", "-"), (1965.4, "ms", "1965"), (3.305, "s", "3.31"), (0.1, "%", "10%"),
+    (-0.456, "%", "-46%"), (0.1, "%+", "+10%"), (-25.0, "ms+", "-25"), (4.0, "ms+", "+4"),
+])
+def test_fmt(value: float | None, unit: str, shown: str) -> None:
+    assert fmt(value, unit) == shown
+
+
 SUMMARY: dict[str, Any] = {
     "total_s": 5.3, "qemu_total_ms": 4300, "qemu_downtime_ms": 50, "bytes_sent": 200 * MiB,
     "iterations": 7, "predicted_total_s": 4.0, "actual_total_s": 4.3,
@@ -95,6 +115,7 @@ def test_a_converged_runs_numbers_and_prediction_errors_come_from_its_summary() 
     assert (r["bytes"], r["iterations"], r["reason"]) == (200 * MiB, 7, None)
     assert r["total_error"] == pytest.approx((4.0 - 4.3) / 4.3)
     assert r["downtime_error"] == pytest.approx(1.0)
+    assert r["downtime_error_ms"] == 50.0
     assert (r["predicted_total_s"], r["predicted_downtime_ms"]) == (4.0, 100)
 
 
@@ -103,7 +124,7 @@ def test_a_run_that_did_not_converge_keeps_its_outcome_and_bytes_only() -> None:
     assert not r["converged"]
     assert r["reason"] == "not done within the 30 s deadline"
     assert [r[k] for k in ("total_s", "copy_s", "qemu_downtime_ms", "iterations",
-                           "total_error", "downtime_error")] == [None] * 6
+                           "total_error", "downtime_error", "downtime_error_ms")] == [None] * 7
     assert r["bytes"] == 200 * MiB
 
 
