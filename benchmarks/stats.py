@@ -1,4 +1,5 @@
-"""The migration benchmark's summary maths (pure): runs in, rows and a table out.
+"""The migration benchmark's summary maths (pure): runs in, rows out (``report.py`` prints
+them).
 
 A *run* is one measured move of a scenario's guests with one policy (a dict, as written to
 ``results.json``'s ``runs``); a *row* summarises every run of one (scenario, policy).
@@ -24,8 +25,9 @@ promised more than happened) and the p95 and maximum of its size.
 
 A row keeps the keys it has always had (``blackout_ms``, ``qemu_downtime_ms``, ``copy_s``,
 ``total_s`` as medians, ``converged``, ``memory_ok`` ...) and adds ``*_p95`` and ``*_max``
-beside each, ``memory_verified`` (how many runs' memory checked out), the prediction error's
-``*_error_bias``, ``*_error_p95``, ``*_error_max`` and, for scenarios of several guests,
+beside each, ``copy_vs_limit_max``, ``memory_verified`` (how many runs' memory checked out),
+the prediction errors' ``*_error_bias``, ``*_error_p95``, ``*_error_max``, ``*_error_n`` (over
+how many runs) and, for scenarios of several guests,
 ``blackout_ms_each`` (per guest: median, p95, max).
 """
 
