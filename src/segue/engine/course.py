@@ -41,6 +41,7 @@ def decide(state: PolicyState, progress: Progress, elapsed_s: float,
                                        "deadline")]
     if progress.status != "active":
         return state, []
+    state = _track(state, progress)  # every pass's first sample, whatever is decided on it
     if state.early_postcopy and not state.early_postcopy_predicted:
         if progress.iteration < state.early_postcopy_iteration:
             return state, []
@@ -56,7 +57,6 @@ def decide(state: PolicyState, progress: Progress, elapsed_s: float,
         return _postcopy(state, f"dirty rate {progress.dirty_rate / 2**20:.1f} MiB/s >= "
                                 f"throughput {progress.throughput / 2**20:.1f} MiB/s after "
                                 f"pass {progress.iteration - 1}: pre-copy cannot converge")
-    state = _track(state, progress)
     if progress.iteration - state.best_iteration < STALL_ITERATIONS or _corrected_lately(
             state, progress):
         return state, []

@@ -214,7 +214,7 @@ class Observation:
     """A pass boundary seen between two samples: ``iteration`` (QEMU's dirty-sync count)
     starts with ``dirty_set`` bytes, dirtied during the previous pass, which took ``timed_s``
     between its first sample and this one, sent ``sent`` bytes and started with
-    ``previous_set`` (None: it was the first pass)."""
+    ``previous_set`` (None: not observed, e.g. the first pass)."""
 
     iteration: int
     dirty_set: float
@@ -226,13 +226,15 @@ class Observation:
 def observe(passes: Passes, progress: Progress, at_s: float
             ) -> tuple[Passes, Observation | None]:
     """Fold one active sample in; the Observation when it is the first sample of the pass
-    right after the previous sample's. The dirty set is the ``remaining`` QEMU reports plus
-    what it sent of the new pass before this sample (what it sent since the last sample,
-    less what the old pass still had to send then): a sample interval's sending at most."""
+    right after the previous sample's, whose first sample was seen. The dirty set is the
+    ``remaining`` QEMU reports plus what it sent of the new pass before this sample (what it
+    sent since the last sample, less what the old pass still had to send then)."""
     now = Mark(progress.iteration, progress.transferred, progress.remaining, at_s)
     last, start = passes.last, passes.start
-    if last is None or now.iteration == last.iteration:
-        return replace(passes, last=now, start=start or now), None
+    if last is None:  # the first sample starts a pass only in the first pass
+        return Passes(last=now, start=now if now.iteration == 1 else None), None
+    if now.iteration == last.iteration:
+        return replace(passes, last=now), None
     if now.iteration != last.iteration + 1 or start is None:
         return Passes(last=now, start=now), None  # passes went by unseen
     dirty = now.remaining + max(0, now.transferred - last.transferred - last.remaining)
