@@ -8,36 +8,13 @@ from typing import Any
 
 import pytest
 from engine_fakes import host_facts
+from precopy_samples import LINK, MEM, MiB, passes
 
 from segue.api.migration import MigrationOptionsBody
 from segue.engine.course import decide
 from segue.engine.policies import SeguePolicy
 from segue.engine.policy import initial_state
 from segue.engine.prediction import Estimate, predict, sampled
-from segue.engine.progress import Progress
-
-MiB = 2**20
-MEM, LINK = 256 * MiB, 46 * MiB  # the benchmark's guest and link
-
-
-def passes(dirty_sets_mib: list[float]) -> list[tuple[float, Progress]]:
-    """Samples of a pre-copy at ``LINK``: pass 1 sends the memory, each later pass one of
-    ``dirty_sets_mib``; a sample 50 ms into each pass and one 50 ms before its end."""
-    out, t, sent = [], 0.0, 0.0
-    for iteration, size in enumerate([MEM, *(d * MiB for d in dirty_sets_mib)], start=1):
-        length = size / LINK
-        marks = [(0.05, 0.05 * LINK, size - 0.05 * LINK)]
-        if length > 0.1:
-            marks.append((length - 0.05, size - 0.05 * LINK, 0.05 * LINK))
-        for into, done, left in marks:
-            out.append((t + into, Progress(
-                status="active", transferred=int(sent + done),  # type: ignore[arg-type]
-                remaining=int(left), total=MEM, dirty_rate=0.0, throughput=LINK,
-                iteration=iteration, expected_downtime_ms=None, downtime_ms=None,
-                total_time_ms=(t + into) * 1000, setup_time_ms=None, eta_s=None,
-                converging=None)))
-        t, sent = t + length, sent + size
-    return out
 
 
 def course(sampled_mibs: float, dirty_sets_mib: list[float], **options: Any

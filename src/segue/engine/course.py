@@ -85,8 +85,9 @@ def _correct(state: PolicyState, progress: Progress, elapsed_s: float,
         target = (best_target(model, choices) or (state.downtime_ms,))[0]
         if cost(model, target) > cost(model, state.downtime_ms) - RETARGET_GAIN_S:
             target = state.downtime_ms  # a rate that wobbles by a few % must not flap it
-        return _keep_copying(state, target, model.predict(target), why, changed, progress)
-    summary = _corrected(model.predict(choices[-1]), progress)
+        return _keep_copying(state, target, model.predict(target), why, changed,
+                             _corrected(model.predict(target), progress, elapsed_s))
+    summary = _corrected(model.predict(choices[-1]), progress, elapsed_s)
     if found == "does not converge":
         bound = f"pre-copy cannot converge within {choices[-1]} ms of downtime"
         if options.allow_postcopy:
@@ -102,9 +103,8 @@ def _correct(state: PolicyState, progress: Progress, elapsed_s: float,
 
 
 def _keep_copying(state: PolicyState, target: int, guess: Prediction, why: str, changed: bool,
-                  progress: Progress) -> tuple[PolicyState, list[Action]]:
+                  summary: dict[str, JsonValue]) -> tuple[PolicyState, list[Action]]:
     """Pre-copy converges: the best target for what was seen, a planned post-copy off."""
-    summary = _corrected(guess, progress)
     course = f"{why}: pre-copy converges ({guess.iterations} passes, ~{guess.total_s:.1f} s)"
     actions: list[Action] = []
     if state.early_postcopy_predicted:
@@ -132,10 +132,12 @@ def _at_bound(state: PolicyState, bound: int, reason: str, summary: dict[str, Js
     return state, [Action("note", reason, summary=summary)] if changed else []
 
 
-def _corrected(guess: Prediction, progress: Progress) -> dict[str, JsonValue]:
+def _corrected(guess: Prediction, progress: Progress, elapsed_s: float
+               ) -> dict[str, JsonValue]:
     """The corrected prediction as summary keys: the total from QEMU's start (its time so
-    far plus the rest: pre-copy, or one pass then post-copy), the downtime, the reason."""
-    so_far = (progress.total_time_ms or 0) / 1000
+    far, else the job's, plus the rest: pre-copy, or one pass then post-copy), the downtime,
+    the reason."""
+    so_far = progress.total_time_ms / 1000 if progress.total_time_ms else elapsed_s
     return {"corrected_at_iteration": progress.iteration,
             "corrected_total_s": round(so_far + guess.total_s, 2),
             "corrected_downtime_ms": round(guess.downtime_ms, 1),
