@@ -157,8 +157,11 @@ def _show_prediction(bar: Progress, job: MigrationJobView, shown: bool) -> bool:
     s = job.summary
     if shown or "predicted_total_s" not in s:
         return shown
-    bar.console.print(f"prediction: {s.get('prediction')}; about {s['predicted_total_s']} s",
-                      highlight=False)
+    downtime = s.get("predicted_downtime_ms")
+    bound = s.get("downtime_bound_ms")
+    bar.console.print(f"prediction: {s.get('prediction')}; about {s['predicted_total_s']} s"
+                      + (f", {downtime} ms of downtime" if downtime is not None else "")
+                      + (f" (bound {bound} ms)" if bound is not None else ""), highlight=False)
     return True
 
 
