@@ -26,7 +26,8 @@ SUMMARY_KEYS = {
     "setup_ms", "bytes_sent", "ram_total", "iterations", "switchover_ms", "source_stop_at",
     "dest_resume_at", "total_s", "actual_total_s", "downtime_bound_ms", "downtime_bound_reason",
     "sampled_dirty_range_mibs", "predicted_downtime_ms", "predicted_total_error",
-    "predicted_downtime_error", "predicted_downtime_error_ms", "corrected_total_error"}
+    "predicted_downtime_error", "predicted_downtime_error_ms", "corrected_total_error",
+    "corrected_downtime_error"}
 BOOM = Unavailable("FAKE_BOOM", "the fake failed on purpose", "")
 
 

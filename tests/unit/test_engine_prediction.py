@@ -200,15 +200,18 @@ def test_a_pass_without_time_corrects_nothing() -> None:
 
 @pytest.mark.parametrize(("summary", "expected"), [
     ({"predicted_total_s": 6.0, "actual_total_s": 5.0, "predicted_downtime_ms": 20.0,
-      "qemu_downtime_ms": 50}, (0.2, -0.6, -30.0, None)),
+      "qemu_downtime_ms": 50}, (0.2, -0.6, -30.0, None, None)),
     ({"predicted_total_s": 4.0, "actual_total_s": 5.0, "predicted_downtime_ms": 0.0,
-      "qemu_downtime_ms": 2, "corrected_total_s": 5.5}, (-0.2, -1.0, -2.0, 0.1)),
-    ({"predicted_total_s": 4.0, "actual_total_s": 5.0}, (-0.2, None, None, None)),  # no downtime
-    ({"actual_total_s": 5.0, "qemu_downtime_ms": 0}, (None, None, None, None)),  # a peer's
-    ({"predicted_downtime_ms": 5.0, "qemu_downtime_ms": 0}, (None, None, 5.0, None)),
+      "qemu_downtime_ms": 2, "corrected_total_s": 5.5, "corrected_downtime_ms": 3.0},
+     (-0.2, -1.0, -2.0, 0.1, 0.5)),
+    ({"predicted_total_s": 4.0, "actual_total_s": 5.0},
+     (-0.2, None, None, None, None)),  # no downtime
+    ({"actual_total_s": 5.0, "qemu_downtime_ms": 0}, (None,) * 5),  # a peer's
+    ({"predicted_downtime_ms": 5.0, "qemu_downtime_ms": 0}, (None, None, 5.0, None, None)),
 ])
 def test_prediction_errors(summary: dict[str, float], expected: tuple[float | None, ...]
                            ) -> None:
     got = prediction_errors(summary)
     assert (got["predicted_total_error"], got["predicted_downtime_error"],
-            got["predicted_downtime_error_ms"], got["corrected_total_error"]) == expected
+            got["predicted_downtime_error_ms"], got["corrected_total_error"],
+            got["corrected_downtime_error"]) == expected

@@ -33,7 +33,7 @@ The summary (``set_summary``) holds the policy's plan (``link_measured_mibs``,
 ``downtime_limit_ms``, ``qemu_downtime_ms``, ``qemu_total_ms``, ``setup_ms``, ``bytes_sent``,
 ``ram_total``, ``iterations``, ``switchover_ms``, ``source_stop_at``, ``dest_resume_at``,
 ``total_s``, ``actual_total_s`` and the prediction's errors (``predicted_total_error``,
-``predicted_downtime_error``, ``predicted_downtime_error_ms``, ``corrected_total_error``:
+``predicted_downtime_error``, ``predicted_downtime_error_ms``, ``corrected_*_error``:
 ``segue.engine.prediction.prediction_errors``).
 
 ``run`` and ``recover`` never raise (but ``CancelledError``): the outcome is in the record.

@@ -19,10 +19,12 @@ Where the numbers come from, and how sure they are:
   The count k of changed sampled pages is about Poisson: ``sampled`` gives the rate within
   ``SAMPLE_Z`` x sqrt(k + 1) sampled pages' worth (+1: a count of 0 still hides a rate of up
   to a page or so), never narrower than ±``SAMPLE_FLOOR`` (the guest's own rate varies from
-  one period to the next). At 34 MiB/s on a 256 MiB guest that is 25-45 MiB/s: on a 46 MiB/s
-  link, the difference between a few passes and none converging. So a target is chosen only
-  if it converges at the top of that range, and the policy gives up on pre-copy only when
-  not even the bottom converges (``verdict``); in between, a pass measures the rate.
+  one period to the next). A QEMU before 8.2 samples whole seconds: its range is then
+  narrower than this one, which errs on the safe side. At 34 MiB/s on a 256 MiB guest that
+  is 23-45 MiB/s: on a 46 MiB/s link, the difference between a few passes and none
+  converging. So a target is chosen only if it converges at the top of that range, and the
+  policy gives up on pre-copy only when not even the bottom converges (``verdict``); in
+  between, a pass measures the rate.
 - the working set: from the first pass's own dirty sync, not from a longer sample. At QEMU's
   second dirty sync, ``remaining`` is what the guest dirtied during pass 1, a period of
   memory/link seconds (5.5 s for 256 MiB at 46 MiB/s) that saturates at the working set for
@@ -31,7 +33,9 @@ Where the numbers come from, and how sure they are:
   300 ms one is already hidden behind the destination's start, a longer one would not be)
   and still be shorter than the first pass. Nothing decided before that sync needs it: the
   downtime target only matters at the end and QEMU takes a new one mid-flight, and post-copy
-  was already decided after the first full pass. Until then the working set is the memory.
+  for a guest that outruns pre-copy starts after the first full pass anyway (the
+  destination then faults only for what the guest re-dirtied). Until then the working set is
+  the memory.
 - the correction (``observe``, ``correct``): at every pass boundary seen between two samples
   (QEMU's dirty-sync count up by one), the pass replaces the sampled numbers: the dirty set
   is what QEMU just synced; the pass's time is the time between the passes' first samples
@@ -271,7 +275,7 @@ def prediction_errors(summary: Mapping[str, JsonValue]) -> dict[str, JsonValue]:
     """Prediction against outcome, from a job's summary: ``predicted_total_error`` and
     ``predicted_downtime_error`` ((predicted - actual) / actual, None where either is
     missing or the actual is 0), ``predicted_downtime_error_ms`` (predicted - actual), and
-    ``corrected_total_error`` for the last correction's total."""
+    ``corrected_total_error``, ``corrected_downtime_error`` for the last correction's."""
     def number(key: str) -> float | None:
         value = summary.get(key)
         return float(value) if isinstance(value, int | float) else None
@@ -287,4 +291,5 @@ def prediction_errors(summary: Mapping[str, JsonValue]) -> dict[str, JsonValue]:
             "predicted_downtime_error_ms": (round(predicted_downtime - downtime, 1)
                                             if predicted_downtime is not None
                                             and downtime is not None else None),
-            "corrected_total_error": relative(number("corrected_total_s"), total)}
+            "corrected_total_error": relative(number("corrected_total_s"), total),
+            "corrected_downtime_error": relative(number("corrected_downtime_ms"), downtime)}
