@@ -54,6 +54,16 @@ CORRECTIONS = [
     # over the memory and goes to post-copy; the working set fits a 200 ms pass
     ("a hot set smaller than memory converges", 26.7, [8, 8, 8], {},
      [(2, NOTE, {}), (3, "set_parameters", {"downtime-limit": 200})]),
+    # the user's own target: kept while it converges, else raised as far as needed (within
+    # the bound: 8 MiB at 46 MiB/s takes 174 ms), never a post-copy while a target does
+    ("the user's 20 ms raised for the hot set", 26.7, [8, 8, 8], {"downtime_limit_ms": 20},
+     [(2, NOTE, {}), (3, "set_parameters", {"downtime-limit": 200})]),
+    ("the user's 1000 ms, above the bound, kept", 34, [64, 47.3, 35],
+     {"downtime_limit_ms": 1000}, [(2, NOTE, {})]),
+    # ... and the user's higher bound lets it go further than 300 ms
+    ("the user's bound: 64 MiB at the link fits 2000 ms", 11, [64, 64, 64],
+     {"downtime_limit_ms": 50, "max_downtime_ms": 2000},
+     [(2, NOTE, {}), (3, "set_parameters", {"downtime-limit": 2000})]),
     # 90 %: each pass shrinks by 10 %, which the stall ladder would take for a stall; the
     # corrections see it converge and keep it
     ("90 %: no stall escalation while it converges", 41,

@@ -9,6 +9,7 @@ deadline) are those of ``segue.engine.policy``'s module doc, the model they corr
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from pydantic import JsonValue
@@ -20,7 +21,15 @@ from segue.engine.policy import (
     PolicyState,
     target_choices,
 )
-from segue.engine.prediction import Prediction, best_target, correct, cost, observe, verdict
+from segue.engine.prediction import (
+    Estimate,
+    Prediction,
+    best_target,
+    correct,
+    cost,
+    observe,
+    verdict,
+)
 from segue.engine.progress import Progress
 
 DOWNTIME_STEP = 1.5
@@ -82,9 +91,7 @@ def _correct(state: PolicyState, progress: Progress, elapsed_s: float,
                     corrected_iteration=seen.iteration)
     why = f"after pass {seen.iteration - 1}, {model.basis}"
     if found == "converges":
-        target = (best_target(model, choices) or (state.downtime_ms,))[0]
-        if cost(model, target) > cost(model, state.downtime_ms) - RETARGET_GAIN_S:
-            target = state.downtime_ms  # a rate that wobbles by a few % must not flap it
+        target = _converging_target(state, model, choices, options)
         return _keep_copying(state, target, model.predict(target), why, changed,
                              _corrected(model.predict(target), progress, elapsed_s))
     summary = _corrected(model.predict(choices[-1]), progress, elapsed_s)
@@ -100,6 +107,20 @@ def _correct(state: PolicyState, progress: Progress, elapsed_s: float,
         return state, [Action("note", f"{why}: pre-copy may still converge; post-copy put off "
                                       "one pass to measure the guest's rate", summary=summary)]
     return state, []
+
+
+def _converging_target(state: PolicyState, model: Estimate, choices: list[int],
+                       options: PolicyOptions) -> int:
+    """The target for a migration seen to converge: the user's own while it converges, else
+    the smallest above it that does; the policy's own choice otherwise (``best_target``),
+    kept unless the best saves ``RETARGET_GAIN_S`` (a rate that wobbles by a few % must not
+    flap it)."""
+    if options.downtime_limit_ms:
+        return next((c for c in choices if math.isfinite(cost(model, c))), choices[-1])
+    target = (best_target(model, choices) or (state.downtime_ms,))[0]
+    if cost(model, target) > cost(model, state.downtime_ms) - RETARGET_GAIN_S:
+        return state.downtime_ms
+    return target
 
 
 def _keep_copying(state: PolicyState, target: int, guess: Prediction, why: str, changed: bool,

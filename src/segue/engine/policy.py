@@ -174,10 +174,12 @@ def downtime_bound(options: PolicyOptions,
 
 
 def target_choices(options: PolicyOptions, bound_ms: int) -> list[int]:
-    """The downtime targets the policy may pick from: the user's alone if given, else
-    ``DOWNTIME_CHOICES`` up to the bound (the bound itself if it is below them all)."""
-    if options.downtime_limit_ms:
-        return [options.downtime_limit_ms]
+    """The downtime targets the policy may move to, smallest first: ``DOWNTIME_CHOICES`` up
+    to the bound (the bound itself if it is below them all); with the user's own target, that
+    target first and then those above it up to the bound (as the stall ladder would raise it)."""
+    user = options.downtime_limit_ms
+    if user:
+        return [user, *(c for c in DOWNTIME_CHOICES if user < c <= bound_ms)]
     return [c for c in DOWNTIME_CHOICES if c <= bound_ms] or [bound_ms]
 
 
