@@ -46,9 +46,11 @@ def test_toml_round_trip(tmp_path: Path) -> None:
     config = ControllerConfig(
         database_url="postgresql+psycopg://segue@db/segue",
         listen=ControllerListen(address="10.0.0.2", unix_socket=str(tmp_path / "c.sock")),
-        heartbeat_timeout=30, max_outgoing_per_host=1, max_incoming_per_host=4)
+        heartbeat_timeout=30, max_outgoing_per_host=1, max_incoming_per_host=4,
+        max_auto_downtime_ms=150)
     again = load_controller_config(write(tmp_path, config.to_toml()))
     assert again == config and again.limits == HostLimits(1, 4)
+    assert again.max_auto_downtime_ms == 150
     assert again.heartbeat_timeout == 30.0
     assert controller_config_from_dict(config.to_dict()) == config
 
@@ -57,12 +59,14 @@ def test_defaults(tmp_path: Path) -> None:
     config = load_controller_config(write(tmp_path, BASE + '[listen]\naddress = "10.0.0.2"\n'))
     assert config.listen.port == 7700  # the controller's port, not the agent's
     assert config.heartbeat_timeout == 10.0 and config.limits == HostLimits(2, 2)
+    assert config.max_auto_downtime_ms == 300  # the downtime bound users would not notice
 
 
 def test_the_example_file_loads() -> None:
     config = load_controller_config(EXAMPLE)
     assert config.database_url == "sqlite:////var/lib/segue/controller.db"
     assert config.listen.address == "10.210.0.2" and config.limits == HostLimits(2, 2)
+    assert config.max_auto_downtime_ms == 300
 
 
 def test_the_default_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,6 +104,9 @@ def test_the_environment_can_give_a_required_key(tmp_path: Path,
     ("max_outgoing_per_host = -1\n", "max_outgoing_per_host", "MIGRATION_LIMIT_INVALID"),
     ('max_outgoing_per_host = "512"\n', "max_outgoing_per_host", "MIGRATION_LIMIT_INVALID"),
     ("max_outgoing_per_host = 1.5\n", "max_outgoing_per_host", "MIGRATION_LIMIT_INVALID"),
+    ("max_auto_downtime_ms = 0\n", "max_auto_downtime_ms", "CONTROLLER_CONFIG_INVALID"),
+    ("max_auto_downtime_ms = 60001\n", "max_auto_downtime_ms", "CONTROLLER_CONFIG_INVALID"),
+    ('max_auto_downtime_ms = "300"\n', "max_auto_downtime_ms", "CONTROLLER_CONFIG_INVALID"),
     ('heartbeat_timeout = "10"\n', "heartbeat_timeout", "CONTROLLER_CONFIG_INVALID"),
     ("heartbeat_timeout = nan\n", "heartbeat_timeout", "CONTROLLER_CONFIG_INVALID"),
     ("heartbeat_timeout = -inf\n", "heartbeat_timeout", "CONTROLLER_CONFIG_INVALID"),

@@ -24,7 +24,10 @@ SUMMARY_KEYS = {
     "predicted_total_s", "predicted_hybrid_s", "predicted_iterations", "prediction",
     "postcopy_at_once", "postcopy", "downtime_limit_ms", "qemu_downtime_ms", "qemu_total_ms",
     "setup_ms", "bytes_sent", "ram_total", "iterations", "switchover_ms", "source_stop_at",
-    "dest_resume_at", "total_s", "actual_total_s"}
+    "dest_resume_at", "total_s", "actual_total_s", "downtime_bound_ms", "downtime_bound_reason",
+    "sampled_dirty_range_mibs", "predicted_downtime_ms", "predicted_total_error",
+    "predicted_downtime_error", "predicted_downtime_error_ms", "corrected_total_error",
+    "corrected_downtime_error"}
 BOOM = Unavailable("FAKE_BOOM", "the fake failed on purpose", "")
 
 
@@ -140,7 +143,10 @@ FAILURES = [
     Case("a policy action fails", _escalating, "FAKE_BOOM", ROLLED_BACK,
          called={"host1": ["set_migration_parameters", "cancel_migration"]},
          notes=["policy: set_parameters {'downtime-limit'"],
-         options=MigrationOptionsBody(downtime_limit_ms=300)),
+         # above the default bound and without post-copy, so that the stall raises it (a
+         # remaining that never shrinks goes to post-copy at once where it is allowed)
+         options=MigrationOptionsBody(downtime_limit_ms=300, max_downtime_ms=2000,
+                                      allow_postcopy=False)),
     Case("source paused, destination not confirmed gone", _paused_on_failure,
          "MIGRATION_QEMU_FAILED", ROLLED_BACK, called={"host2": ["abort_incoming"]},
          not_called={"host1": ["resume_vm"]}, runs_on=[],

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
+from segue.engine.course import decide
 from segue.engine.policy import (
     DEFAULT_LINK_BPS,
     UNCAPPED_BANDWIDTH,
     PolicyState,
     choose_downtime,
-    decide,
     initial_settings,
     initial_state,
     link_estimate,
@@ -20,10 +20,10 @@ from segue.engine.policy import (
     multipass_risk,
     oldest_version,
     postcopy_preempt,
-    predict,
     qemu_unsafe_for_multipass,
     xbzrle_cache,
 )
+from segue.engine.prediction import predict, sampled
 from segue.engine.progress import Progress
 
 MiB = 2**20
@@ -35,7 +35,7 @@ class Opts:
     max_bandwidth_mibs: int | None = None
     deadline_s: float = 600.0
     allow_postcopy: bool = True
-    max_downtime_ms: int = 2000
+    max_downtime_ms: int | None = None  # None: the cluster's bound (300 ms by default)
 
 
 def sample(status: str = "active", remaining: int = 100 * MiB, iteration: int = 1,
@@ -115,10 +115,14 @@ DECISIONS = [
      [sample(iteration=2, dirty=120 * MiB)], Opts(), [("start_postcopy", {})]),
     ("dirty >= throughput, post-copy forbidden: no switch",
      [sample(iteration=2, dirty=120 * MiB)], Opts(allow_postcopy=False), []),
-    ("stall: downtime x1.5", STALLED, Opts(),
+    # the user's higher bound (was the default of 2000 ms before the bound)
+    ("stall: downtime x1.5", STALLED, Opts(max_downtime_ms=2000),
      [("set_parameters", {"downtime-limit": 450})]),
     ("stall: downtime capped at the user maximum", STALLED, Opts(max_downtime_ms=400),
      [("set_parameters", {"downtime-limit": 400})]),
+    # the default target is the default bound: nothing above it, post-copy at once
+    ("stall at the cluster's bound: post-copy, no longer pause", STALLED, Opts(),
+     [("start_postcopy", {})]),
 ]
 
 
@@ -134,7 +138,8 @@ def test_decide(case: str, samples: list[Progress], opts: Opts,
     (Opts(allow_postcopy=False), ("set_parameters", {"cpu-throttle-increment": 20})),
 ])
 def test_stall_at_max_downtime_escalates(opts: Opts, last: tuple[str, Any]) -> None:
-    state = replace(initial_state(opts), downtime_ms=opts.max_downtime_ms)
+    state = initial_state(opts)
+    state = replace(state, downtime_ms=state.bound_ms)
     assert _run(STALLED, opts, state=state)[1] == [last]
 
 
@@ -192,19 +197,24 @@ def test_postcopy_after_the_first_pass_when_predicted_not_to_converge(
     (Opts(), 256 * MiB, 46 * MiB, 0.0, 20),  # idle: the smallest target costs nothing
     (Opts(), 256 * MiB, 46 * MiB, 0.2 * MiB, 20),  # an idle kernel's bookkeeping
     (Opts(), 256 * MiB, 46 * MiB, 11 * MiB, 20),  # busy: 2 more passes, ~the same time
-    # 75 % of the link: 2 s would save 6 s of copying, not worth 2 s of pause (weight 10)
+    # 65 %: up to 40 MiB/s within the sample's range, where 20 ms would take over 30
+    # passes of the whole memory: 200 ms (the first pass's working set corrects it)
+    (Opts(), 256 * MiB, 46 * MiB, 30 * MiB, 200),
+    # 75 %: the sample's range reaches the link: nothing converges for sure, post-copy after
+    # the first pass unless that pass shows otherwise
     (Opts(), 256 * MiB, 46 * MiB, 35 * MiB, 20),
-    # 87 %: 20 and 50 ms do not converge within the model's passes; 100 ms does
-    (Opts(), 256 * MiB, 46 * MiB, 40 * MiB, 100),
+    # 87 %: was 100 ms (predicted from the sampled rate alone); same as 75 % now
+    (Opts(), 256 * MiB, 46 * MiB, 40 * MiB, 20),
     (Opts(), 256 * MiB, 46 * MiB, 69 * MiB, 20),  # 150 %: nothing converges, post-copy will
-    # ... without post-copy: the largest, within the user's maximum
-    (Opts(allow_postcopy=False), 256 * MiB, 46 * MiB, 69 * MiB, 2000),
+    # ... without post-copy: the bound (was the user's maximum, 2000 ms by default)
+    (Opts(allow_postcopy=False), 256 * MiB, 46 * MiB, 69 * MiB, 300),
     (Opts(allow_postcopy=False, max_downtime_ms=400), 256 * MiB, 46 * MiB, 69 * MiB, 300),
     (Opts(), 256 * MiB, 800 * MiB, 8 * MiB, 20),  # a fast link: small targets converge
 ])
 def test_choose_downtime(opts: Opts, memory: int, link: float, dirty: float,
                          expected: int) -> None:
-    chosen, reason = choose_downtime(opts, memory, link, dirty)
+    bound = opts.max_downtime_ms or 300
+    chosen, reason = choose_downtime(opts, bound, sampled(memory, link, dirty))
     assert chosen == expected, reason
     assert f"{expected} ms" in reason
 

@@ -26,7 +26,9 @@ class MigrationOptionsBody(RequestModel):
     deadline_s: Seconds = 600.0
     stall_timeout_s: Seconds = 15.0
     allow_postcopy: bool = True
-    max_downtime_ms: DowntimeMs = 2000
+    # None: the cluster's bound (the controller's max_auto_downtime_ms, 300 ms by default);
+    # the policy never chooses nor escalates to a target above it by itself
+    max_downtime_ms: DowntimeMs | None = None
 
 
 class MigrationRequestBody(MigrationOptionsBody):

@@ -40,16 +40,20 @@ def migrate(vm: str, to: str = typer.Option(..., "--to", help="Destination host.
                                        "checks and show them (exit 1 on an error)."),
             wait: bool = typer.Option(True, help="Follow the migration until it ends."),
             downtime_ms: int | None = typer.Option(
-                None, help="Target downtime (ms); default: chosen from the measured link "
-                           "and dirty rate."),
+                None, help="Target downtime (ms), kept even above the bound; default: "
+                           "chosen from the measured link and dirty rate, within "
+                           "--max-downtime."),
             max_bandwidth: int = typer.Option(0, help="Cap in MiB/s (0: no cap)."),
             deadline: float = typer.Option(600.0, help="Give up after this many seconds."),
             stall_timeout: float = typer.Option(15.0, help="Give up when no data moved for "
                                                            "this many seconds."),
             postcopy: bool = typer.Option(True, help="Let the policy switch to post-copy "
                                                      "when pre-copy cannot converge."),
-            max_downtime: int = typer.Option(2000, help="Highest downtime target (ms) the "
-                                                        "policy may raise to."),
+            max_downtime: int | None = typer.Option(
+                None, help="Highest downtime target (ms) the policy may choose or raise to "
+                           "by itself; default: the cluster's bound (the controller's "
+                           "max_auto_downtime_ms, 300 ms unless set). Past it the policy "
+                           "goes to post-copy, or throttles the guest with --no-postcopy."),
             url: str | None = URL, as_json: bool = typer.Option(False, "--json")) -> None:
     """Live-migrate a running VM to another host, with live progress and a final summary.
 
@@ -153,8 +157,11 @@ def _show_prediction(bar: Progress, job: MigrationJobView, shown: bool) -> bool:
     s = job.summary
     if shown or "predicted_total_s" not in s:
         return shown
-    bar.console.print(f"prediction: {s.get('prediction')}; about {s['predicted_total_s']} s",
-                      highlight=False)
+    downtime = s.get("predicted_downtime_ms")
+    bound = s.get("downtime_bound_ms")
+    bar.console.print(f"prediction: {s.get('prediction')}; about {s['predicted_total_s']} s"
+                      + (f", {downtime} ms of downtime" if downtime is not None else "")
+                      + (f" (bound {bound} ms)" if bound is not None else ""), highlight=False)
     return True
 
 

@@ -59,8 +59,9 @@ def create_app(config: ControllerConfig, agents: AgentPool | None = None) -> Fas
                 app.state.tg = tg
                 watcher = tg.create_task(watch_heartbeats(db, config.heartbeat_timeout),
                                          name="watch-heartbeats")
-                app.state.migrations = MigrationService(db, pool, tg, config.heartbeat_timeout,
-                                                        config.limits)
+                app.state.migrations = MigrationService(
+                    db, pool, tg, config.heartbeat_timeout, config.limits,
+                    max_auto_downtime_ms=config.max_auto_downtime_ms)
                 if recovered := app.state.migrations.recover_all():
                     log.warning("reconciling %d unfinished migration(s)", recovered)
                 try:

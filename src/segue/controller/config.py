@@ -6,6 +6,7 @@ Example (``docs/examples/controller.toml``)::
     heartbeat_timeout = 10.0
     max_outgoing_per_host = 2
     max_incoming_per_host = 2
+    max_auto_downtime_ms = 300
 
     [listen]
     address = "10.210.0.2"
@@ -17,7 +18,10 @@ Example (``docs/examples/controller.toml``)::
 ``heartbeat_timeout``: seconds without a heartbeat after which a host counts as disconnected.
 ``max_outgoing_per_host`` / ``max_incoming_per_host``: migrations that may run at once out of
 and into each host (default 2 each); further requests are queued in order
-(``segue.controller.scheduler``). ``listen.port`` defaults to 7700.
+(``segue.controller.scheduler``). ``max_auto_downtime_ms``: the cluster's downtime bound,
+the highest downtime target the migration policy chooses or escalates to by itself for a
+migration that does not set its own ``max_downtime_ms`` (``segue.engine.policy``; default
+300 ms, 1 to 60000). ``listen.port`` defaults to 7700.
 
 Environment variables override single keys: ``SEGUE_CONTROLLER_DATABASE_URL=...``,
 ``SEGUE_CONTROLLER_LISTEN__ADDRESS=...`` (``segue.settings`` says how they are read).
@@ -37,6 +41,7 @@ from pydantic_settings import SettingsConfigDict
 
 from segue.api.base import CONTROLLER_PORT
 from segue.controller.scheduler import HostLimits
+from segue.engine.policy import DEFAULT_MAX_AUTO_DOWNTIME_MS
 from segue.settings import ListenConfig, Port, ServiceSettings, load_settings, settings_from_dict
 
 CONTROLLER_CONFIG_PATH = Path("/etc/segue/controller.toml")
@@ -65,6 +70,10 @@ class ControllerConfig(ServiceSettings):
         "seconds without a heartbeat before a host is disconnected: more than 0"))
     max_outgoing_per_host: int = Field(2, ge=1, le=1024, description=_LIMIT)
     max_incoming_per_host: int = Field(2, ge=1, le=1024, description=_LIMIT)
+    max_auto_downtime_ms: int = Field(
+        DEFAULT_MAX_AUTO_DOWNTIME_MS, ge=1, le=60_000, description=(
+            "the highest downtime target (ms) the migration policy may choose by itself, "
+            "1 to 60000"))
 
     @property
     def limits(self) -> HostLimits:

@@ -21,6 +21,7 @@ from segue.engine.context import JobSpec, Ports
 from segue.engine.job import MigrationJob
 from segue.engine.phases import Phase
 from segue.engine.policies import SeguePolicy
+from segue.engine.policy import DEFAULT_MAX_AUTO_DOWNTIME_MS
 from segue.engine.ports import Clock
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ class JobRunner:
 
     def __init__(self, store: SqlJobStore, facts: InventoryFacts, agents: AgentPool,
                  tg: asyncio.TaskGroup, clock: Clock, recheck: Recheck,
-                 on_end: Callable[[], None]) -> None:
+                 on_end: Callable[[], None],
+                 max_auto_downtime_ms: int = DEFAULT_MAX_AUTO_DOWNTIME_MS) -> None:
         self.store = store
         self.facts = facts
         self.agents = agents
@@ -40,14 +42,17 @@ class JobRunner:
         self.clock = clock
         self.recheck = recheck
         self.on_end = on_end
+        self.max_auto_downtime_ms = max_auto_downtime_ms
         self._jobs: dict[str, MigrationJob] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def job(self, stored: StoredJob) -> MigrationJob:
-        """The engine job of a stored one, in its stored phase, with Segue's policy."""
+        """The engine job of a stored one, in its stored phase, with Segue's policy under
+        the cluster's downtime bound (``max_auto_downtime_ms``) unless the job sets its own."""
         ports = Ports(self.agents.typed(stored.source_url), self.agents.typed(stored.dest_url),
                       self.store, self.facts, self.clock)
-        return MigrationJob(stored.spec, ports, SeguePolicy(stored.spec.options), stored.phase)
+        policy = SeguePolicy(stored.spec.options, self.max_auto_downtime_ms)
+        return MigrationJob(stored.spec, ports, policy, stored.phase)
 
     def get(self, job_id: str) -> MigrationJob | None:
         """The job ``job_id`` if it runs in this controller now."""

@@ -33,6 +33,7 @@ from segue.controller.scheduler import HostLimits, Running, Waiting
 from segue.engine.context import JobSpec
 from segue.engine.control import cancel_queued, refuse_cancel, refuse_postcopy
 from segue.engine.phases import Phase
+from segue.engine.policy import DEFAULT_MAX_AUTO_DOWNTIME_MS
 from segue.engine.ports import Clock, MonotonicClock
 
 log = logging.getLogger(__name__)
@@ -43,14 +44,18 @@ class MigrationService:
 
     def __init__(self, db: Database, agents: AgentPool, tg: asyncio.TaskGroup,
                  heartbeat_timeout: float, limits: HostLimits | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None,
+                 max_auto_downtime_ms: int = DEFAULT_MAX_AUTO_DOWNTIME_MS) -> None:
+        """``max_auto_downtime_ms``: the cluster's downtime bound, for every job whose
+        request sets none (``segue.engine.policy.downtime_bound``)."""
         clock = clock or MonotonicClock()
         self.store = SqlJobStore(db)
         self.facts = InventoryFacts(db)
         self.prechecks = Prechecker(db, agents, heartbeat_timeout)
         self.admission = Admission(db, self.store, self.facts, self.prechecks)
         self.runner = JobRunner(self.store, self.facts, agents, tg, clock,
-                                self.admission.recheck, on_end=lambda: self.queue.kick())
+                                self.admission.recheck, on_end=lambda: self.queue.kick(),
+                                max_auto_downtime_ms=max_auto_downtime_ms)
         self.queue = MigrationQueue(self.store, self.runner, limits or HostLimits(), clock)
 
     # ---- reads ----

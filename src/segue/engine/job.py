@@ -27,10 +27,14 @@ with its reason. A post-copy is watched by ``segue.engine.postcopy``; a job a pr
 controller left is picked up by ``segue.engine.recovery``.
 
 The summary (``set_summary``) holds the policy's plan (``link_measured_mibs``,
-``downtime_target_ms``, ``predicted_*``, ...) and, once completed: ``postcopy``,
+``downtime_target_ms``, ``downtime_bound_ms``, ``predicted_*`` with ``predicted_total_s`` and
+``predicted_downtime_ms``, ...), the last correction of its prediction from the passes
+(``corrected_*``, carried by the policy's actions) and, once completed: ``postcopy``,
 ``downtime_limit_ms``, ``qemu_downtime_ms``, ``qemu_total_ms``, ``setup_ms``, ``bytes_sent``,
 ``ram_total``, ``iterations``, ``switchover_ms``, ``source_stop_at``, ``dest_resume_at``,
-``total_s``, ``actual_total_s``.
+``total_s``, ``actual_total_s`` and the prediction's errors (``predicted_total_error``,
+``predicted_downtime_error``, ``predicted_downtime_error_ms``, ``corrected_*_error``:
+``segue.engine.prediction.prediction_errors``).
 
 ``run`` and ``recover`` never raise (but ``CancelledError``): the outcome is in the record.
 """
@@ -54,6 +58,7 @@ from segue.engine import postcopy
 from segue.engine.context import JobBase, JobSpec, Ports
 from segue.engine.phases import MigrationCancelled, MigrationFailed, Phase
 from segue.engine.policies import MigrationPolicy, SeguePolicy
+from segue.engine.prediction import prediction_errors
 from segue.engine.progress import Progress, progress_from_query
 
 log = logging.getLogger(__name__)
@@ -209,6 +214,12 @@ class MigrationJob(JobBase):
         if self.take_postcopy_request():
             self.policy.request_postcopy("asked by the user")
         for action in self.policy.decide(progress, self.elapsed()):
+            if action.summary:  # a corrected prediction: shown while the job runs
+                self.prediction.update(action.summary)
+                self.store.set_summary(self.id, dict(self.prediction))
+            if action.kind == "note":  # the policy's own change of course: nothing to apply
+                self.note(f"policy: {action.reason}")
+                continue
             self.note(f"policy: {action.kind} {action.parameters or ''}-- {action.reason}")
             if action.kind == "abort":
                 raise MigrationFailed(action.code, action.reason,
@@ -319,6 +330,7 @@ class MigrationJob(JobBase):
         summary["actual_total_s"] = (round(qemu_total / 1000, 2)
                                      if isinstance(qemu_total, int | float) and qemu_total
                                      else total)
+        summary.update(prediction_errors(summary))
         self.store.set_summary(self.id, summary)
         self.enter(Phase.COMPLETED, f"{self.vm} runs on {self.spec.dest} in {total} s")
 

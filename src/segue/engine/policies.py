@@ -7,7 +7,9 @@ parameters both QEMUs get before ``migrate``), then ``decide`` on every progress
 ``Action``s the job applies and notes. ``request_postcopy`` passes on a user's request to
 switch to post-copy now. A policy object serves one job: it keeps that job's state.
 
-``SeguePolicy`` applies ``segue.engine.policy`` (pure functions, documented there). Other
+``SeguePolicy`` applies ``segue.engine.policy`` before the start and ``segue.engine.course``
+on every sample (pure functions, documented there), with the model of
+``segue.engine.prediction``. Other
 policies (the benchmark's peers, ``benchmarks/peers.py``) implement the same protocol, so the
 same job drives every one of them.
 """
@@ -21,7 +23,7 @@ from pydantic import JsonValue
 
 from segue.api.migration import MigrationOptionsBody
 from segue.domain.host import HostFacts
-from segue.engine import policy
+from segue.engine import course, policy, prediction
 from segue.engine.policy import Action, Settings
 from segue.engine.progress import Progress
 
@@ -74,17 +76,22 @@ class MigrationPolicy(Protocol):
 
 
 class SeguePolicy:
-    """Segue's policy (``segue.engine.policy``) for one job with the user's ``options``."""
+    """Segue's policy for one job with the user's ``options``; ``cluster_max_downtime_ms``:
+    the cluster's downtime bound, for a migration that does not set its own
+    (``policy.downtime_bound``)."""
 
     name = "segue"
     measures = True
 
-    def __init__(self, options: MigrationOptionsBody) -> None:
+    def __init__(self, options: MigrationOptionsBody,
+                 cluster_max_downtime_ms: int = policy.DEFAULT_MAX_AUTO_DOWNTIME_MS) -> None:
         self.options = options
         self.multifd = 0
         self.preempt: bool | None = None
-        self._settings = policy.initial_settings(options)
-        self.state = policy.initial_state(options)
+        self.bound_ms, self.bound_reason = policy.downtime_bound(options,
+                                                                 cluster_max_downtime_ms)
+        self._settings = policy.initial_settings(options, bound_ms=self.bound_ms)
+        self.state = policy.initial_state(options, bound_ms=self.bound_ms)
 
     @property
     def downtime_ms(self) -> int:
@@ -103,42 +110,54 @@ class SeguePolicy:
         self.multifd, why = policy.multifd_channels(self.options, nic_bps, cpus, oldest)
         self.preempt = policy.postcopy_preempt(self.options, oldest)
         self._settings = policy.initial_settings(self.options, multifd=self.multifd,
-                                                 preempt=self.preempt)
+                                                 preempt=self.preempt, bound_ms=self.bound_ms)
         return why
 
     def plan(self, memory: int, link_bps: float | None, dirty_bps: float | None,
              source: HostFacts) -> Plan:
-        """The downtime target, the prediction and the early post-copy decision."""
+        """The downtime target within the bound, the prediction (at the sampled rate; the
+        decisions at the edges of its range) and the early post-copy decision."""
         options = self.options
         link = policy.link_estimate(options, link_bps)
-        downtime, why = policy.choose_downtime(options, memory, link, dirty_bps or 0.0)
+        model = prediction.sampled(memory, link, dirty_bps or 0.0)
+        downtime, why = policy.choose_downtime(options, self.bound_ms, model)
         cache, cache_why = policy.xbzrle_cache(memory, link, dirty_bps or 0.0, self.multifd)
         self._settings = policy.initial_settings(options, downtime, self.multifd, cache,
-                                                 self.preempt)
+                                                 self.preempt, self.bound_ms)
         summary: dict[str, JsonValue] = {
             "link_measured_mibs": round(link_bps / 2**20, 1) if link_bps else None,
             "link_estimate_mibs": round(link / 2**20, 1), "downtime_target_ms": downtime,
-            "downtime_reason": why, "xbzrle_cache_mib": cache // 2**20,
+            "downtime_reason": why, "downtime_bound_ms": self.bound_ms,
+            "downtime_bound_reason": self.bound_reason, "xbzrle_cache_mib": cache // 2**20,
             "xbzrle_reason": cache_why}
         if dirty_bps is None:
-            self.state = policy.initial_state(options, downtime_ms=downtime)
-            return Plan(summary, (why,))
-        guess = policy.predict(memory, link, dirty_bps, downtime)
+            self.state = policy.initial_state(options, downtime_ms=downtime,
+                                              bound_ms=self.bound_ms)
+            return Plan(summary, (self.bound_reason, why))
+        guess = model.predict(downtime)
+        worst = model.predict(downtime, model.dirty_high)
         risk = policy.multipass_risk(source.cpu.accel, source.qemu.version, memory, link,
                                      dirty_bps)
-        self.state = policy.initial_state(options, guess, downtime, risk)
+        self.state = policy.initial_state(options, worst, downtime, risk,
+                                          bound_ms=self.bound_ms, model=model)
+        planned = self.state.early_postcopy_predicted
         summary.update({"sampled_dirty_rate_mibs": round(dirty_bps / 2**20, 2),
-                        **guess.to_summary(), "postcopy_at_once": self.state.early_postcopy})
-        notes = [f"{why}; prediction: {guess.reason}; about {guess.total_s:.1f} s"]
+                        "sampled_dirty_range_mibs": model.range_mibs(),
+                        **guess.to_summary(postcopy_after_first_pass=planned),
+                        "postcopy_at_once": self.state.early_postcopy})
+        course_ = "one pass, then post-copy unless that pass shows otherwise" if planned \
+            else "pre-copy"
+        notes = [self.bound_reason, f"{why}; prediction: {guess.reason}; planned: {course_}, "
+                                    f"about {guess.hybrid_s if planned else guess.total_s:.1f} s"]
         if risk and not options.allow_postcopy:
             notes.append(f"warning: {risk}; post-copy is not allowed, so pre-copy runs anyway")
         return Plan(summary, tuple(notes))
 
     def decide(self, progress: Progress, elapsed_s: float) -> list[Action]:
-        self.state, actions = policy.decide(self.state, progress, elapsed_s, self.options)
+        self.state, actions = course.decide(self.state, progress, elapsed_s, self.options)
         return actions
 
     def request_postcopy(self, reason: str) -> None:
         if not self.state.postcopy:
             self.state = replace(self.state, early_postcopy=reason,
-                                 early_postcopy_iteration=0)
+                                 early_postcopy_iteration=0, early_postcopy_predicted=False)

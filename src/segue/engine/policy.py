@@ -5,19 +5,39 @@ before the start, the ``Progress`` samples, seconds elapsed, the user's options)
 QEMU capabilities/parameters and ``Action``s, each with the reason it was taken, which the
 job stores (``segue.engine.job``, through its ``JobStore``). Nothing here does I/O or reads
 a clock; ``segue.engine.policies.SeguePolicy`` is the object a job drives these through.
+What to do on each sample while QEMU copies is ``segue.engine.course.decide``; the model of
+pre-copy it predicts with, and corrects from the passes, is ``segue.engine.prediction``.
 
 Choices (QEMU 8.0 and newer; ``make setup`` installs 10.0; what changes on 7.2 is said):
 
 - bandwidth is not capped unless the user capped it.
 - the link estimate is measured (a TCP stream between the two migration addresses just
   before the start, capped by the user's bandwidth cap), not assumed (``link_estimate``).
-- the downtime target is the user's ``downtime_limit_ms`` if given; else it is chosen from the
-  measurement (``choose_downtime``): of ``DOWNTIME_CHOICES`` that the model predicts to
-  converge, the one with the least predicted total time plus ``DOWNTIME_WEIGHT`` x downtime
+- the downtime target never goes above a bound users would not notice by itself: the
+  migration's ``max_downtime_ms``, else the cluster's (``max_auto_downtime_ms`` in the
+  controller's configuration, ``DEFAULT_MAX_AUTO_DOWNTIME_MS`` by default; ``downtime_bound``).
+  A target above it only when the user asks: ``downtime_limit_ms`` (kept as given, never
+  escalated) or a higher ``max_downtime_ms``. Measured: a 2 s target chosen because the
+  sampled rate came close to the link paused a guest for 1.9 s where every peer stayed
+  under 0.6 s; post-copy or throttling cost such a guest far less than that pause.
+- the target is the user's ``downtime_limit_ms`` if given; else it is chosen from the
+  measurement (``choose_downtime``): of ``DOWNTIME_CHOICES`` up to the bound that the model
+  (``segue.engine.prediction``) predicts to converge even at the top of the sampled rate's
+  range, the one with the least predicted total time plus ``DOWNTIME_WEIGHT`` x downtime
   (a second of paused guest weighs as much as ten more seconds of copying while it runs).
   A large target on a slow link makes QEMU stop the guest while megabytes remain (300 ms at
   46 MiB/s is 14 MiB, so ~250 ms of downtime for an idle guest); a small one costs an idle
-  guest nothing, and a busy guest gets the target that lets it converge.
+  guest nothing, and a busy guest gets the target that lets it converge. When none
+  converges there: the smallest with post-copy allowed (post-copy after the first pass,
+  unless that pass shows pre-copy converges), else the bound (auto-converge throttles).
+- the prediction is corrected at every pass boundary (``segue.engine.prediction``: the
+  pass's own dirty set, time and throughput replace the sampled numbers, and bound the dirty
+  set by the working set the first pass measured): a migration seen to converge keeps going
+  (a planned post-copy is called off) with the best target for what was seen; one seen not
+  to converge under the bound goes to post-copy at once (or, without post-copy, to the
+  bound with auto-converge); one still uncertain gets one more pass to measure. Each change
+  of course is an ``Action`` with its reason, carrying the corrected prediction for the
+  job's summary.
 - multifd (several streams) only where one stream cannot fill the link: a migration NIC of
   10 Gbit/s or more and CPUs to spare (``multifd_channels``); decided from the hosts' facts,
   since both QEMUs need it before ``migrate``.
@@ -33,15 +53,15 @@ Choices (QEMU 8.0 and newer; ``make setup`` installs 10.0; what changes on 7.2 i
   own sync finds the guest dirtying faster than the stream, and the policy raises
   ``cpu-throttle-increment`` when progress stalls.
 - escalation on a stall (two dirty-sync iterations without a lower ``remaining``): first the
-  downtime target x1.5 up to ``max_downtime_ms``; then post-copy (if allowed) or a stronger
+  downtime target x1.5 up to the bound; then post-copy (if allowed) or a stronger
   throttle. A dirty rate above what the stream carries (after the first full pass) goes to
   post-copy at once, since no downtime target within reason can then be met.
 - a migration predicted (from the sampled dirty rate) not to converge by pre-copy switches to
-  post-copy right after the first full pass: further passes would be wasted, and after one
-  the destination faults only for the pages the guest keeps dirtying. A guest that converges
-  slowly stays in pre-copy: measured at 75 % of the link, one pass then post-copy took 4.7 s
-  instead of 8.3 s but its guest stalled 0.8 s on page faults instead of 0.15 s; the blackout
-  is what users notice.
+  post-copy right after the first full pass, once the correction confirms it: further
+  passes would be wasted, and after one the destination faults only for the pages the guest
+  keeps dirtying. A guest that converges slowly stays in pre-copy: measured at 75 % of the
+  link, one pass then post-copy took 4.7 s instead of 8.3 s but its guest stalled 0.8 s on
+  page faults instead of 0.15 s; the blackout is what users notice.
 - the user's bandwidth cap applies to post-copy too (``max-postcopy-bandwidth``).
 - on a host where multi-pass pre-copy loses guest memory (TCG with QEMU < 8: measured in the
   lab with QEMU 7.2, a guest dirtying memory through slow pre-copy passes comes out with
@@ -56,25 +76,22 @@ Choices (QEMU 8.0 and newer; ``make setup`` installs 10.0; what changes on 7.2 i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from pydantic import JsonValue
 
 from segue.api.agent import ParameterValue
-from segue.engine.progress import Progress
+from segue.engine.prediction import Estimate, Passes, Prediction, Verdict, best_target
 
-DOWNTIME_STEP = 1.5
-STALL_ITERATIONS = 2
 THROTTLE_INITIAL = 20
 THROTTLE_INCREMENT = 10
 THROTTLE_INCREMENT_MAX = 40
 UNCAPPED_BANDWIDTH = 100 * 1024**3  # bytes/s: QEMU's cap set out of the way
 DEFAULT_DOWNTIME_MS = 300  # before anything is measured (QEMU's and libvirt's default)
+DEFAULT_MAX_AUTO_DOWNTIME_MS = 300  # the cluster's bound unless its configuration says
 DEFAULT_LINK_BPS = 125e6  # 1 Gbit/s, when neither a cap nor a measurement is known
-MAX_PREDICTED_ITERATIONS = 30
 DOWNTIME_CHOICES = (20, 50, 100, 200, 300, 500, 1000, 2000)  # ms, tried smallest first
-DOWNTIME_WEIGHT = 10.0  # seconds of total time one second of downtime is worth
 DIRTY_NOISE_BPS = 2 * 1024**2  # below this an idle guest's own bookkeeping: not "dirtying"
 RISKY_FIRST_PASS_S = 1.0
 MULTIFD_MIN_BPS = 1.25e9  # 10 Gbit/s: below this one migration thread fills the link
@@ -96,7 +113,7 @@ class PolicyOptions(Protocol):
     @property
     def allow_postcopy(self) -> bool: ...
     @property
-    def max_downtime_ms(self) -> int: ...
+    def max_downtime_ms(self) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -111,56 +128,76 @@ class Settings:
 @dataclass(frozen=True)
 class Action:
     """One thing to do now: ``set_parameters`` (``parameters``), ``start_postcopy``,
-    ``abort`` (the job fails with ``code``); ``reason`` says why, in words a user reads."""
+    ``abort`` (the job fails with ``code``), ``note`` (nothing to apply: a change of the
+    policy's own course); ``reason`` says why, in words a user reads; ``summary``: keys the
+    job merges into the migration's summary (the corrected prediction)."""
 
-    kind: Literal["set_parameters", "start_postcopy", "abort"]
+    kind: Literal["set_parameters", "start_postcopy", "abort", "note"]
     reason: str
     parameters: dict[str, ParameterValue] = field(default_factory=dict)
     code: str = "MIGRATION_DEADLINE"
+    summary: dict[str, JsonValue] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class PolicyState:
-    """What the policy remembers between samples (the job keeps it, the policy replaces it)."""
+    """What the policy remembers between samples (the job keeps it, the policy replaces it).
+    ``bound_ms``: the highest target it may choose or escalate to (``downtime_bound``);
+    ``model``: the prediction's inputs, corrected from ``passes`` (None: nothing was
+    measured, nothing is corrected); ``verdict``: the last correction's."""
 
     downtime_ms: int
+    bound_ms: int = DEFAULT_MAX_AUTO_DOWNTIME_MS
     throttle_increment: int = THROTTLE_INCREMENT
     best_remaining: int | None = None
     best_iteration: int = 0
+    tracked_iteration: int = 0  # the iteration ``best_remaining`` last looked at
     postcopy: bool = False
     early_postcopy: str | None = None  # why post-copy starts early (None: it does not)
     early_postcopy_iteration: int = 1  # from which dirty-sync count (1: during the 1st pass)
+    early_postcopy_predicted: bool = False  # planned from the prediction: a correction may
+    model: Estimate | None = None  # call it off or put it off
+    passes: Passes = field(default_factory=Passes)
+    verdict: Verdict | None = None
+    corrected_iteration: int = 0  # the pass the last correction started
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """What pre-copy is expected to take, from the sampled dirty rate."""
+def downtime_bound(options: PolicyOptions,
+                   cluster_ms: int = DEFAULT_MAX_AUTO_DOWNTIME_MS) -> tuple[int, str]:
+    """The highest downtime target the policy may choose or escalate to, and why: the
+    migration's own ``max_downtime_ms`` if set, else the cluster's ``cluster_ms``. A user's
+    ``downtime_limit_ms`` above it is kept as given, never escalated."""
+    if options.max_downtime_ms is not None:
+        return options.max_downtime_ms, (f"downtime bound {options.max_downtime_ms} ms, set "
+                                         "for this migration")
+    return cluster_ms, f"downtime bound {cluster_ms} ms, the cluster's"
 
-    converges: bool
-    total_s: float
-    iterations: int
-    reason: str
-    hybrid_s: float = 0.0  # one pre-copy pass, then post-copy of what was dirtied meanwhile
 
-    def to_summary(self) -> dict[str, JsonValue]:
-        return {"predicted_converges": self.converges,
-                "predicted_total_s": round(self.total_s, 2),
-                "predicted_hybrid_s": round(self.hybrid_s, 2),
-                "predicted_iterations": self.iterations, "prediction": self.reason}
+def target_choices(options: PolicyOptions, bound_ms: int) -> list[int]:
+    """The downtime targets the policy may move to, smallest first: ``DOWNTIME_CHOICES`` up
+    to the bound (the bound itself if it is below them all); with the user's own target, that
+    target first and then those above it up to the bound (as the stall ladder would raise it)."""
+    user = options.downtime_limit_ms
+    if user:
+        return [user, *(c for c in DOWNTIME_CHOICES if user < c <= bound_ms)]
+    return [c for c in DOWNTIME_CHOICES if c <= bound_ms] or [bound_ms]
 
 
 def initial_settings(options: PolicyOptions, downtime_ms: int | None = None,
                      multifd: int = 0, xbzrle_cache: int = 0,
-                     preempt: bool | None = None) -> Settings:
+                     preempt: bool | None = None, bound_ms: int | None = None) -> Settings:
     """Capabilities and parameters before ``migrate`` (see the module doc for the choices);
     ``downtime_ms``: the target chosen (``choose_downtime``), else the user's, else
-    ``DEFAULT_DOWNTIME_MS``; ``multifd``: channels (``multifd_channels``), 0 for one stream;
+    ``DEFAULT_DOWNTIME_MS`` (at most the bound); ``bound_ms``: the bound (``downtime_bound``;
+    by default the migration's, else ``DEFAULT_MAX_AUTO_DOWNTIME_MS``); ``multifd``:
+    channels (``multifd_channels``), 0 for one stream;
     ``xbzrle_cache``: bytes of XBZRLE cache (``xbzrle_cache``), 0 for none; ``preempt``:
     ``postcopy-preempt`` on or off (``postcopy_preempt``), None to leave it unnamed (a QEMU
     that does not know it refuses even "off").
     Every capability the policy uses is named, on or off: QEMU keeps them across
     migrations (a VM that arrived one way would leave the same way)."""
-    downtime = downtime_ms or options.downtime_limit_ms or DEFAULT_DOWNTIME_MS
+    bound = bound_ms if bound_ms is not None else downtime_bound(options)[0]
+    downtime = downtime_ms or options.downtime_limit_ms or min(DEFAULT_DOWNTIME_MS, bound)
     caps = {"events": True, "postcopy-ram": options.allow_postcopy,
             "auto-converge": not options.allow_postcopy, "multifd": multifd > 0,
             "xbzrle": xbzrle_cache > 0}
@@ -172,8 +209,9 @@ def initial_settings(options: PolicyOptions, downtime_ms: int | None = None,
         params["max-postcopy-bandwidth"] = bandwidth
     cap = options.max_bandwidth_mibs
     reasons = [f"bandwidth capped at {cap} MiB/s by the user" if cap else "bandwidth not capped",
-               f"downtime target {downtime} ms "
-               f"(escalates up to {options.max_downtime_ms} ms)"]
+               f"downtime target {downtime} ms (escalates up to the {bound} ms bound)"
+               if downtime < bound else f"downtime target {downtime} ms (not escalated: "
+                                        f"the bound is {bound} ms)"]
     if options.allow_postcopy:
         reasons.append("post-copy allowed: postcopy-ram set up front, auto-converge off")
     else:
@@ -255,55 +293,57 @@ def multifd_channels(options: PolicyOptions, nic_bps: float | None, cpus: int,
 
 
 def initial_state(options: PolicyOptions, prediction: Prediction | None = None,
-                  downtime_ms: int | None = None, risk: str | None = None) -> PolicyState:
+                  downtime_ms: int | None = None, risk: str | None = None, *,
+                  bound_ms: int | None = None, model: Estimate | None = None) -> PolicyState:
     """The state before the first sample. With post-copy allowed: for ``risk``
-    (``multipass_risk``'s reason) post-copy starts at once, during the first pass; when the
-    prediction says pre-copy does not converge, it starts right after the first full pass
-    (the second dirty sync): the destination then already holds every page the guest did
+    (``multipass_risk``'s reason) post-copy starts at once, during the first pass; when
+    ``prediction`` says pre-copy does not converge, it is planned right after the first full
+    pass (the second dirty sync): the destination then already holds every page the guest did
     not re-dirty, and faults only for the hot ones (at once, a busy guest faulted on most of
-    its memory over the link: 1.5 s of blackout measured, against ~0.3 s after a pass).
-    ``downtime_ms``: the chosen target (else the user's, else the default)."""
-    early, from_iteration = None, 1
+    its memory over the link: 1.5 s of blackout measured, against ~0.3 s after a pass); the
+    correction at that sync confirms, puts off or calls off that plan (``model`` given).
+    ``downtime_ms``: the chosen target (else the user's, else the default, at most the
+    bound); ``bound_ms``: as ``initial_settings``."""
+    bound = bound_ms if bound_ms is not None else downtime_bound(options)[0]
+    early, from_iteration, predicted = None, 1, False
     if options.allow_postcopy:
         if risk is not None:
             early = risk
         elif prediction is not None and not prediction.converges:
-            early, from_iteration = f"predicted: {prediction.reason}", 2
-    downtime = downtime_ms or options.downtime_limit_ms or DEFAULT_DOWNTIME_MS
-    return PolicyState(downtime_ms=downtime, early_postcopy=early,
-                       early_postcopy_iteration=from_iteration)
+            early, from_iteration, predicted = f"predicted: {prediction.reason}", 2, True
+    downtime = downtime_ms or options.downtime_limit_ms or min(DEFAULT_DOWNTIME_MS, bound)
+    return PolicyState(downtime_ms=downtime, bound_ms=bound, early_postcopy=early,
+                       early_postcopy_iteration=from_iteration,
+                       early_postcopy_predicted=predicted, model=model)
 
 
-def choose_downtime(options: PolicyOptions, memory: int, link_bps: float,
-                    dirty_bps: float) -> tuple[int, str]:
-    """The downtime target (ms) and why: the user's if given; else, of ``DOWNTIME_CHOICES``
-    up to ``max_downtime_ms`` whose predicted pre-copy converges, the one with the least
-    ``total_s + DOWNTIME_WEIGHT * downtime`` (the smaller on a tie). When none converges:
-    the smallest with post-copy allowed (post-copy ends the copy; a large target would let
-    QEMU pause the guest for it instead), else the largest (escalation and throttling take
-    it from there)."""
+def choose_downtime(options: PolicyOptions, bound_ms: int, model: Estimate
+                    ) -> tuple[int, str]:
+    """The downtime target (ms) and why: the user's if given (even above ``bound_ms``);
+    else, of the targets up to the bound (``target_choices``), the best that converges even
+    at the top of the sampled rate's range (``prediction.best_target``). When none does: the
+    smallest with post-copy allowed (post-copy after the first pass unless that pass shows
+    otherwise; a large target would let QEMU pause the guest for it instead), else the bound
+    (auto-converge throttles the guest; escalation takes it from there)."""
     if options.downtime_limit_ms:
-        return options.downtime_limit_ms, f"downtime target {options.downtime_limit_ms} ms " \
-                                          "set by the user"
-    choices = [c for c in DOWNTIME_CHOICES if c <= options.max_downtime_ms] or \
-        [options.max_downtime_ms]
-    guesses = {c: predict(memory, link_bps, dirty_bps, c) for c in choices}
-    converging = {c: g for c, g in guesses.items() if g.converges}
-    if not converging:
-        if options.allow_postcopy:  # post-copy ends it after the first pass: keep it short
-            low = choices[0]
-            return low, (f"downtime target {low} ms: pre-copy cannot converge at "
-                         f"{dirty_bps / 2**20:.1f} MiB/s dirty over {link_bps / 2**20:.1f} "
-                         "MiB/s; post-copy will end it")
-        top = choices[-1]
-        return top, (f"downtime target {top} ms: no target up to {top} ms lets pre-copy "
-                     f"converge at {dirty_bps / 2**20:.1f} MiB/s dirty over "
-                     f"{link_bps / 2**20:.1f} MiB/s")
-    pick = min(converging, key=lambda c: (converging[c].total_s + DOWNTIME_WEIGHT * c / 1000,
-                                          c))
-    return pick, (f"downtime target {pick} ms: the best trade of downtime for time "
-                  f"({converging[pick].iterations} passes, ~{converging[pick].total_s:.1f} s) "
-                  f"at {dirty_bps / 2**20:.1f} MiB/s dirty over {link_bps / 2**20:.1f} MiB/s")
+        user = options.downtime_limit_ms
+        above = f", above the {bound_ms} ms bound as asked" if user > bound_ms else ""
+        return user, f"downtime target {user} ms set by the user{above}"
+    choices = target_choices(options, bound_ms)
+    seen = f"{model.basis}"
+    best = best_target(model, choices)
+    if best is not None:
+        pick, guess = best
+        return pick, (f"downtime target {pick} ms: the best trade of downtime for time "
+                       f"({guess.iterations} passes, ~{guess.total_s:.1f} s even at "
+                       f"{model.dirty_high / 2**20:.1f} MiB/s dirty; {seen})")
+    none = (f"no target up to the {bound_ms} ms bound lets pre-copy converge at up to "
+            f"{model.dirty_high / 2**20:.1f} MiB/s dirty ({seen})")
+    if options.allow_postcopy:
+        return choices[0], (f"downtime target {choices[0]} ms: {none}; post-copy after the "
+                            "first pass unless that pass shows pre-copy converges")
+    return choices[-1], (f"downtime target {choices[-1]} ms: {none}; post-copy not allowed: "
+                         "auto-converge throttles the guest")
 
 
 def multipass_risk(accel: str | None, qemu_version: str | None, memory: int, link_bps: float,
@@ -350,92 +390,3 @@ def link_estimate(options: PolicyOptions, measured_bps: float | None = None) -> 
         cap = options.max_bandwidth_mibs * 1024**2
         return min(cap, measured_bps) if measured_bps else float(cap)
     return measured_bps or DEFAULT_LINK_BPS
-
-
-def predict(memory: int, link_bps: float, dirty_bps: float, downtime_ms: int) -> Prediction:
-    """Model pre-copy: pass 0 sends ``memory``, each later pass what the guest dirtied during
-    the previous one; it converges once a pass fits in the downtime target. ``total_s``
-    is the pre-copy time if it converges, else the time of a first pass plus a post-copy
-    pass of what was dirtied meanwhile (bounded by ``memory``)."""
-    budget = link_bps * downtime_ms / 1000
-    first = memory / link_bps
-    hybrid = first + min(dirty_bps * first, float(memory)) / link_bps
-    pending, total = float(memory), 0.0
-    for iteration in range(1, MAX_PREDICTED_ITERATIONS + 1):
-        if pending <= budget:
-            return Prediction(True, total + pending / link_bps, iteration,
-                              f"dirty {dirty_bps / 2**20:.1f} MiB/s < link "
-                              f"{link_bps / 2**20:.1f} MiB/s: pre-copy converges "
-                              f"in {iteration} passes", hybrid)
-        pass_s = pending / link_bps
-        total += pass_s
-        pending = min(dirty_bps * pass_s, float(memory))
-    return Prediction(False, hybrid, MAX_PREDICTED_ITERATIONS,
-                      f"dirty {dirty_bps / 2**20:.1f} MiB/s vs link {link_bps / 2**20:.1f} "
-                      f"MiB/s: pre-copy alone does not converge within "
-                      f"{downtime_ms} ms downtime", hybrid)
-
-
-def decide(state: PolicyState, progress: Progress, elapsed_s: float,
-           options: PolicyOptions) -> tuple[PolicyState, list[Action]]:
-    """The next state and the actions for one ``query-migrate`` sample (the escalation
-    ladder of the module doc). Never more than one escalation per sample."""
-    if state.postcopy or progress.status not in ("active", "setup"):
-        return state, []
-    if elapsed_s > options.deadline_s:
-        return state, [Action("abort", f"not converged within the {options.deadline_s:.0f} s "
-                                       "deadline")]
-    if progress.status != "active":
-        return state, []
-    if state.early_postcopy:
-        if progress.iteration < state.early_postcopy_iteration:
-            return state, []  # the first pass first
-        return _postcopy(state, state.early_postcopy)
-    if _outpaced(progress) and options.allow_postcopy:
-        return _postcopy(state, f"dirty rate {progress.dirty_rate / 2**20:.1f} MiB/s >= "
-                                f"throughput {progress.throughput / 2**20:.1f} MiB/s after "
-                                f"pass {progress.iteration - 1}: pre-copy cannot converge")
-    state = _track(state, progress)
-    if progress.iteration - state.best_iteration < STALL_ITERATIONS:
-        return state, []
-    state = replace(state, best_iteration=progress.iteration)
-    return _escalate(state, progress, options)
-
-
-def _outpaced(progress: Progress) -> bool:
-    """The guest dirties at least as fast as the stream sends, after the first full pass."""
-    return (progress.iteration >= 2 and progress.throughput > 0
-            and progress.dirty_rate >= progress.throughput)
-
-
-def _track(state: PolicyState, progress: Progress) -> PolicyState:
-    """Remember the lowest ``remaining`` and the iteration it was seen in."""
-    if state.best_remaining is None or progress.remaining < state.best_remaining * 0.9:
-        return replace(state, best_remaining=progress.remaining,
-                       best_iteration=progress.iteration)
-    return state
-
-
-def _escalate(state: PolicyState, progress: Progress,
-              options: PolicyOptions) -> tuple[PolicyState, list[Action]]:
-    stalled = (f"{STALL_ITERATIONS} passes without less remaining "
-               f"({(state.best_remaining or 0) / 2**20:.1f} MiB at best)")
-    if state.downtime_ms < options.max_downtime_ms:
-        target = min(options.max_downtime_ms, int(state.downtime_ms * DOWNTIME_STEP))
-        return replace(state, downtime_ms=target), [Action(
-            "set_parameters", f"{stalled}: downtime target {state.downtime_ms} -> {target} ms",
-            {"downtime-limit": target})]
-    if options.allow_postcopy:
-        return _postcopy(state, f"{stalled} at the maximum downtime "
-                                f"{options.max_downtime_ms} ms")
-    if state.throttle_increment < THROTTLE_INCREMENT_MAX:
-        step = min(THROTTLE_INCREMENT_MAX, state.throttle_increment * 2)
-        return replace(state, throttle_increment=step), [Action(
-            "set_parameters", f"{stalled} at the maximum downtime, post-copy not allowed: "
-                              f"throttle increment {state.throttle_increment} -> {step} %",
-            {"cpu-throttle-increment": step})]
-    return state, []
-
-
-def _postcopy(state: PolicyState, reason: str) -> tuple[PolicyState, list[Action]]:
-    return replace(state, postcopy=True), [Action("start_postcopy", f"{reason}: post-copy")]
