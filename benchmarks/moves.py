@@ -27,6 +27,7 @@ from segue.domain.host import HostFacts
 from segue.engine.context import JobSpec, Ports
 from segue.engine.job import MigrationJob
 from segue.engine.phases import TERMINAL, Phase, check_transition
+from segue.engine.policies import MigrationPolicy
 from segue.engine.ports import MonotonicClock
 from segue.engine.progress import Progress
 from segue.lab.topology import LabPlan
@@ -89,24 +90,30 @@ class KnownFacts:
         return self.facts[host]
 
 
-async def run_peer_job(plan: LabPlan, peer: Peer, vm: str, src_host: str, dest: str,
-                       deadline: float) -> BenchStore:
-    """One migration of ``vm`` by Segue's job with the peer's policy; the job's record."""
+async def run_job(plan: LabPlan, policy: MigrationPolicy, vm: str, src_host: str, dest: str,
+                  options: MigrationOptionsBody) -> BenchStore:
+    """One migration of ``vm`` by Segue's job with ``policy``, outside the controller (its
+    inventory is not told); the job's record."""
     src = AgentClient(agent_url(plan, src_host))
     dst = AgentClient(agent_url(plan, dest))
     try:
         facts = KnownFacts({src_host: await src.facts(), dest: await dst.facts()})
         store = BenchStore()
-        options = MigrationOptionsBody(deadline_s=deadline, stall_timeout_s=NO_STALL_LIMIT_S,
-                                       allow_postcopy=False)
         spec = JobSpec(str(uuid.uuid4()), vm, src_host, dest, options)
-        job = MigrationJob(spec, Ports(src, dst, store, facts, MonotonicClock()),
-                           PeerPolicy(peer, RAM_BYTES))
+        job = MigrationJob(spec, Ports(src, dst, store, facts, MonotonicClock()), policy)
         await job.run()
         return store
     finally:
         await src.aclose()
         await dst.aclose()
+
+
+async def run_peer_job(plan: LabPlan, peer: Peer, vm: str, src_host: str, dest: str,
+                       deadline: float) -> BenchStore:
+    """One migration of ``vm`` by Segue's job with the peer's policy; the job's record."""
+    options = MigrationOptionsBody(deadline_s=deadline, stall_timeout_s=NO_STALL_LIMIT_S,
+                                   allow_postcopy=False)
+    return await run_job(plan, PeerPolicy(peer, RAM_BYTES), vm, src_host, dest, options)
 
 
 async def peer_move(plan: LabPlan, peer: Peer, vm: str, src_host: str, dest: str,

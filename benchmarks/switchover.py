@@ -19,35 +19,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import random
-import statistics
 import sys
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import JsonValue
-
 from segue.api.agent import ParameterValue
 from segue.api.migration import MigrationOptionsBody
-from segue.clients.agent import AgentClient
 from segue.domain.host import HostFacts
-from segue.engine.context import JobSpec, Ports
-from segue.engine.job import MigrationJob
-from segue.engine.phases import Phase, check_transition
+from segue.engine.phases import Phase
 from segue.engine.policies import Plan
 from segue.engine.policy import UNCAPPED_BANDWIDTH, Action, Settings
-from segue.engine.ports import MonotonicClock
 from segue.engine.progress import Progress
 from segue.image.builder import build_image
 from segue.lab import guests
-from segue.lab.netns import run_in_netns
 from segue.lab.topology import LabPlan
 
 sys.path.insert(0, str(Path(__file__).parent))
 from benchlab import fresh_lab
+from migration import shape_link
+from moves import run_job
+from stats import spread
 
 LAB = "swbench"
 VM = "sw1"
@@ -116,72 +109,15 @@ class FixedPolicy:
         return None
 
 
-@dataclass
-class MemoryStore:
-    """The job's record in memory (the controller is not told: every move is undone by the
-    move back)."""
-
-    phase: Phase = Phase.CHECK
-    reason: str | None = None
-    summary: dict[str, JsonValue] = field(default_factory=dict)
-
-    def transition(self, job_id: str, target: Phase, message: str = "", *,
-                   reason: str | None = None, error_code: str | None = None) -> None:
-        check_transition(self.phase, target)
-        self.phase, self.reason = target, reason if reason is not None else self.reason
-
-    def note(self, job_id: str, message: str) -> None:
-        return None
-
-    def record_sample(self, job_id: str, t: float, progress: Progress) -> None:
-        return None
-
-    def set_summary(self, job_id: str, summary: dict[str, JsonValue]) -> None:
-        self.summary = dict(summary)
-
-    def commit_location(self, vm: str, host: str) -> None:
-        return None
-
-
-@dataclass(frozen=True)
-class Facts:
-    facts: dict[str, HostFacts]
-
-    def host_facts(self, host: str) -> HostFacts:
-        return self.facts[host]
-
-
-async def migrate(plan: LabPlan, variant: Variant, src_host: str, dest: str) -> MemoryStore:
-    """One migration of the guest by Segue's job with the variant's settings."""
-    src = AgentClient(f"unix:{plan.host(src_host).agent_socket}")
-    dst = AgentClient(f"unix:{plan.host(dest).agent_socket}")
-    try:
-        facts = Facts({src_host: await src.facts(), dest: await dst.facts()})
-        store = MemoryStore()
-        spec = JobSpec(str(uuid.uuid4()), VM, src_host, dest,
-                       MigrationOptionsBody(deadline_s=60, allow_postcopy=False))
-        job = MigrationJob(spec, Ports(src, dst, store, facts, MonotonicClock()),
-                           FixedPolicy(variant))
-        await job.run()
-        return store
-    finally:
-        await src.aclose()
-        await dst.aclose()
-
-
 def one_move(plan: LabPlan, variant: Variant, src: str, dest: str) -> dict[str, Any]:
-    store = asyncio.run(migrate(plan, variant, src, dest))
+    """One migration of the guest by Segue's job with the variant's settings."""
+    options = MigrationOptionsBody(deadline_s=60, allow_postcopy=False)
+    store = asyncio.run(run_job(plan, FixedPolicy(variant), VM, src, dest, options))
     s = store.summary
     return {"variant": variant.name, "from": src, "to": dest,
             "completed": store.phase == Phase.COMPLETED, "reason": store.reason,
             "qemu_downtime_ms": s.get("qemu_downtime_ms"), "switchover_ms": s.get("switchover_ms"),
             "copy_ms": s.get("qemu_total_ms"), "iterations": s.get("iterations")}
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (the smallest value with at least ``p`` % at or below it)."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -192,8 +128,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                "of": sum(r["variant"] == variant.name for r in runs)}
         for key in ("qemu_downtime_ms", "switchover_ms", "copy_ms"):
             values = [float(r[key]) for r in done if r.get(key) is not None]
-            row[key] = ({"median": statistics.median(values), "p95": percentile(values, 95),
-                         "max": max(values)} if values else None)
+            row[key] = spread(values) if values else None
         rows.append(row)
     return rows
 
@@ -208,12 +143,6 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             cells.append(f"{v['median']:.1f} / {v['p95']:.1f} / {v['max']:.1f}" if v else "-")
         print(f"{row['variant']:38} {row['n']:>2}/{row['of']:<2}  {cells[0]:>34}  "
               f"{cells[1]:>31}")
-
-
-def shape_link(plan: LabPlan, mbit: int) -> None:
-    for host in plan.hosts:
-        run_in_netns(host.netns, ["tc", "qdisc", "replace", "dev", "mig0", "root", "tbf",
-                                  "rate", f"{mbit}mbit", "burst", "256kb", "latency", "50ms"])
 
 
 def main() -> int:
