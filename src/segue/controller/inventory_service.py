@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Protocol
 
+from sqlalchemy.exc import IntegrityError
+
 from segue.api.base import error_detail
 from segue.api.inventory import (
     CreateVMBody,
@@ -153,6 +155,14 @@ class InventoryService:
         spec = body.spec.model_copy(update={"cpu_model": cpu_model})
         checked_spec(spec)
         info = await agent.define_vm(spec, start=body.start)
+        try:
+            return self._record_created(body, info)
+        except IntegrityError:
+            # the host's heartbeat reported the new VM and added it in between: the same VM
+            # (name, host and uuid), which add_vm now finds
+            return self._record_created(body, info)
+
+    def _record_created(self, body: CreateVMBody, info: VMInfo) -> VMDetail:
         with self.db.session() as s:
             vm = inventory.add_vm(s, info, inventory.get_host(s, body.host), self.now())
             if body.start:
