@@ -145,7 +145,9 @@ async def segue_move(client: ControllerClient, vm: str, dest: str, deadline: flo
     s = job.summary
     result = run_result(job.phase == Phase.COMPLETED, job.reason, s)
     result.update(downtime_target_ms=s.get("downtime_target_ms"), postcopy=s.get("postcopy"),
-                  downtime_limit_ms=s.get("downtime_limit_ms"))
+                  downtime_limit_ms=s.get("downtime_limit_ms"),
+                  # the policy's decisions with their reasons (why a run went as it did)
+                  decisions=[t.message for t in job.transitions or [] if t.message])
     return result
 
 

@@ -102,6 +102,9 @@ def run_result(converged: bool, reason: str | None, summary: Mapping[str, Any]
         "qemu_downtime_ms": summary.get("qemu_downtime_ms") if converged else None,
         "bytes": summary.get("bytes_sent"),
         "iterations": summary.get("iterations") if converged else None,
+        # how much auto-converge slowed the guest (the most, and for how long)
+        "throttle_max_pct": summary.get("throttle_max_pct") if converged else None,
+        "throttled_s": summary.get("throttled_s") if converged else None,
         **predicted,
         "total_error": relative_error(predicted["predicted_total_s"],
                                       predicted["actual_total_s"]) if converged else None,

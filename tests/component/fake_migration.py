@@ -49,7 +49,8 @@ CAPABILITIES = (
 DEFAULT_PARAMETERS: dict[str, Any] = {
     "announce-initial": 50, "announce-max": 550, "announce-rounds": 5, "announce-step": 100,
     "max-bandwidth": 134217728, "downtime-limit": 300, "cpu-throttle-initial": 20,
-    "cpu-throttle-increment": 10, "max-cpu-throttle": 99, "multifd-channels": 2,
+    "cpu-throttle-increment": 10, "max-cpu-throttle": 99, "throttle-trigger-threshold": 50,
+    "multifd-channels": 2,
     "xbzrle-cache-size": 67108864, "max-postcopy-bandwidth": 0, "tls-creds": "",
     "tls-hostname": "",
 }

@@ -4,6 +4,7 @@ the passes QEMU then reports, and what the policy must do at each pass boundary 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -52,8 +53,11 @@ CORRECTIONS = [
     ("150 %: post-copy after the first pass", 69, [64], {}, [(2, POSTCOPY, {})]),
     # 8 MiB rewritten at 100 MiB/s (300 ms sampled: 26.7 MiB/s); the old model sees 100 MiB/s
     # over the memory and goes to post-copy; the working set fits a 200 ms pass
-    ("a hot set smaller than memory converges", 26.7, [8, 8, 8], {},
-     [(2, NOTE, {}), (3, "set_parameters", {"downtime-limit": 200})]),
+    # (one choice up per pass)
+    ("a hot set smaller than memory converges", 26.7, [8, 8, 8, 8, 8], {},
+     [(2, NOTE, {}), (3, "set_parameters", {"downtime-limit": 50}),
+      (4, "set_parameters", {"downtime-limit": 100}),
+      (5, "set_parameters", {"downtime-limit": 200})]),
     # the user's own target: kept while it converges, else raised as far as needed (within
     # the bound: 8 MiB at 46 MiB/s takes 174 ms), never a post-copy while a target does
     ("the user's 20 ms raised for the hot set", 26.7, [8, 8, 8], {"downtime_limit_ms": 20},
@@ -68,7 +72,14 @@ CORRECTIONS = [
     # corrections see it converge and keep it
     ("90 %: no stall escalation while it converges", 41,
      [64, 57.6, 51.8, 46.7, 42, 37.8, 34, 30.6], {},
-     [(2, NOTE, {}), (3, NOTE, {}), (3, "set_parameters", {"downtime-limit": 100})]),
+     [(2, NOTE, {}), (3, NOTE, {}), (3, "set_parameters", {"downtime-limit": 50}),
+      (4, "set_parameters", {"downtime-limit": 100})]),
+    # one short pass calling for a far larger target (its rate measured over its bytes, the
+    # noisiest kind) moves it up one choice; the next pass, back to the trend, keeps it
+    ("75 %: one noisy pass moves the target one step", 34,
+     [64, 47.3, 35, 26, 19, 10, 11, 5, 3.7, 2.7], {},
+     [(2, NOTE, {}), (3, NOTE, {}), (8, "set_parameters", {"downtime-limit": 50}),
+      (9, "set_parameters", {"downtime-limit": 100})]),
 ]
 
 
@@ -148,7 +159,8 @@ def test_a_wobbling_rate_does_not_move_the_target() -> None:
     """After the target is set, passes whose rate moves by a few % keep it."""
     got = course(41, [64, 57.6, 52.5, 46.7, 42.5, 37.8, 34.4, 30.6])
     assert [a for a in got if a[1] == "set_parameters"] == [
-        (3, "set_parameters", {"downtime-limit": 100})]
+        (3, "set_parameters", {"downtime-limit": 50}),
+        (4, "set_parameters", {"downtime-limit": 100})]
 
 
 def test_the_corrected_prediction_and_its_reason() -> None:
@@ -163,3 +175,23 @@ def test_the_corrected_prediction_and_its_reason() -> None:
     assert last.summary["corrected_downtime_ms"] <= 20  # type: ignore[operator]
     # QEMU's 7 s so far plus what is left: ~4 s of passes shrinking by a quarter each
     assert 9 < last.summary["corrected_total_s"] < 13  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(("dirty_sets", "expected"), [
+    # passes converging (50 % of the link): QEMU's instantaneous rates (XBZRLE's encoded
+    # bytes, a link shared with another migration) do not send it to post-copy
+    ([64, 32, 16, 8, 4], []),
+    # passes re-dirtying everything: the correction itself goes to post-copy
+    ([64, 64, 64], [POSTCOPY]),
+])
+def test_a_converging_verdict_outweighs_an_instantaneous_outpaced_sample(
+        dirty_sets: list[float], expected: list[str]) -> None:
+    policy = SeguePolicy(MigrationOptionsBody())
+    policy.plan(MEM, LINK, 23 * MiB, host_facts("host1"))
+    kinds = []
+    for at, s in passes(dirty_sets):
+        # every sample from the second pass on: dirtying faster than QEMU's "mbps"
+        if s.iteration >= 2:
+            s = replace(s, dirty_rate=11 * MiB, throughput=8 * MiB)
+        kinds += [a.kind for a in policy.decide(s, at) if a.kind == POSTCOPY]
+    assert kinds == expected

@@ -27,7 +27,7 @@ SUMMARY_KEYS = {
     "dest_resume_at", "total_s", "actual_total_s", "downtime_bound_ms", "downtime_bound_reason",
     "sampled_dirty_range_mibs", "predicted_downtime_ms", "predicted_total_error",
     "predicted_downtime_error", "predicted_downtime_error_ms", "corrected_total_error",
-    "corrected_downtime_error"}
+    "corrected_downtime_error", "throttle_max_pct", "throttled_s"}
 BOOM = Unavailable("FAKE_BOOM", "the fake failed on purpose", "")
 
 
@@ -397,3 +397,18 @@ async def test_an_unknown_vm_on_the_destination_counts_as_torn_down() -> None:
     assert w.store.noted("host2 has no incoming web1: nothing to tear down")
     assert "resume_vm" in w.src.calls and w.running_on() == ["host1"]
 
+
+
+async def test_the_summary_says_how_long_and_how_much_the_guest_was_throttled() -> None:
+    """Samples that find auto-converge throttling the guest (QEMU's
+    ``cpu-throttle-percentage``): the most and the time between throttled samples."""
+    w = World()
+    w.src.script = [q("active", 10 * MiB, 200 * MiB),
+                    q("active", 20 * MiB, 150 * MiB, **{"cpu-throttle-percentage": 40}),
+                    q("active", 30 * MiB, 100 * MiB, **{"cpu-throttle-percentage": 60}),
+                    q("active", 40 * MiB, 50 * MiB, **{"cpu-throttle-percentage": 60}),
+                    q("active", 50 * MiB, 10 * MiB), done()]
+    await w.job().run()
+    s = w.store.summary
+    assert s["throttle_max_pct"] == 60
+    assert s["throttled_s"] == pytest.approx(2 * 0.2, abs=0.01)  # two polls apart throttled

@@ -46,14 +46,20 @@ def sample(status: str = "active", remaining: int = 100 * MiB, iteration: int = 
                     setup_time_ms=None, eta_s=None, converging=None)
 
 
+BUSY = {"throttle-trigger-threshold": 30, "cpu-throttle-initial": 40,
+        "cpu-throttle-increment": 20}
+
+
 @pytest.mark.parametrize(("opts", "caps", "params"), [
-    (Opts(), {"events": True, "postcopy-ram": True, "auto-converge": False, "multifd": False,
+    # post-copy allowed: auto-converge for a guest pre-copy converges on only slowly
+    (Opts(), {"events": True, "postcopy-ram": True, "auto-converge": True, "multifd": False,
       "xbzrle": False},
-     {"downtime-limit": 300, "max-bandwidth": UNCAPPED_BANDWIDTH}),
+     {"downtime-limit": 300, "max-bandwidth": UNCAPPED_BANDWIDTH, **BUSY}),
     (Opts(max_bandwidth_mibs=16, downtime_limit_ms=100),
-     {"events": True, "postcopy-ram": True, "auto-converge": False, "multifd": False,
+     {"events": True, "postcopy-ram": True, "auto-converge": True, "multifd": False,
       "xbzrle": False},
-     {"downtime-limit": 100, "max-bandwidth": 16 * MiB, "max-postcopy-bandwidth": 16 * MiB}),
+     {"downtime-limit": 100, "max-bandwidth": 16 * MiB, "max-postcopy-bandwidth": 16 * MiB,
+      **BUSY}),
     (Opts(allow_postcopy=False),
      {"events": True, "postcopy-ram": False, "auto-converge": True, "multifd": False,
       "xbzrle": False},

@@ -63,6 +63,7 @@ class ProgressSample(ResponseModel):
     converging: bool | None = None
     error: str | None = None
     dirty_ratio: float | None = None
+    throttle_pct: int = 0
 
 
 class TransitionView(ResponseModel):

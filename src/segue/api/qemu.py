@@ -90,5 +90,6 @@ class QueryMigrate(ResponseModel):
     total_time: float | None = Field(None, alias="total-time")
     setup_time: float | None = Field(None, alias="setup-time")
     error_desc: str | None = Field(None, alias="error-desc")
+    cpu_throttle_percentage: int = Field(0, alias="cpu-throttle-percentage")
     socket_address: list[SocketAddress] | None = Field(None, alias="socket-address")
     from_event: bool = False

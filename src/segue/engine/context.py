@@ -91,6 +91,9 @@ class JobBase:
         self._user_postcopy = False
         self.last: Progress | None = None
         self.prediction: dict[str, JsonValue] = {}
+        self.throttle_max_pct = 0  # the most auto-converge slowed the guest
+        self.throttled_s = 0.0  # seconds between samples that found it throttled
+        self._last_sample_at = 0.0
 
     # ---- the record ----
     def elapsed(self) -> float:
@@ -110,8 +113,12 @@ class JobBase:
     async def sample(self) -> Progress:
         """One ``query-migrate`` of the source, stored as a sample."""
         progress = progress_from_query((await self.src.migration_status(self.vm)).migration)
-        self.last = progress
-        self.store.record_sample(self.id, self.elapsed(), progress)
+        now = self.elapsed()
+        if progress.throttle_pct and self.last is not None and self.last.throttle_pct:
+            self.throttled_s += now - self._last_sample_at
+        self.throttle_max_pct = max(self.throttle_max_pct, progress.throttle_pct)
+        self.last, self._last_sample_at = progress, now
+        self.store.record_sample(self.id, now, progress)
         return progress
 
     @property

@@ -62,7 +62,7 @@ def decide(state: PolicyState, progress: Progress, elapsed_s: float,
         if progress.iteration < state.early_postcopy_iteration:
             return state, []  # the first pass first
         return _postcopy(state, state.early_postcopy)
-    if _outpaced(progress) and options.allow_postcopy:
+    if _outpaced(progress) and options.allow_postcopy and state.verdict != "converges":
         return _postcopy(state, f"dirty rate {progress.dirty_rate / 2**20:.1f} MiB/s >= "
                                 f"throughput {progress.throughput / 2**20:.1f} MiB/s after "
                                 f"pass {progress.iteration - 1}: pre-copy cannot converge")
@@ -114,12 +114,18 @@ def _converging_target(state: PolicyState, model: Estimate, choices: list[int],
     """The target for a migration seen to converge: the user's own while it converges, else
     the smallest above it that does; the policy's own choice otherwise (``best_target``),
     kept unless the best saves ``RETARGET_GAIN_S`` (a rate that wobbles by a few % must not
-    flap it)."""
+    flap it), and raised by one of ``choices`` per pass at most: a short pass's rate is
+    noisy (timed by its bytes), one such pass raised a 20 ms target to 300 ms where the next
+    passes (or the throttle) would have converged at 20 ms, and the next pass may inherit
+    that rate (read as a working set running out); a guest that needs the higher target
+    gets it a few short passes later."""
     if options.downtime_limit_ms:
         return next((c for c in choices if math.isfinite(cost(model, c))), choices[-1])
     target = (best_target(model, choices) or (state.downtime_ms,))[0]
     if cost(model, target) > cost(model, state.downtime_ms) - RETARGET_GAIN_S:
         return state.downtime_ms
+    if target > state.downtime_ms:  # up one choice per pass: one pass may be a noisy one
+        return next((c for c in choices if c > state.downtime_ms), target)
     return target
 
 
@@ -166,7 +172,11 @@ def _corrected(guess: Prediction, progress: Progress, elapsed_s: float
 
 
 def _outpaced(progress: Progress) -> bool:
-    """The guest dirties at least as fast as the stream sends, after the first full pass."""
+    """The guest dirties at least as fast as the stream sends, after the first full pass.
+    QEMU's instantaneous rates only: with XBZRLE the stream's rate counts encoded bytes, and
+    with another migration on the link it swings, so a correction's verdict from a whole
+    pass overrides it (``decide``): two migrations sharing a link sent one guest to
+    post-copy on such a sample (1085 ms of blackout) while its passes were converging."""
     return (progress.iteration >= 2 and progress.throughput > 0
             and progress.dirty_rate >= progress.throughput)
 

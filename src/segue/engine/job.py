@@ -32,7 +32,8 @@ The summary (``set_summary``) holds the policy's plan (``link_measured_mibs``,
 (``corrected_*``, carried by the policy's actions) and, once completed: ``postcopy``,
 ``downtime_limit_ms``, ``qemu_downtime_ms``, ``qemu_total_ms``, ``setup_ms``, ``bytes_sent``,
 ``ram_total``, ``iterations``, ``switchover_ms``, ``source_stop_at``, ``dest_resume_at``,
-``total_s``, ``actual_total_s`` and the prediction's errors (``predicted_total_error``,
+``total_s``, ``actual_total_s``, how much auto-converge slowed the guest
+(``throttle_max_pct``, ``throttled_s``) and the prediction's errors (``predicted_total_error``,
 ``predicted_downtime_error``, ``predicted_downtime_error_ms``, ``corrected_*_error``:
 ``segue.engine.prediction.prediction_errors``).
 
@@ -375,6 +376,8 @@ class MigrationJob(JobBase):
             "ram_total": final.total, "iterations": final.iteration,
             "switchover_ms": round((resume - stop) * 1000, 1) if stop and resume else None,
             "source_stop_at": stop, "dest_resume_at": resume,
+            "throttle_max_pct": self.throttle_max_pct,
+            "throttled_s": round(self.throttled_s, 2),
         }
 
 

@@ -33,6 +33,7 @@ class Progress:
     converging: bool | None
     error: str | None = None
     dirty_ratio: float | None = None
+    throttle_pct: int = 0  # how much auto-converge slows the guest's vCPUs now
 
     def to_dict(self) -> dict[str, JsonValue]:
         """The sample as stored and shown (``segue.api.migration.ProgressSample``)."""
@@ -64,6 +65,7 @@ def progress_from_query(info: QueryMigrate) -> Progress:
         converging=_converging(status, throughput, dirty_rate),
         error=info.error_desc,
         dirty_ratio=round(dirty_rate / throughput, 3) if throughput else None,
+        throttle_pct=info.cpu_throttle_percentage,
     )
 
 
