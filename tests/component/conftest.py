@@ -46,6 +46,7 @@ class Lab:
             "host": "host1", "state_dir": self.state_dir, "port_groups": {},
             "datastores": {"shared": self.datastore}, "accel": "tcg",
             "qemu_binary": str(self.qemu_binary),
+            "lease_duration_s": 3.0, "lease_renew_s": 0.2,  # renewals seen within a test
         }
         fields.update(changes)
         return AgentConfig(**fields)  # type: ignore[arg-type]

@@ -33,13 +33,18 @@ if TYPE_CHECKING:  # fixtures come from conftest.py; only their types are import
     from conftest import AgentFactory, Lab
 
 def tree(*roots: Path) -> dict[str, bytes | None]:
-    """Every file and directory under the roots, with file contents (to compare snapshots)."""
+    """Every file and directory under the roots, with file contents (to compare snapshots);
+    a datastore's lease directory and its lock file are the cluster's, not a VM's (a lock
+    file is never removed: hosts must flock the same one), but any lease in it counts."""
     out: dict[str, bytes | None] = {}
     for root in roots:
         if not root.exists():
             out[str(root)] = b"<absent>"
             continue
         for path in sorted(root.rglob("*")):
+            relative = path.relative_to(root).parts
+            if relative[:1] == (".segue",) and (len(relative) < 3 or relative[2] == ".lock"):
+                continue
             out[str(path)] = path.read_bytes() if path.is_file() else None
     return out
 

@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # fixtures come from conftest.py; only their types are import
 
 SLOW = {"max-bandwidth": 1 << 20}  # 64 MiB of guest RAM at 1 MiB/s: a minute, unless cancelled
 FAST = {"max-bandwidth": 128 << 20}  # QEMU's default: 0.5 s
+HANDOVER = {"migration_id": "m-1", "destination": "host2"}  # prepare()'s migration, to host2
 
 
 def host_config(lab: Lab, host: str, **changes: object) -> AgentConfig:
@@ -130,7 +131,7 @@ async def migrate_to_completion(src: Agent, dst: Agent, info: VMInfo) -> Migrati
 
     Parameters stay set in a QEMU across migrations (as in QEMU): bandwidth is given."""
     incoming = await prepare(dst, info.spec)
-    await src.start_migration("web1", incoming.uri, {}, FAST)
+    await src.start_migration("web1", incoming.uri, {}, FAST, **HANDOVER)
     return await wait_for(src, "web1", status_is(MigrationStatus.COMPLETED))
 
 
@@ -153,7 +154,7 @@ async def test_live_migration_moves_the_vm(lab: Lab, caps: QemuCapabilities) -> 
         cmdline = Path(f"/proc/{incoming.pid}/cmdline").read_bytes().split(b"\0")
         assert b"-incoming" in cmdline and b"defer" in cmdline
 
-        started = await src.start_migration("web1", incoming.uri, {}, {})
+        started = await src.start_migration("web1", incoming.uri, {}, {}, **HANDOVER)
         assert started.migration.status in (MigrationStatus.SETUP, MigrationStatus.ACTIVE)
         during = await src.migration_status("web1")
         assert during.role == "source" and during.name == "web1"
@@ -185,7 +186,7 @@ async def test_cancel_keeps_the_source_running(lab: Lab, caps: QemuCapabilities)
         info = await running_vm(src, lab)
         incoming = await prepare(dst, info.spec)
         assert incoming.pid is not None
-        await src.start_migration("web1", incoming.uri, {}, SLOW)
+        await src.start_migration("web1", incoming.uri, {}, SLOW, **HANDOVER)
         await wait_for(src, "web1", status_is(MigrationStatus.ACTIVE))
         cancelled = await src.cancel_migration("web1")
         assert cancelled.migration.status is MigrationStatus.CANCELLED, cancelled
@@ -216,12 +217,21 @@ async def test_abort_while_listening_kills_only_the_incoming_qemu(
         await refused(dst.abort_incoming("web1"), NotFound, "VM_NOT_FOUND")
 
 
-async def test_resume_after_a_completed_migration_is_the_rollback(
+async def test_a_source_never_rewinds_a_vm_its_destination_ran(
         lab: Lab, caps: QemuCapabilities) -> None:
+    """The destination took the lease over and ran the guest, then its QEMU died: the
+    source's paused copy is older than what ran there, and its resume is refused (the VM
+    is started from its disk instead)."""
     async with two_agents(lab, caps) as (src, dst):
         info = await running_vm(src, lab)
         await migrate_to_completion(src, dst, info)
         await wait_for(dst, "web1", state_is(VMState.RUNNING))
+        assert (await dst.get_vm("web1")).generation == 2  # taken over: 1 + 1
+        for _ in range(50):  # the source's next renewal sees the lease taken over
+            if (await src.get_vm("web1")).generation is None:
+                break
+            await asyncio.sleep(0.1)
+        assert (await src.get_vm("web1")).generation is None
         # a destination that runs guest code is never torn down
         await refused(dst.abort_incoming("web1"), Conflict, "VM_RUNNING")
         arrived = await dst.get_vm("web1")
@@ -229,10 +239,8 @@ async def test_resume_after_a_completed_migration_is_the_rollback(
         os.kill(arrived.pid, signal.SIGKILL)  # the destination failed
         await wait_for(dst, "web1", state_is(VMState.STOPPED))
         await no_content(dst, "/vms/web1/incoming/abort")
-        resumed = await src.resume_vm("web1")
-        assert resumed.state is VMState.RUNNING and resumed.role == "owner"
-        assert shared_owner(lab) == "host1"
-        await refused(src.resume_vm("web1"), Conflict, "VM_NOT_PAUSED")
+        await refused(src.resume_vm("web1"), Conflict, "VM_NOT_OWNED")
+        assert (await src.get_vm("web1")).state is VMState.POSTMIGRATE  # still paused
 
 
 # ---- refusals ----
@@ -246,18 +254,18 @@ async def test_refusals_change_nothing(lab: Lab, caps: QemuCapabilities) -> None
         await refused(src.release("web1"), Conflict, "VM_NOT_MIGRATED")
         await refused(src.claim("web1"), Conflict, "VM_NOT_INCOMING")
         await refused(prepare(src, info.spec, migration_id="m-x"), Conflict, "VM_EXISTS")
-        await refused(src.start_migration("web1", "exec:touch /tmp/pwned", {}, {}),
+        await refused(src.start_migration("web1", "exec:touch /tmp/pwned", {}, {}, **HANDOVER),
                       InvalidRequest, "MIGRATION_URI_INVALID")
 
         incoming = await prepare(dst, info.spec)
         assert incoming.pid is not None
         await refused(dst.claim("web1"), Conflict, "VM_NOT_RUNNING")
         await refused(dst.start_vm("web1"), Conflict, "VM_INCOMING")
-        await refused(dst.start_migration("web1", incoming.uri, {}, {}), Conflict,
+        await refused(dst.start_migration("web1", incoming.uri, {}, {}, **HANDOVER), Conflict,
                       "VM_INCOMING")
         await refused(prepare(dst, info.spec, migration_id="m-x"), Conflict, "VM_EXISTS")
-        await src.start_migration("web1", incoming.uri, {}, SLOW)
-        await refused(src.start_migration("web1", incoming.uri, {}, {}), Conflict,
+        await src.start_migration("web1", incoming.uri, {}, SLOW, **HANDOVER)
+        await refused(src.start_migration("web1", incoming.uri, {}, {}, **HANDOVER), Conflict,
                       "MIGRATION_IN_PROGRESS")
         await refused(src.release("web1"), Conflict, "VM_NOT_MIGRATED")
         await refused(src.resume_vm("web1"), Conflict, "VM_NOT_PAUSED")
@@ -271,13 +279,14 @@ async def test_stopped_vm_cannot_migrate_and_unknown_names_are_404(
     async with two_agents(lab, caps) as (src, _):
         await src.define_vm(spec_of(lab, "idle"))
         uri = "tcp:127.0.0.1:1"
-        await refused(src.start_migration("idle", uri, {}, {}), Conflict, "VM_NOT_RUNNING")
+        await refused(src.start_migration("idle", uri, {}, {}, **HANDOVER), Conflict,
+                      "VM_NOT_RUNNING")
         status = await src.migration_status("idle")
         assert status == MigrationView(name="idle", role="owner", state=VMState.STOPPED,
                                        migration_id=None, migration=QueryMigrate())
         assert status.migration.status is MigrationStatus.NONE
         calls: list[Awaitable[object]] = [
-            src.start_migration("nope", uri, {}, {}), src.migration_status("nope"),
+            src.start_migration("nope", uri, {}, {}, **HANDOVER), src.migration_status("nope"),
             src.cancel_migration("nope"), src.abort_incoming("nope"), src.claim("nope"),
             src.release("nope"), src.resume_vm("nope")]
         for call in calls:
@@ -328,7 +337,8 @@ async def test_restarted_agent_adopts_an_incoming_vm(lab: Lab, caps: QemuCapabil
             assert shown.role == "incoming" and shown.migration_id == "m-42"
             assert shown.adopted is True and shown.state is VMState.INMIGRATE
             assert shown.pid == incoming.pid
-            await src.start_migration("web1", incoming.uri, {}, {})
+            await src.start_migration("web1", incoming.uri, {}, {}, migration_id="m-42",
+                                      destination="host2")
             await wait_for(dst, "web1", state_is(VMState.RUNNING))
             assert (await dst.claim("web1")).role == "owner"
         async with agent_on(lab, caps, "host2") as dst:
@@ -341,7 +351,7 @@ async def test_restarted_agent_resumes_a_vm_that_arrived_meanwhile(
         info = await running_vm(src, lab)
         async with agent_on(lab, caps, "host2") as dst:
             incoming = await prepare(dst, info.spec)
-        await src.start_migration("web1", incoming.uri, {}, FAST)
+        await src.start_migration("web1", incoming.uri, {}, FAST, **HANDOVER)
         await wait_for(src, "web1", status_is(MigrationStatus.COMPLETED))
         # no agent ran on host2 to resume it: its QEMU (-S) waits paused
         async with agent_on(lab, caps, "host2") as dst:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from test_agent_migration import (
+    HANDOVER,
     SLOW,
     prepare,
     refused,
@@ -57,7 +58,7 @@ async def test_parameters_change_mid_flight(lab: Lab, caps: QemuCapabilities) ->
     async with two_agents(lab, caps) as (src, dst):
         info = await running_vm(src, lab)
         incoming = await prepare(dst, info.spec)
-        await src.start_migration("web1", incoming.uri, {}, SLOW)
+        await src.start_migration("web1", incoming.uri, {}, SLOW, **HANDOVER)
         await wait_for(src, "web1", status_is(ACTIVE))
         params = await src.set_migration_parameters("web1", {"downtime-limit": 450})
         assert params["downtime-limit"] == 450
@@ -68,7 +69,7 @@ async def test_postcopy_needs_the_capability(lab: Lab, caps: QemuCapabilities) -
     async with two_agents(lab, caps) as (src, dst):
         info = await running_vm(src, lab)
         incoming = await prepare(dst, info.spec)
-        await src.start_migration("web1", incoming.uri, {}, SLOW)
+        await src.start_migration("web1", incoming.uri, {}, SLOW, **HANDOVER)
         await wait_for(src, "web1", status_is(ACTIVE))
         await refused(src.start_postcopy("web1"), Unavailable, "QMP_COMMAND_FAILED")
         await src.cancel_migration("web1")
@@ -89,7 +90,7 @@ async def test_postcopy_paused_and_recovered(lab: Lab, caps: QemuCapabilities,
     async with two_agents(lab, caps) as (src, dst):
         info = await running_vm(src, lab)
         incoming = await prepare(dst, info.spec, capabilities=postcopy)
-        await src.start_migration("web1", incoming.uri, postcopy, slow)
+        await src.start_migration("web1", incoming.uri, postcopy, slow, **HANDOVER)
         await wait_for(src, "web1", status_is(ACTIVE))
         await src.start_postcopy("web1")
         await wait_for(src, "web1", status_is(POSTCOPY_ACTIVE))

@@ -75,7 +75,8 @@ class MovingAgent(FakeAgent):
                                  "ram": {"transferred": self.sent}}))
 
     async def start_migration(self, name: str, uri: str, capabilities: Any = None,
-                              parameters: Any = None) -> MigrationView:
+                              parameters: Any = None, *, migration_id: str = "",
+                              destination: str = "") -> MigrationView:
         self._answer(f"start_migration {name}")
         self.moves.started.append(name)
         self.moves.done[name] = asyncio.Event()

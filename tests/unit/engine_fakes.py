@@ -158,6 +158,7 @@ class FakeAgent:
         self.events_: list[VMEvent] = []
         self.probe_ok = True
         self.migrating = False  # migrate was accepted: the script answers from here
+        self.handover: tuple[str, str] | None = None  # (destination, migration) of migrate
         self.drives = False  # the source: its statuses move both sides' run states
         self.last_status: MigrationStatus | None = None  # side effects on a change only
         self._errors: dict[str, list[SegueError]] = {}
@@ -259,8 +260,10 @@ class FakeAgent:
         return ProbeListener(address="10.0.1.2", port=40000)
 
     async def start_migration(self, name: str, uri: str, capabilities: Capabilities,
-                              parameters: Parameters) -> MigrationView:
+                              parameters: Parameters, *, migration_id: str,
+                              destination: str) -> MigrationView:
         self._call("start_migration")
+        self.handover = (destination, migration_id)
         self.migrating = True
         return self._view(name)
 

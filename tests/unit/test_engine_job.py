@@ -47,6 +47,7 @@ async def test_a_migration_runs_every_phase_and_moves_the_vm() -> None:
     assert w.store.noted("bandwidth not capped") and w.store.noted("prediction:")
     assert [p.status for _, p in w.store.samples][:2] == ["active", "active"]
     assert "abort_incoming" not in w.dst.calls and "resume_vm" not in w.src.calls
+    assert w.src.handover == ("host2", "job-1")  # the lease goes to the destination
 
 
 @dataclass

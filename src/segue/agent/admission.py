@@ -1,13 +1,15 @@
 """Can this host define or start a VM? Pure checks over a snapshot of the host.
 
 Each check raises a ``SegueError`` with a stable code, naming the problem and the fix:
-``VM_EXISTS``, ``MAC_IN_USE``, ``PORTGROUP_NOT_FOUND``, ``PORTGROUP_DOWN``,
+``VM_EXISTS``, ``MAC_IN_USE``, ``DISK_IN_USE``, ``PORTGROUP_NOT_FOUND``, ``PORTGROUP_DOWN``,
 ``DATASTORE_NOT_FOUND``, ``DATASTORE_UNAVAILABLE``, ``DISK_NOT_FOUND``, ``IMAGE_NOT_FOUND``,
 ``MACHINE_UNKNOWN``, ``MEMORY_EXCEEDS_HOST``, ``INSUFFICIENT_MEMORY``, ``VCPUS_EXCEED_HOST``,
 ``CPU_FEATURE_MISSING``, and ``VM_SPEC_INVALID`` for a malformed ``cpu_model``.
 """
 
 from __future__ import annotations
+
+import os
 
 from dataclasses import dataclass, field
 
@@ -66,6 +68,19 @@ def check_unique(spec: VMSpec, view: HostView) -> None:
             raise Conflict("MAC_IN_USE",
                            f"MAC {nic.mac.lower()} is already used by VM {in_use[nic.mac.lower()]}",
                            "give the NIC a MAC no other VM has")
+    disks: dict[tuple[str, str], str] = {}
+    for other in [*view.local_vms.values(), *(s for _, s in view.datastore_vms.values())]:
+        if other.name != spec.name:
+            for disk in other.disks:
+                if not disk.readonly:
+                    disks[(disk.datastore, os.path.normpath(disk.path))] = other.name
+    for i, disk in enumerate(spec.disks):
+        other_vm = disks.get((disk.datastore, os.path.normpath(disk.path)))
+        if other_vm is not None and not disk.readonly:
+            raise Conflict("DISK_IN_USE",
+                           f"disks[{i}]: {disk.datastore}:{disk.path} is the disk of VM "
+                           f"{other_vm}", "give the VM a disk of its own (two VMs writing one "
+                           "disk corrupt it), or attach it read-only")
 
 
 def check_references(spec: VMSpec, view: HostView, paths: dict[str, str]) -> None:

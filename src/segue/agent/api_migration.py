@@ -71,7 +71,8 @@ async def recover_incoming(request: Request, name: VMName) -> RecoverAnswer:
 @router.post("/vms/{name}/migrate", response_model=MigrationView)
 async def start_migration(request: Request, name: VMName, body: MigrateRequest
                           ) -> MigrationView:
-    return await _outgoing(request).migrate(name, body.uri, body.capabilities, body.parameters)
+    return await _outgoing(request).migrate(name, body.uri, body.capabilities, body.parameters,
+                                            body.migration_id, body.destination)
 
 
 @router.post("/vms/{name}/migration/cancel", response_model=MigrationView)

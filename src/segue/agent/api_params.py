@@ -14,3 +14,5 @@ StopTimeout = Annotated[float, Query(gt=0, le=3600, allow_inf_nan=False)]
 SerialLines = Annotated[int, Query(ge=1, le=10_000)]
 EventSeq = Annotated[int, Query(ge=0, le=2**63 - 1)]
 CalcTimeMs = Annotated[int, Query(ge=50, le=60_000)]  # QEMU samples 50 ms at least
+# the lease generation a caller believes current (``segue.agent.leases``)
+LeaseGeneration = Annotated[int | None, Query(ge=0, le=2**63 - 1)]

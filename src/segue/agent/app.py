@@ -20,7 +20,13 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 
 from segue import __version__
-from segue.agent.api_params import EventSeq, SerialLines, StopTimeout, VMName
+from segue.agent.api_params import (
+    EventSeq,
+    LeaseGeneration,
+    SerialLines,
+    StopTimeout,
+    VMName,
+)
 from segue.agent.config import AgentConfig
 from segue.agent.facts import QemuCapabilities, detect_accel, host_facts, probe_qemu
 from segue.agent.heartbeat import run_heartbeats
@@ -111,8 +117,11 @@ def _routes(app: FastAPI, config: AgentConfig) -> None:
         return await _manager(request).info(name)
 
     @app.post("/vms/{name}/start", response_model=VMInfo)
-    async def start_vm(request: Request, name: VMName) -> VMInfo:
-        return await _manager(request).start(name)
+    async def start_vm(request: Request, name: VMName,
+                       generation: LeaseGeneration = None) -> VMInfo:
+        """Start the VM; ``generation``: the lease generation the caller believes current
+        (refused with ``VM_NOT_OWNED`` if the VM was claimed since)."""
+        return await _manager(request).start(name, generation)
 
     @app.post("/vms/{name}/stop", response_model=VMInfo)
     async def stop_vm(request: Request, name: VMName, timeout: StopTimeout = 30.0,

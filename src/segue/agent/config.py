@@ -28,6 +28,9 @@ Example (``docs/examples/agent.toml``)::
 With ``controller_url`` (``http(s)://...`` or ``unix:PATH``) the agent sends the controller
 a heartbeat every ``heartbeat_interval`` seconds, saying it is reachable at
 ``advertise_url`` (default: ``http://<listen.address>:<listen.port>``).
+``lease_duration_s`` (15) is how long a VM's lease on shared storage lasts unrenewed and
+``lease_renew_s`` (3) how often the agent renews it (``segue.agent.leases``): an agent that
+has not renewed a lease for ``lease_duration_s - lease_renew_s`` stops the VM.
 ``cpu_exclude_features`` makes the host offer a smaller CPU feature set, as an older host
 would: its facts omit those features, every QEMU it starts gets ``-feat`` for each, and it
 refuses VMs whose ``cpu_model`` asks for one explicitly (``segue.agent.admission``).
@@ -82,9 +85,23 @@ class AgentConfig(ServiceSettings):
     advertise_url: str | None = None
     heartbeat_interval: float = Field(
         2.0, gt=0, le=3600, description="seconds between heartbeats: more than 0, at most 3600")
+    lease_duration_s: float = Field(
+        15.0, ge=3, le=600, description="seconds a VM's lease on shared storage lasts "
+        "unrenewed: at least 3, at most 600")
+    lease_renew_s: float = Field(
+        3.0, gt=0, le=120, description="seconds between lease renewals: more than 0, at most "
+        "120, and under a third of lease_duration_s")
     cpu_exclude_features: list[FeatureName] = Field(
         default_factory=list,
         description="use QEMU's lowercase feature names, e.g. avx2, aes, sse4.2")
+
+    @model_validator(mode="after")
+    def _check_leases(self) -> AgentConfig:
+        if self.lease_renew_s * 3 > self.lease_duration_s:
+            raise ValueError(f"lease_renew_s ({self.lease_renew_s}) must be under a third of "
+                             f"lease_duration_s ({self.lease_duration_s}): a renewal or two "
+                             "may fail before the VM must be stopped")
+        return self
 
     @model_validator(mode="after")
     def _derive_advertise_url(self) -> AgentConfig:

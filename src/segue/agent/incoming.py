@@ -10,6 +10,10 @@
   event): ``completed`` resumes the guest at once (its QEMU runs with ``-S``); in post-copy,
   the guest runs as soon as its device state is in. ``adopted``: an arrival found after an
   agent restart, completed while no agent was there, is resumed too.
+- the lease: before the guest runs here (at completion, or once post-copy's device state
+  is in), this host takes the VM's lease over from the source, which handed it over for this
+  migration (``segue.agent.leases``); without it the guest stays paused. An incoming QEMU
+  that is torn down gives the lease back (the source may then run the VM again).
 - ``claim``: the VM runs here; this host becomes its owner (the datastore's vm.json names it).
 - ``abort``: kill the incoming QEMU and forget the VM (the datastore is not touched).
 - ``recover``: a paused post-copy listens again (``migrate-recover``) on a fresh port.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -39,7 +44,7 @@ from segue.agent.vmstore import VM_FILE
 from segue.api.agent import IncomingAnswer, RecoverAnswer
 from segue.api.qemu import MigrationStatus
 from segue.api.vm import VMInfo
-from segue.domain.errors import InvalidRequest, SegueError
+from segue.domain.errors import Conflict, InvalidRequest, SegueError
 from segue.domain.vm import VMSpec, VMState, validate_vm_spec
 from segue.files import write_json_atomic
 from segue.qemu.argv import RuntimePaths
@@ -147,12 +152,36 @@ class Incoming:
                 and migration_completed(await vm.migration()):
             await self._resume_arrived(vm)
 
+    async def _take_over(self, vm: ManagedVM, attempts: int = 1) -> bool:
+        """Take the VM's lease over from the migration's source (its handover names this
+        host and this migration) before the guest runs here; whether this host holds it.
+        Storage that does not answer is asked ``attempts`` times, a second apart."""
+        if vm.generation is not None:
+            return True
+        for attempt in range(attempts):
+            try:
+                vm.generation = await asyncio.to_thread(self.m.leases.take_over, vm.spec,
+                                                        vm.incoming or "")
+            except Conflict as err:
+                log.error("%s arrived but stays paused: %s", vm.name, err)
+                return False
+            except SegueError as err:
+                log.error("%s arrived, lease not taken over (%s)", vm.name, err)
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(1.0)
+                continue
+            vm.lease_renewed_at = time.monotonic()
+            self.m.store.save_generation(vm.spec, vm.generation)
+            return True
+        return False
+
     async def _resume_arrived(self, vm: ManagedVM) -> None:
-        """An incoming migration completed: run the guest at once (its QEMU has -S, so it
-        waits paused; QEMU announced the MACs already, at completion)."""
+        """An incoming migration completed: take the VM's lease over and run the guest at
+        once (its QEMU has -S, so it waits paused; QEMU announced the MACs already, at
+        completion). Without the lease it stays paused: the source still holds the VM."""
         machine = vm.machine()
         try:
-            if machine is not None:
+            if machine is not None and await self._take_over(vm):
                 await machine.cont()
         except SegueError as err:
             log.error("%s arrived but does not resume: %s", vm.name, err)
@@ -166,7 +195,9 @@ class Incoming:
                     machine = QemuMachine(vm.qmp)
                     status = await machine.status(timeout=3)
                     if status != "inmigrate":
-                        if status == "paused":
+                        # the source cannot run it any more: the lease must come here
+                        if status == "paused" and await self._take_over(
+                                vm, attempts=int(POSTCOPY_RUN_TIMEOUT_S)):
                             await machine.cont()
                         return
                     await asyncio.sleep(0.005)
@@ -180,11 +211,15 @@ class Incoming:
     @requires(roles=INCOMING, states={VMState.RUNNING}, fresh=True,
               hint="claim it once the migration completed and it runs")
     async def claim(self, vm: ManagedVM) -> VMInfo:
-        """The incoming VM runs here: write the datastore's vm.json naming this host and
-        clear the incoming role; the VM as this host now owns it."""
-        root = self.m.config.datastores[vm.spec.datastore]
-        write_json_atomic(root / vm.spec.name / VM_FILE,
-                          {"host": self.m.config.host, "spec": vm.spec.to_dict()})
+        """The incoming VM runs here: write the datastore's vm.json naming this host (and
+        the lease generation it took the VM over at) and clear the incoming role; the VM as
+        this host now owns it."""
+        if vm.generation is not None:
+            self.m.store.save_generation(vm.spec, vm.generation)
+        else:
+            root = self.m.config.datastores[vm.spec.datastore]
+            write_json_atomic(root / vm.spec.name / VM_FILE,
+                              {"host": self.m.config.host, "spec": vm.spec.to_dict()})
         vm.runtime.role_file.unlink(missing_ok=True)
         log.info("%s: claimed (migration %s)", vm.name, vm.incoming)
         vm.incoming = None

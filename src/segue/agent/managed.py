@@ -44,6 +44,9 @@ class ManagedVM:
     last_exit: str | None = None
     adopted: bool = False
     incoming: str | None = None  # migration id while this host is its unclaimed destination
+    generation: int | None = None  # the lease generation this host holds it at (None: none)
+    lease_renewed_at: float | None = None  # monotonic time of the last renewal
+    fenced: str | None = None  # why it must never run here again (its lease is another's)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     events: deque[VMEvent] = field(default_factory=lambda: deque(maxlen=EVENTS_KEPT))
     event_seq: int = 0

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Mapping
 
 from segue.agent.guards import ALL_ROLES, LIVE, OWNED, qmp_of, requires
@@ -37,7 +38,7 @@ from segue.agent.roles import VMRole
 from segue.agent.vms import VMManager
 from segue.api.agent import DirtyRateAnswer, MigrationView, ParametersAnswer
 from segue.api.vm import VMInfo
-from segue.domain.errors import InvalidRequest, SegueError
+from segue.domain.errors import Conflict, InvalidRequest, SegueError
 from segue.domain.vm import VMState
 from segue.qemu import process
 from segue.qemu.machine import QemuMachine
@@ -58,6 +59,22 @@ def check_tcp_uri(uri: str) -> None:
                              "pass the uri the destination's prepare_incoming returned")
 
 
+def _fenced(vm: ManagedVM) -> Conflict:
+    return Conflict("VM_FENCED", f"{vm.name} is fenced on this host: {vm.fenced}",
+                    "it runs elsewhere (or did): never run this copy; destroy it here")
+
+
+def _held(vm: ManagedVM) -> int:
+    """The lease generation this host holds the VM at; raises Conflict (``VM_FENCED``,
+    ``VM_NOT_OWNED``) when it holds none."""
+    if vm.fenced is not None:
+        raise _fenced(vm)
+    if vm.generation is None:
+        raise Conflict("VM_NOT_OWNED", f"this host holds no lease of {vm.name}",
+                       "start it here first (a VM runs only where it holds its lease)")
+    return vm.generation
+
+
 class Outgoing:
     """Migrations from this host's ``VMManager`` (see the module doc)."""
 
@@ -73,10 +90,15 @@ class Outgoing:
 
     @requires(roles={VMRole.OWNER}, states={VMState.RUNNING}, fresh=True)
     async def migrate(self, vm: ManagedVM, uri: str, capabilities: Mapping[str, bool],
-                      parameters: Mapping[str, ParameterValue]) -> MigrationView:
-        """Migrate the running VM to ``uri``; the status. Raises InvalidRequest
-        (``MIGRATION_URI_INVALID``) for anything but ``tcp:HOST:PORT``."""
+                      parameters: Mapping[str, ParameterValue], migration_id: str,
+                      destination: str) -> MigrationView:
+        """Hand the VM's lease over to ``destination`` for ``migration_id`` and migrate the
+        running VM to ``uri``; the status. Raises InvalidRequest (``MIGRATION_URI_INVALID``)
+        for anything but ``tcp:HOST:PORT``, Conflict (``VM_NOT_OWNED``, ``VM_FENCED``) for a
+        VM this host does not hold the lease of."""
         check_tcp_uri(uri)
+        await asyncio.to_thread(self.m.leases.hand_over, vm.spec, _held(vm), destination,
+                                migration_id)
         qemu = QemuMigration(qmp_of(vm))
         await qemu.set_capabilities(capabilities)
         if parameters:
@@ -95,6 +117,10 @@ class Outgoing:
                 # the watcher consumes the MIGRATION events: QEMU is asked
                 while (await vm.migration()).status.active:  # noqa: ASYNC110
                     await asyncio.sleep(0.02)
+        if vm.generation is not None and vm.live_state() == VMState.RUNNING:
+            with contextlib.suppress(SegueError):  # the handover, withdrawn
+                vm.generation = await asyncio.to_thread(self.m.leases.ensure, vm.spec,
+                                                        vm.generation)
         log.info("%s: migration cancelled", vm.name)
         return await self.m.migration_view(vm.name)
 
@@ -162,8 +188,15 @@ class Outgoing:
               hint="only a paused or migrated-away VM can be resumed")
     async def resume(self, vm: ManagedVM) -> VMInfo:
         """Run a paused or ``postmigrate`` VM again (``cont``): the rollback of a completed
-        migration whose destination failed. Only safe once the destination's QEMU is gone
-        (both would write the same disks)."""
+        migration whose destination failed. Only with the VM's lease: kept (its handover
+        withdrawn) or claimed anew; refused while the destination holds it (``VM_LOCKED``,
+        ``VM_NOT_OWNED``), or for a fenced QEMU (``VM_FENCED``): its memory is older than
+        what another host ran."""
+        if vm.fenced is not None:
+            raise _fenced(vm)
+        vm.generation = await asyncio.to_thread(self.m.leases.ensure, vm.spec, vm.generation)
+        vm.lease_renewed_at = time.monotonic()
+        self.m.store.save_generation(vm.spec, vm.generation)
         await QemuMachine(qmp_of(vm)).cont()
         log.info("%s: resumed on its source", vm.name)
         return await self.m.info(vm.name)

@@ -13,14 +13,24 @@ migration operations themselves are in ``segue.agent.incoming`` (destination) an
 ``segue.agent.outgoing`` (source); the watcher hands every event of a VM to the destination
 side (``MigrationHook``), which resumes a VM that arrived.
 
+Every VM whose QEMU runs here holds a lease on shared storage (``segue.agent.leases``): a
+start claims it (the generation grows), the agent renews it every ``lease_renew_s``, and
+gives it up when the QEMU is gone. A renewal that finds the lease another host's fences the
+QEMU (paused for good, ``fenced`` says why) unless it is a migration's source the
+destination took over; one that cannot reach the storage for ``lease_duration_s -
+lease_renew_s`` stops the VM before its lease expires. An adopted QEMU takes its lease back
+up, or is fenced if another host holds it now.
+
 Start and stop are guarded (``segue.agent.guards``). Errors: ``NotFound``
-(``VM_NOT_FOUND``), ``Conflict`` (``VM_NOT_STOPPED``, ``VM_NOT_RUNNING``, ``VM_INCOMING``),
+(``VM_NOT_FOUND``), ``Conflict`` (``VM_NOT_STOPPED``, ``VM_NOT_RUNNING``, ``VM_INCOMING``,
+and the leases' ``VM_LOCKED``, ``DISK_IN_USE``, ``VM_NOT_OWNED``),
 the admission errors of ``segue.agent.admission``, and ``Unavailable`` from the QEMU layer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -34,6 +44,7 @@ from segue.agent import admission
 from segue.agent.config import AgentConfig
 from segue.agent.facts import QemuCapabilities, datastore_facts, memory_facts, port_group_facts
 from segue.agent.guards import ALL_ROLES, LIVE, OWNED, requires
+from segue.agent.leases import Leases
 from segue.agent.managed import ManagedVM, read_incoming
 from segue.agent.roles import role_of
 from segue.agent.taps import attach_tap
@@ -41,7 +52,7 @@ from segue.agent.vmstore import VM_FILE, VMStore
 from segue.api.agent import MigrationView, VMEvent
 from segue.api.qemu import QueryMigrate
 from segue.api.vm import VMInfo, VMSpecBody
-from segue.domain.errors import NotFound, SegueError
+from segue.domain.errors import Conflict, NotFound, SegueError
 from segue.domain.vm import VMSpec, VMState, validate_vm_spec
 from segue.qemu import process
 from segue.qemu.argv import LaunchPlan, RuntimePaths, build_argv, tap_name
@@ -78,9 +89,11 @@ class VMManager:
         self.config = config
         self.caps = caps
         self.store = VMStore(config.host, config.vms_dir, dict(config.datastores))
+        self.leases = Leases(config.host, dict(config.datastores), config.lease_duration_s)
         self.vms: dict[str, ManagedVM] = {}
         self.hook: MigrationHook = NoMigrationHook()
         self._tg: asyncio.TaskGroup | None = None
+        self._renewer: asyncio.Task[None] | None = None
 
     # ---- lifecycle of the manager ----
     async def load(self, tg: asyncio.TaskGroup) -> None:
@@ -101,6 +114,7 @@ class VMManager:
                 await self._adopt(vm, pid)
             else:
                 self._clear_runtime(vm)
+        self._renewer = tg.create_task(self.renew_leases(), name="lease-renewals")
 
     async def _adopt(self, vm: ManagedVM, pid: int) -> None:
         qmp = QMPSession(vm.spec.name)
@@ -114,11 +128,47 @@ class VMManager:
         vm.started_at = Path(f"/proc/{pid}").stat().st_mtime
         await vm.refresh_state()
         log.info("adopted %s (pid %d, %s)", vm.spec.name, pid, vm.state.value)
+        if vm.incoming is None:
+            await self._adopt_lease(vm)
         await self.hook.adopted(vm)
         self._watch(vm)
 
+    async def _adopt_lease(self, vm: ManagedVM) -> None:
+        """An adopted QEMU of a VM this host owned: take its lease back up where this host
+        still holds it (or nobody does: claimed anew); a lease another host holds now means
+        the VM is that host's: this QEMU is fenced (paused, never resumed)."""
+        try:
+            lease = await asyncio.to_thread(self.leases.read, vm.spec)
+            if lease is not None and not lease.released and lease.host == self.config.host:
+                vm.generation = lease.generation
+            elif vm.state != VMState.POSTMIGRATE:
+                vm.generation = await asyncio.to_thread(self.leases.acquire, vm.spec)
+            vm.lease_renewed_at = time.monotonic()
+        except Conflict as err:
+            await self.fence(vm, f"its lease is another host's: {err.message}")
+        except SegueError as err:
+            log.error("%s: lease not read after the restart (%s); renewals will retry",
+                      vm.name, err)
+
+    async def fence(self, vm: ManagedVM, reason: str) -> None:
+        """The VM is another host's now: pause its QEMU here for good (never resumed by
+        Segue; reconciliation and the operator decide) and say why."""
+        vm.fenced, vm.generation = reason, None
+        machine = vm.machine()
+        if machine is not None and vm.live_state() == VMState.RUNNING:
+            try:
+                await machine.stop()
+            except SegueError as err:
+                log.error("%s: fencing could not pause it (%s); killing it", vm.name, err)
+                await self.kill(vm, reason=f"fenced: {reason}")
+                return
+        log.error("%s fenced on %s: %s", vm.name, self.config.host, reason)
+
     async def close(self) -> None:
-        """Stop watching (QEMU processes keep running)."""
+        """Stop watching and renewing (QEMU processes keep running; their leases expire
+        unless a restarted agent renews them in time)."""
+        if self._renewer is not None:
+            self._renewer.cancel()
         for vm in self.vms.values():
             if vm.watcher is not None:
                 vm.watcher.cancel()
@@ -147,7 +197,8 @@ class VMManager:
         return VMInfo(
             name=vm.spec.name, uuid=vm.spec.uuid, host=self.config.host, state=vm.state,
             role=role_of(vm.incoming is not None, migration, vm.state).value,
-            migration_id=vm.incoming, pid=vm.pid, started_at=vm.started_at,
+            migration_id=vm.incoming, generation=vm.generation, fenced=vm.fenced,
+            pid=vm.pid, started_at=vm.started_at,
             adopted=vm.adopted, last_exit=vm.last_exit, accel=self.caps.accel,
             serial_log=vm.spec.serial_log or str(vm.runtime.default_serial_log),
             spec=VMSpecBody.from_domain(vm.spec),
@@ -225,6 +276,8 @@ class VMManager:
             await self.kill(vm, reason="destroyed")
             if self.owns_datastore_entry(vm.spec):
                 self.store.remove(vm.spec)
+                with contextlib.suppress(SegueError):  # a lease left expires on its own
+                    await asyncio.to_thread(self.leases.forget, vm.spec)
             self.forget(vm)
         log.info("destroyed %s", name)
 
@@ -246,13 +299,19 @@ class VMManager:
     # ---- start / stop ----
     @requires(roles=OWNED, states={VMState.STOPPED}, code="VM_NOT_STOPPED", wanted="stopped",
               hint="stop it first")
-    async def start(self, vm: ManagedVM) -> VMInfo:
-        """Start the VM's QEMU, plug its taps, let it run. A failed start leaves no QEMU."""
+    async def start(self, vm: ManagedVM, generation: int | None = None) -> VMInfo:
+        """Claim the VM's lease (``generation``: the one the caller believes current), start
+        its QEMU, plug its taps, let it run. A failed start leaves no QEMU and no lease.
+        Raises Conflict (``VM_LOCKED``, ``DISK_IN_USE``, ``VM_NOT_OWNED``) besides the
+        admission errors."""
         paths = self.file_paths(vm.spec)
         view = self.host_view(list(paths.values()))
         admission.check_references(vm.spec, view, paths)
         admission.check_cpu(vm.spec, view)
         admission.check_fits(vm.spec, view, starting=True)
+        vm.generation = await asyncio.to_thread(self.leases.acquire, vm.spec, generation)
+        vm.lease_renewed_at, vm.fenced = time.monotonic(), None
+        self.store.save_generation(vm.spec, vm.generation)
         await self.launch(vm)
         return await self.info(vm.name)
 
@@ -366,6 +425,64 @@ class VMManager:
             await qmp.close()
         vm.state, vm.adopted, vm.started_at = VMState.STOPPED, False, None
         self._clear_runtime(vm)
+        await self._release_lease(vm)
+
+    async def _release_lease(self, vm: ManagedVM) -> None:
+        """Give the lease up once the QEMU is gone (a lease this host no longer holds at
+        its generation is left alone); a failure is logged: the lease then expires."""
+        generation, vm.generation = vm.generation, None
+        if generation is None:
+            return
+        # a destination that took the VM over but never ran it hands it back unused
+        unused = vm.incoming is not None and not any(e.event == "RESUME" for e in vm.events)
+        try:
+            await asyncio.to_thread(self.leases.release, vm.spec, generation, unused)
+        except SegueError as err:
+            log.error("%s: lease not released (%s); it expires in %.0f s", vm.name, err,
+                      self.config.lease_duration_s)
+
+    # ---- leases ----
+    async def renew_leases(self) -> None:
+        """Every ``lease_renew_s``: renew the lease of every VM whose QEMU runs here (see
+        ``renew_lease``)."""
+        while True:
+            await asyncio.sleep(self.config.lease_renew_s)
+            for vm in list(self.vms.values()):
+                if vm.generation is not None and vm.process_alive():
+                    await self.renew_lease(vm)
+
+    async def renew_lease(self, vm: ManagedVM) -> None:
+        """One renewal. A lease another host holds now: a migrated-away source lets it go
+        (the destination took the VM over), any other QEMU is fenced. Storage that does not
+        answer: retried at the next round, and once the lease has gone unrenewed for
+        ``lease_duration_s - lease_renew_s`` the VM is stopped, before another host may
+        claim it."""
+        generation = vm.generation
+        if generation is None:
+            return
+        try:
+            await asyncio.to_thread(self.leases.renew, vm.spec, generation)
+        except Conflict as err:
+            if vm.generation != generation:
+                return  # released or taken over meanwhile
+            await vm.refresh_state()
+            if vm.state == VMState.POSTMIGRATE:
+                vm.generation = None
+                log.info("%s: taken over by the migration's destination", vm.name)
+            else:
+                await self.fence(vm, err.message)
+            return
+        except SegueError as err:
+            since = time.monotonic() - (vm.lease_renewed_at or 0.0)
+            limit = self.config.lease_duration_s - self.config.lease_renew_s
+            log.error("%s: lease not renewed for %.0f s (%s)", vm.name, since, err)
+            if since >= limit:
+                reason = (f"fenced: its lease could not be renewed for {since:.0f} s "
+                          f"({err.message}); stopped before it expires")
+                vm.fenced, vm.generation = reason, None
+                await self.kill(vm, reason=reason)
+            return
+        vm.lease_renewed_at = time.monotonic()
 
     @staticmethod
     def _clear_runtime(vm: ManagedVM) -> None:

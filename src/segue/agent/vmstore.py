@@ -80,6 +80,17 @@ class VMStore:
                 shutil.rmtree(shared.parent, ignore_errors=True)
             raise
 
+    def save_generation(self, spec: VMSpec, generation: int) -> None:
+        """Record the lease generation this host claimed the VM at in the datastore's
+        vm.json (what the datastore says of the VM: its host and generation; the lease
+        itself, ``segue.agent.leases``, is what decides)."""
+        root = self.datastores.get(spec.datastore)
+        if root is None:
+            return
+        write_json_atomic(root / spec.name / VM_FILE,
+                          {"host": self.host, "generation": generation,
+                           "spec": spec.to_dict()})
+
     def remove(self, spec: VMSpec) -> None:
         """Remove the definition everywhere (the datastore dir only if nothing else is in it)."""
         shutil.rmtree(self.runtime_dir(spec.name), ignore_errors=True)
@@ -93,7 +104,8 @@ class VMStore:
 
 
 def _datastore_entry(data: object, path: Path) -> DatastoreEntry:
-    """A datastore's ``vm.json`` (``{"host": ..., "spec": {...}}``); raises InvalidRequest
+    """A datastore's ``vm.json`` (``{"host": ..., "generation": ..., "spec": {...}}``,
+    generation only once claimed); raises InvalidRequest
     (``VM_SPEC_INVALID``) if it is not one."""
     if not isinstance(data, dict) or not isinstance(data.get("host"), str):
         raise InvalidRequest("VM_SPEC_INVALID", f"{path} names no owning host",

@@ -43,11 +43,15 @@ class IncomingAnswer(ResponseModel):
 
 
 class MigrateRequest(RequestModel):
-    """Source: migrate to the destination's ``uri`` with these settings."""
+    """Source: migrate to the destination's ``uri`` with these settings; the VM's lease is
+    handed over to host ``destination`` for migration ``migration_id`` (the destination
+    takes it over before the guest runs there)."""
 
     uri: MigrationUri
     capabilities: Capabilities = {}
     parameters: Parameters = {}
+    migration_id: Annotated[str, Field(min_length=1, max_length=64)]
+    destination: Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class ParametersRequest(RequestModel):

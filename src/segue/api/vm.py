@@ -66,7 +66,9 @@ class VMSpecBody(RequestModel):
 class VMInfo(ResponseModel):
     """A VM as its host agent sees it now (QEMU is asked, not remembered). ``role``:
     ``owner``, ``source`` or ``incoming`` (``segue.agent.roles``); ``migration_id`` while
-    it is an unclaimed destination."""
+    it is an unclaimed destination; ``generation``: the lease generation this host holds the
+    VM at (``segue.agent.leases``; None: it holds no lease of it); ``fenced``: why it must
+    never run here again (its lease went to another host)."""
 
     name: str
     uuid: str
@@ -74,6 +76,8 @@ class VMInfo(ResponseModel):
     state: VMState
     role: str
     migration_id: str | None = None
+    generation: int | None = None
+    fenced: str | None = None
     pid: int | None = None
     started_at: float | None = None
     adopted: bool = False

@@ -79,8 +79,11 @@ class AgentClient(ServiceClient):
         return await self.call(VMInfo, "POST", "/vms", json=spec,
                                params={"start": "true" if start else "false"})
 
-    async def start_vm(self, name: str) -> VMInfo:
-        return await self.call(VMInfo, "POST", f"/vms/{name}/start")
+    async def start_vm(self, name: str, generation: int | None = None) -> VMInfo:
+        """Start the VM; ``generation``: the lease generation believed current."""
+        params: dict[str, str | int | float | bool] | None = (
+            {"generation": generation} if generation is not None else None)
+        return await self.call(VMInfo, "POST", f"/vms/{name}/start", params=params)
 
     async def stop_vm(self, name: str, timeout: float = 30.0, force: bool = False) -> VMInfo:
         return await self.call(VMInfo, "POST", f"/vms/{name}/stop",
@@ -129,8 +132,10 @@ class AgentClient(ServiceClient):
 
     # ---- source ----
     async def start_migration(self, name: str, uri: str, capabilities: Capabilities,
-                              parameters: Parameters) -> MigrationView:
-        body = MigrateRequest(uri=uri, capabilities=capabilities, parameters=parameters)
+                              parameters: Parameters, *, migration_id: str,
+                              destination: str) -> MigrationView:
+        body = MigrateRequest(uri=uri, capabilities=capabilities, parameters=parameters,
+                              migration_id=migration_id, destination=destination)
         return await self.call(MigrationView, "POST", f"/vms/{name}/migrate", json=body)
 
     async def migration_status(self, name: str) -> MigrationView:

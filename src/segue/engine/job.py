@@ -181,7 +181,8 @@ class MigrationJob(JobBase):
         settings = self.policy.settings()
         caps, params = dict(settings.capabilities), dict(settings.parameters)
         self.push_cancel_source()  # a migrate that failed midway may have started
-        await self.src.start_migration(self.vm, self.uri, caps, params)
+        await self.src.start_migration(self.vm, self.uri, caps, params,
+                                       migration_id=self.id, destination=self.spec.dest)
         self.note(f"capabilities {caps}, parameters {params}: " + "; ".join(settings.reasons))
 
     async def _monitor(self) -> None:

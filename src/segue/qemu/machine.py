@@ -39,6 +39,10 @@ class QemuMachine:
         ``postmigrate`` source again."""
         await self.qmp.execute("cont")
 
+    async def stop(self) -> None:
+        """Pause the guest (``stop``): its vCPUs halt, its memory stays."""
+        await self.qmp.execute("stop")
+
     async def powerdown(self) -> None:
         """Press the ACPI power button (``system_powerdown``); the guest decides."""
         await self.qmp.execute("system_powerdown")
