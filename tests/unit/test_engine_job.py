@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 from engine_fakes import VM, MiB, World, copying, done, q
 
+from segue.api.agent import MigrationView
 from segue.api.migration import MigrationOptionsBody
 from segue.domain.errors import Conflict, SegueError, Unavailable
 from segue.domain.vm import VMState
@@ -413,3 +414,66 @@ async def test_the_summary_says_how_long_and_how_much_the_guest_was_throttled() 
     s = w.store.summary
     assert s["throttle_max_pct"] == 60
     assert s["throttled_s"] == pytest.approx(2 * 0.2, abs=0.01)  # two polls apart throttled
+
+
+# ---- past the commit point: roll forward ----
+async def test_a_cancel_that_reaches_qemu_after_it_completed_finishes_the_move() -> None:
+    """The user cancels while QEMU copies; QEMU completes before the cancel reaches it:
+    the rollback stops at once (nothing torn down, the source not resumed) and the move
+    is finished, since the destination may already run the guest."""
+    w = World([*copying(10, 20, 30, 40, 50)])
+    job = w.job()
+    w.src.on("start_migration", job.cancel)
+
+    def completed_first() -> None:  # the cancel lands on a finished migration
+        w.src.script = [done()]
+        w.src.vms[VM] = VMState.POSTMIGRATE
+        w.dst.vms[VM] = VMState.RUNNING
+
+    async def late_cancel(name: str) -> MigrationView:
+        w.src.calls.append("cancel_migration")
+        completed_first()
+        return w.src._view(name)
+
+    w.src.cancel_migration = late_cancel  # type: ignore[method-assign]
+    await job.run()
+    assert w.store.phases == [P.PREPARE, P.START, P.MONITOR, P.ROLLING_BACK, P.SWITCHOVER,
+                              P.FINALIZE, P.COMPLETED], w.store.notes
+    assert w.store.noted("the move is finished instead")
+    assert "abort_incoming" not in w.dst.calls and "resume_vm" not in w.src.calls
+    assert w.store.location == (VM, "host2") and w.running_on() == ["host2"]
+
+
+async def test_a_destination_agent_back_within_the_wait_finishes_the_move() -> None:
+    """The destination's agent does not answer for 40 s after QEMU completed the copy
+    (restarting): the job waits, noting it, and finishes when it answers again."""
+    w = World()
+    w.dst.fail("get_vm", BOOM, times=40)
+    await w.job().run()
+    assert w.store.phases == FORWARD, w.store.notes
+    assert w.store.noted("waiting for host2 to run web1 (10 s, silent: FAKE_BOOM)")
+    assert w.store.noted("host2 runs web1 after 40 s: rolling forward")
+    assert w.store.location == (VM, "host2") and "resume_vm" not in w.src.calls
+
+
+async def test_a_destination_agent_gone_for_good_fails_without_undoing_anything() -> None:
+    w = World()
+    w.dst.fail("get_vm", BOOM)
+    await w.job().run()
+    assert w.store.phases == [P.PREPARE, P.START, P.MONITOR, P.SWITCHOVER, P.FAILED]
+    assert w.store.error_code == "MIGRATION_DEST_UNREACHABLE"
+    assert "did not answer for 120 s" in (w.store.reason or "")
+    assert not {"resume_vm", "cancel_migration", "release"} & set(w.src.calls)
+    assert "abort_incoming" not in w.dst.calls
+
+
+async def test_a_crash_in_finalize_is_noted_and_the_job_stays_to_be_finished() -> None:
+    w = World()
+
+    def broken(vm: str, host: str) -> None:
+        raise RuntimeError("database gone")
+
+    w.store.commit_location = broken  # type: ignore[method-assign]
+    await w.job().run()
+    assert w.store.phases[-1] == P.FINALIZE
+    assert w.store.noted("internal error in finalize: MIGRATION_ERROR: RuntimeError")

@@ -55,8 +55,8 @@ def test_skipping_phases_is_refused(current: Phase, target: Phase) -> None:
         check_transition(current, target)
 
 
-def test_rollback_ends_failed_or_cancelled_only() -> None:
-    assert ALLOWED[Phase.ROLLING_BACK] == {Phase.FAILED, Phase.CANCELLED}
+def test_rollback_ends_failed_or_cancelled_or_finds_the_commit_point_crossed() -> None:
+    assert ALLOWED[Phase.ROLLING_BACK] == {Phase.FAILED, Phase.CANCELLED, Phase.SWITCHOVER}
     assert ACTIVE.isdisjoint(TERMINAL) and set(Phase) == ACTIVE | TERMINAL
 
 

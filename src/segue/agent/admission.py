@@ -10,7 +10,6 @@ Each check raises a ``SegueError`` with a stable code, naming the problem and th
 from __future__ import annotations
 
 import os
-
 from dataclasses import dataclass, field
 
 from segue.domain.errors import Conflict, InsufficientResources, InvalidRequest, NotFound

@@ -27,14 +27,15 @@ from dataclasses import dataclass
 from pydantic import JsonValue
 
 from segue.api.migration import MigrationOptionsBody
+from segue.api.qemu import MigrationStatus
 from segue.domain.errors import NotFound, SegueError
 from segue.domain.vm import VMState
 from segue.engine.control import not_cancellable, refuse_cancel, refuse_postcopy
-from segue.engine.phases import MigrationCancelled, MigrationFailed, Phase
+from segue.engine.phases import ALLOWED, TERMINAL, MigrationCancelled, MigrationFailed, Phase
 from segue.engine.policies import MigrationPolicy
 from segue.engine.ports import AgentPort, Clock, FactsSource, JobStore
 from segue.engine.progress import Progress, progress_from_query
-from segue.engine.rollback import RollbackStack
+from segue.engine.rollback import CommitCrossed, RollbackStack
 
 log = logging.getLogger(__name__)
 SOURCE_RUNS = "make sure the source runs"
@@ -172,11 +173,40 @@ class JobBase:
 
     async def roll_back(self, outcome: Phase, reason: str, code: str,
                         enter: bool = True) -> None:
-        """Run the rollback stack (every step attempted, each noted), then end ``outcome``."""
+        """Run the rollback stack (every step attempted, each noted), then end ``outcome``.
+        A step that finds the commit point crossed meanwhile (``CommitCrossed``: QEMU
+        completed the copy before the cancel landed) stops it: the job rolls forward."""
         if enter:
             self.enter(Phase.ROLLING_BACK, reason)
-        await self.rollback.unwind(self.note, self.id)
+        try:
+            await self.rollback.unwind(self.note, self.id)
+        except CommitCrossed as crossed:
+            self.rollback.commit(crossed.reason)
+            self.note(f"{reason}, but {crossed.reason}: the move is finished instead")
+            await self.roll_forward()
+            return
         self.enter(outcome, reason, reason=reason, error_code=code)
+
+    def record_crash(self, err: Exception) -> None:
+        """An unexpected error in the job's last steps: the job ends ``failed`` with
+        ``MIGRATION_INTERNAL_ERROR`` where its phase allows it; in ``finalize`` (the
+        destination runs the VM: the job can only complete) it is noted and the job stays
+        there for the controller's recovery to finish. Never raises."""
+        code, message = error_of(err)
+        text = f"internal error in {self.phase}: {code}: {message}"
+        try:
+            if self.phase in TERMINAL:
+                self.note(text)
+            elif Phase.FAILED in ALLOWED[self.phase]:
+                self.enter(Phase.FAILED, text, reason=text, error_code="MIGRATION_INTERNAL_ERROR")
+            else:
+                self.note(f"{text}; the job stays in {self.phase} until it is finished")
+        except Exception:
+            log.exception("migration %s: its error could not be recorded either", self.id[:8])
+
+    async def roll_forward(self) -> None:
+        """Finish the move from the commit point (the job's switchover and finalize)."""
+        raise NotImplementedError
 
     async def fail(self, err: Exception) -> None:
         """End the job ``failed`` for ``err``: rolled back before the commit point; past it,
@@ -199,13 +229,17 @@ class JobBase:
         if (await self.src.migration_status(self.vm)).migration.status.active:
             await self.src.cancel_migration(self.vm)
         deadline = self.clock.now() + CANCEL_TIMEOUT_S
-        while (await self.src.migration_status(self.vm)).migration.status.active:
+        while (status := (await self.src.migration_status(self.vm)).migration.status).active:
+            if status.postcopy:
+                raise CommitCrossed("QEMU switched to post-copy before the cancel")
             if self.clock.now() > deadline:
                 raise MigrationFailed("MIGRATION_CANCEL_TIMEOUT",
                                       f"the source's migration still runs "
                                       f"{CANCEL_TIMEOUT_S:.0f} s after its cancel",
                                       "see the source agent's log")
             await self.clock.sleep(CANCEL_POLL_S)
+        if status == MigrationStatus.COMPLETED:
+            raise CommitCrossed("QEMU completed the copy before the cancel reached it")
 
     async def _ensure_source_runs(self) -> None:
         """Resume a paused source, but only with the destination confirmed gone (torn down

@@ -11,13 +11,19 @@ the VM.
 
 The commit point is QEMU reporting the copy ``completed``, or post-copy being requested of it:
 from then on the destination may run guest code, the stack is dropped and the job only rolls
-forward (a failure ends ``failed`` with both QEMUs left as they are, and the error says what
-to look at). One case goes back: a destination whose agent answers that its QEMU does not run
-the VM and never resumed it (no RESUME among its events) ran no guest code, so the source's
+forward. It waits for the destination to run the VM (``ROLL_FORWARD_TIMEOUT_S``, noted as it
+goes): a destination agent that restarts meanwhile takes the VM's lease over and resumes it,
+and the job finishes. A cancel that reaches QEMU after it completed is found by the rollback
+(``CommitCrossed``), which stops there and finishes the move instead. A failure past the point
+ends ``failed`` with both QEMUs left as they are (the VM's lease says which may run: the
+source's resume is refused once the destination took it over), and the error says what to
+look at. One case goes back: a destination whose agent answers that its QEMU does not run the
+VM and never resumed it (no RESUME among its events) ran no guest code, so the source's
 paused memory is still the newest: the destination is torn down (its agent refuses that for
-a running VM) and the source resumed; the job still ends ``failed``. Once the destination
-runs, the VM's location is committed to the destination (``JobStore.commit_location``) and
-the source QEMU is shut down.
+a running VM, and returns the lease unused) and the source resumed; the job still ends
+``failed``. Once the destination runs, the VM's location is committed to the destination
+(``JobStore.commit_location``) and the source QEMU is shut down. An unexpected error in the
+last steps is recorded on the job (``record_crash``), never only logged.
 
 The job is given its policy (``segue.engine.policies``; Segue's by default): while the
 destination QEMU starts, the job measures the migration link and samples the dirty rate (side
@@ -65,7 +71,10 @@ from segue.engine.progress import Progress, progress_from_query
 log = logging.getLogger(__name__)
 POLL_S = 0.2
 SWITCHOVER_POLL_S = 0.02
-SWITCHOVER_TIMEOUT_S = 30.0
+SILENT_POLL_S = 1.0  # a destination agent that does not answer is asked again this often
+ROLL_FORWARD_TIMEOUT_S = 120.0  # past the commit point: how long the job waits for the
+#   destination to run the VM (an agent restart, a storage hiccup) before it ends
+ROLL_FORWARD_NOTE_S = 10.0  # how often the wait is noted in the job
 CLAIM_RETRY_S = 0.5
 RELEASE_TIMEOUT_S = 10.0
 WAITING = frozenset({VMState.INMIGRATE, VMState.PAUSED, VMState.STARTING})
@@ -101,15 +110,15 @@ class MigrationJob(JobBase):
             if self.rollback.committed:
                 raise  # past the commit point a new controller finishes the job
             await _shielded(self.roll_back(Phase.FAILED, "controller shutting down",
-                                           "CONTROLLER_STOPPED"), self.id)
+                                           "CONTROLLER_STOPPED"), self)
             raise
         except MigrationCancelled as err:
-            await _shielded(self.roll_back(Phase.CANCELLED, err.message, err.code), self.id)
+            await _shielded(self.roll_back(Phase.CANCELLED, err.message, err.code), self)
             return
         except Exception as err:
-            await _shielded(self.fail(err), self.id)
+            await _shielded(self.fail(err), self)
             return
-        await _shielded(self.finalize(), self.id)
+        await _shielded(self.finalize(), self)
 
     # ---- prepare ----
     async def _prepare(self) -> None:
@@ -239,6 +248,16 @@ class MigrationJob(JobBase):
         self.enter(Phase.POSTCOPY, "post-copy: the destination runs the VM and pulls the rest")
         await postcopy.wait_postcopy(self)
 
+    async def roll_forward(self) -> None:
+        """The commit point was crossed while rolling back (``JobBase.roll_back``): wait
+        for the destination to run the VM and finalize, as a job that saw QEMU complete."""
+        try:
+            await self._switchover()
+        except Exception as err:
+            await self.fail(err)
+            return
+        await self.finalize()
+
     # ---- switchover and finalize ----
     async def _switchover(self) -> None:
         """Wait for the destination to run the VM (past the commit point: a destination
@@ -284,10 +303,15 @@ class MigrationJob(JobBase):
                               "take the VM over") from None
 
     async def wait_destination_runs(self) -> None:
-        """Return once the destination runs the VM; raises MigrationFailed
-        (``MIGRATION_DEST_NOT_RUNNING``) when it is gone or in another state, or not
-        running after SWITCHOVER_TIMEOUT_S (an agent that does not answer is asked again)."""
-        deadline = self.clock.now() + SWITCHOVER_TIMEOUT_S
+        """Return once the destination runs the VM. Past the commit point the job rolls
+        forward: a destination whose agent does not answer (restarting, cut off) or whose
+        QEMU still waits (for its lease, for the device state) is asked again for up to
+        ``ROLL_FORWARD_TIMEOUT_S``, the wait noted in the job every ``ROLL_FORWARD_NOTE_S``.
+        Raises MigrationFailed: ``MIGRATION_DEST_NOT_RUNNING`` when its QEMU is gone or in
+        another state, or still waiting at the end; ``MIGRATION_DEST_UNREACHABLE`` when its
+        agent never answered again."""
+        start = self.clock.now()
+        deadline, next_note = start + ROLL_FORWARD_TIMEOUT_S, start + ROLL_FORWARD_NOTE_S
         state: str = "silent"
         while self.clock.now() < deadline:
             try:
@@ -295,22 +319,41 @@ class MigrationJob(JobBase):
             except NotFound:
                 state = "gone"
                 break
-            except SegueError:
-                state = "silent"
+            except SegueError as err:
+                state = f"silent: {err.code}"
             else:
                 state = info.state.value
                 if info.state == VMState.RUNNING:
+                    if self.clock.now() - start >= ROLL_FORWARD_NOTE_S:
+                        self.note(f"{self.spec.dest} runs {self.vm} after "
+                                  f"{self.clock.now() - start:.0f} s: rolling forward")
                     return
                 if info.state not in WAITING:
                     break
-            await self.clock.sleep(SWITCHOVER_POLL_S)
+            if self.clock.now() >= next_note:
+                next_note += ROLL_FORWARD_NOTE_S
+                self.note(f"waiting for {self.spec.dest} to run {self.vm} "
+                          f"({self.clock.now() - start:.0f} s, {state}); past the commit point "
+                          f"the source stays paused and nothing is undone")
+            await self.clock.sleep(SILENT_POLL_S if state.startswith("silent")
+                                   else SWITCHOVER_POLL_S)
+        if state.startswith("silent"):
+            raise MigrationFailed(
+                "MIGRATION_DEST_UNREACHABLE",
+                f"the destination {self.spec.dest}'s agent did not answer for "
+                f"{ROLL_FORWARD_TIMEOUT_S:.0f} s after the copy completed ({state})",
+                f"nothing is undone past the commit point: when {self.spec.dest}'s agent is "
+                f"back it takes {self.vm} over and runs it (its lease was handed over), and "
+                f"the controller's reconciliation records the move and releases the paused "
+                f"source on {self.spec.source}")
         raise MigrationFailed(
             "MIGRATION_DEST_NOT_RUNNING",
             f"the destination {self.spec.dest} did not resume {self.vm} after the copy "
             f"(it is {state})",
             f"past the commit point nothing is undone: see {self.spec.dest}'s agent log; "
             f"the source QEMU on {self.spec.source} stays paused with the VM's memory as "
-            "the copy ended, resume it there only if the VM never ran on the destination")
+            f"the copy ended, and its agent resumes it only if the VM's lease was returned "
+            f"unused (the VM never ran on {self.spec.dest})")
 
     async def finalize(self, enter: bool = True) -> None:
         """The destination runs the VM: make it the owner, commit the location, then shut
@@ -408,12 +451,14 @@ async def _first_error(call: Coroutine[object, object, T]) -> T:
         raise first from None
 
 
-async def _shielded(cleanup: Coroutine[object, object, None], job_id: str) -> None:
+async def _shielded(cleanup: Coroutine[object, object, None], job: MigrationJob) -> None:
     """Run a job's last steps (rollback, finalize) to their end even if the job's task is
-    cancelled meanwhile; an error there is logged (the job's record says how far it got)."""
+    cancelled meanwhile. An error there never dies silently: it is logged and recorded on
+    the job (``JobBase.record_crash``)."""
     try:
         await asyncio.shield(cleanup)
     except asyncio.CancelledError:
         raise
-    except Exception:
-        log.exception("migration %s: its last steps failed", job_id[:8])
+    except Exception as err:
+        log.exception("migration %s: its last steps failed", job.id[:8])
+        job.record_crash(err)

@@ -3,6 +3,7 @@
     [queued ->] check -> prepare -> start -> monitor -> switchover -> finalize -> completed
     any phase from ``check`` to ``switchover`` -> rolling_back -> failed | cancelled
     monitor | postcopy | switchover -> failed      (past the commit point: no rollback)
+    rolling_back -> switchover     (the commit point was crossed while rolling back)
     queued -> cancelled
 
 ``queued``: accepted, but a per-host concurrency limit holds it back
@@ -18,7 +19,8 @@ post-copy that cannot be recovered ends ``failed`` with no rollback.
 The commit point (``segue.engine.job``) is QEMU reporting the copy ``completed``, or post-copy
 being requested of it: from then on the destination may have run guest code, so the job only
 rolls forward, and a failure (in ``monitor`` right after the request, in ``postcopy`` or in
-``switchover``) ends ``failed`` with both QEMUs left as they are.
+``switchover``) ends ``failed`` with both QEMUs left as they are. A rollback that finds QEMU
+completed the copy after all (a cancel that reached it too late) goes on to ``switchover``.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ ALLOWED: dict[Phase, frozenset[Phase]] = {
     Phase.POSTCOPY: frozenset({Phase.SWITCHOVER, Phase.FINALIZE, Phase.FAILED}),
     Phase.SWITCHOVER: frozenset({Phase.FINALIZE, Phase.ROLLING_BACK, Phase.FAILED}),
     Phase.FINALIZE: frozenset({Phase.COMPLETED}),
-    Phase.ROLLING_BACK: frozenset({Phase.FAILED, Phase.CANCELLED}),
+    Phase.ROLLING_BACK: frozenset({Phase.FAILED, Phase.CANCELLED, Phase.SWITCHOVER}),
     Phase.COMPLETED: frozenset(),
     Phase.FAILED: frozenset(),
     Phase.CANCELLED: frozenset(),

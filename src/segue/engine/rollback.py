@@ -9,7 +9,9 @@ reads the outcome of those before it with ``succeeded``.
 
 ``commit`` marks the commit point (QEMU completed the copy, or post-copy was requested of
 it): the stack is dropped and ``unwind`` refuses from then on, since the destination may
-have run guest code and only rolling forward is safe.
+have run guest code and only rolling forward is safe. A step that finds the point crossed
+while it undoes (a cancel that reached QEMU after it completed) raises ``CommitCrossed``:
+the unwind stops there and the job rolls forward.
 
 Errors: ``RollbackRefused`` (``MIGRATION_PAST_COMMIT``) for ``unwind`` after ``commit``.
 """
@@ -29,6 +31,16 @@ Note = Callable[[str], None]
 
 class RollbackRefused(Conflict):
     """A rollback was asked for past the commit point."""
+
+
+class CommitCrossed(Exception):
+    """A compensating step found the commit point crossed meanwhile (QEMU completed the
+    copy before its cancel landed): ``unwind`` stops at once, the steps below it are not
+    run, and the job rolls forward instead."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,9 @@ class RollbackStack:
         for step in steps:
             try:
                 await step.undo()
+            except CommitCrossed as crossed:
+                note(f"rollback: {step.what}: {crossed.reason}: stopped, rolling forward")
+                raise
             except Exception as err:
                 log.warning("migration %s rollback: %s failed: %r", job_id[:8], step.what, err)
                 note(f"rollback: {step.what}: FAILED ({err})")
