@@ -39,7 +39,7 @@ def app(request: pytest.FixtureRequest, lab: Lab, caps: QemuCapabilities) -> Ite
     if request.param == "agent":
         yield create_agent_app(lab.config(), caps)
     else:
-        yield create_controller_app(ControllerConfig(database_url=f"sqlite:///{lab.root}/c.db"))
+        yield create_controller_app(ControllerConfig(create_database=True, database_url=f"sqlite:///{lab.root}/c.db"))
 
 
 def is_wire_model(model: Any) -> bool:

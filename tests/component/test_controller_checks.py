@@ -191,7 +191,7 @@ class Controller:
 @asynccontextmanager
 async def controller(tmp_path: Path, agents: list[FakeAgent]) -> AsyncIterator[Controller]:
     by_name = {a.name: a for a in agents}
-    app = create_app(ControllerConfig(database_url=f"sqlite:///{tmp_path}/c.db",
+    app = create_app(ControllerConfig(create_database=True, database_url=f"sqlite:///{tmp_path}/c.db",
                                       heartbeat_timeout=30.0), FakePool(by_name))
     async with app.router.lifespan_context(app), httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://controller") as http:

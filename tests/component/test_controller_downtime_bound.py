@@ -24,7 +24,8 @@ from segue.engine.policies import SeguePolicy
 async def test_the_clusters_bound_reaches_the_jobs_policy(
         tmp_path: Path, configured: int | None, requested: int | None, bound: int) -> None:
     keys = {} if configured is None else {"max_auto_downtime_ms": configured}
-    app = create_app(ControllerConfig(database_url=f"sqlite:///{tmp_path}/c.db", **keys))
+    app = create_app(ControllerConfig(create_database=True,
+                                      database_url=f"sqlite:///{tmp_path}/c.db", **keys))
     async with app.router.lifespan_context(app):
         options = MigrationOptionsBody(max_downtime_ms=requested)
         stored = StoredJob(JobSpec("j1", "web1", "host1", "host2", options), Phase.CHECK,

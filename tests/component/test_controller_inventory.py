@@ -27,7 +27,9 @@ from segue.controller.agents import AgentPool
 from segue.controller.app import create_app
 from segue.controller.config import ControllerConfig
 from segue.controller.db import Database
+from segue.controller.migration_models import MigrationRow
 from segue.controller.models import Host, utcnow
+from segue.domain.errors import Unavailable
 
 if TYPE_CHECKING:  # fixtures come from conftest.py; only their types are imported
     from conftest import Lab
@@ -77,8 +79,7 @@ def cluster(lab: Lab, caps: QemuCapabilities) -> ClusterFactory:
                 agent_http[host] = await stack.enter_async_context(httpx.AsyncClient(
                     transport=httpx.ASGITransport(app=app), base_url="http://agent", timeout=60))
             pool = AgentPool(lambda url: httpx.ASGITransport(app=by_url[url]))
-            controller = create_app(ControllerConfig(
-                database_url=f"sqlite:///{lab.root}/controller.db",
+            controller = create_app(ControllerConfig(create_database=True, database_url=f"sqlite:///{lab.root}/controller.db",
                 heartbeat_timeout=heartbeat_timeout), pool)
             await stack.enter_async_context(controller.router.lifespan_context(controller))
             http = await stack.enter_async_context(httpx.AsyncClient(
@@ -285,7 +286,7 @@ async def test_agent_survives_an_unreachable_controller(
 
 def test_upgrade_creates_the_schema_and_is_idempotent(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path}/fresh.db")
-    db.upgrade()
+    db.upgrade(create=True)
     db.upgrade()
     tables = set(sa.inspect(db.engine).get_table_names())
     assert {"hosts", "vms", "vm_events", "alembic_version"} <= tables
@@ -300,7 +301,7 @@ def test_upgrade_creates_the_schema_and_is_idempotent(tmp_path: Path) -> None:
 def test_relative_sqlite_url_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     db = Database("sqlite:///controller.db")
-    db.upgrade()
+    db.upgrade(create=True)
     now = utcnow()
     with db.session() as s:
         inventory.record_heartbeat(s, "host1", "http://host1:7600",
@@ -310,6 +311,41 @@ def test_relative_sqlite_url_works(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert host.last_heartbeat == now and host.last_heartbeat.tzinfo is not None
     db.dispose()
     assert (tmp_path / "controller.db").exists()
+
+
+def test_an_empty_or_corrupt_database_stops_the_controller(tmp_path: Path) -> None:
+    """A new (or deleted) database is created only on request; a corrupt one never is."""
+    db = Database(f"sqlite:///{tmp_path}/gone.db")
+    with pytest.raises(Unavailable) as err:
+        db.upgrade()
+    assert err.value.code == "DATABASE_EMPTY" and "--create-database" in err.value.hint
+    assert sa.inspect(db.engine).get_table_names() == []  # nothing made
+    db.dispose()
+    (tmp_path / "bad.db").write_bytes(b"this is not a database file at all" * 200)
+    bad = Database(f"sqlite:///{tmp_path}/bad.db")
+    with pytest.raises(Unavailable) as err:
+        bad.upgrade(create=True)
+    assert err.value.code == "DATABASE_UNAVAILABLE" and "backup" in err.value.hint
+    bad.dispose()
+
+
+def test_one_active_job_per_vm_is_kept_by_the_database(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path}/c.db")
+    db.upgrade(create=True)
+    now = utcnow()
+
+    def job(job_id: str, phase: str) -> MigrationRow:
+        return MigrationRow(id=job_id, vm_name="web1", source_host="host1", dest_host="host2",
+                            phase=phase, created_at=now, updated_at=now, options={},
+                            summary={}, last_progress={})
+
+    with db.session() as s:
+        s.add_all([job("a", "completed"), job("b", "failed"), job("c", "monitor")])
+    with pytest.raises(sa.exc.IntegrityError), db.session() as s:
+        s.add(job("d", "queued"))
+    with db.session() as s:
+        s.add(job("e", "cancelled"))  # a finished one is fine
+    db.dispose()
 
 
 # ---- the CLI, end to end ----

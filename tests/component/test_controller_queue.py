@@ -136,7 +136,7 @@ def cluster(moves: Moves) -> list[MovingAgent]:
 async def controller(tmp_path: Path, agents: list[MovingAgent], outgoing: int = 1,
                      incoming: int = 1) -> AsyncIterator[Controller]:
     by_name: dict[str, FakeAgent] = {a.name: a for a in agents}
-    app = create_app(ControllerConfig(database_url=f"sqlite:///{tmp_path}/c.db",
+    app = create_app(ControllerConfig(create_database=True, database_url=f"sqlite:///{tmp_path}/c.db",
                                       heartbeat_timeout=30.0, max_outgoing_per_host=outgoing,
                                       max_incoming_per_host=incoming), FakePool(by_name))
     async with app.router.lifespan_context(app), httpx.AsyncClient(

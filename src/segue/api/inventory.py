@@ -113,18 +113,26 @@ class HostFactsBody(RequestModel):
 
 
 class VMReport(RequestModel):
-    """One VM a host's agent runs or keeps defined, as its heartbeat reports it."""
+    """One VM a host's agent runs or keeps defined, as its heartbeat reports it: its role
+    there (owner, source, incoming), the lease generation the host holds it at (None: no
+    lease) and why it is fenced there, if it is."""
 
     name: Name
     uuid: Annotated[str, Field(max_length=36)]
     state: WireVMState
     pid: Pid | None = None
     spec: VMSpecBody
+    role: Literal["owner", "source", "incoming"] = "owner"
+    generation: Annotated[int, Field(ge=0, le=2**62)] | None = None
+    fenced: Annotated[str, Field(max_length=1024)] | None = None
+    migration_id: Annotated[str, Field(max_length=64)] | None = None
 
     @classmethod
     def from_info(cls, info: VMInfo) -> VMReport:
+        role = info.role if info.role in ("owner", "source", "incoming") else "owner"
         return cls(name=info.name, uuid=info.uuid, state=info.state, pid=info.pid,
-                   spec=info.spec)
+                   spec=info.spec, role=role, generation=info.generation,  # type: ignore[arg-type]
+                   fenced=info.fenced, migration_id=info.migration_id)
 
 
 class Heartbeat(RequestModel):

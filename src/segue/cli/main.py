@@ -59,6 +59,9 @@ def agent(config: Path | None = typer.Option(
 @handles_errors
 def server(config: Path | None = typer.Option(
         None, help="Controller configuration file (TOML); default /etc/segue/controller.toml.",
+), create_database: bool = typer.Option(
+        False, "--create-database",
+        help="A new cluster: give an empty database its schema (refused otherwise).",
 )) -> None:
     """Run the controller: inventory, migrations and the cluster's API.
 
@@ -66,7 +69,10 @@ def server(config: Path | None = typer.Option(
     from segue.controller.config import load_controller_config
     from segue.controller.server import run_controller
 
-    run_controller(load_controller_config(config))
+    loaded = load_controller_config(config)
+    if create_database:
+        loaded = loaded.model_copy(update={"create_database": True})
+    run_controller(loaded)
 
 
 app.add_typer(lab_app, name="lab")

@@ -18,13 +18,14 @@ from fastapi import FastAPI
 
 from segue import __version__
 from segue.api.cluster import ControllerHealth
-from segue.controller import inventory
+from segue.controller import inventory, reconcile
 from segue.controller.agents import AgentPool
 from segue.controller.api_cluster import router as cluster_router
 from segue.controller.api_inventory import router as inventory_router
 from segue.controller.api_migrations import router as migrations_router
 from segue.controller.config import ControllerConfig
 from segue.controller.db import Database
+from segue.controller.inventory_service import InventoryService
 from segue.controller.migrations import MigrationService
 from segue.controller.models import utcnow
 from segue.httpapi import install_error_handler
@@ -52,13 +53,15 @@ def create_app(config: ControllerConfig, agents: AgentPool | None = None) -> Fas
         db = Database(config.database_url)
         pool = agents or AgentPool()
         try:
-            db.upgrade()
+            db.upgrade(create=config.create_database)
             log.info("database %s is up to date", db.safe_url)
             app.state.config, app.state.db, app.state.agents = config, db, pool
             async with asyncio.TaskGroup() as tg:
                 app.state.tg = tg
                 watcher = tg.create_task(watch_heartbeats(db, config.heartbeat_timeout),
                                          name="watch-heartbeats")
+                releases = tg.create_task(reconcile.run_releases(InventoryService(
+                    db, pool.typed, config.heartbeat_timeout)), name="reconcile-releases")
                 app.state.migrations = MigrationService(
                     db, pool, tg, config.heartbeat_timeout, config.limits,
                     max_auto_downtime_ms=config.max_auto_downtime_ms)
@@ -68,6 +71,7 @@ def create_app(config: ControllerConfig, agents: AgentPool | None = None) -> Fas
                     yield
                 finally:
                     watcher.cancel()
+                    releases.cancel()
                     app.state.migrations.stop_all()  # running jobs roll back
         finally:
             await pool.aclose()

@@ -15,6 +15,9 @@ Example (``docs/examples/controller.toml``)::
 
 ``database_url`` (required) is any SQLAlchemy URL: a SQLite file, or PostgreSQL
 (``postgresql+psycopg://...``) for several controllers sharing one database.
+``create_database`` (false): an empty database (a new one, or one deleted under a running
+cluster) stops the controller with ``DATABASE_EMPTY`` unless this is true (or
+``segue server --create-database``), so that a cluster is created only on request.
 ``heartbeat_timeout``: seconds without a heartbeat after which a host counts as disconnected.
 ``max_outgoing_per_host`` / ``max_incoming_per_host``: migrations that may run at once out of
 and into each host (default 2 each); further requests are queued in order
@@ -65,6 +68,8 @@ class ControllerConfig(ServiceSettings):
 
     database_url: str = Field(min_length=1, description=(
         "a SQLAlchemy URL, e.g. sqlite:////var/lib/segue/controller.db"))
+    create_database: bool = Field(False, description=(
+        "true only for a new cluster: an empty database gets a schema (never a deleted one)"))
     listen: ControllerListen = ControllerListen()
     heartbeat_timeout: float = Field(10.0, gt=0, le=86400, description=(
         "seconds without a heartbeat before a host is disconnected: more than 0"))

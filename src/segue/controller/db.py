@@ -6,7 +6,8 @@ schema is created and upgraded by the Alembic migrations shipped inside this pac
 (``segue/controller/alembic``), run by ``Database.upgrade``.
 
 Errors: ``Unavailable`` (code ``DATABASE_UNAVAILABLE``) when the database cannot be opened
-or upgraded; ``InvalidRequest`` (``DATABASE_URL_INVALID``) for a malformed URL.
+or upgraded, ``DATABASE_EMPTY`` for an empty one the controller was not asked to create;
+``InvalidRequest`` (``DATABASE_URL_INVALID``) for a malformed URL.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -65,18 +66,36 @@ class Database:
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
-    def upgrade(self) -> None:
-        """Bring the schema to the newest migration (idempotent; creates it on an empty DB)."""
+    def upgrade(self, create: bool = False) -> None:
+        """Bring the schema to the newest migration (idempotent). An empty database (a new
+        one, or one deleted under the controller) gets a schema only with ``create`` (an
+        in-memory one always): starting empty would forget every VM's owner and every
+        migration in flight. Raises Unavailable (``DATABASE_EMPTY``, ``DATABASE_UNAVAILABLE``
+        for one that cannot be read, e.g. corrupt)."""
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         try:
             with self.engine.begin() as connection:
+                empty = not inspect(connection).get_table_names()
+                if empty and not (create or self._in_memory()):
+                    raise Unavailable(
+                        "DATABASE_EMPTY",
+                        f"the database {self.safe_url} holds no Segue cluster (new, or deleted)",
+                        "for a new cluster, start the controller once with --create-database "
+                        "(create_database = true); if it held a cluster, restore it from a "
+                        "backup: an empty database forgets every VM's owner and every "
+                        "migration in flight")
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
         except SQLAlchemyError as err:
             raise Unavailable("DATABASE_UNAVAILABLE",
-                              f"cannot upgrade the database {self.safe_url}: {err}",
-                              "check database_url in the controller configuration") from err
+                              f"cannot read or upgrade the database {self.safe_url}: {err}",
+                              "check database_url in the controller configuration; a corrupt "
+                              "database is restored from a backup, never recreated") from err
+
+    def _in_memory(self) -> bool:
+        return self.engine.url.get_backend_name() == "sqlite" and \
+            self.engine.url.database in (None, "", ":memory:")
 
     @property
     def safe_url(self) -> str:

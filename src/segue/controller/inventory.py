@@ -34,10 +34,13 @@ from segue.api.inventory import (
 )
 from segue.api.vm import VMInfo, VMSpecBody
 from segue.checks.context import host_facts_from_dict
-from segue.controller.models import VM, Host, HostState, VMEvent, utcnow
+from segue.controller import reconcile
+from segue.controller.migration_models import MigrationRow
+from segue.controller.models import VM, Host, HostState, VMEvent, VMInstance, utcnow
 from segue.domain.errors import Conflict, NotFound
 from segue.domain.host import HostFacts
 from segue.domain.vm import VMState
+from segue.engine.phases import TERMINAL
 
 log = logging.getLogger(__name__)
 
@@ -128,18 +131,50 @@ def record_heartbeat(session: Session, name: str, url: str, facts: HostFacts,
 
 def _reconcile_vms(session: Session, host: Host, reported: list[VMReport],
                    now: datetime) -> None:
+    """The host's VMs into the inventory, then who owns each one it mentions decided from
+    every host's instances (``segue.controller.reconcile``)."""
     by_name = {info.name: info for info in reported}
+    changed = reconcile.record_instances(session, host.name, reported, now)
     known = {vm.name: vm for vm in session.scalars(select(VM).where(VM.name.in_(by_name)))}
     for name, info in by_name.items():
         vm = known.get(name)
         if vm is None:
-            add_vm(session, info, host, now, kind="discovered")
+            vm = add_vm(session, info, host, now, kind="discovered")
         elif vm.host == host.name:
             update_vm_state(session, vm, info.state, info.pid, now)
+            if info.generation is not None and info.role != "source":
+                vm.generation = info.generation
     owned = session.scalars(select(VM).where(VM.host == host.name, VM.name.not_in(by_name),
                                              VM.state != MISSING))
     for vm in owned:
         update_vm_state(session, vm, MISSING, None, now)
+    session.flush()
+    _reconcile_owners(session, host.name, set(by_name) | changed, changed, by_name, now)
+
+
+def _reconcile_owners(session: Session, reporter: str, names: set[str], changed: set[str],
+                      by_name: dict[str, VMReport], now: datetime) -> None:
+    """``reconcile.decide`` for each VM of ``names``: the owner the hosts' leases say, and
+    the events of what changed in ``reporter``'s heartbeat."""
+    connected = {h.name for h in session.scalars(
+        select(Host).where(Host.state == HostState.CONNECTED))} | {reporter}
+    active = set(session.scalars(select(MigrationRow.vm_name).where(
+        MigrationRow.phase.not_in([p.value for p in TERMINAL]))))
+    for name in sorted(names):
+        vm = find_vm(session, name)
+        if vm is None:
+            continue
+        seen = reconcile.instances_of(session, name, connected)
+        decision = reconcile.decide(vm.host, vm.generation, seen,
+                                    {reporter} if name in changed else set(), name in active)
+        if decision.owner is not None:
+            vm.host, vm.generation = decision.owner
+            info = by_name.get(name) if vm.host == reporter else None
+            state = next(s.state for s in seen if s.host == vm.host)
+            update_vm_state(session, vm, VMState(state), info.pid if info else None, now)
+        for kind, data in decision.events:
+            record_vm_event(session, name, kind, data, now)
+            log.warning("VM %s: %s %s", name, kind, data)
 
 
 # ---- VMs ----
@@ -188,7 +223,7 @@ def add_vm(session: Session, info: VMInfo | VMReport, host: Host,
         refuse_existing_vm(session, name)
     vm = VM(name=name, uuid=info.uuid, host=host.name,
             spec=info.spec.model_dump(mode="json"), state=info.state.value, pid=info.pid,
-            updated_at=now)
+            updated_at=now, generation=info.generation)
     session.add(vm)
     record_vm_event(session, name, kind, {"host": host.name, "uuid": vm.uuid,
                                           "state": vm.state}, now)
@@ -233,7 +268,20 @@ def remove_vm(session: Session, name: str, now: datetime | None = None) -> None:
     """Delete the VM from the inventory (its events stay, plus a ``destroyed`` one)."""
     vm = get_vm(session, name)
     record_vm_event(session, name, "destroyed", {"host": vm.host}, now)
+    reconcile.forget_instances(session, name)
     session.delete(vm)
+
+
+def vms_left_behind(session: Session) -> list[str]:
+    """The VMs some host reports in ``postmigrate`` (a migration's source, maybe done)."""
+    return sorted(set(session.scalars(select(VMInstance.vm_name).where(
+        VMInstance.state == VMState.POSTMIGRATE.value))))
+
+
+def has_active_job(session: Session, vm_name: str) -> bool:
+    return session.scalars(select(MigrationRow.id).where(
+        MigrationRow.vm_name == vm_name,
+        MigrationRow.phase.not_in([p.value for p in TERMINAL]))).first() is not None
 
 
 def record_vm_event(session: Session, vm_name: str, kind: str, detail: dict[str, Any],

@@ -33,7 +33,7 @@ from segue.api.inventory import (
     VMView,
 )
 from segue.api.vm import VMInfo, VMSpecBody
-from segue.controller import cluster, inventory
+from segue.controller import cluster, inventory, reconcile
 from segue.controller.db import Database
 from segue.controller.models import VM, Host, utcnow
 from segue.domain.errors import InvalidRequest, NotFound, SegueError, Unavailable
@@ -45,9 +45,10 @@ class InventoryAgent(Protocol):
 
     async def get_vm(self, name: str) -> VMInfo: ...
     async def define_vm(self, spec: VMSpecBody, start: bool = False) -> VMInfo: ...
-    async def start_vm(self, name: str) -> VMInfo: ...
+    async def start_vm(self, name: str, generation: int | None = None) -> VMInfo: ...
     async def stop_vm(self, name: str, timeout: float = 30.0, force: bool = False) -> VMInfo: ...
     async def destroy_vm(self, name: str) -> None: ...
+    async def release(self, name: str) -> None: ...
 
 
 AgentFor = Callable[[str], InventoryAgent]  # the agent at a URL
@@ -189,10 +190,16 @@ class InventoryService:
             vm = inventory.get_vm(s, name)
             inventory.record_vm_event(s, name, kind, {"host": vm.host, **detail})
             inventory.update_vm_state(s, vm, info.state, info.pid)
+            if info.generation is not None:
+                vm.generation = info.generation
             return VMDetail(**dict(inventory.vm_view(vm)), live=info)
 
     async def start_vm(self, name: str) -> VMDetail:
-        info = await self._agent_of_vm(name).start_vm(name)
+        """Start the VM on its host, with the lease generation the inventory knows as the
+        fencing token (``VM_NOT_OWNED`` if the VM was claimed elsewhere since)."""
+        with self.db.session() as s:
+            generation = inventory.get_vm(s, name).generation
+        info = await self._agent_of_vm(name).start_vm(name, generation=generation)
         return self._store_live(name, info, "started", {"pid": info.pid})
 
     async def stop_vm(self, name: str, force: bool = False, timeout: float = 30.0) -> VMDetail:
@@ -212,3 +219,31 @@ class InventoryService:
             # the agent no longer has it: forgetting it is all that is left to do
         with self.db.session() as s:
             inventory.remove_vm(s, name)
+
+    # ---- reconciliation (``segue.controller.reconcile``) ----
+    def pending_releases(self) -> list[tuple[str, str, str]]:
+        """(vm, host, agent url) of every migrated-away source reconciliation may release:
+        ``postmigrate`` on a connected host that is not the owner, the owner running the VM,
+        no job of the VM under way."""
+        out = []
+        with self.db.session() as s:
+            hosts = {h.name: h for h in inventory.list_hosts(s)
+                     if inventory.host_connected(h, self.now(), self.heartbeat_timeout)}
+            for vm_name in inventory.vms_left_behind(s):
+                vm = inventory.find_vm(s, vm_name)
+                if vm is None:
+                    continue
+                seen = reconcile.instances_of(s, vm_name, set(hosts))
+                decision = reconcile.decide(vm.host, vm.generation, seen, set(),
+                                            inventory.has_active_job(s, vm_name))
+                out += [(vm_name, host, hosts[host].url) for host in decision.release]
+        return out
+
+    def agent(self, url: str) -> reconcile.Releaser:
+        return self.agents(url)
+
+    def released(self, vm: str, host: str, error: str | None) -> None:
+        """Record the outcome of releasing a migrated-away source."""
+        with self.db.session() as s:
+            inventory.record_vm_event(s, vm, "released-source",
+                                      {"host": host, "error": error})

@@ -5,16 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from segue.controller.models import Base, UTCDateTime
+
+ACTIVE_JOB = "phase NOT IN ('completed', 'failed', 'cancelled')"
 
 
 class MigrationRow(Base):
     """One live migration of one VM from ``source_host`` to ``dest_host``."""
 
     __tablename__ = "migrations"
+    # at most one active job per VM, kept by the database (several controllers, one DB)
+    __table_args__ = (Index("uq_active_migration_per_vm", "vm_name", unique=True,
+                            sqlite_where=text(ACTIVE_JOB), postgresql_where=text(ACTIVE_JOB)),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     vm_name: Mapped[str] = mapped_column(String(64), index=True)

@@ -11,7 +11,17 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Dialect, ForeignKey, Integer, String
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -90,6 +100,27 @@ class VM(Base):
     state: Mapped[str] = mapped_column(String(16))
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    generation: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class VMInstance(Base):
+    """One host's QEMU (or definition) of a VM as that host's last heartbeat reported it:
+    its run state, role, the lease generation it holds (None: none) and why it is fenced.
+    A host's rows are replaced by each of its heartbeats (``segue.controller.reconcile``)."""
+
+    __tablename__ = "vm_instances"
+    __table_args__ = (UniqueConstraint("vm_name", "host", name="uq_vm_instance_per_host"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    vm_name: Mapped[str] = mapped_column(String(64), index=True)
+    host: Mapped[str] = mapped_column(String(64), index=True)
+    uuid: Mapped[str] = mapped_column(String(36))
+    state: Mapped[str] = mapped_column(String(16))
+    role: Mapped[str] = mapped_column(String(16))
+    generation: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    fenced: Mapped[str | None] = mapped_column(Text, nullable=True)
+    migration_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class VMEvent(Base):

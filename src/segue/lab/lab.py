@@ -289,8 +289,11 @@ def _build(plan: LabPlan, agent_argv: AgentArgv, health_timeout: float,
     _write_host_files(plan)
     controller_pid = None
     if controller_argv is not None:
-        controller_pid = _start_controller(plan, controller_argv(plan.controller.config_path),
-                                           time.monotonic() + health_timeout)
+        # a new lab is a new cluster: its empty database is created on this first start
+        # only (a restarted controller must find it, ``start_controller``)
+        controller_pid = _start_controller(
+            plan, [*controller_argv(plan.controller.config_path), "--create-database"],
+            time.monotonic() + health_timeout)
     argvs = {h.name: agent_argv(h.agent_config_path) for h in plan.hosts}
     pids: dict[str, int | None] = {h.name: _spawn_agent(h, argvs[h.name]) for h in plan.hosts}
     deadline = time.monotonic() + health_timeout
