@@ -37,7 +37,7 @@ from segue.api.agent import (
 from segue.api.migration import MigrationOptionsBody
 from segue.api.qemu import MigrationStatus, QueryMigrate, RamStats
 from segue.api.vm import VMInfo, VMSpecBody
-from segue.domain.errors import NotFound, SegueError, Unavailable
+from segue.domain.errors import Conflict, NotFound, SegueError, Unavailable
 from segue.domain.host import CpuFacts, HostFacts, MemoryFacts, MigrationNicFacts, QemuFacts
 from segue.domain.vm import VMState
 from segue.engine.context import JobSpec, Ports
@@ -133,9 +133,12 @@ class MemoryStore:
 
 @dataclass
 class Wire:
-    """What both QEMUs share: the destination's state once the copy completed."""
+    """What both QEMUs share: the destination's state once the copy completed, and the
+    host holding the VM's lease (``segue.agent.leases``: the destination takes it over when
+    it runs the guest, i.e. when its events hold a RESUME; None: nobody claimed it here)."""
 
     dest_after: VMState = VMState.RUNNING
+    lease_holder: str | None = None
 
 
 Hook = Callable[[], None]
@@ -215,9 +218,12 @@ class FakeAgent:
             self.vms[name] = VMState.POSTMIGRATE
             if self.peer is not None and name in self.peer.vms:
                 self.peer.vms[name] = self.wire.dest_after
+                if any(e.event == "RESUME" for e in self.peer.events_):
+                    self.wire.lease_holder = self.peer.host  # it took the VM over and ran
         elif status.status.postcopy and self.peer is not None and name in self.peer.vms:
             self.vms[name] = VMState.PAUSED
             self.peer.vms[name] = VMState.RUNNING
+            self.wire.lease_holder = self.peer.host
         return status
 
     # ---- AgentPort ----
@@ -231,6 +237,9 @@ class FakeAgent:
 
     async def resume_vm(self, name: str) -> VMInfo:
         self._call("resume_vm")
+        if self.wire.lease_holder not in (None, self.host):
+            raise Conflict("VM_NOT_OWNED", f"{self.wire.lease_holder} holds {name}'s lease",
+                           "never run it here")
         self.vms[name] = VMState.RUNNING
         return self._info(name)
 

@@ -48,6 +48,11 @@ CASES: list[tuple[str, str, int | None, list[Seen], set[str], bool, Decision]] =
      Decision(events=[("fenced", {"host": "host1", "why": "its lease is host2's"})])),
     ("no events for hosts whose instance did not change", "host2", 4,
      [s("host1", P, None, fenced="x"), s("host2", R, 4)], set(), False, Decision()),
+    ("an incoming QEMU that never took the VM over is torn down once no job runs", "host1",
+     3, [s("host1", R, 3), s("host2", P, None, role="incoming")], set(), False,
+     Decision(abort=["host2"])),
+    ("... but never while its job runs", "host1", 3,
+     [s("host1", R, 3), s("host2", P, None, role="incoming")], set(), True, Decision()),
     ("a source left postmigrate is not released while the owner does not run it", "host2", 4,
      [s("host1", PM, None, role="source"), s("host2", "stopped", None)], set(), False,
      Decision()),
@@ -121,8 +126,11 @@ async def test_the_left_behind_source_is_released_once_no_job_runs(
             released.append((name, self.url))
             done.set()
 
+        async def abort_incoming(self, name: str) -> None:
+            raise AssertionError("nothing to abort here")
+
     service = InventoryService(db, Agent, heartbeat_timeout=30.0)  # type: ignore[arg-type]
-    assert service.pending_releases() == [("web1", "host1", "http://host1:7600")]
+    assert service.pending_releases() == [("release", "web1", "host1", "http://host1:7600")]
     monkeypatch.setattr(reconcile, "RECONCILE_INTERVAL_S", 0.0)
     task = asyncio.create_task(reconcile.run_releases(service))
     await asyncio.wait_for(done.wait(), 5)

@@ -157,30 +157,36 @@ FAILURES = [
     Case("source paused, destination gone", _paused_source, "MIGRATION_QEMU_FAILED",
          ROLLED_BACK, called={"host1": ["resume_vm"], "host2": ["abort_incoming"]},
          notes=["rollback: make sure the source runs: done"]),
+    # past the commit point the VM's lease decides: a destination that ran the guest took
+    # it over, and the source's agent refuses to run its older copy (the fake's resume
+    # says VM_NOT_OWNED); the source stays paused and the job waits for the destination
     Case("destination stopped after the copy", lambda w: setattr(
              w.wire, "dest_after", VMState.STOPPED), "MIGRATION_DEST_NOT_RUNNING",
          [P.PREPARE, P.START, P.MONITOR, P.SWITCHOVER, P.FAILED],
-         not_called={"host1": ["resume_vm", "cancel_migration", "release"],
-                     "host2": ["abort_incoming", "claim"]}, runs_on=[]),
+         not_called={"host1": ["cancel_migration", "release"],
+                     "host2": ["abort_incoming", "claim"]}, runs_on=[],
+         notes=["host1 does not run it again (VM_NOT_OWNED"]),
     Case("destination never resumes", lambda w: setattr(
              w.wire, "dest_after", VMState.INMIGRATE), "MIGRATION_DEST_NOT_RUNNING",
          [P.PREPARE, P.START, P.MONITOR, P.SWITCHOVER, P.FAILED],
-         not_called={"host1": ["resume_vm"], "host2": ["abort_incoming"]}, runs_on=[]),
-    # the same two without a RESUME in the destination's events: no guest code ran there
+         not_called={"host2": ["abort_incoming"]}, runs_on=[],
+         notes=["host1 does not run it again (VM_NOT_OWNED"]),
+    # ... and one that never ran it never took it over: the source runs it again
     Case("destination stopped after the copy, never having run", _never_ran(VMState.STOPPED),
          "MIGRATION_DEST_NOT_RUNNING", [P.PREPARE, P.START, P.MONITOR, P.SWITCHOVER, P.FAILED],
          called={"host1": ["resume_vm"], "host2": ["abort_incoming"]}, runs_on=["host1"],
-         notes=["host2 never resumed web1 after the copy (no RESUME)"]),
+         notes=["web1 runs on host1 again"]),
     Case("destination still incoming, never having run", _never_ran(VMState.INMIGRATE),
          "MIGRATION_DEST_NOT_RUNNING", [P.PREPARE, P.START, P.MONITOR, P.SWITCHOVER, P.FAILED],
          called={"host1": ["resume_vm"], "host2": ["abort_incoming"]}, runs_on=["host1"]),
+    # the lease, not the destination's events, decides (no need to reach the destination)
     Case("destination's events unknown", _never_ran(VMState.STOPPED, events_fail=True),
          "MIGRATION_DEST_NOT_RUNNING", [P.PREPARE, P.START, P.MONITOR, P.SWITCHOVER, P.FAILED],
-         not_called={"host1": ["resume_vm"], "host2": ["abort_incoming"]}, runs_on=[]),
+         called={"host1": ["resume_vm"]}, runs_on=["host1"]),
     Case("destination refuses the teardown", _never_ran(VMState.STOPPED, abort_fails=True),
          "MIGRATION_DEST_NOT_RUNNING", [P.PREPARE, P.START, P.MONITOR, P.SWITCHOVER, P.FAILED],
-         called={"host2": ["abort_incoming"]}, not_called={"host1": ["resume_vm"]},
-         runs_on=[], notes=["the VM could not go back to host1: FAKE_BOOM"]),
+         called={"host1": ["resume_vm"], "host2": ["abort_incoming"]}, runs_on=["host1"],
+         notes=["incoming QEMU not torn down (FAKE_BOOM); reconciliation removes it"]),
 ]
 
 
@@ -452,8 +458,10 @@ async def test_a_destination_agent_back_within_the_wait_finishes_the_move() -> N
     await w.job().run()
     assert w.store.phases == FORWARD, w.store.notes
     assert w.store.noted("waiting for host2 to run web1 (10 s, silent: FAKE_BOOM)")
-    assert w.store.noted("host2 runs web1 after 40 s: rolling forward")
-    assert w.store.location == (VM, "host2") and "resume_vm" not in w.src.calls
+    # at 10 s the source was asked to run it again: refused, host2 took the lease over
+    assert w.store.noted("host1 does not run it again (VM_NOT_OWNED")
+    assert w.store.noted("host2 runs web1 after 30 s: rolling forward")
+    assert w.store.location == (VM, "host2") and w.running_on() == ["host2"]
 
 
 async def test_a_destination_agent_gone_for_good_fails_without_undoing_anything() -> None:
@@ -463,8 +471,25 @@ async def test_a_destination_agent_gone_for_good_fails_without_undoing_anything(
     assert w.store.phases == [P.PREPARE, P.START, P.MONITOR, P.SWITCHOVER, P.FAILED]
     assert w.store.error_code == "MIGRATION_DEST_UNREACHABLE"
     assert "did not answer for 120 s" in (w.store.reason or "")
-    assert not {"resume_vm", "cancel_migration", "release"} & set(w.src.calls)
+    assert not {"cancel_migration", "release"} & set(w.src.calls)
     assert "abort_incoming" not in w.dst.calls
+    # host2 took the VM over and runs it, its agent silent; the source's older copy: paused
+    assert w.running_on() == ["host2"]
+
+
+async def test_a_destination_agent_gone_before_it_took_the_vm_over_gives_it_back() -> None:
+    """The destination's agent died before it took the lease over: after DEST_PATIENCE_S
+    the source runs the VM again (the lease lets it), its QEMU never ran the guest."""
+    w = World()
+    w.dst.events_ = []  # no RESUME: it never took the VM over
+    w.wire.dest_after = VMState.PAUSED  # its QEMU waits (-S) for an agent to resume it
+    w.dst.fail("get_vm", BOOM)
+    w.dst.fail("abort_incoming", BOOM)
+    await w.job().run()
+    assert w.store.phases == [P.PREPARE, P.START, P.MONITOR, P.SWITCHOVER, P.FAILED]
+    assert w.store.error_code == "MIGRATION_DEST_UNREACHABLE"
+    assert "runs on host1 again" in (w.store.reason or "")
+    assert w.running_on() == ["host1"] and w.clock.t - 1000.0 < 30
 
 
 async def test_a_crash_in_finalize_is_noted_and_the_job_stays_to_be_finished() -> None:

@@ -273,9 +273,10 @@ def remove_vm(session: Session, name: str, now: datetime | None = None) -> None:
 
 
 def vms_left_behind(session: Session) -> list[str]:
-    """The VMs some host reports in ``postmigrate`` (a migration's source, maybe done)."""
+    """The VMs some host reports in ``postmigrate`` (a migration's source, maybe done) or
+    as an unclaimed incoming QEMU (a migration's destination, maybe abandoned)."""
     return sorted(set(session.scalars(select(VMInstance.vm_name).where(
-        VMInstance.state == VMState.POSTMIGRATE.value))))
+        (VMInstance.state == VMState.POSTMIGRATE.value) | (VMInstance.role == "incoming")))))
 
 
 def has_active_job(session: Session, vm_name: str) -> bool:

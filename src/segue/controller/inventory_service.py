@@ -49,6 +49,7 @@ class InventoryAgent(Protocol):
     async def stop_vm(self, name: str, timeout: float = 30.0, force: bool = False) -> VMInfo: ...
     async def destroy_vm(self, name: str) -> None: ...
     async def release(self, name: str) -> None: ...
+    async def abort_incoming(self, name: str) -> None: ...
 
 
 AgentFor = Callable[[str], InventoryAgent]  # the agent at a URL
@@ -221,10 +222,12 @@ class InventoryService:
             inventory.remove_vm(s, name)
 
     # ---- reconciliation (``segue.controller.reconcile``) ----
-    def pending_releases(self) -> list[tuple[str, str, str]]:
-        """(vm, host, agent url) of every migrated-away source reconciliation may release:
-        ``postmigrate`` on a connected host that is not the owner, the owner running the VM,
-        no job of the VM under way."""
+    def pending_releases(self) -> list[tuple[str, str, str, str]]:
+        """(action, vm, host, agent url) of what reconciliation may finish now
+        (``reconcile.decide``): ``release`` a migrated-away source (``postmigrate`` on a
+        connected host that is not the owner, the owner running the VM), ``abort`` an
+        unclaimed incoming QEMU that never took the VM over; never while a job of the VM
+        is under way."""
         out = []
         with self.db.session() as s:
             hosts = {h.name: h for h in inventory.list_hosts(s)
@@ -236,14 +239,17 @@ class InventoryService:
                 seen = reconcile.instances_of(s, vm_name, set(hosts))
                 decision = reconcile.decide(vm.host, vm.generation, seen, set(),
                                             inventory.has_active_job(s, vm_name))
-                out += [(vm_name, host, hosts[host].url) for host in decision.release]
+                out += [("release", vm_name, host, hosts[host].url)
+                        for host in decision.release]
+                out += [("abort", vm_name, host, hosts[host].url) for host in decision.abort]
         return out
 
     def agent(self, url: str) -> reconcile.Releaser:
         return self.agents(url)
 
-    def released(self, vm: str, host: str, error: str | None) -> None:
-        """Record the outcome of releasing a migrated-away source."""
+    def released(self, vm: str, host: str, action: str, error: str | None) -> None:
+        """Record the outcome of a reconciliation's release or abort."""
         with self.db.session() as s:
-            inventory.record_vm_event(s, vm, "released-source",
-                                      {"host": host, "error": error})
+            inventory.record_vm_event(
+                s, vm, "released-source" if action == "release" else "aborted-incoming",
+                {"host": host, "error": error})

@@ -12,9 +12,10 @@ reporting host's rows, and ``decide`` (pure) reads all hosts' rows of a VM:
   event; a running instance at an older generation than the owner's is ``stale`` (its agent
   fences it at its next lease renewal); a fenced instance is recorded once (``fenced``);
 - a migrated-away source (``postmigrate`` on a host that is not the owner, while the owner
-  runs the VM at a higher generation) is released when no job of the VM is active: the
-  ``Reconciler`` task asks its agent, finishing a move whose job gave up past its commit
-  point (``MIGRATION_DEST_UNREACHABLE``).
+  runs the VM at a higher generation) is released when no job of the VM is active, and an
+  unclaimed incoming QEMU that never took the VM over (no lease generation) on a host that is
+  not the owner is torn down: ``run_releases`` asks their agents, finishing a move whose job
+  gave up past its commit point (``MIGRATION_DEST_UNREACHABLE``) either way.
 
 Events are recorded when an instance changes (its state, generation or fencing), not on
 every heartbeat. A restarted controller or agent converges within a heartbeat or two.
@@ -54,12 +55,14 @@ class Seen:
 @dataclass(frozen=True)
 class Decision:
     """What reconciling one VM found: the ``owner`` to record (host, generation; None: keep
-    the inventory's), ``events`` (kind, data) and the hosts whose migrated-away source may
-    be released (``release``)."""
+    the inventory's), ``events`` (kind, data), the hosts whose migrated-away source may be
+    released (``release``) and those whose unclaimed incoming QEMU, which never took the VM
+    over, may be torn down (``abort``)."""
 
     owner: tuple[str, int] | None = None
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     release: list[str] = field(default_factory=list)
+    abort: list[str] = field(default_factory=list)
 
 
 def decide(owner_host: str, owner_generation: int | None, seen: Sequence[Seen],
@@ -97,6 +100,10 @@ def decide(owner_host: str, owner_generation: int | None, seen: Sequence[Seen],
     if not job_active and owner_runs:
         decision.release.extend(s.host for s in seen if s.host != owner_now
                                 and s.state == VMState.POSTMIGRATE.value)
+    if not job_active:
+        decision.abort.extend(s.host for s in seen if s.role == "incoming"
+                              and s.host != owner_now and s.generation is None
+                              and s.state != VMState.RUNNING.value)
     return decision
 
 
@@ -159,18 +166,21 @@ class Releaser(Protocol):
 
     async def release(self, name: str) -> None: ...
 
+    async def abort_incoming(self, name: str) -> None: ...
+
 
 class Pending(Protocol):
-    def pending_releases(self) -> list[tuple[str, str, str]]: ...
+    def pending_releases(self) -> list[tuple[str, str, str, str]]: ...
 
     def agent(self, url: str) -> Releaser: ...
 
-    def released(self, vm: str, host: str, error: str | None) -> None: ...
+    def released(self, vm: str, host: str, action: str, error: str | None) -> None: ...
 
 
 async def run_releases(source: Pending) -> None:
-    """Every ``RECONCILE_INTERVAL_S``: release each migrated-away source reconciliation
-    found (``decide``), noting the outcome as an event; never raises (but cancellation)."""
+    """Every ``RECONCILE_INTERVAL_S``: release each migrated-away source and tear down each
+    unclaimed incoming QEMU reconciliation found (``decide``), noting the outcome as an
+    event; never raises (but cancellation)."""
     while True:
         await asyncio.sleep(RECONCILE_INTERVAL_S)
         try:
@@ -178,14 +188,15 @@ async def run_releases(source: Pending) -> None:
         except Exception:
             log.exception("reconciliation: reading the instances failed; trying again")
             continue
-        for vm, host, url in pending:
+        for action, vm, host, url in pending:
+            agent = source.agent(url)
             try:
-                await source.agent(url).release(vm)
+                await (agent.release(vm) if action == "release" else agent.abort_incoming(vm))
             except SegueError as err:
-                source.released(vm, host, f"{err.code}: {err.message}")
+                source.released(vm, host, action, f"{err.code}: {err.message}")
                 continue
             except Exception as err:  # an agent's bug must not stop reconciliation
-                log.exception("reconciliation: releasing %s on %s failed", vm, host)
-                source.released(vm, host, repr(err))
+                log.exception("reconciliation: %s of %s on %s failed", action, vm, host)
+                source.released(vm, host, action, repr(err))
                 continue
-            source.released(vm, host, None)
+            source.released(vm, host, action, None)

@@ -72,6 +72,8 @@ log = logging.getLogger(__name__)
 POLL_S = 0.2
 SWITCHOVER_POLL_S = 0.02
 SILENT_POLL_S = 1.0  # a destination agent that does not answer is asked again this often
+DEST_PATIENCE_S = 10.0  # past the commit point: how long the destination has to run the VM
+#   before the source is asked to run it again (refused if the destination took it over)
 ROLL_FORWARD_TIMEOUT_S = 120.0  # past the commit point: how long the job waits for the
 #   destination to run the VM (an agent restart, a storage hiccup) before it ends
 ROLL_FORWARD_NOTE_S = 10.0  # how often the wait is noted in the job
@@ -260,58 +262,63 @@ class MigrationJob(JobBase):
 
     # ---- switchover and finalize ----
     async def _switchover(self) -> None:
-        """Wait for the destination to run the VM (past the commit point: a destination
-        that does not fails the job with both QEMUs left as they are)."""
+        """Wait for the destination to run the VM. Past the commit point the VM's lease
+        decides who runs it (``segue.agent.leases``): the destination takes it over before
+        it resumes the guest. A destination not running it within ``DEST_PATIENCE_S`` (its
+        agent away, its QEMU stuck): the source is asked to run it again, which its agent
+        does only if the destination never took the lease over (the handover withdrawn,
+        atomically: a destination that comes back later cannot take it any more); then the
+        destination is torn down (or, unreachable, left to reconciliation) and the job ends
+        ``failed`` with the VM on its source. If the destination did take it over, it runs
+        the VM (or will, once its agent is back): the job waits for it, up to
+        ``ROLL_FORWARD_TIMEOUT_S``, and finishes the move. After a post-copy the source
+        never runs the VM again (its memory is incomplete): the job only waits."""
         self.enter(Phase.SWITCHOVER,
                    "post-copy completed; the destination has every page" if self.went_postcopy
                    else "source paused and sent the rest; waiting for the destination")
         try:
-            await self.wait_destination_runs()
+            await self.wait_destination_runs(DEST_PATIENCE_S)
+            return
         except MigrationFailed as err:
-            if self.went_postcopy or not await self._destination_never_ran():
-                raise
-            await self._back_to_source(err)
+            if not self.went_postcopy and await self._source_takes_it_back(err):
+                raise MigrationFailed(
+                    err.code, f"{err.message}; it never took the VM over, so {self.vm} runs "
+                    f"on {self.spec.source} again",
+                    f"see {self.spec.dest}'s agent log for why it did not take the VM over"
+                ) from None
+        await self.wait_destination_runs(ROLL_FORWARD_TIMEOUT_S)
 
-    async def _destination_never_ran(self) -> bool:
-        """True only if the destination's agent answers that its QEMU does not run the VM
-        and never resumed it (no RESUME among its events): then no guest code ran there and
-        the source's paused memory is still the newest. Anything it cannot confirm: False."""
+    async def _source_takes_it_back(self, err: MigrationFailed) -> bool:
+        """Ask the source to run the VM again (its agent refuses unless it still holds the
+        VM's lease: the destination never took it over); on success tear the destination
+        down (best effort: reconciliation aborts an unclaimed incoming QEMU left behind).
+        Whether the VM runs on the source now."""
+        self.note(f"{self.spec.dest} does not run {self.vm} ({err.message}): the source "
+                  f"runs it again if the destination never took its lease over")
         try:
-            events = await self.dst.events(self.vm)
-            info = await self.dst.get_vm(self.vm)
-        except SegueError:
-            return False
-        return info.state != VMState.RUNNING and _last_event(events, "RESUME") is None
-
-    async def _back_to_source(self, err: MigrationFailed) -> None:
-        """QEMU completed the copy but the destination never ran the guest: tear it down
-        and run the VM on its source again;
-        raises ``err``, reworded to say where the VM runs (or as it was if any step fails:
-        the source then stays paused)."""
-        try:
-            await self._tear_down()  # the agent refuses to tear down a running destination
             await self.src.resume_vm(self.vm)
+        except SegueError as refused:
+            self.note(f"{self.spec.source} does not run it again ({refused.code}: "
+                      f"{refused.message}): waiting for {self.spec.dest}")
+            return False
+        try:
+            await self._tear_down()
         except SegueError as step:
-            if step is not err:
-                self.note(f"the VM could not go back to {self.spec.source}: {step}")
-            raise err from None
-        self.note(f"{self.spec.dest} never resumed {self.vm} after the copy (no RESUME): its "
-                  f"QEMU was torn down and {self.vm} runs on {self.spec.source} again")
-        raise MigrationFailed(err.code, f"{err.message}; it never ran there, so {self.vm} "
-                              f"runs on {self.spec.source} again",
-                              f"see {self.spec.dest}'s agent log for why its QEMU did not "
-                              "take the VM over") from None
+            self.note(f"{self.spec.dest}'s incoming QEMU not torn down ({step.code}); "
+                      "reconciliation removes it once its agent answers")
+        self.note(f"{self.vm} runs on {self.spec.source} again")
+        return True
 
-    async def wait_destination_runs(self) -> None:
+    async def wait_destination_runs(self, patience_s: float = ROLL_FORWARD_TIMEOUT_S) -> None:
         """Return once the destination runs the VM. Past the commit point the job rolls
         forward: a destination whose agent does not answer (restarting, cut off) or whose
         QEMU still waits (for its lease, for the device state) is asked again for up to
-        ``ROLL_FORWARD_TIMEOUT_S``, the wait noted in the job every ``ROLL_FORWARD_NOTE_S``.
+        ``patience_s``, the wait noted in the job every ``ROLL_FORWARD_NOTE_S``.
         Raises MigrationFailed: ``MIGRATION_DEST_NOT_RUNNING`` when its QEMU is gone or in
         another state, or still waiting at the end; ``MIGRATION_DEST_UNREACHABLE`` when its
         agent never answered again."""
         start = self.clock.now()
-        deadline, next_note = start + ROLL_FORWARD_TIMEOUT_S, start + ROLL_FORWARD_NOTE_S
+        deadline, next_note = start + patience_s, start + ROLL_FORWARD_NOTE_S
         state: str = "silent"
         while self.clock.now() < deadline:
             try:
@@ -341,7 +348,7 @@ class MigrationJob(JobBase):
             raise MigrationFailed(
                 "MIGRATION_DEST_UNREACHABLE",
                 f"the destination {self.spec.dest}'s agent did not answer for "
-                f"{ROLL_FORWARD_TIMEOUT_S:.0f} s after the copy completed ({state})",
+                f"{patience_s:.0f} s after the copy completed ({state})",
                 f"nothing is undone past the commit point: when {self.spec.dest}'s agent is "
                 f"back it takes {self.vm} over and runs it (its lease was handed over), and "
                 f"the controller's reconciliation records the move and releases the paused "
