@@ -73,9 +73,17 @@ CASES = [
          source=VMState.PAUSED, setup=lambda w: w.dst.fail("get_vm", times=1)),
     Left("switchover: destination running", P.SWITCHOVER, [done()], VMState.RUNNING, FINISHED,
          called=["claim", "release"], source=VMState.POSTMIGRATE),
+    # it ran the guest (it holds the lease) then stopped: the source's copy is older, and
+    # its agent refuses to run it
     Left("switchover: destination stopped", P.SWITCHOVER, [done()], VMState.STOPPED, [P.FAILED],
-         "MIGRATION_DEST_NOT_RUNNING", not_called=["abort_incoming", "resume_vm", "claim"],
-         source=VMState.POSTMIGRATE, runs_on=[]),
+         "MIGRATION_DEST_NOT_RUNNING", not_called=["abort_incoming", "claim"],
+         source=VMState.POSTMIGRATE, runs_on=[],
+         setup=lambda w: setattr(w.wire, "lease_holder", "host2")),
+    # it never took the VM over: the source runs it again
+    Left("switchover: destination stopped, never took it over", P.SWITCHOVER, [done()],
+         VMState.STOPPED, [P.FAILED], "MIGRATION_DEST_NOT_RUNNING",
+         called=["resume_vm", "abort_incoming"], source=VMState.POSTMIGRATE,
+         runs_on=["host1"]),
     Left("postcopy: watched to its end", P.POSTCOPY,
          [q("postcopy-active", 200 * MiB), done()], VMState.RUNNING,
          [P.SWITCHOVER, P.FINALIZE, P.COMPLETED], called=["claim"],

@@ -276,6 +276,11 @@ class MigrationJob(JobBase):
         self.enter(Phase.SWITCHOVER,
                    "post-copy completed; the destination has every page" if self.went_postcopy
                    else "source paused and sent the rest; waiting for the destination")
+        await self.settle()
+
+    async def settle(self) -> None:
+        """In ``switchover``: return once the destination runs the VM, or raise with the VM
+        on its source again or left to the lease (``_switchover``'s doc)."""
         try:
             await self.wait_destination_runs(DEST_PATIENCE_S)
             return

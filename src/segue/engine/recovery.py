@@ -9,8 +9,9 @@ What the agents report decides, never a guess:
   in any phase from ``check`` to ``switchover``: the move is finished (undoing it would rewind
   the guest); the phases between are walked through with that reason.
 - ``switchover``, or the source's QEMU reporting ``completed``: past the commit point: the
-  job waits for the destination to run, then finalizes, or fails with both QEMUs left as
-  they are.
+  job settles the switchover as a running one does (``MigrationJob.settle``: the destination
+  runs the VM, or the source runs it again if the destination never took its lease over),
+  then finalizes, or fails.
 - anything else is rolled back, since no copy in flight survived the old controller's monitor
   loop: the compensating steps the phase implies are pushed again (all of them for a rollback
   the restart interrupted: every step is idempotent) and the job ends ``failed``
@@ -85,7 +86,7 @@ async def _forward(job: MigrationJob, from_postcopy: bool) -> None:
         if from_postcopy:
             await postcopy.wait_postcopy(job)
             job.enter(Phase.SWITCHOVER, "post-copy completed; the destination has every page")
-        await job.wait_destination_runs()
+        await job.settle()
     except asyncio.CancelledError:
         raise
     except Exception as err:
