@@ -139,3 +139,28 @@ async def test_the_left_behind_source_is_released_once_no_job_runs(
     with db.session() as session:
         assert "released-source" in [e.kind for e in inventory.vm_events(session, "web1")]
     db.dispose()
+
+
+def test_two_requests_racing_past_the_checks_meet_the_database() -> None:
+    """Both saw no active job (``decide`` lets both through): the unique partial index
+    refuses the second with MIGRATION_IN_PROGRESS, not an internal error."""
+    from segue.api.migration import MigrationOptionsBody
+    from segue.controller.migration_store import SqlJobStore
+    from segue.domain.errors import Conflict
+    from segue.engine.context import JobSpec
+    from segue.engine.phases import Phase
+
+    db = Database("sqlite://")
+    db.upgrade()
+    store = SqlJobStore(db)
+    options = MigrationOptionsBody()
+
+    def create(job_id: str) -> Phase:
+        return store.create(JobSpec(job_id, "web1", "host1", "host2", options),
+                            lambda *_: Phase.CHECK, lambda _: "requested")
+
+    assert create("a" * 36) == Phase.CHECK
+    with pytest.raises(Conflict) as err:
+        create("b" * 36)
+    assert err.value.code == "MIGRATION_IN_PROGRESS"
+    db.dispose()

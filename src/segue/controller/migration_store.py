@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from pydantic import JsonValue
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from segue.api.migration import (
@@ -39,7 +40,7 @@ from segue.controller.migration_models import (
 )
 from segue.controller.models import utcnow
 from segue.controller.scheduler import Running, Waiting
-from segue.domain.errors import NotFound
+from segue.domain.errors import Conflict, NotFound
 from segue.domain.host import HostFacts
 from segue.engine.context import JobSpec
 from segue.engine.phases import ACTIVE, RUNNING, TERMINAL, Phase, check_transition
@@ -130,17 +131,26 @@ class SqlJobStore:
     # ---- jobs ----
     def create(self, spec: JobSpec, decide: Decide, message: Callable[[Phase], str]) -> Phase:
         """Store a new job in the phase ``decide`` picks (it may raise to refuse), with the
-        first transition's ``message``; one transaction."""
-        with self.db.session() as session:
-            phase = decide(self._queued(session), self._running(session),
-                           self._active_of(session, spec.vm))
-            at = utcnow()
-            session.add(MigrationRow(
-                id=spec.id, vm_name=spec.vm, source_host=spec.source, dest_host=spec.dest,
-                phase=phase.value, created_at=at, updated_at=at,
-                options=spec.options.model_dump(mode="json"), summary={}, last_progress={}))
-            session.add(MigrationTransitionRow(migration_id=spec.id, at=at, from_phase=None,
-                                               to_phase=phase.value, message=message(phase)))
+        first transition's ``message``; one transaction. Two requests for one VM racing past
+        ``decide`` meet the database's one-active-job-per-VM index: the later one is refused
+        (Conflict ``MIGRATION_IN_PROGRESS``)."""
+        try:
+            with self.db.session() as session:
+                phase = decide(self._queued(session), self._running(session),
+                               self._active_of(session, spec.vm))
+                at = utcnow()
+                session.add(MigrationRow(
+                    id=spec.id, vm_name=spec.vm, source_host=spec.source, dest_host=spec.dest,
+                    phase=phase.value, created_at=at, updated_at=at,
+                    options=spec.options.model_dump(mode="json"), summary={},
+                    last_progress={}))
+                session.add(MigrationTransitionRow(
+                    migration_id=spec.id, at=at, from_phase=None, to_phase=phase.value,
+                    message=message(phase)))
+        except IntegrityError as err:
+            raise Conflict("MIGRATION_IN_PROGRESS",
+                           f"{spec.vm} is already migrating (a request made at the same time "
+                           "won)", "wait for it, or cancel it (segue migration list)") from err
         return phase
 
     def phase(self, job_id: str) -> Phase:

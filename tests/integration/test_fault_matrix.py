@@ -1,0 +1,489 @@
+"""The fault matrix: one owner per VM through failures, on a 2-host lab with real QEMU.
+
+Each scenario breaks something during a live migration and then checks four invariants:
+
+- I1: never two running instances of the VM, sampled every 50 ms over the whole run from two
+  sources: ``/proc`` (a QEMU of the VM whose vCPU thread keeps gaining CPU time, three
+  samples in a row, which needs no agent) and the agents' QMP answers (destination asked
+  first) when they answer;
+- I2: the guest's memory verified by its checker, and its boot id unchanged;
+- I3: nothing left behind once settled: one QEMU of the VM on the machine, no runtime
+  directory or tap of it on the other host, its lease held by the host that runs it;
+- I4: the controller agrees with the hosts within 30 s: its record names the host that runs
+  the VM, in ``running``.
+
+Scenarios are moves of a guest dirtying memory over a shaped migration link (so that a copy
+lasts long enough to break). The README's fault-matrix table is made from these.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lab_cli
+import pytest
+
+from segue.agent.leases import LEASE_DIR
+from segue.api.migration import MigrationRequestBody
+from segue.clients.agent import AgentClient
+from segue.clients.base import Blocking
+from segue.domain.errors import SegueError
+from segue.image.builder import build_image
+from segue.lab import guests, netns
+from segue.lab.lab import lab_down, lab_up, load_state, start_agent, stop_agent
+from segue.lab.topology import LabPlan
+from segue.qemu.argv import tap_name
+
+pytestmark = pytest.mark.integration
+LAB = "ftest"
+LINK_MBIT = 80  # 10 MB/s: a 256 MiB guest's copy takes seconds, long enough to break
+SETTLE_S = 30.0  # I4: the controller agrees with the hosts within this
+
+
+def segue(*args: str, check: bool = True, timeout: float = 300) -> Any:
+    return lab_cli.run(LAB, *args, check=check, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[LabPlan]:
+    lab_down(LAB)
+    build_image()
+    lab_up(LAB, 2)
+    plan = load_state(LAB).plan
+    for host in ("host1", "host2"):
+        guests.shape_migration_link(plan, host, LINK_MBIT)
+    try:
+        yield plan
+    finally:
+        lab_down(LAB)
+    assert not netns.list_namespaces(f"{LAB}-")
+
+
+# ---- I1: the sampler ----
+def qemu_pids(uuid: str) -> list[int]:
+    """Every live QEMU process of the VM on this machine (all the lab's hosts share it)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmdline and uuid.encode() in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def vcpu_ticks(pid: int) -> int | None:
+    """CPU ticks its vCPU threads used so far (None: gone)."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            if not (task / "comm").read_text().startswith("CPU "):
+                continue
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    except OSError:
+        return None
+    return total
+
+
+@dataclass
+class Sampler:
+    """I1 over a scenario (module doc); ``violations`` says when and what."""
+
+    plan: LabPlan
+    name: str
+    uuid: str
+    first: str  # the host asked first (the destination)
+    violations: list[str] = field(default_factory=list)
+    samples: int = 0
+
+    def __post_init__(self) -> None:
+        order = sorted(self.plan.hosts, key=lambda h: h.name != self.first)
+        self.clients = [Blocking(AgentClient(f"unix:{h.agent_socket}", timeout=2))
+                        for h in order]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _agents_running(self) -> int:
+        running = 0
+        for agent in self.clients:
+            try:
+                listed = agent.run(agent.client.list_vms())
+            except (SegueError, OSError, RuntimeError):
+                continue  # an agent that is down: /proc still counts its QEMU
+            running += sum(1 for v in listed if v.name == self.name and v.state == "running")
+        return running
+
+    def _run(self) -> None:
+        last: dict[int, int] = {}
+        streak = 0
+        while not self.stop.is_set():
+            now: dict[int, int] = {}
+            for pid in qemu_pids(self.uuid):
+                ticks = vcpu_ticks(pid)
+                if ticks is not None:
+                    now[pid] = ticks
+            active = [p for p, t in now.items() if p in last and t > last[p]]
+            streak = streak + 1 if len(active) > 1 else 0
+            if streak >= 3:
+                self.violations.append(f"/proc: QEMUs {active} all ran for 150 ms")
+            if self._agents_running() > 1:
+                self.violations.append("agents: two report the VM running")
+            last = now
+            self.samples += 1
+            time.sleep(0.05)
+
+    def finish(self) -> list[str]:
+        self.stop.set()
+        self.thread.join(timeout=10)
+        for client in self.clients:
+            client.close()
+        assert self.samples > 10, "the sampler did not sample"
+        return self.violations
+
+
+# ---- the other invariants ----
+def where_it_runs(plan: LabPlan, name: str) -> str:
+    """The host whose agent reports the VM running (exactly one), waiting up to
+    ``SETTLE_S`` for the hosts to settle."""
+    deadline = time.monotonic() + SETTLE_S
+    while True:
+        running = []
+        for host in plan.hosts:
+            with contextlib.suppress(SegueError):
+                with guests.agent(host, timeout=5) as agent:
+                    listed = agent.run(agent.client.list_vms())
+                running += [host.name for v in listed if v.name == name and v.state == "running"]
+        if len(running) == 1:
+            return running[0]
+        assert time.monotonic() < deadline, f"{name} runs on {running} after {SETTLE_S} s"
+        time.sleep(0.5)
+
+
+def check_invariants(plan: LabPlan, name: str, uuid: str, boot: str) -> str:
+    """I2, I3 and I4 (module doc); the host that runs the VM."""
+    owner = where_it_runs(plan, name)
+    verdict = lab_cli.verify_fields(guests.verify_ip(plan, guest_ip(plan, name)))
+    assert verdict["result"] == "ok" and verdict["boot"] == boot, verdict  # I2
+    deadline = time.monotonic() + SETTLE_S
+    while True:  # I3 and I4 settle through reconciliation
+        problems = leftovers(plan, name, uuid, owner) + disagreement(plan, name, owner)
+        if not problems:
+            return owner
+        assert time.monotonic() < deadline, problems
+        time.sleep(0.5)
+
+
+def leftovers(plan: LabPlan, name: str, uuid: str, owner: str) -> list[str]:
+    problems = []
+    pids = qemu_pids(uuid)
+    if len(pids) != 1:
+        problems.append(f"{len(pids)} QEMUs of {name}: {pids}")
+    for host in plan.hosts:
+        if host.name == owner:
+            continue
+        if (host.state_dir / "vms" / name).exists():
+            problems.append(f"{name}'s runtime directory on {host.name}")
+        links = netns.run_in_netns(host.netns, ["ip", "-o", "link"]).stdout
+        if tap_name(uuid, 0) in links:
+            problems.append(f"{name}'s tap on {host.name}")
+    lease = json.loads((plan.hosts[0].datastore_dir / LEASE_DIR / f"vm-{uuid}.json").read_text())
+    if lease["host"] != owner or lease["released"]:
+        problems.append(f"lease {lease} is not held by {owner}")
+    return problems
+
+
+def disagreement(plan: LabPlan, name: str, owner: str) -> list[str]:
+    with guests.controller(plan, timeout=10) as c:
+        record = c.run(c.client.get_vm(name))
+    if record.host != owner or record.state != "running":
+        return [f"the controller says {record.host}/{record.state}, {name} runs on {owner}"]
+    return []
+
+
+def guest_ip(plan: LabPlan, name: str) -> str:
+    with guests.controller(plan) as c:
+        return guests.guest_ip(c.run(c.client.get_vm(name)).spec)
+
+
+# ---- moving and breaking ----
+def other(host: str) -> str:
+    return "host2" if host == "host1" else "host1"
+
+
+def start_move(plan: LabPlan, name: str, dest: str, **options: Any) -> str:
+    with guests.controller(plan) as c:
+        job = c.run(c.client.request_migration(
+            name, MigrationRequestBody(to=dest, allow_postcopy=False, **options)))
+    return job.id
+
+
+def job_of(plan: LabPlan, job_id: str) -> Any:
+    with guests.controller(plan) as c:
+        return c.run(c.client.get_migration(job_id))
+
+
+def wait_job(plan: LabPlan, job_id: str, timeout: float = 240) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = job_of(plan, job_id)
+        if job.phase in ("completed", "failed", "cancelled"):
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} still {job.phase}"
+        time.sleep(0.3)
+
+
+def wait_copying(plan: LabPlan, job_id: str, sent: int = 16 * 2**20) -> None:
+    """Until the job's copy has sent ``sent`` bytes."""
+    deadline = time.monotonic() + 120
+    while True:
+        job = job_of(plan, job_id)
+        if job.phase == "monitor" and job.progress and job.progress.transferred >= sent:
+            return
+        assert job.phase in ("check", "prepare", "start", "monitor"), job.phase
+        assert time.monotonic() < deadline, "the copy did not start"
+        time.sleep(0.05)
+
+
+def kill_agent(host: str) -> None:
+    """SIGKILL the host's agent (its QEMUs keep running), as a crash would."""
+    pid = load_state(LAB).agents[host]
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    stop_agent(LAB, host)  # the lab forgets it (it is gone already)
+
+
+def power_off(plan: LabPlan, host: str) -> None:
+    """Every process of the host killed and its links down, as a power loss."""
+    ns = plan.host(host).netns
+    pids = netns.pids_in_netns(ns)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    netns.kill_pids(pids)
+    stop_agent(LAB, host)
+    for link in netns.run_in_netns(ns, ["ip", "-o", "link"]).stdout.splitlines():
+        ifname = link.split(":")[1].strip().split("@")[0]
+        if ifname != "lo":
+            netns.run_in_netns(ns, ["ip", "link", "set", ifname, "down"])
+
+
+def power_on(plan: LabPlan, host: str) -> None:
+    ns = plan.host(host).netns
+    for link in netns.run_in_netns(ns, ["ip", "-o", "link"]).stdout.splitlines():
+        ifname = link.split(":")[1].strip().split("@")[0]
+        netns.run_in_netns(ns, ["ip", "link", "set", ifname, "up"])
+    start_agent(LAB, host)
+
+
+@dataclass
+class Guest:
+    name: str
+    uuid: str
+    boot: str
+
+
+_made: list[int] = [0]
+
+
+def fresh_guest(plan: LabPlan, host: str = "host1", dirty_mbps: int = 16) -> Guest:
+    """A new guest (each scenario its own: a failed one must not spill over)."""
+    _made[0] += 1
+    name = f"f{_made[0]}"
+    segue("lab", "vm", "create", name, "--host", host, "--dirty-mbps", str(dirty_mbps),
+          "--hot-mib", "32", "--name", LAB)
+    guests.wait_answering(plan, name, timeout=180)
+    with guests.controller(plan) as c:
+        uuid = c.run(c.client.get_vm(name)).uuid
+    boot = lab_cli.verify_fields(guests.verify_ip(plan, guest_ip(plan, name)))["boot"]
+    return Guest(name, uuid, boot)
+
+
+@contextlib.contextmanager
+def watched(plan: LabPlan, guest: Guest, dest: str) -> Iterator[Sampler]:
+    sampler = Sampler(plan, guest.name, guest.uuid, dest)
+    try:
+        yield sampler
+    finally:
+        violations = sampler.finish()
+    assert violations == [], violations  # I1
+
+
+RESULTS: list[dict[str, Any]] = []
+
+
+def record(scenario: str, job: Any, owner: str, started: float) -> None:
+    """One row of the README's fault-matrix table (printed at the end of the module)."""
+    RESULTS.append({"scenario": scenario, "job": f"{job.phase} {job.error_code or ''}".strip(),
+                    "runs_on": owner, "settled_s": round(time.monotonic() - started, 1)})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _table() -> Iterator[None]:
+    yield
+    print("\nfault matrix:")
+    for row in RESULTS:
+        print(json.dumps(row))
+
+
+# ---- the scenarios ----
+def test_destination_agent_killed_during_copy_then_back(lab: LabPlan) -> None:
+    g = fresh_guest(lab)
+    with watched(lab, g, "host2"):
+        job_id = start_move(lab, g.name, "host2")
+        wait_copying(lab, job_id)
+        kill_agent("host2")
+        time.sleep(2.0)
+        start_agent(LAB, "host2")  # back before the copy ends: it adopts its incoming QEMU
+        started = time.monotonic()
+        job = wait_job(lab, job_id)
+        owner = check_invariants(lab, g.name, g.uuid, g.boot)
+    assert job.phase == "completed" and owner == "host2", job
+    record("destination agent killed during the copy, back 2 s later", job, owner, started)
+
+
+def test_destination_agent_killed_at_switchover_then_back(lab: LabPlan) -> None:
+    """The issue's case: the destination's agent dies as the copy ends and comes back later.
+    Its QEMU completed the copy but, with no agent, never took the VM's lease over nor ran
+    the guest: the source runs it again, and the returning agent's incoming QEMU is torn
+    down by reconciliation."""
+    g = fresh_guest(lab)
+    with watched(lab, g, "host2"):
+        job_id = start_move(lab, g.name, "host2")
+        wait_copying(lab, job_id)
+        kill_agent("host2")  # the copy goes on and completes without it
+        deadline = time.monotonic() + 120
+        while job_of(lab, job_id).phase != "switchover":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(15.0)  # past the job's patience: the source runs it again
+        start_agent(LAB, "host2")
+        started = time.monotonic()
+        job = wait_job(lab, job_id)
+        owner = check_invariants(lab, g.name, g.uuid, g.boot)
+    assert job.phase == "failed" and owner == "host1", job
+    assert "runs on host1 again" in (job.reason or ""), job.reason
+    record("destination agent killed at the switchover, back 15 s later", job, owner, started)
+
+
+def test_destination_agent_back_before_the_job_gives_up(lab: LabPlan) -> None:
+    """The agent dies as the copy ends and is back within the job's patience: it takes the
+    VM over and the move is finished."""
+    g = fresh_guest(lab)
+    with watched(lab, g, "host2"):
+        job_id = start_move(lab, g.name, "host2")
+        wait_copying(lab, job_id)
+        kill_agent("host2")
+        deadline = time.monotonic() + 120
+        while job_of(lab, job_id).phase != "switchover":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        start_agent(LAB, "host2")
+        started = time.monotonic()
+        job = wait_job(lab, job_id)
+        owner = check_invariants(lab, g.name, g.uuid, g.boot)
+    assert job.phase == "completed" and owner == "host2", (job.phase, job.reason)
+    record("destination agent killed at the switchover, back at once", job, owner, started)
+
+
+def test_source_qemu_killed_during_copy(lab: LabPlan) -> None:
+    """The VM's QEMU dies on the source while it is copied: the VM is down (a crash), the
+    destination is torn down, and nothing else runs it."""
+    g = fresh_guest(lab)
+    with watched(lab, g, "host2"):
+        job_id = start_move(lab, g.name, "host2")
+        wait_copying(lab, job_id)
+        pids = qemu_pids(g.uuid)
+        with guests.agent(lab.host("host1")) as agent:
+            source_pid = agent.run(agent.client.get_vm(g.name)).pid
+        assert source_pid in pids
+        os.kill(source_pid, signal.SIGKILL)
+        job = wait_job(lab, job_id)
+    assert job.phase == "failed", job
+    deadline = time.monotonic() + SETTLE_S
+    while qemu_pids(g.uuid) or disagreement(lab, g.name, "host1") != [
+            f"the controller says host1/stopped, {g.name} runs on host1"]:
+        assert time.monotonic() < deadline, (qemu_pids(g.uuid), disagreement(lab, g.name, "host1"))
+        time.sleep(0.5)
+    lease = json.loads((lab.hosts[0].datastore_dir / LEASE_DIR / f"vm-{g.uuid}.json").read_text())
+    assert lease["released"], lease  # the VM may start again, anywhere
+    segue("vm", "start", g.name)
+    assert lab_cli.verify_fields(guests.verify_ip(lab, guest_ip(lab, g.name)))["result"] == "ok"
+    RESULTS.append({"scenario": "source QEMU killed during the copy", "job": "failed",
+                    "runs_on": "nowhere (crashed; starts again)", "settled_s": None})
+
+
+def test_destination_host_loses_power_right_after_completion(lab: LabPlan) -> None:
+    """Every process of the destination host dies as the move completes. Once the guest ran
+    there, the source's copy is older and must never run: the VM is down until started
+    from its disk (high availability, later, does that on an expired lease)."""
+    g = fresh_guest(lab)
+    with watched(lab, g, "host2"):
+        job_id = start_move(lab, g.name, "host2")
+        deadline = time.monotonic() + 120
+        while job_of(lab, job_id).phase not in ("finalize", "completed", "failed"):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        power_off(lab, "host2")
+        job = wait_job(lab, job_id)
+        try:
+            time.sleep(3.0)
+            with guests.agent(lab.host("host1")) as agent:
+                left = [v for v in agent.run(agent.client.list_vms()) if v.name == g.name]
+            assert not any(v.state == "running" for v in left), left  # never the old copy
+        finally:
+            power_on(lab, "host2")
+    RESULTS.append({"scenario": "destination host loses power right after completion",
+                    "job": f"{job.phase} {job.error_code or ''}".strip(),
+                    "runs_on": "nowhere (its host died after it ran there)", "settled_s": None})
+
+
+def test_two_migrate_requests_racing(lab: LabPlan) -> None:
+    g = fresh_guest(lab)
+
+    def ask(dest: str) -> str:
+        try:
+            return start_move(lab, g.name, dest)
+        except SegueError as err:
+            return err.code
+
+    with watched(lab, g, "host2"), concurrent.futures.ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(ask, ["host2", "host2"]))
+        jobs = [a for a in answers if len(a) == 36]
+        assert len(jobs) == 1 and "MIGRATION_IN_PROGRESS" in answers, answers
+        job = wait_job(lab, jobs[0])
+        started = time.monotonic()
+        owner = check_invariants(lab, g.name, g.uuid, g.boot)
+    assert job.phase == "completed" and owner == "host2"
+    record("two migrate requests racing", job, owner, started)
+
+
+def test_a_moved_vm_cannot_start_on_its_old_host(lab: LabPlan) -> None:
+    g = fresh_guest(lab)
+    job = wait_job(lab, start_move(lab, g.name, "host2"))
+    assert job.phase == "completed"
+    with guests.agent(lab.host("host1")) as agent:
+        with pytest.raises(SegueError) as err:
+            agent.run(agent.client.start_vm(g.name))
+        assert err.value.code in ("VM_NOT_FOUND", "VM_LOCKED"), err.value
+        with guests.controller(lab) as c:
+            spec = c.run(c.client.get_vm(g.name)).spec
+        with pytest.raises(SegueError) as err:  # nor be defined there again
+            agent.run(agent.client.define_vm(spec, start=True))
+        assert err.value.code == "VM_EXISTS", err.value
+    owner = check_invariants(lab, g.name, g.uuid, g.boot)
+    assert owner == "host2"
