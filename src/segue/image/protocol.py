@@ -51,6 +51,7 @@ _VERIFY_COUNTS = (
     "disk_acked",
     "disk_errors",
 )
+_VERIFY_FIELDS = {"pass": "passes"}  # wire names that differ from the field's
 _HEARTBEAT_COUNTS = ("seq", "pass", "errors", "uptime_ms")
 _READY_COUNTS = ("port", "hot_mib", "pattern_mib", "zero_mib", "dirty_mbps")
 _READY_DISK_COUNTS = ("disk_rate", "disk_slots")
@@ -169,9 +170,10 @@ def parse_verify(data: bytes | str) -> VerifyResult:
     result = values.get("result")
     if result not in ("ok", "fail"):
         raise ValueError(f"VERIFY result must be ok or fail: {text!r}")
-    counts = [_field(values, name, text) for name in _VERIFY_COUNTS]
-    full = _flag(values, "disk_full", text)
-    return VerifyResult(_boot_id(values.get("boot", ""), text), result == "ok", *counts, full)
+    counts = {_VERIFY_FIELDS.get(name, name): _field(values, name, text)
+              for name in _VERIFY_COUNTS}
+    return VerifyResult(boot_id=_boot_id(values.get("boot", ""), text), ok=result == "ok",
+                        disk_full=_flag(values, "disk_full", text), **counts)
 
 
 def parse_heartbeat(line: str) -> Heartbeat | None:
@@ -196,8 +198,8 @@ def parse_ready(line: str) -> Ready | None:
     """
     try:
         values = _keyed(line, "SEGUE-CHECK READY")
-        counts = [_field(values, name, line) for name in _READY_COUNTS]
-        ready = Ready(_boot_id(values.get("boot", ""), line), *counts)
+        port, hot, pattern, zero, dirty = (_field(values, name, line) for name in _READY_COUNTS)
+        ready = Ready(_boot_id(values.get("boot", ""), line), port, hot, pattern, zero, dirty)
         if "disk" not in values:
             return ready
         rate, slots = (_field(values, name, line) for name in _READY_DISK_COUNTS)
