@@ -333,13 +333,16 @@ static void regions_init(void)
  * a host) it falls back to O_SYNC writes and drops the page cache before each verification.
  * When the last slot is written the writer stops (disk.full); it never wraps around.
  *
- * Verification reads the header and every slot of the device. With A0 = acked when it starts
- * and An = acked right after a chunk was read, slot s (record seq s+1) must hold:
- *   s <  A0        exactly record s+1 of this boot, stamped no earlier than the one before
- *                  (anything else is a lost, stale, torn, duplicated or misplaced record);
- *   A0 <= s <= An  record s+1 of this boot, or anything not of this boot (not yet written when
- *                  read, or read in the middle of its write: the writer runs on meanwhile);
+ * Verification reads the header and every slot of the device, a chunk at a time, while the
+ * writer runs on. With Ab = acked just before a chunk was read and An = acked right after,
+ * slot s (record seq s+1) of that chunk must hold:
+ *   s <  Ab        exactly record s+1 of this boot, stamped no earlier than the one before
+ *                  (the device confirmed it before the read began: anything else is a lost,
+ *                  stale, torn, duplicated or misplaced record);
+ *   Ab <= s <= An  record s+1 of this boot, or anything not of this boot (written during the
+ *                  read, or not yet: it may show either way, or torn);
  *   s >  An        nothing of this boot (a record there was never acknowledged nor in flight).
+ * The reply's disk_acked is acked when the verification began: every record up to it was found.
  */
 #define DISK_RECORD 512u
 #define DISK_WORDS (DISK_RECORD / sizeof(uint64_t))
@@ -599,7 +602,8 @@ static void *journal_main(void *arg)
 }
 
 struct disk_scan {
-    uint64_t acked_before; /* A0 */
+    uint64_t acked_at_start;
+    uint64_t acked_before_read; /* Ab of the chunk being judged */
     uint64_t records, errors, last_stamp;
     int reported;
 };
@@ -609,15 +613,16 @@ static void slot_error(struct disk_scan *s, uint64_t slot, const char *what, con
     s->errors++;
     if (s->reported++ < DISK_REPORTED_ERRORS)
         console_line("SEGUE-CHECK DISK ERROR slot=%" PRIu64 " acked=%" PRIu64 " %s (magic=%016"
-                     PRIx64 " boot=%016" PRIx64 " seq=%" PRIu64 ")", slot, s->acked_before,
-                     what, r[0], r[1], r[2]);
+                     PRIx64 " boot=%016" PRIx64 " seq=%" PRIu64 ")", slot,
+                     s->acked_before_read, what, r[0], r[1], r[2]);
 }
 
 /* Judges slot s by the rules above; acked_now is An for the chunk holding it. */
 static void check_slot(struct disk_scan *s, uint64_t slot, const uint64_t *r, uint64_t acked_now)
 {
     enum slot_kind kind = record_kind(r);
-    if (slot >= s->acked_before && kind != SLOT_OURS && (kind == SLOT_OTHER || slot <= acked_now))
+    if (slot >= s->acked_before_read && kind != SLOT_OURS &&
+        (kind == SLOT_OTHER || slot <= acked_now))
         return; /* not written yet, or caught mid-write; a stray one is judged below */
     if (slot > acked_now) {
         slot_error(s, slot, "record beyond the acknowledged end", r);
@@ -645,7 +650,7 @@ static void verify_disk(struct disk_report *rep)
         rep->errors = atomic_load(&disk.failures);
         return;
     }
-    struct disk_scan s = {.acked_before = atomic_load(&disk.acked)};
+    struct disk_scan s = {.acked_at_start = atomic_load(&disk.acked)};
     uint64_t *buf = aligned_buffer(DISK_CHUNK);
     if (!disk.direct) /* read what the device holds, not what the page cache kept */
         posix_fadvise(disk.fd, 0, 0, POSIX_FADV_DONTNEED);
@@ -662,6 +667,7 @@ static void verify_disk(struct disk_report *rep)
     for (uint64_t first = 0; buf != NULL && first < disk.slots; first += per_chunk) {
         uint64_t n = disk.slots - first < per_chunk ? disk.slots - first : per_chunk;
         off_t off = (off_t)(DISK_START + first * DISK_RECORD);
+        s.acked_before_read = atomic_load(&disk.acked);
         if (full_pread(disk.fd, buf, (size_t)(n * DISK_RECORD), off) != 0) {
             s.errors++;
             console_line("SEGUE-CHECK DISK ERROR reading slots from %" PRIu64 ": %s", first,
@@ -675,7 +681,7 @@ static void verify_disk(struct disk_report *rep)
     free(buf);
     atomic_fetch_add(&errors, s.errors);
     rep->records = s.records;
-    rep->acked = s.acked_before;
+    rep->acked = s.acked_at_start;
     rep->errors = s.errors + atomic_load(&disk.failures);
 }
 
