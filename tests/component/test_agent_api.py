@@ -27,6 +27,7 @@ from segue.domain.errors import Conflict, NotFound
 from segue.domain.vm import VMSpec, VMState
 from segue.qemu import process
 from segue.qemu.argv import LaunchPlan, RuntimePaths, build_argv
+from segue.qemu.direct_io import probe_direct_io
 from segue.qemu.qmp import QMPCommandFailed, QMPSession
 
 if TYPE_CHECKING:  # fixtures come from conftest.py; only their types are imported
@@ -340,6 +341,24 @@ async def test_datastore_errors(lab: Lab, agent: AgentFactory) -> None:
         err = await assert_define_fails(lab, http, lab.spec("web1", disks=[disk]), 404,
                                         "DATASTORE_NOT_FOUND")
         assert err["message"].startswith("disks[0]")
+
+
+async def test_a_disk_is_opened_with_o_direct_where_its_datastore_takes_it(
+        lab: Lab, agent: AgentFactory) -> None:
+    disk_file = lab.datastore / "web1" / "disk0.raw"
+    disk_file.parent.mkdir()
+    disk_file.write_bytes(bytes(1 << 20))
+    disk = {"datastore": "shared", "path": "web1/disk0.raw", "format": "raw"}
+    async with agent() as http:
+        await define(http, lab.spec("web1", disks=[disk]))
+        pid = (await start(http, "web1"))["pid"]
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        (file_node,) = [a for a in argv if a.startswith("driver=file,")]
+        direct = "on" if probe_direct_io(disk_file) is True else "off"
+        assert f"filename={disk_file}," in file_node
+        assert f"cache.direct={direct},cache.no-flush=off" in file_node
+        resp = await http.post("/vms/web1/stop", params={"force": True})
+        assert resp.status_code == 200, resp.text
 
 
 async def test_missing_files(lab: Lab, agent: AgentFactory) -> None:

@@ -1,8 +1,9 @@
 """Live migration for real: a 2-host lab, its controller, TCG guests whose checker dirties
-memory, driven with the CLI as a user would.
+memory and appends records to a journal disk on the shared datastore, driven with the CLI as a
+user would.
 
 Every migration is watched by a sampler that asks both agents every 100 ms how many QEMUs
-run the VM; the VM's memory is verified by its checker after every move.
+run the VM; the VM's memory and disk journal are verified by its checker after every move.
 """
 
 from __future__ import annotations
@@ -64,15 +65,16 @@ def lab() -> Iterator[LabPlan]:
     assert not netns.list_namespaces(f"{LAB}-")
 
 
-def create_guest(plan: LabPlan, name: str, host: str, dirty_mbps: int) -> None:
+def create_guest(plan: LabPlan, name: str, host: str, dirty_mbps: int, disk_mib: int = 0
+                 ) -> None:
     segue("lab", "vm", "create", name, "--host", host, "--dirty-mbps", str(dirty_mbps),
-          "--hot-mib", "16", "--name", LAB)
+          "--hot-mib", "16", "--disk-mib", str(disk_mib), "--name", LAB)
     guests.wait_answering(plan, name, timeout=180)
 
 
 @pytest.fixture(scope="module")
 def vm(lab: LabPlan) -> str:
-    create_guest(lab, "mig1", "host1", dirty_mbps=8)
+    create_guest(lab, "mig1", "host1", dirty_mbps=8, disk_mib=64)  # > 40 min at 50 records/s
     return "mig1"
 
 
@@ -140,7 +142,9 @@ def last_heartbeat_seq(plan: LabPlan, name: str) -> int:
 
 def test_five_round_trips_keep_memory_identity_and_one_running_qemu(lab: LabPlan, vm: str
                                                                       ) -> None:
-    boot = fields(guests.verify_vm(lab, vm))["boot"]
+    first = fields(guests.verify_vm(lab, vm))
+    boot, acked = first["boot"], int(first["disk_acked"])
+    assert acked > 0 and first["disk_errors"] == "0", first  # the journal runs
     mac = guests.find_vm(lab, vm)[1].spec.nics[0].mac
     for trip in range(5):
         for dest in ("host2", "host1"):
@@ -154,6 +158,10 @@ def test_five_round_trips_keep_memory_identity_and_one_running_qemu(lab: LabPlan
             assert samples.count(1) >= len(samples) - 10, samples  # blackout: a few samples
             verdict = fields(guests.verify_vm(lab, vm))
             assert verdict["boot"] == boot and verdict["result"] == "ok", verdict
+            # no acknowledged record lost or reordered, and the journal went on writing
+            assert verdict["disk_errors"] == "0" and verdict["disk_full"] == "0", verdict
+            assert int(verdict["disk_records"]) >= int(verdict["disk_acked"]) > acked, verdict
+            acked = int(verdict["disk_acked"])
             assert last_heartbeat_seq(lab, vm) > seq_before
             info = guests.find_vm(lab, vm)[1]
             assert info.spec.nics[0].mac == mac

@@ -23,7 +23,12 @@ from segue.image.protocol import (
 BOOT = "0123456789abcdef"
 VERIFY_OK = (
     f"VERIFY boot={BOOT} result=ok pass=3 errors=0 hot_pages=4096 pattern_pages=4096 "
-    "zero_pages=2048 hot_errors=0 pattern_errors=0 zero_errors=0 dirtied_mib=48 uptime_ms=9000"
+    "zero_pages=2048 hot_errors=0 pattern_errors=0 zero_errors=0 dirtied_mib=48 uptime_ms=9000 "
+    "disk_records=0 disk_acked=0 disk_errors=0 disk_full=0"
+)
+VERIFY_DISK = (
+    VERIFY_OK.replace("disk_records=0", "disk_records=1503")
+    .replace("disk_acked=0", "disk_acked=1500")
 )
 
 
@@ -73,6 +78,23 @@ def test_parse_verify_ok() -> None:
     assert (result.hot_pages, result.pattern_pages, result.zero_pages) == (4096, 4096, 2048)
     assert (result.hot_errors, result.pattern_errors, result.zero_errors) == (0, 0, 0)
     assert result.uptime_ms == 9000
+    assert (result.disk_records, result.disk_acked, result.disk_errors) == (0, 0, 0)
+    assert not result.disk_full
+
+
+def test_parse_verify_with_a_disk_journal() -> None:
+    result = parse_verify(VERIFY_DISK.replace("disk_full=0", "disk_full=1"))
+    assert result.ok
+    assert (result.disk_records, result.disk_acked, result.disk_errors) == (1503, 1500, 0)
+    assert result.disk_full
+
+
+def test_parse_verify_disk_errors() -> None:
+    line = (VERIFY_DISK.replace("result=ok", "result=fail").replace("errors=0 hot", "errors=2 hot")
+            .replace("disk_errors=0", "disk_errors=2"))
+    result = parse_verify(line)
+    assert not result.ok
+    assert (result.errors, result.disk_errors) == (2, 2)
 
 
 def test_parse_verify_fail() -> None:
@@ -91,6 +113,15 @@ def test_parse_verify_fail() -> None:
         VERIFY_OK.replace("pass=3", "pass3"),
         VERIFY_OK.replace(f"boot={BOOT}", "boot=1234"),
         VERIFY_OK.replace("VERIFY", "VERIFIED"),
+        VERIFY_OK.replace(" disk_records=0", ""),
+        VERIFY_OK.replace(" disk_acked=0", ""),
+        VERIFY_OK.replace(" disk_errors=0", ""),
+        VERIFY_OK.replace(" disk_full=0", ""),
+        VERIFY_OK.replace("disk_full=0", "disk_full=2"),
+        VERIFY_OK.replace("disk_full=0", "disk_full=yes"),
+        VERIFY_OK.replace("disk_acked=0", "disk_acked=-1"),
+        VERIFY_OK.replace("disk_errors=0", "disk_errors=1e3"),
+        VERIFY_OK.replace("disk_records=0", "disk_records="),
         "",
     ],
 )
@@ -134,3 +165,23 @@ def test_parse_ready() -> None:
     assert parse_ready(line) == Ready(BOOT, 7777, 16, 16, 8, 0)
     assert parse_ready("SEGUE-INIT up in 2.29 s") is None
     assert parse_ready(line.replace("port=7777", "port=")) is None
+
+
+READY_DISK = (f"SEGUE-CHECK READY boot={BOOT} port=7777 hot_mib=16 pattern_mib=16 zero_mib=8 "
+              "dirty_mbps=0 disk=/dev/vda disk_rate=50 disk_direct=1 disk_slots=131064")
+
+
+def test_parse_ready_with_a_disk_journal() -> None:
+    assert parse_ready(READY_DISK) == Ready(BOOT, 7777, 16, 16, 8, 0, disk="/dev/vda",
+                                            disk_rate=50, disk_direct=True, disk_slots=131064)
+    none = READY_DISK.replace("disk=/dev/vda", "disk=").replace("disk_direct=1", "disk_direct=0")
+    ready = parse_ready(none.replace("disk_slots=131064", "disk_slots=0"))
+    assert ready is not None and ready.disk == "" and not ready.disk_direct
+
+
+@pytest.mark.parametrize("change", [("disk_rate=50", "disk_rate=x"),
+                                    ("disk_direct=1", "disk_direct=2"),
+                                    (" disk_slots=131064", ""),
+                                    (" disk_direct=1", "")])
+def test_malformed_ready_disk_fields_give_none(change: tuple[str, str]) -> None:
+    assert parse_ready(READY_DISK.replace(*change)) is None

@@ -39,6 +39,27 @@ def test_every_setting_lands_on_the_line() -> None:
     assert (keys["pattern_mib"], keys["zero_mib"], keys["heartbeat_ms"]) == ("4", "0", "20")
 
 
+def test_no_disk_means_no_disk_keys() -> None:
+    keys = parse_guest_cmdline(guest_cmdline("10.0.0.5/24", disk_rate=7))
+    assert "disk" not in keys and "disk_rate" not in keys
+
+
+def test_a_disk_journal_lands_on_the_line() -> None:
+    keys = parse_guest_cmdline(guest_cmdline("10.0.0.5/24", disk="/dev/vda", disk_rate=20))
+    assert (keys["disk"], keys["disk_rate"]) == ("/dev/vda", "20")
+    assert parse_guest_cmdline(guest_cmdline("10.0.0.5/24", disk="/dev/vdb"))["disk_rate"] == "50"
+
+
+@pytest.mark.parametrize(
+    ("disk", "rate"),
+    [("vda", 50), ("/dev/v da", 50), ("/dev/vda\n", 50), ("/" + "x" * 255, 50),
+     ("/dev/vda", 0), ("/dev/vda", 100_001), ("/dev/vda", -1)],
+)
+def test_bad_disk_settings_are_rejected(disk: str, rate: int) -> None:
+    with pytest.raises(ValueError):
+        guest_cmdline("10.0.0.5/24", disk=disk, disk_rate=rate)
+
+
 def test_boots_quietly_on_the_serial_console() -> None:
     words = guest_cmdline("10.0.0.5/24").split()
     assert "console=ttyS0,115200" in words

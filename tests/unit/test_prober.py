@@ -16,7 +16,8 @@ from segue.lab.prober import Sample, compute_gaps, main, parse_pong, probe, veri
 
 class FakeGuest:
     """A UDP server on 127.0.0.1 that answers like the guest checker; ``pause(s)`` makes it
-    swallow pings for ``s`` seconds from now; ``boot_id`` can change to fake a reboot."""
+    swallow pings for ``s`` seconds from now; ``boot_id`` can change to fake a reboot;
+    ``verify_s`` makes a VERIFY take that long, answering ``ERR busy`` to others meanwhile."""
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -26,6 +27,9 @@ class FakeGuest:
         self.boot_id = "00000000000000aa"
         self.replies = 0
         self.silent_until = 0.0
+        self.verify_s = 0.0
+        self.verifying: tuple[float, tuple[str, int]] | None = None  # (due, peer)
+        self.busy_replies = 0
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -33,7 +37,13 @@ class FakeGuest:
     def pause(self, seconds: float) -> None:
         self.silent_until = time.monotonic() + seconds
 
-    def _answer(self, data: bytes) -> bytes | None:
+    def _answer(self, data: bytes, peer: tuple[str, int]) -> bytes | None:
+        if data == b"VERIFY" and self.verify_s > 0:
+            if self.verifying is not None:
+                self.busy_replies += 1
+                return b"ERR busy"
+            self.verifying = (time.monotonic() + self.verify_s, peer)
+            return None
         if data == b"VERIFY":
             return b"VERIFY OK pass=3 errors=0\n"
         if time.monotonic() < self.silent_until:
@@ -44,11 +54,14 @@ class FakeGuest:
 
     def _serve(self) -> None:
         while not self.stopping.is_set():
+            if self.verifying is not None and time.monotonic() >= self.verifying[0]:
+                self.sock.sendto(b"VERIFY OK pass=3 errors=0\n", self.verifying[1])
+                self.verifying = None
             try:
                 data, peer = self.sock.recvfrom(512)
             except TimeoutError:
                 continue
-            reply = self._answer(data)
+            reply = self._answer(data, peer)
             if reply is not None:
                 self.sock.sendto(reply, peer)
 
@@ -138,6 +151,12 @@ def test_probe_sees_a_reboot(guest: FakeGuest) -> None:
 
 def test_verify(guest: FakeGuest) -> None:
     assert verify("127.0.0.1", guest.port) == "VERIFY OK pass=3 errors=0"
+
+
+def test_verify_waits_out_a_slow_verification(guest: FakeGuest) -> None:
+    guest.verify_s = 0.25  # longer than one attempt, shorter than all five
+    assert verify("127.0.0.1", guest.port, attempts=5, timeout=0.1) == "VERIFY OK pass=3 errors=0"
+    assert guest.busy_replies >= 2  # the repeats were refused and skipped
 
 
 def test_verify_without_guest() -> None:

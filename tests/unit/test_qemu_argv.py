@@ -124,6 +124,30 @@ def test_disks_are_blockdevs_at_fixed_slots() -> None:
     assert "bootindex" not in blk  # kernel boot: no boot disk
 
 
+def test_disks_default_to_the_host_page_cache_and_always_flush() -> None:
+    (file_node, _) = (kv(v) for v in values(build_argv(kernel_spec(), plan()), "-blockdev"))
+    assert (file_node["cache.direct"], file_node["cache.no-flush"]) == ("off", "off")
+
+
+def test_each_disk_gets_o_direct_where_its_filesystem_takes_it() -> None:
+    second = Path("/dev/shm/web1/data.raw")
+    spec = kernel_spec(disks=[DiskSpec("shared", "web1/disk0.qcow2"),
+                              DiskSpec("shared", "web1/data.raw", format="raw")])
+    host = LaunchPlan(binary="qemu", accel="tcg", runtime=RuntimePaths(RUN),
+                      disk_files=(DISK, second), disk_cache_direct=(True, False))
+    files = [kv(v) for v in values(build_argv(spec, host), "-blockdev") if "driver=file" in v]
+    assert [(f["filename"], f["cache.direct"]) for f in files] == [(str(DISK), "on"),
+                                                                    (str(second), "off")]
+    assert all(f["cache.no-flush"] == "off" for f in files)
+
+
+def test_cache_modes_must_match_the_disks() -> None:
+    host = LaunchPlan(binary="qemu", accel="tcg", runtime=RuntimePaths(RUN), disk_files=(DISK,),
+                      disk_cache_direct=(True, True))
+    with pytest.raises(ValueError, match="2 entries for 1 disks"):
+        build_argv(kernel_spec(), host)
+
+
 def test_readonly_raw_disk() -> None:
     spec = kernel_spec(disks=[DiskSpec("shared", "web1/seed.raw", format="raw", readonly=True)])
     file_node, fmt_node = (kv(v) for v in values(build_argv(spec, plan()), "-blockdev"))

@@ -56,6 +56,7 @@ from segue.domain.errors import Conflict, NotFound, SegueError
 from segue.domain.vm import VMSpec, VMState, validate_vm_spec
 from segue.qemu import process
 from segue.qemu.argv import LaunchPlan, RuntimePaths, build_argv, tap_name
+from segue.qemu.direct_io import disk_cache_direct
 from segue.qemu.machine import QemuMachine
 from segue.qemu.qmp import QMPEvent, QMPSession
 
@@ -320,10 +321,12 @@ class VMManager:
         ``incoming`` (``-incoming``): it then waits for a migration. Leaves no QEMU on failure."""
         self._clear_runtime(vm)
         vm.runtime.directory.mkdir(parents=True, exist_ok=True)
+        disks = tuple(self.config.datastores[d.datastore] / d.path for d in vm.spec.disks)
         plan = LaunchPlan(
             binary=self.config.qemu_binary, accel=self.caps.accel, runtime=vm.runtime,
-            disk_files=tuple(self.config.datastores[d.datastore] / d.path for d in vm.spec.disks),
-            incoming=incoming, cpu_exclude=tuple(self.config.cpu_exclude_features),
+            disk_files=disks, incoming=incoming,
+            cpu_exclude=tuple(self.config.cpu_exclude_features),
+            disk_cache_direct=await asyncio.to_thread(disk_cache_direct, disks),
         )
         vm.state = VMState.STARTING
         try:

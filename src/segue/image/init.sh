@@ -2,9 +2,10 @@
 # /init of the Segue test guest (PID 1, busybox sh).
 #
 # Mounts the kernel file systems, loads the modules listed in /lib/modules/load-order (already in
-# dependency order), configures eth0 from segue.ip=ADDR/PREFIX and segue.gw=GW on the kernel
-# command line, starts busybox acpid so that an ACPI power-button press (QEMU system_powerdown)
-# powers the guest off, then runs /bin/segue-check forever, restarting it (loudly) if it dies.
+# dependency order; virtio_blk makes a segue.disk such as /dev/vda appear), configures eth0 from
+# segue.ip=ADDR/PREFIX and segue.gw=GW on the kernel command line, starts busybox acpid so that
+# an ACPI power-button press (QEMU system_powerdown) powers the guest off, then runs
+# /bin/segue-check forever, restarting it (loudly) if it dies.
 # Lines starting with SEGUE-INIT on the console come from this script.
 
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -69,7 +70,8 @@ configure_network() {
 
 # busybox acpid maps the power button (KEY_POWER on the button driver's evdev) to the action
 # /etc/acpi/PWRF/00000080. PID 1 here is this script, not busybox init, so the action powers off
-# with reboot(2) directly (poweroff -f); there is no disk, sync is only for good measure.
+# with reboot(2) directly (poweroff -f); no filesystem is mounted from a disk (the checker's
+# journal disk, if any, is written O_DIRECT|O_SYNC), so sync is only for good measure.
 start_acpid() {
     mkdir -p /etc/acpi/PWRF
     cat > /etc/acpi/PWRF/00000080 <<'EOF'

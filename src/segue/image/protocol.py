@@ -3,13 +3,24 @@
 UDP requests, one ASCII datagram each, answered by one datagram:
 
 - ``PING <seq>`` -> ``PONG <seq> <boot_id> <reply_no> <uptime_ms> <pass> <errors>``
-- ``VERIFY`` -> ``VERIFY boot=<id> result=ok|fail pass=<n> errors=<n> hot_pages=<n> ...``
+- ``VERIFY`` -> ``VERIFY boot=<id> result=ok|fail pass=<n> errors=<n> hot_pages=<n> ...
+  disk_records=<n> disk_acked=<n> disk_errors=<n> disk_full=0|1`` (the disk fields are always
+  there, all 0 when the guest has no disk journal)
 - ``RATE <mbps>`` -> ``RATE <mbps>``
 - anything else -> ``ERR unknown request``
 
-Console lines: ``SEGUE-CHECK READY boot=<id> port=<p> ...`` once at start, then
+Console lines: ``SEGUE-CHECK READY boot=<id> port=<p> ... disk=<path> disk_rate=<n>
+disk_direct=0|1 disk_slots=<n>`` once at start (``disk=`` empty without a disk journal), then
 ``HB boot=<id> seq=<n> pass=<n> errors=<n> uptime_ms=<n>`` every heartbeat period. A console
-line ``verify`` makes the checker print a VERIFY line there too.
+line ``verify`` makes the checker print a VERIFY line there too. ``SEGUE-CHECK DISK ...`` lines
+say what the disk journal found wrong.
+
+The disk journal (``segue.disk``): ``disk_acked`` is the last record the device had confirmed
+when the verification started, ``disk_records`` the records of this boot found in order (at
+least ``disk_acked`` when nothing is wrong; the writer runs on during the read),
+``disk_errors`` the records lost, damaged, duplicated, out of order or beyond the acknowledged
+end, plus the journal's open and write failures; they count into ``errors``. ``disk_full`` says
+the writer reached the end of the device and stopped.
 
 ``boot_id`` is 16 hex digits, random per boot: a new id means the guest restarted (or its checker
 did), the same id with a gap in ``uptime_ms`` or ``reply_no`` means it was paused.
@@ -18,6 +29,7 @@ The parsers raise ValueError with the offending text when a reply is malformed.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -35,9 +47,14 @@ _VERIFY_COUNTS = (
     "zero_errors",
     "dirtied_mib",
     "uptime_ms",
+    "disk_records",
+    "disk_acked",
+    "disk_errors",
 )
+_VERIFY_FIELDS = {"pass": "passes"}  # wire names that differ from the field's
 _HEARTBEAT_COUNTS = ("seq", "pass", "errors", "uptime_ms")
 _READY_COUNTS = ("port", "hot_mib", "pattern_mib", "zero_mib", "dirty_mbps")
+_READY_DISK_COUNTS = ("disk_rate", "disk_slots")
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,10 @@ class VerifyResult:
     zero_errors: int
     dirtied_mib: int
     uptime_ms: int
+    disk_records: int
+    disk_acked: int
+    disk_errors: int
+    disk_full: bool
 
 
 @dataclass(frozen=True)
@@ -91,6 +112,10 @@ class Ready:
     pattern_mib: int
     zero_mib: int
     dirty_mbps: int
+    disk: str = ""  # the journal's device, "" for none
+    disk_rate: int = 0
+    disk_direct: bool = False  # opened with O_DIRECT
+    disk_slots: int = 0  # records the device holds (0 when the journal failed)
 
 
 def ping_request(seq: int) -> bytes:
@@ -145,8 +170,10 @@ def parse_verify(data: bytes | str) -> VerifyResult:
     result = values.get("result")
     if result not in ("ok", "fail"):
         raise ValueError(f"VERIFY result must be ok or fail: {text!r}")
-    counts = [_field(values, name, text) for name in _VERIFY_COUNTS]
-    return VerifyResult(_boot_id(values.get("boot", ""), text), result == "ok", *counts)
+    counts = {_VERIFY_FIELDS.get(name, name): _field(values, name, text)
+              for name in _VERIFY_COUNTS}
+    return VerifyResult(boot_id=_boot_id(values.get("boot", ""), text), ok=result == "ok",
+                        disk_full=_flag(values, "disk_full", text), **counts)
 
 
 def parse_heartbeat(line: str) -> Heartbeat | None:
@@ -164,11 +191,21 @@ def parse_heartbeat(line: str) -> Heartbeat | None:
 
 
 def parse_ready(line: str) -> Ready | None:
-    """The READY line's settings, or None when the line is not a well-formed READY line."""
+    """The READY line's settings, or None when the line is not a well-formed READY line.
+
+    The disk fields are optional (a checker without a disk journal printed none); when
+    ``disk=`` is there, the others must be too.
+    """
     try:
         values = _keyed(line, "SEGUE-CHECK READY")
-        counts = [_field(values, name, line) for name in _READY_COUNTS]
-        return Ready(_boot_id(values.get("boot", ""), line), *counts)
+        port, hot, pattern, zero, dirty = (_field(values, name, line) for name in _READY_COUNTS)
+        ready = Ready(_boot_id(values.get("boot", ""), line), port, hot, pattern, zero, dirty)
+        if "disk" not in values:
+            return ready
+        rate, slots = (_field(values, name, line) for name in _READY_DISK_COUNTS)
+        return dataclasses.replace(ready, disk=values["disk"], disk_rate=rate,
+                                   disk_direct=_flag(values, "disk_direct", line),
+                                   disk_slots=slots)
     except ValueError:
         return None
 
@@ -201,6 +238,12 @@ def _field(values: dict[str, str], name: str, text: str) -> int:
     if name not in values:
         raise ValueError(f"missing {name}= in {text!r}")
     return _count(name, values[name], text)
+
+
+def _flag(values: dict[str, str], name: str, text: str) -> bool:
+    if values.get(name) not in ("0", "1"):
+        raise ValueError(f"{name} must be 0 or 1, got {values.get(name)!r} in {text!r}")
+    return values[name] == "1"
 
 
 def _count(name: str, value: str, text: str) -> int:

@@ -4,8 +4,17 @@ probe or verify them from the client namespace (as an outside user of the VM net
 The clients are the typed ones (``segue.clients``) used synchronously:
 ``with controller(plan) as c: c.run(c.client.list_vms())``.
 
+A guest with ``GuestOptions.disk_mib`` gets a raw disk of that size on the lab's shared
+datastore (``<vm>/disk0.raw``, which every host mounts), its first virtio-blk disk: the guest
+sees it as ``/dev/vda`` and its checker keeps a journal of numbered, checksummed records there
+(``segue.image.protocol``), so that a migration losing or reordering acknowledged writes fails
+the guest's VERIFY.
+
 Errors: ``NotFound`` (``VM_NOT_FOUND``) for an unknown VM, ``Unavailable``
-(``PROBE_FAILED``) when the prober cannot run, plus the agents' own errors.
+(``PROBE_FAILED``) when the prober cannot run, plus the agents' own errors; for a guest with
+a disk, ``Conflict`` (``VM_EXISTS``) when a VM of that name exists (its disk is left alone),
+``InvalidRequest`` (``LAB_INVALID``) for a bad name or size, ``Unavailable``
+(``LAB_DATASTORE_MISSING``, ``LAB_DISK_FAILED``) when the disk cannot be made.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import JsonValue
@@ -27,7 +37,8 @@ from segue.api.vm import DiskBody, NicBody, VMInfo, VMSpecBody
 from segue.clients.agent import AgentClient
 from segue.clients.base import Blocking
 from segue.clients.controller import ControllerClient
-from segue.domain.errors import InvalidRequest, Unavailable
+from segue.domain.errors import Conflict, InvalidRequest, Unavailable
+from segue.domain.vm import VM_NAME_RE
 from segue.engine.phases import TERMINAL
 from segue.image.builder import GuestImage
 from segue.image.cmdline import guest_cmdline, parse_guest_cmdline
@@ -53,6 +64,12 @@ class GuestOptions:
     pattern_mib: int = 16
     zero_mib: int = 8
     port_group: str = "vm-net"
+    disk_mib: int = 0  # a journal disk of this size on the shared datastore; 0: no disk
+    disk_rate: int = 50  # journal records (512 bytes each) per second
+
+
+GUEST_DISK = "disk0.raw"  # in the VM's directory on the shared datastore
+GUEST_DISK_DEVICE = "/dev/vda"  # the first virtio-blk disk (segue.qemu.argv) in the guest
 
 
 LabVM = VMInfo | VMView  # a VM as its agent sees it now, else as the inventory last knew it
@@ -106,19 +123,64 @@ def respec(spec: VMSpecBody, **changes: object) -> VMSpecBody:
 
 
 def guest_spec(plan: LabPlan, name: str, image: GuestImage, opts: GuestOptions) -> VMSpecBody:
-    """A VM spec for a lab guest with a free IP and MAC."""
+    """A VM spec for a lab guest with a free IP and MAC.
+
+    With ``opts.disk_mib`` it first creates the guest's journal disk, fresh and all zero, on
+    the shared datastore (``create_guest_disk``); raises Conflict (``VM_EXISTS``) rather than
+    touch the disk of an existing VM of that name. Raises ValueError for settings the guest's
+    command line refuses (``segue.image.cmdline.guest_cmdline``) before creating anything.
+    """
     existing = all_vms(plan)
     used_ips = [guest_ip(vm) for vm in existing if is_lab_guest(vm)]
     used_macs = [n.mac for vm in existing for n in vm.spec.nics]
     ip = next_guest_ip(used_ips)
+    cmdline = guest_cmdline(f"{ip}/{PREFIXLEN}", hot_mib=opts.hot_mib,
+                            dirty_mbps=opts.dirty_mbps, pattern_mib=opts.pattern_mib,
+                            zero_mib=opts.zero_mib,
+                            disk=GUEST_DISK_DEVICE if opts.disk_mib else "",
+                            disk_rate=opts.disk_rate)
+    disks: list[DiskBody] = []
+    if opts.disk_mib:
+        if any(vm.name == name for vm in existing):
+            raise Conflict("VM_EXISTS", f"a VM named {name} already exists",
+                           "pick another name, or destroy that VM first")
+        disks.append(create_guest_disk(plan, name, opts.disk_mib))
     return VMSpecBody(
         name=name, datastore=DATASTORE_NAME, memory_mib=opts.memory_mib, vcpus=1,
         cpu_model="qemu64", machine="pc",
         nics=[NicBody(port_group=opts.port_group, mac=random_guest_mac(used_macs))],
-        kernel=str(image.kernel), initrd=str(image.initrd),
-        cmdline=guest_cmdline(f"{ip}/{PREFIXLEN}", hot_mib=opts.hot_mib,
-                              dirty_mbps=opts.dirty_mbps, pattern_mib=opts.pattern_mib,
-                              zero_mib=opts.zero_mib))
+        disks=disks, kernel=str(image.kernel), initrd=str(image.initrd), cmdline=cmdline)
+
+
+def create_guest_disk(plan: LabPlan, name: str, size_mib: int) -> DiskBody:
+    """A fresh raw disk of ``size_mib`` MiB (sparse, reading all zero) for VM ``name`` at
+    ``<name>/disk0.raw`` on the lab's shared datastore, replacing any file there; the disk as
+    a spec names it.
+
+    Raises InvalidRequest (``LAB_INVALID``) for a name that is not a VM name or a size below
+    1 MiB, Unavailable (``LAB_DATASTORE_MISSING``) when the datastore directory does not exist
+    (the lab is not up), Unavailable (``LAB_DISK_FAILED``) when the file cannot be written.
+    """
+    if not VM_NAME_RE.fullmatch(name):
+        raise InvalidRequest("LAB_INVALID", f"{name!r} is not a valid VM name",
+                             "use 1-48 lowercase letters, digits, '.', '_' or '-'")
+    if size_mib < 1:
+        raise InvalidRequest("LAB_INVALID", f"a guest disk needs at least 1 MiB, not {size_mib}",
+                             "give disk_mib >= 1, or 0 for no disk")
+    if not plan.datastore_dir.is_dir():
+        raise Unavailable("LAB_DATASTORE_MISSING",
+                          f"the lab's datastore {plan.datastore_dir} does not exist",
+                          f"bring the lab up first: segue lab up --name {plan.name}")
+    relative = f"{name}/{GUEST_DISK}"
+    path: Path = plan.datastore_dir / relative
+    try:
+        path.parent.mkdir(exist_ok=True)
+        with path.open("wb") as disk:  # truncates: a new guest never sees an old one's records
+            disk.truncate(size_mib << 20)
+    except OSError as err:
+        raise Unavailable("LAB_DISK_FAILED", f"cannot create the guest disk {path}: {err}",
+                          "check the datastore's free space and permissions") from err
+    return DiskBody(datastore=DATASTORE_NAME, path=relative, format="raw")
 
 
 def own_image(spec: VMSpecBody, *, kernel: str = "", initrd: str = "", cmdline: str = "",

@@ -221,7 +221,12 @@ def probe(
 
 def verify(ip: str, port: int = DEFAULT_PORT, attempts: int = 5, timeout: float = 1.0) -> str:
     """Send ``VERIFY`` (up to ``attempts`` times, ``timeout`` s each) and return the guest's
-    reply line, stripped. Raises Unavailable (``GUEST_NO_REPLY``) if none comes."""
+    reply line, stripped. Raises Unavailable (``GUEST_NO_REPLY``) if none comes.
+
+    A verification that takes longer than ``timeout`` (a big guest, a disk journal read back)
+    is still running when the request is sent again; the guest answers the extra requests
+    ``ERR busy`` once it runs its most, and those are skipped while the first one's answer is
+    awaited."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         for _ in range(attempts):
@@ -229,7 +234,8 @@ def verify(ip: str, port: int = DEFAULT_PORT, attempts: int = 5, timeout: float 
                 sock.sendto(b"VERIFY", (ip, port))
                 while True:
                     data = sock.recv(4096)
-                    if not data.startswith(b"PONG "):  # a late PONG from an earlier probe
+                    # a late PONG from an earlier probe, or a repeat the guest is too busy for
+                    if not data.startswith(b"PONG ") and data.strip() != b"ERR busy":
                         return data.decode("ascii", "replace").strip()
             except (TimeoutError, ConnectionRefusedError):
                 continue

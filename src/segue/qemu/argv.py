@@ -3,6 +3,16 @@
 The argv fixes the whole device model with explicit ids and addresses, so that the same
 spec gives the same device model on every host: this is what makes a migration's
 destination accept the source's device state.
+
+Disks are virtio-blk, in spec order from PCI slot 0x10: a Linux guest sees the first as
+``/dev/vda``. Their files are opened with ``cache.direct=on`` (O_DIRECT): the disks lie on
+storage shared by a migration's source and destination, and the host page cache must not
+stand between them, or the destination could read blocks its cache kept from before the
+source's last writes. A disk whose filesystem refuses O_DIRECT gets ``cache.direct=off``
+instead (``LaunchPlan.disk_cache_direct``, probed by ``segue.qemu.direct_io``, which logs a
+warning), since QEMU would not start otherwise. ``cache.no-flush=off`` either way: the guest's
+flushes reach the storage. The cache mode is the host's business, not the device model's,
+so the two ends of a migration may differ in it.
 """
 
 from __future__ import annotations
@@ -65,6 +75,8 @@ class LaunchPlan:
     disk_files: tuple[Path, ...]  # absolute path per spec disk, same order
     incoming: str | None = None  # e.g. "defer" for a migration destination
     cpu_exclude: tuple[str, ...] = ()  # CPU features this host does not offer
+    # per disk, whether to open it with O_DIRECT (segue.qemu.direct_io); empty: off for all
+    disk_cache_direct: tuple[bool, ...] = ()
 
 
 def tap_name(vm_uuid: str, index: int) -> str:
@@ -78,7 +90,8 @@ def build_argv(spec: VMSpec, plan: LaunchPlan) -> list[str]:
 
     A destination (``incoming``) stays paused after the migration too: its agent resumes it.
     The CPU is the spec's model without the host's ``cpu_exclude`` features, enforced
-    (``segue.qemu.cpu_model.cpu_option``).
+    (``segue.qemu.cpu_model.cpu_option``). Raises ValueError when ``disk_cache_direct`` is
+    given but not one entry per disk.
     """
     rt = plan.runtime
     serial_log = spec.serial_log or str(rt.default_serial_log)
@@ -103,7 +116,7 @@ def build_argv(spec: VMSpec, plan: LaunchPlan) -> list[str]:
         "-S",
     ]
     argv += _nic_args(spec)
-    argv += _disk_args(spec, plan.disk_files)
+    argv += _disk_args(spec, plan.disk_files, plan.disk_cache_direct)
     argv += _boot_args(spec)
     if plan.incoming is not None:
         argv += ["-incoming", plan.incoming]
@@ -122,14 +135,17 @@ def _nic_args(spec: VMSpec) -> list[str]:
     return out
 
 
-def _disk_args(spec: VMSpec, files: tuple[Path, ...]) -> list[str]:
+def _disk_args(spec: VMSpec, files: tuple[Path, ...], direct: tuple[bool, ...]) -> list[str]:
+    if direct and len(direct) != len(files):
+        raise ValueError(f"disk_cache_direct has {len(direct)} entries for {len(files)} disks")
     out: list[str] = []
     for i, (disk, path) in enumerate(zip(spec.disks, files, strict=True)):
         ro = "on" if disk.readonly else "off"
+        cache = "on" if direct and direct[i] else "off"
         out += [
             "-blockdev",
             f"driver=file,node-name=file{i},filename={path},read-only={ro},"
-            "cache.direct=off,cache.no-flush=off",
+            f"cache.direct={cache},cache.no-flush=off",
             "-blockdev", f"driver={disk.format},node-name=disk{i},file=file{i},read-only={ro}",
             "-device",
             f"virtio-blk-pci,id=blk{i},drive=disk{i},addr={FIRST_DISK_SLOT + i:#x}"
