@@ -111,7 +111,8 @@ def migrate(src: Agent, dst: Agent, info: VMInfo,
     Returns (the destination's prepare answer, the source's final migration status)."""
     name = info.name
     incoming = dst.run(dst.client.prepare_incoming(info.spec, f"it-{name}", {}, parameters))
-    src.run(src.client.start_migration(name, incoming.uri, {}, parameters))
+    src.run(src.client.start_migration(name, incoming.uri, {}, parameters,
+                                       migration_id=f"it-{name}", destination="host2"))
     done = poll(status(src, name),
                 lambda s: s.migration.status in ("completed", "failed", "cancelled"),
                 timeout=180)
@@ -177,7 +178,8 @@ def test_cancelled_migration_keeps_the_vm_on_its_source(lab: LabPlan, image: Gue
                                                        {"max-bandwidth": 1 << 20}))
         assert qemus_of(info.uuid, host2.state_dir) == [incoming.pid]
         src.run(src.client.start_migration("mig2", incoming.uri, {},
-                                           {"max-bandwidth": 1 << 20}))
+                                           {"max-bandwidth": 1 << 20},
+                                           migration_id="it-cancel", destination="host2"))
         active = poll(status(src, "mig2"), lambda s: s.migration.status == "active", timeout=30)
         assert active.role == "source"
         time.sleep(1.0)

@@ -6,7 +6,9 @@ Each scenario breaks something during a live migration and then checks four inva
   sources: ``/proc`` (a QEMU of the VM whose vCPU thread keeps gaining CPU time, three
   samples in a row, which needs no agent) and the agents' QMP answers (destination asked
   first) when they answer;
-- I2: the guest's memory verified by its checker, and its boot id unchanged;
+- I2: the guest's memory and its journal disk (numbered, checksummed records written
+  through the whole scenario: none acknowledged lost, duplicated or out of order) verified by
+  its checker, and its boot id unchanged;
 - I3: nothing left behind once settled: one QEMU of the VM on the machine, no runtime
   directory or tap of it on the other host, its lease held by the host that runs it;
 - I4: the controller agrees with the hosts within 30 s: its record names the host that runs
@@ -178,7 +180,8 @@ def check_invariants(plan: LabPlan, name: str, uuid: str, boot: str) -> str:
     """I2, I3 and I4 (module doc); the host that runs the VM."""
     owner = where_it_runs(plan, name)
     verdict = lab_cli.verify_fields(guests.verify_ip(plan, guest_ip(plan, name)))
-    assert verdict["result"] == "ok" and verdict["boot"] == boot, verdict  # I2
+    assert verdict["result"] == "ok" and verdict["boot"] == boot, verdict  # I2: memory
+    assert verdict["disk_errors"] == "0" and int(verdict["disk_acked"]) > 0, verdict  # disk
     deadline = time.monotonic() + SETTLE_S
     while True:  # I3 and I4 settle through reconciliation
         problems = leftovers(plan, name, uuid, owner) + disagreement(plan, name, owner)
@@ -305,7 +308,7 @@ def fresh_guest(plan: LabPlan, host: str = "host1", dirty_mbps: int = 16) -> Gue
     _made[0] += 1
     name = f"f{_made[0]}"
     segue("lab", "vm", "create", name, "--host", host, "--dirty-mbps", str(dirty_mbps),
-          "--hot-mib", "32", "--name", LAB)
+          "--hot-mib", "32", "--disk-mib", "64", "--name", LAB)
     guests.wait_answering(plan, name, timeout=180)
     with guests.controller(plan) as c:
         uuid = c.run(c.client.get_vm(name)).uuid
