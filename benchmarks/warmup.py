@@ -14,6 +14,7 @@ blackout (switchover, network path, guest answer, total) per guest and writes
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -43,7 +44,7 @@ def run_variant(plan: LabPlan, name: str, extra: str, moves: int) -> list[dict[s
     for i in range(moves):
         dest = "host2" if i % 2 == 0 else "host1"
         watched = guests.watch_migration(
-            plan, name, lambda d=dest: guests.migrate_and_wait(plan, name, d))
+            plan, name, functools.partial(guests.migrate_and_wait, plan, name, dest))
         assert watched.job.phase == "completed", watched.job.reason
         seen.append(watched.breakdown.to_dict())
         print(name, i, json.dumps(seen[-1]), flush=True)
