@@ -490,3 +490,49 @@ def test_a_moved_vm_cannot_start_on_its_old_host(lab: LabPlan) -> None:
         assert err.value.code == "VM_EXISTS", err.value
     owner = check_invariants(lab, g.name, g.uuid, g.boot)
     assert owner == "host2"
+
+
+def test_controller_cut_off_from_the_destination_across_the_switchover(lab: LabPlan) -> None:
+    """The destination's management link goes down as the copy ends and comes back 20 s
+    later: the destination takes the VM over and runs it on its own (the lease needs no
+    controller); the job, unable to ask it, finds the source's copy refused (the lease is
+    the destination's) and finishes the move once the link is back."""
+    g = fresh_guest(lab)
+    ns = lab.host("host2").netns
+    with watched(lab, g, "host2"):
+        job_id = start_move(lab, g.name, "host2")
+        wait_copying(lab, job_id)
+        netns.run_in_netns(ns, ["ip", "link", "set", "mgmt0", "down"])
+        try:
+            deadline = time.monotonic() + 120
+            while job_of(lab, job_id).phase != "switchover":
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            time.sleep(20.0)
+        finally:
+            netns.run_in_netns(ns, ["ip", "link", "set", "mgmt0", "up"])
+        started = time.monotonic()
+        job = wait_job(lab, job_id)
+        owner = check_invariants(lab, g.name, g.uuid, g.boot)
+    assert job.phase == "completed" and owner == "host2", (job.phase, job.reason)
+    record("controller cut off from the destination for 20 s across the switchover", job,
+           owner, started)
+
+
+def test_source_agent_killed_during_copy_then_back(lab: LabPlan) -> None:
+    """The source's agent dies while its QEMU copies: the job cannot ask the source, rolls
+    back (the destination torn down, which fails the copy, so the source QEMU runs on), and
+    the restarted agent adopts the VM with its lease."""
+    g = fresh_guest(lab)
+    with watched(lab, g, "host2"):
+        job_id = start_move(lab, g.name, "host2")
+        wait_copying(lab, job_id)
+        kill_agent("host1")
+        job = wait_job(lab, job_id)
+        start_agent(LAB, "host1")
+        started = time.monotonic()
+        owner = check_invariants(lab, g.name, g.uuid, g.boot)
+    assert job.phase in ("failed", "completed"), job
+    assert owner == ("host1" if job.phase == "failed" else "host2")
+    record("source agent killed during the copy, back after the job ended", job, owner,
+           started)
