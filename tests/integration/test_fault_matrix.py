@@ -381,6 +381,11 @@ def test_destination_agent_killed_at_switchover_then_back(lab: LabPlan) -> None:
     assert job.phase == "failed" and owner == "host1", job
     assert "runs on host1 again" in (job.reason or ""), job.reason
     record("destination agent killed at the switchover, back 15 s later", job, owner, started)
+    # host2's agent came back, found its QEMU's takeover refused (the handover withdrawn)
+    # and kept it paused; reconciliation tore it down
+    events = json.loads(segue("vm", "events", g.name, "--json").stdout)
+    assert any(e["kind"] == "aborted-incoming" and e["detail"]["host"] == "host2"
+               for e in events), events
 
 
 def test_destination_agent_back_before_the_job_gives_up(lab: LabPlan) -> None:
