@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: setup deps venv image demo test unit component integration lint bench bench-warmup bench-switchover clean
+.PHONY: setup deps venv image demo test unit component integration lint bench bench-warmup bench-switchover bench-faults clean
 
 setup: deps venv image
 
@@ -56,6 +56,10 @@ bench-warmup: setup
 # What an idle guest's switchover costs with each migration capability on and off.
 bench-switchover: setup
 	$(PY) benchmarks/switchover.py $(BENCH_ARGS)
+
+# Fault loops: the fault matrix's scenarios repeated (50 times by default), summary table.
+bench-faults: setup
+	$(PY) benchmarks/faults.py $(BENCH_ARGS)
 
 clean:
 	-$(SEGUE) lab down

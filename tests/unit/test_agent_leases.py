@@ -176,3 +176,16 @@ def test_an_unwritable_lease_directory_is_unavailable(
     with pytest.raises(Unavailable) as err:
         h1.acquire(vm(disks=()))
     assert code(err) == "LEASE_STORAGE_UNAVAILABLE"
+
+
+@pytest.mark.parametrize(("duration", "renew", "after"), [
+    (15.0, 3.0, 9.0),  # the defaults: two renewals short of the expiry
+    (3.0, 0.2, 2.4),  # short renewals: at most 80 % of the lease
+    (600.0, 120.0, 360.0),
+])
+def test_an_agent_stops_a_vm_well_before_its_lease_expires(
+        duration: float, renew: float, after: float) -> None:
+    from segue.agent.vms import fence_after
+
+    assert fence_after(duration, renew) == pytest.approx(after)
+    assert fence_after(duration, renew) < duration - renew

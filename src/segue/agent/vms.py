@@ -17,8 +17,9 @@ Every VM whose QEMU runs here holds a lease on shared storage (``segue.agent.lea
 start claims it (the generation grows), the agent renews it every ``lease_renew_s``, and
 gives it up when the QEMU is gone. A renewal that finds the lease another host's fences the
 QEMU (paused for good, ``fenced`` says why) unless it is a migration's source the
-destination took over; one that cannot reach the storage for ``lease_duration_s -
-lease_renew_s`` stops the VM before its lease expires. An adopted QEMU takes its lease back
+destination took over; one that cannot reach the storage for ``fence_after`` (two
+renewals short of the expiry, at most 80 % of the lease) stops the VM before its lease
+expires. An adopted QEMU takes its lease back
 up, or is fenced if another host holds it now.
 
 Start and stop are guarded (``segue.agent.guards``). Errors: ``NotFound``
@@ -61,6 +62,13 @@ from segue.qemu.machine import QemuMachine
 from segue.qemu.qmp import QMPEvent, QMPSession
 
 log = logging.getLogger(__name__)
+
+
+def fence_after(duration_s: float, renew_s: float) -> float:
+    """Seconds without a successful renewal after which the agent stops a VM: two renewals
+    short of the lease's expiry, and at most 80 % of it (the kill, and a clock a little
+    ahead on the claiming host, must still fit before it expires)."""
+    return min(duration_s - 2 * renew_s, 0.8 * duration_s)
 
 
 class MigrationHook(Protocol):
@@ -458,8 +466,7 @@ class VMManager:
         """One renewal. A lease another host holds now: a migrated-away source lets it go
         (the destination took the VM over), any other QEMU is fenced. Storage that does not
         answer: retried at the next round, and once the lease has gone unrenewed for
-        ``lease_duration_s - lease_renew_s`` the VM is stopped, before another host may
-        claim it."""
+        ``fence_after`` the VM is stopped, well before another host may claim it."""
         generation = vm.generation
         if generation is None:
             return
@@ -477,7 +484,7 @@ class VMManager:
             return
         except SegueError as err:
             since = time.monotonic() - (vm.lease_renewed_at or 0.0)
-            limit = self.config.lease_duration_s - self.config.lease_renew_s
+            limit = fence_after(self.config.lease_duration_s, self.config.lease_renew_s)
             log.error("%s: lease not renewed for %.0f s (%s)", vm.name, since, err)
             if since >= limit:
                 reason = (f"fenced: its lease could not be renewed for {since:.0f} s "
