@@ -53,7 +53,14 @@ from segue.lab.faults import (
     wait_job,
 )
 from segue.lab.faults import kill_agent as kill_agent_of
-from segue.lab.lab import lab_down, lab_up, load_state, start_agent
+from segue.lab.lab import (
+    lab_down,
+    lab_up,
+    load_state,
+    start_agent,
+    start_controller,
+    stop_controller,
+)
 from segue.lab.topology import LabPlan
 
 pytestmark = pytest.mark.integration
@@ -332,3 +339,49 @@ def test_source_agent_killed_during_copy_then_back(lab: LabPlan) -> None:
     assert owner == ("host1" if job.phase == "failed" else "host2")
     record("source agent killed during the copy, back after the job ended", job, owner,
            started)
+
+
+def test_controller_killed_in_prepare(lab: LabPlan) -> None:
+    """SIGKILL of the controller while the destination's QEMU starts: the restarted one
+    rolls the job back (nothing was copied), the VM on its source."""
+    g = fresh_guest(lab)
+    with watched(lab, g, "host2"):
+        job_id = start_move(lab, g.name, "host2")
+        deadline = time.monotonic() + 60
+        while job_of(lab, job_id).phase in ("check",):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        seen = job_of(lab, job_id).phase
+        stop_controller(LAB, crash=True)
+        start_controller(LAB)
+        started = time.monotonic()
+        job = wait_job(lab, job_id)
+        owner = check_invariants(lab, g.name, g.uuid, g.boot)
+    assert seen in ("prepare", "start", "monitor"), seen
+    assert job.phase in ("failed", "completed"), job
+    assert owner == ("host1" if job.phase == "failed" else "host2")
+    record(f"controller killed in {seen}", job, owner, started)
+
+
+def test_controller_and_destination_agent_killed_at_the_switchover(lab: LabPlan) -> None:
+    """The copy ends while the destination's agent is dead, and the controller dies in the
+    switchover (before its patience ran out); the agent comes back first and, the handover
+    still standing, takes the VM over and runs it; the restarted controller finds it running
+    and finishes the move."""
+    g = fresh_guest(lab)
+    with watched(lab, g, "host2"):
+        job_id = start_move(lab, g.name, "host2")
+        wait_copying(lab, job_id)
+        kill_agent("host2")
+        deadline = time.monotonic() + 120
+        while job_of(lab, job_id).phase != "switchover":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        stop_controller(LAB, crash=True)
+        start_agent(LAB, "host2")
+        start_controller(LAB)
+        started = time.monotonic()
+        job = wait_job(lab, job_id)
+        owner = check_invariants(lab, g.name, g.uuid, g.boot)
+    assert job.phase == "completed" and owner == "host2", (job.phase, job.reason)
+    record("controller and destination agent killed at the switchover", job, owner, started)
