@@ -91,6 +91,16 @@ def kill_agent(host: str) -> None:
     kill_agent_of(LAB, host)
 
 
+def kill_destination_agent_until_switchover(plan: LabPlan, job_id: str) -> None:
+    """Kill host2's agent during the copy; the copy goes on without it and completes: return
+    once the job waits in its switchover."""
+    kill_agent("host2")
+    deadline = time.monotonic() + 120
+    while job_of(plan, job_id).phase != "switchover":
+        assert time.monotonic() < deadline, "the job never reached its switchover"
+        time.sleep(0.05)
+
+
 @dataclass
 class Guest:
     name: str
@@ -166,11 +176,7 @@ def test_destination_agent_killed_at_switchover_then_back(lab: LabPlan) -> None:
     with watched(lab, g, "host2"):
         job_id = start_move(lab, g.name, "host2")
         wait_copying(lab, job_id)
-        kill_agent("host2")  # the copy goes on and completes without it
-        deadline = time.monotonic() + 120
-        while job_of(lab, job_id).phase != "switchover":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        kill_destination_agent_until_switchover(lab, job_id)
         time.sleep(15.0)  # past the job's patience: the source runs it again
         start_agent(LAB, "host2")
         started = time.monotonic()
@@ -193,11 +199,7 @@ def test_destination_agent_back_before_the_job_gives_up(lab: LabPlan) -> None:
     with watched(lab, g, "host2"):
         job_id = start_move(lab, g.name, "host2")
         wait_copying(lab, job_id)
-        kill_agent("host2")
-        deadline = time.monotonic() + 120
-        while job_of(lab, job_id).phase != "switchover":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        kill_destination_agent_until_switchover(lab, job_id)
         start_agent(LAB, "host2")
         started = time.monotonic()
         job = wait_job(lab, job_id)
@@ -372,11 +374,7 @@ def test_controller_and_destination_agent_killed_at_the_switchover(lab: LabPlan)
     with watched(lab, g, "host2"):
         job_id = start_move(lab, g.name, "host2")
         wait_copying(lab, job_id)
-        kill_agent("host2")
-        deadline = time.monotonic() + 120
-        while job_of(lab, job_id).phase != "switchover":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        kill_destination_agent_until_switchover(lab, job_id)
         stop_controller(LAB, crash=True)
         start_agent(LAB, "host2")
         start_controller(LAB)
