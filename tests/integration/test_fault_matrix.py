@@ -168,7 +168,7 @@ def test_destination_agent_killed_during_copy_then_back(lab: LabPlan) -> None:
 
 
 def test_destination_agent_killed_at_switchover_then_back(lab: LabPlan) -> None:
-    """The issue's case: the destination's agent dies as the copy ends and comes back later.
+    """The headline case: the destination's agent dies as the copy ends and comes back later.
     Its QEMU completed the copy but, with no agent, never took the VM's lease over nor ran
     the guest: the source runs it again, and the returning agent's incoming QEMU is torn
     down by reconciliation."""
