@@ -105,6 +105,8 @@ def run_result(converged: bool, reason: str | None, summary: Mapping[str, Any]
         # how much auto-converge slowed the guest (the most, and for how long)
         "throttle_max_pct": summary.get("throttle_max_pct") if converged else None,
         "throttled_s": summary.get("throttled_s") if converged else None,
+        # after a post-copy: how long the guest's vCPUs waited for faulted pages
+        "postcopy_blocktime_ms": summary.get("postcopy_blocktime_ms") if converged else None,
         **predicted,
         "total_error": relative_error(predicted["predicted_total_s"],
                                       predicted["actual_total_s"]) if converged else None,

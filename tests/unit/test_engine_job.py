@@ -28,7 +28,7 @@ SUMMARY_KEYS = {
     "dest_resume_at", "total_s", "actual_total_s", "downtime_bound_ms", "downtime_bound_reason",
     "sampled_dirty_range_mibs", "predicted_downtime_ms", "predicted_total_error",
     "predicted_downtime_error", "predicted_downtime_error_ms", "corrected_total_error",
-    "corrected_downtime_error", "throttle_max_pct", "throttled_s"}
+    "corrected_downtime_error", "throttle_max_pct", "throttled_s", "postcopy_blocktime_ms"}
 BOOM = Unavailable("FAKE_BOOM", "the fake failed on purpose", "")
 
 
@@ -502,3 +502,23 @@ async def test_a_crash_in_finalize_is_noted_and_the_job_stays_to_be_finished() -
     await w.job().run()
     assert w.store.phases[-1] == P.FINALIZE
     assert w.store.noted("internal error in finalize: MIGRATION_ERROR: RuntimeError")
+
+
+async def test_after_a_postcopy_the_summary_says_how_long_the_guest_waited_for_pages() -> None:
+    """The destination's QEMU counts the vCPUs' wait for faulted pages (postcopy-blocktime);
+    a pre-copy has none."""
+    w = World([*copying(*range(10, 250, 10))])
+    job = w.job()
+    w.src.on("migration_status", job.request_postcopy)
+
+    async def destination_status(name: str) -> MigrationView:
+        w.dst.calls.append("migration_status")
+        return MigrationView(name=name, role="incoming", state=VMState.RUNNING,
+                             migration=q("completed", **{"postcopy-blocktime": 850}))
+
+    w.dst.migration_status = destination_status  # type: ignore[method-assign]
+    await job.run()
+    assert w.store.summary["postcopy_blocktime_ms"] == 850
+    plain = World()
+    await plain.job().run()
+    assert plain.store.summary["postcopy_blocktime_ms"] is None

@@ -91,5 +91,7 @@ class QueryMigrate(ResponseModel):
     setup_time: float | None = Field(None, alias="setup-time")
     error_desc: str | None = Field(None, alias="error-desc")
     cpu_throttle_percentage: int = Field(0, alias="cpu-throttle-percentage")
+    postcopy_blocktime: int | None = Field(None, alias="postcopy-blocktime")
+    postcopy_vcpu_blocktime: list[int] | None = Field(None, alias="postcopy-vcpu-blocktime")
     socket_address: list[SocketAddress] | None = Field(None, alias="socket-address")
     from_event: bool = False

@@ -39,9 +39,10 @@ The summary (``set_summary``) holds the policy's plan (``link_measured_mibs``,
 ``downtime_limit_ms``, ``qemu_downtime_ms``, ``qemu_total_ms``, ``setup_ms``, ``bytes_sent``,
 ``ram_total``, ``iterations``, ``switchover_ms``, ``source_stop_at``, ``dest_resume_at``,
 ``total_s``, ``actual_total_s``, how much auto-converge slowed the guest
-(``throttle_max_pct``, ``throttled_s``) and the prediction's errors (``predicted_total_error``,
-``predicted_downtime_error``, ``predicted_downtime_error_ms``, ``corrected_*_error``:
-``segue.engine.prediction.prediction_errors``).
+(``throttle_max_pct``, ``throttled_s``), after a post-copy how long the guest's vCPUs
+waited for faulted pages (``postcopy_blocktime_ms``), and the prediction's errors
+(``predicted_total_error``, ``predicted_downtime_error``, ``predicted_downtime_error_ms``,
+``corrected_*_error``: ``segue.engine.prediction.prediction_errors``).
 
 ``run`` and ``recover`` never raise (but ``CancelledError``): the outcome is in the record.
 """
@@ -419,6 +420,16 @@ class MigrationJob(JobBase):
         except SegueError as err:
             self.note(f"release on {self.spec.source} failed: {err}")
 
+    async def _blocktime(self) -> int | None:
+        """After a post-copy: the ms the guest's vCPUs waited for faulted pages, as the
+        destination's QEMU counted them (``postcopy-blocktime``); None when unknown."""
+        if not self.went_postcopy:
+            return None
+        try:
+            return (await self.dst.migration_status(self.vm)).migration.postcopy_blocktime
+        except SegueError:
+            return None
+
     async def _summary(self) -> dict[str, JsonValue]:
         """What the move cost, from QEMU's final numbers and the two QMP event streams."""
         final = progress_from_query((await self.src.migration_status(self.vm)).migration)
@@ -434,6 +445,7 @@ class MigrationJob(JobBase):
             "source_stop_at": stop, "dest_resume_at": resume,
             "throttle_max_pct": self.throttle_max_pct,
             "throttled_s": round(self.throttled_s, 2),
+            "postcopy_blocktime_ms": await self._blocktime(),
         }
 
 

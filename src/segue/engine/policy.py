@@ -43,6 +43,9 @@ Choices (QEMU 8.0 and newer; ``make setup`` installs 10.0; what changes on 7.2 i
   since both QEMUs need it before ``migrate``.
 - XBZRLE where a guest keeps re-dirtying pages over a link that is the bottleneck
   (``xbzrle_cache``): re-sent pages go as differences.
+- ``postcopy-blocktime`` with post-copy: the destination counts how long the guest's vCPUs
+  waited for pages it faulted on (read into the job's summary, ``postcopy_blocktime_ms``):
+  what a post-copy costs the guest, beside the switchover.
 - ``postcopy-preempt`` with post-copy on QEMU >= 8.0 (``postcopy_preempt``): the pages a
   post-copy guest faults on do not queue behind the background stream.
 - ``postcopy-ram`` must be set on both QEMUs before ``migrate``: it is set up front when the
@@ -210,7 +213,8 @@ def initial_settings(options: PolicyOptions, downtime_ms: int | None = None,
     bound = bound_ms if bound_ms is not None else downtime_bound(options)[0]
     downtime = downtime_ms or options.downtime_limit_ms or min(DEFAULT_DOWNTIME_MS, bound)
     caps = {"events": True, "postcopy-ram": options.allow_postcopy, "auto-converge": True,
-            "multifd": multifd > 0, "xbzrle": xbzrle_cache > 0}
+            "multifd": multifd > 0, "xbzrle": xbzrle_cache > 0,
+            "postcopy-blocktime": options.allow_postcopy}
     bandwidth = (options.max_bandwidth_mibs * 1024**2 if options.max_bandwidth_mibs
                  else UNCAPPED_BANDWIDTH)
     params: dict[str, ParameterValue] = {"downtime-limit": downtime,
