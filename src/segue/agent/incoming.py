@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -40,7 +39,6 @@ from segue.agent.managed import ManagedVM
 from segue.agent.migpath import migration_address
 from segue.agent.roles import migration_completed
 from segue.agent.vms import VMManager
-from segue.agent.vmstore import VM_FILE
 from segue.api.agent import IncomingAnswer, RecoverAnswer
 from segue.api.qemu import MigrationStatus
 from segue.api.vm import VMInfo
@@ -160,8 +158,8 @@ class Incoming:
             return True
         for attempt in range(attempts):
             try:
-                vm.generation = await asyncio.to_thread(self.m.leases.take_over, vm.spec,
-                                                        vm.incoming or "")
+                generation = await asyncio.to_thread(self.m.leases.take_over, vm.spec,
+                                                     vm.incoming or "")
             except Conflict as err:
                 log.error("%s arrived but stays paused: %s", vm.name, err)
                 return False
@@ -170,8 +168,7 @@ class Incoming:
                 if attempt + 1 < attempts:
                     await asyncio.sleep(1.0)
                 continue
-            vm.lease_renewed_at = time.monotonic()
-            self.m.store.save_generation(vm.spec, vm.generation)
+            self.m.hold(vm, generation)
             return True
         return False
 
@@ -214,12 +211,7 @@ class Incoming:
         """The incoming VM runs here: write the datastore's vm.json naming this host (and
         the lease generation it took the VM over at) and clear the incoming role; the VM as
         this host now owns it."""
-        if vm.generation is not None:
-            self.m.store.save_generation(vm.spec, vm.generation)
-        else:
-            root = self.m.config.datastores[vm.spec.datastore]
-            write_json_atomic(root / vm.spec.name / VM_FILE,
-                              {"host": self.m.config.host, "spec": vm.spec.to_dict()})
+        self.m.store.save_generation(vm.spec, vm.generation)
         vm.runtime.role_file.unlink(missing_ok=True)
         log.info("%s: claimed (migration %s)", vm.name, vm.incoming)
         vm.incoming = None

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import time
 from collections.abc import Mapping
 
 from segue.agent.guards import ALL_ROLES, LIVE, OWNED, qmp_of, requires
@@ -194,9 +193,7 @@ class Outgoing:
         what another host ran."""
         if vm.fenced is not None:
             raise _fenced(vm)
-        vm.generation = await asyncio.to_thread(self.m.leases.ensure, vm.spec, vm.generation)
-        vm.lease_renewed_at = time.monotonic()
-        self.m.store.save_generation(vm.spec, vm.generation)
+        self.m.hold(vm, await asyncio.to_thread(self.m.leases.ensure, vm.spec, vm.generation))
         await QemuMachine(qmp_of(vm)).cont()
         log.info("%s: resumed on its source", vm.name)
         return await self.m.info(vm.name)

@@ -159,6 +159,12 @@ class VMManager:
             log.error("%s: lease not read after the restart (%s); renewals will retry",
                       vm.name, err)
 
+    def hold(self, vm: ManagedVM, generation: int) -> None:
+        """This host holds the VM's lease at ``generation`` now (claimed, kept or taken
+        over): renewals start from here, and the datastore's vm.json names this host."""
+        vm.generation, vm.lease_renewed_at, vm.fenced = generation, time.monotonic(), None
+        self.store.save_generation(vm.spec, generation)
+
     async def fence(self, vm: ManagedVM, reason: str) -> None:
         """The VM is another host's now: pause its QEMU here for good (never resumed by
         Segue; reconciliation and the operator decide) and say why."""
@@ -318,9 +324,7 @@ class VMManager:
         admission.check_references(vm.spec, view, paths)
         admission.check_cpu(vm.spec, view)
         admission.check_fits(vm.spec, view, starting=True)
-        vm.generation = await asyncio.to_thread(self.leases.acquire, vm.spec, generation)
-        vm.lease_renewed_at, vm.fenced = time.monotonic(), None
-        self.store.save_generation(vm.spec, vm.generation)
+        self.hold(vm, await asyncio.to_thread(self.leases.acquire, vm.spec, generation))
         await self.launch(vm)
         return await self.info(vm.name)
 

@@ -80,16 +80,17 @@ class VMStore:
                 shutil.rmtree(shared.parent, ignore_errors=True)
             raise
 
-    def save_generation(self, spec: VMSpec, generation: int) -> None:
-        """Record the lease generation this host claimed the VM at in the datastore's
-        vm.json (what the datastore says of the VM: its host and generation; the lease
+    def save_generation(self, spec: VMSpec, generation: int | None) -> None:
+        """Name this host as the VM's in the datastore's vm.json, with the lease generation
+        it claimed the VM at when it holds one (what the datastore says of the VM; the lease
         itself, ``segue.agent.leases``, is what decides)."""
         root = self.datastores.get(spec.datastore)
         if root is None:
             return
-        write_json_atomic(root / spec.name / VM_FILE,
-                          {"host": self.host, "generation": generation,
-                           "spec": spec.to_dict()})
+        entry: dict[str, object] = {"host": self.host, "spec": spec.to_dict()}
+        if generation is not None:
+            entry["generation"] = generation
+        write_json_atomic(root / spec.name / VM_FILE, entry)
 
     def remove(self, spec: VMSpec) -> None:
         """Remove the definition everywhere (the datastore dir only if nothing else is in it)."""
