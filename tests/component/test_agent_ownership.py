@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import pytest
 from test_agent_migration import (
     Agent,
     agent_on,
@@ -24,7 +25,7 @@ from test_agent_migration import (
 
 from segue.agent.leases import LEASE_DIR, Leases
 from segue.api.vm import VMInfo
-from segue.domain.errors import Conflict
+from segue.domain.errors import Conflict, Unavailable
 from segue.domain.vm import VMState
 
 if TYPE_CHECKING:
@@ -117,3 +118,16 @@ async def test_a_vm_whose_lease_cannot_be_renewed_stops_before_it_expires(
         # ... and not at the first failed renewal: the agent waited fence_after (2.4 s here)
         assert time.time() > expires - 3.0 + 2.0
         assert "fenced" in (stopped.last_exit or "") and info.pid is not None
+
+
+async def test_a_start_that_fails_leaves_no_lease(lab: Lab, caps: QemuCapabilities,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """QEMU fails to launch (before it has a pid): the lease the start claimed is given
+    back at once, so another host may start the VM without waiting for it to expire."""
+    async with agent_on(lab, caps, "host1") as src:
+        info = await src.define_vm(spec_of(lab, "web1"))
+        monkeypatch.setenv("FAKE_QEMU_FAIL_START", "1")
+        await refused(src.start_vm("web1"), Unavailable, "QEMU_LAUNCH_FAILED")
+        assert lease_of(lab, info.uuid)["released"] is True
+        other = Leases("host2", {"shared": lab.datastore}, 3.0)
+        assert other.acquire(info.spec.to_domain()) == 2  # no VM_LOCKED: nothing runs

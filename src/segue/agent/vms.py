@@ -433,6 +433,7 @@ class VMManager:
         if vm.pid is None and vm.qmp is None:
             if vm.state == VMState.STARTING:  # the launch failed before QEMU had a pid
                 vm.state = VMState.STOPPED
+            await self._release_lease(vm)  # the start's claim, given back
             return
         log.info("%s: QEMU (pid %s) exited: %s", vm.spec.name, vm.pid, vm.last_exit)
         qmp, vm.qmp, vm.pid = vm.qmp, None, None
