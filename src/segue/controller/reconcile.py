@@ -34,6 +34,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from segue.api.inventory import VMReport
+from segue.controller.models import VMInstance
 from segue.domain.errors import SegueError
 from segue.domain.vm import VMState
 
@@ -108,21 +109,10 @@ def decide(owner_host: str, owner_generation: int | None, seen: Sequence[Seen],
 
 
 # ---- the database side ----
-class InstanceRow(Protocol):
-    vm_name: str
-    host: str
-    state: str
-    role: str
-    generation: int | None
-    fenced: str | None
-
-
 def record_instances(session: Session, host: str, reported: list[VMReport],
                      now: datetime) -> set[str]:
     """Replace ``host``'s instances with its heartbeat's; the names of the VMs whose
     instance there is new, changed or gone."""
-    from segue.controller.models import VMInstance
-
     old = {row.vm_name: row for row in session.scalars(
         select(VMInstance).where(VMInstance.host == host))}
     changed: set[str] = set()
@@ -147,16 +137,12 @@ def record_instances(session: Session, host: str, reported: list[VMReport],
 
 def instances_of(session: Session, vm_name: str, hosts: set[str]) -> list[Seen]:
     """Every connected host's instance of the VM (``hosts``: the connected ones)."""
-    from segue.controller.models import VMInstance
-
     rows = session.scalars(select(VMInstance).where(VMInstance.vm_name == vm_name))
     return [Seen(r.host, r.state, r.role, r.generation, r.fenced) for r in rows
             if r.host in hosts]
 
 
 def forget_instances(session: Session, vm_name: str) -> None:
-    from segue.controller.models import VMInstance
-
     session.execute(delete(VMInstance).where(VMInstance.vm_name == vm_name))
 
 
