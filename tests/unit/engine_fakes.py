@@ -254,6 +254,8 @@ class FakeAgent:
         self._call("abort_incoming")
         if name not in self.vms:
             raise NotFound("VM_NOT_FOUND", f"no VM {name} on {self.host}", "")
+        if self.vms[name] == VMState.RUNNING:  # as the agent: it ran guest code here
+            raise Conflict("VM_RUNNING", f"{name} runs on {self.host}", "claim it")
         del self.vms[name]
 
     async def claim(self, name: str) -> VMInfo:

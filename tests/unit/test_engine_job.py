@@ -450,6 +450,29 @@ async def test_a_cancel_that_reaches_qemu_after_it_completed_finishes_the_move()
     assert w.store.location == (VM, "host2") and w.running_on() == ["host2"]
 
 
+async def test_a_source_agent_gone_as_qemu_completes_lets_the_destination_finish() -> None:
+    """The source's agent dies during the copy and QEMU completes on its own: the job
+    cannot see it and rolls back, but the destination's agent refuses the teardown (it took
+    the VM over and runs it): the commit point was crossed, so the move is finished."""
+    w = World([*copying(10, 20, 30)])
+
+    def agent_dies_as_qemu_completes() -> None:
+        w.src.vms[VM] = VMState.POSTMIGRATE
+        w.dst.vms[VM] = VMState.RUNNING
+        w.wire.lease_holder = "host2"
+        for method in ("migration_status", "cancel_migration", "get_vm", "events",
+                       "release", "resume_vm"):
+            w.src.fail(method)
+
+    w.src.on("migration_status", agent_dies_as_qemu_completes)
+    await w.job().run()
+    assert w.store.phases == [P.PREPARE, P.START, P.MONITOR, P.ROLLING_BACK, P.SWITCHOVER,
+                              P.FINALIZE, P.COMPLETED], w.store.notes
+    assert w.store.noted("host2 runs web1 already (VM_RUNNING): QEMU completed the copy")
+    assert w.store.location == (VM, "host2") and w.running_on() == ["host2"]
+    assert "resume_vm" not in w.src.calls
+
+
 async def test_a_destination_agent_back_within_the_wait_finishes_the_move() -> None:
     """The destination's agent does not answer for 40 s after QEMU completed the copy
     (restarting): the job waits, noting it, and finishes when it answers again."""

@@ -28,7 +28,7 @@ from pydantic import JsonValue
 
 from segue.api.migration import MigrationOptionsBody
 from segue.api.qemu import MigrationStatus
-from segue.domain.errors import NotFound, SegueError
+from segue.domain.errors import Conflict, NotFound, SegueError
 from segue.domain.vm import VMState
 from segue.engine.control import not_cancellable, refuse_cancel, refuse_postcopy
 from segue.engine.phases import ALLOWED, TERMINAL, MigrationCancelled, MigrationFailed, Phase
@@ -218,11 +218,20 @@ class JobBase:
         await self.roll_back(Phase.FAILED, message, code)
 
     async def _tear_down(self) -> None:
-        """Kill the destination's incoming QEMU; one that is not there is gone already."""
+        """Kill the destination's incoming QEMU; one that is not there is gone already.
+        One whose agent refuses because it runs the guest already (``VM_RUNNING``) or took
+        the VM over (``VM_NOT_INCOMING``) received the whole state: QEMU completed the copy
+        while the job could not see it (the source's agent gone at that moment), so the
+        commit point is crossed (``CommitCrossed``): the move is finished, never undone."""
         try:
             await self.dst.abort_incoming(self.vm)
         except NotFound:
             self.note(f"{self.spec.dest} has no incoming {self.vm}: nothing to tear down")
+        except Conflict as refused:
+            if refused.code not in ("VM_RUNNING", "VM_NOT_INCOMING"):
+                raise
+            raise CommitCrossed(f"{self.spec.dest} runs {self.vm} already "
+                                f"({refused.code}): QEMU completed the copy") from refused
 
     async def _cancel_source(self) -> None:
         """Cancel the source's migration if it runs, and wait until QEMU says it ended."""
