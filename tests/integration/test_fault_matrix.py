@@ -43,6 +43,7 @@ from segue.lab.faults import (
     Sampler,
     check_invariants,
     disagreement,
+    frozen_agent,
     guest_ip,
     job_of,
     power_off,
@@ -51,6 +52,8 @@ from segue.lab.faults import (
     start_move,
     wait_copying,
     wait_job,
+    wait_phase,
+    wait_running_on,
 )
 from segue.lab.faults import kill_agent as kill_agent_of
 from segue.lab.lab import (
@@ -383,3 +386,141 @@ def test_controller_and_destination_agent_killed_at_the_switchover(lab: LabPlan)
         owner = check_invariants(lab, g.name, g.uuid, g.boot)
     assert job.phase == "completed" and owner == "host2", (job.phase, job.reason)
     record("controller and destination agent killed at the switchover", job, owner, started)
+
+
+def test_source_agent_gone_at_the_switchover_then_back(lab: LabPlan) -> None:
+    """The source's agent hangs during the copy (SIGSTOP) and is killed once QEMU, on its
+    own, completed it and the destination runs the VM: the job, blind to the completion,
+    rolls back until the destination refuses its teardown (it runs the VM), and finishes
+    the move; the returning agent's paused source QEMU is released by reconciliation."""
+    g = fresh_guest(lab, dirty_mbps=1)  # converges with no policy step: no agent to apply one
+    with watched(lab, g, "host2"):
+        job_id = start_move(lab, g.name, "host2")
+        wait_copying(lab, job_id)
+        with frozen_agent(LAB, "host1"):
+            wait_running_on(lab, g.name, "host2")
+            kill_agent("host1")
+        job = wait_job(lab, job_id)
+        start_agent(LAB, "host1")
+        started = time.monotonic()
+        owner = check_invariants(lab, g.name, g.uuid, g.boot)
+    assert job.phase == "completed" and owner == "host2", (job.phase, job.reason)
+    assert any("QEMU completed the copy" in t.message for t in job.transitions), job
+    record("source agent hung through the completion, then killed and back", job, owner,
+           started)
+
+
+def test_controller_killed_during_the_copy(lab: LabPlan) -> None:
+    """SIGKILL of the controller while QEMU copies: the restarted controller finds the copy
+    running with no job watching it and rolls it back (or, if QEMU completed meanwhile,
+    finishes it)."""
+    g = fresh_guest(lab)
+    with watched(lab, g, "host2"):
+        job_id = start_move(lab, g.name, "host2")
+        wait_copying(lab, job_id)
+        stop_controller(LAB, crash=True)
+        start_controller(LAB)
+        started = time.monotonic()
+        job = wait_job(lab, job_id)
+        owner = check_invariants(lab, g.name, g.uuid, g.boot)
+    assert job.phase in ("failed", "completed"), job
+    assert owner == ("host1" if job.phase == "failed" else "host2")
+    if job.phase == "failed":
+        assert job.error_code == "CONTROLLER_RESTARTED", job
+    record("controller killed during the copy", job, owner, started)
+
+
+def test_controller_killed_in_finalize(lab: LabPlan) -> None:
+    """Timed with hung agents: the destination's hangs through the copy (its QEMU completes
+    but waits), the source's from the switchover on; the destination's continues, runs the
+    VM, and the job's finalize waits on the hung source: the controller is killed there.
+    The restarted one finishes the move."""
+    g = fresh_guest(lab)
+    with watched(lab, g, "host2"):
+        job_id = start_move(lab, g.name, "host2")
+        wait_copying(lab, job_id)
+        with frozen_agent(LAB, "host2"):
+            wait_phase(lab, job_id, ("switchover",))
+            source = frozen_agent(LAB, "host1")
+            source.__enter__()
+        try:
+            wait_phase(lab, job_id, ("finalize",))
+            stop_controller(LAB, crash=True)
+        finally:
+            source.__exit__(None, None, None)
+        start_controller(LAB)
+        started = time.monotonic()
+        job = wait_job(lab, job_id)
+        owner = check_invariants(lab, g.name, g.uuid, g.boot)
+    assert job.phase == "completed" and owner == "host2", (job.phase, job.reason)
+    assert any("found in finalize" in t.message for t in job.transitions), job
+    record("controller killed in finalize", job, owner, started)
+
+
+def test_cancel_racing_completion(lab: LabPlan) -> None:
+    """A cancel sent as the copy ends: whichever wins, the VM runs on one host, the job
+    says which, and nothing is left behind."""
+    g = fresh_guest(lab, dirty_mbps=1)
+    with watched(lab, g, "host2"):
+        job_id = start_move(lab, g.name, "host2")
+        deadline = time.monotonic() + 120
+        while True:
+            job = job_of(lab, job_id)
+            if job.phase != "monitor" or (job.progress and job.progress.iteration >= 2):
+                break
+            assert time.monotonic() < deadline, job
+            time.sleep(0.02)
+        with guests.controller(lab) as c:
+            try:
+                c.run(c.client.cancel_migration(job_id))
+                answer = "accepted"
+            except SegueError as err:
+                answer = err.code
+        job = wait_job(lab, job_id)
+        started = time.monotonic()
+        owner = check_invariants(lab, g.name, g.uuid, g.boot)
+    assert job.phase in ("cancelled", "completed"), (job.phase, job.reason)
+    assert owner == ("host1" if job.phase == "cancelled" else "host2"), (job.phase, owner)
+    record(f"cancel racing completion (cancel {answer})", job, owner, started)
+
+
+def test_cancel_past_the_commit_point_finishes_the_move(lab: LabPlan) -> None:
+    """The copy completed and the destination's agent hangs: a cancel now is refused (the
+    guest's newest state is on the destination) and the move finishes."""
+    g = fresh_guest(lab)
+    with watched(lab, g, "host2"):
+        job_id = start_move(lab, g.name, "host2")
+        wait_copying(lab, job_id)
+        with frozen_agent(LAB, "host2"):
+            wait_phase(lab, job_id, ("switchover",))
+            with guests.controller(lab) as c, pytest.raises(SegueError) as refused:
+                c.run(c.client.cancel_migration(job_id))
+        job = wait_job(lab, job_id)
+        started = time.monotonic()
+        owner = check_invariants(lab, g.name, g.uuid, g.boot)
+    assert refused.value.code == "MIGRATION_NOT_CANCELLABLE", refused.value
+    assert job.phase == "completed" and owner == "host2", (job.phase, job.reason)
+    record("cancel past the commit point (refused)", job, owner, started)
+
+
+def test_a_second_vm_on_the_same_disk_is_refused(lab: LabPlan) -> None:
+    """Another VM defined on the running VM's disk, on the other host, through the
+    controller and straight through that host's agent: refused, nothing made."""
+    g = fresh_guest(lab)
+    with guests.controller(lab) as c:
+        spec = c.run(c.client.get_vm(g.name)).spec
+    twin = spec.model_copy(update={"name": f"{g.name}-twin", "uuid": "", "nics": [],
+                                   "serial_log": None})
+    with guests.controller(lab) as c, pytest.raises(SegueError) as via_controller:
+        c.run(c.client.create_vm("host2", twin, start=True))
+    with guests.agent(lab.host("host2")) as agent:
+        with pytest.raises(SegueError) as via_agent:
+            agent.run(agent.client.define_vm(twin, start=True))
+        assert not [v for v in agent.run(agent.client.list_vms()) if v.name == twin.name]
+    assert via_controller.value.code == "DISK_IN_USE", via_controller.value
+    assert via_agent.value.code == "DISK_IN_USE", via_agent.value
+    assert not (lab.host("host2").state_dir / "vms" / twin.name).exists()
+    owner = check_invariants(lab, g.name, g.uuid, g.boot)
+    assert owner == "host1"
+    RESULTS.append({"scenario": "a second VM on the same disk on another host",
+                    "job": "refused DISK_IN_USE", "runs_on": owner, "settled_s": 0})

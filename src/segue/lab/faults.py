@@ -12,8 +12,9 @@ The four invariants, each checked by a function here:
   another host, its lease held by the host that runs it;
 - I4 (``disagreement``): the controller names the host that runs the VM, ``running``.
 
-Faults: ``kill_agent`` (SIGKILL, its QEMUs keep running), ``power_off``/``power_on`` (every
-process of a host killed and its links down), and the job helpers to time them.
+Faults: ``kill_agent`` (SIGKILL, its QEMUs keep running), ``frozen_agent`` (SIGSTOP: a hung
+agent), ``power_off``/``power_on`` (every process of a host killed and its links down), and
+the job helpers to time them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,8 +100,11 @@ class Sampler:
         self.clients = [Blocking(AgentClient(f"unix:{h.agent_socket}", timeout=2))
                         for h in order]
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        # two threads: an agent that hangs (frozen) must not slow the /proc samples down
+        self.threads = [threading.Thread(target=self._run, daemon=True),
+                        threading.Thread(target=self._ask_agents, daemon=True)]
+        for thread in self.threads:
+            thread.start()
 
     def _agents_running(self) -> int:
         running = 0
@@ -124,15 +129,20 @@ class Sampler:
             streak = streak + 1 if len(active) > 1 else 0
             if streak >= 3:
                 self.violations.append(f"/proc: QEMUs {active} all ran for 150 ms")
-            if self._agents_running() > 1:
-                self.violations.append("agents: two report the VM running")
             last = now
             self.samples += 1
             time.sleep(0.05)
 
+    def _ask_agents(self) -> None:
+        while not self.stop.is_set():
+            if self._agents_running() > 1:
+                self.violations.append("agents: two report the VM running")
+            time.sleep(0.05)
+
     def finish(self) -> list[str]:
         self.stop.set()
-        self.thread.join(timeout=10)
+        for thread in self.threads:
+            thread.join(timeout=10)
         for client in self.clients:
             client.close()
         if not (self.samples > 10):
@@ -258,6 +268,45 @@ def kill_agent(lab: str, host: str) -> None:
         raise RuntimeError(f"{host}'s agent does not run")
     os.kill(pid, signal.SIGKILL)
     stop_agent(lab, host)  # the lab forgets it (it is gone already)
+
+
+@contextlib.contextmanager
+def frozen_agent(lab: str, host: str) -> Iterator[int]:
+    """The host's agent stopped (SIGSTOP: it answers nothing, as a hung process) inside
+    the block, and continued (SIGCONT) after it unless it was killed meanwhile; its pid."""
+    pid = load_state(lab).agents[host]
+    if pid is None:
+        raise RuntimeError(f"{host}'s agent does not run")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def wait_running_on(plan: LabPlan, name: str, host: str, timeout: float = 120) -> None:
+    """Until the host's agent reports the VM running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(SegueError), guests.agent(plan.host(host), timeout=5) as agent:
+            if any(v.name == name and v.state == "running"
+                   for v in agent.run(agent.client.list_vms())):
+                return
+        if time.monotonic() >= deadline:
+            raise InvariantBroken(f"{name} never ran on {host}")
+        time.sleep(0.1)
+
+
+def wait_phase(plan: LabPlan, job_id: str, phases: tuple[str, ...], timeout: float = 120
+               ) -> str:
+    """Until the job is in one of ``phases``; the phase."""
+    deadline = time.monotonic() + timeout
+    while (phase := job_of(plan, job_id).phase) not in phases:
+        if phase in ("completed", "failed", "cancelled") or time.monotonic() >= deadline:
+            raise InvariantBroken(f"job {job_id} is {phase}, never reached {phases}")
+        time.sleep(0.02)
+    return phase
 
 
 def power_off(plan: LabPlan, host: str) -> None:
