@@ -306,7 +306,7 @@ def wait_phase(plan: LabPlan, job_id: str, phases: tuple[str, ...], timeout: flo
         if phase in ("completed", "failed", "cancelled") or time.monotonic() >= deadline:
             raise InvariantBroken(f"job {job_id} is {phase}, never reached {phases}")
         time.sleep(0.02)
-    return phase
+    return str(phase)
 
 
 def power_off(plan: LabPlan, host: str) -> None:
