@@ -1,0 +1,127 @@
+"""The controller's database work runs in a worker thread (``Database.run``): the event loop
+goes on meanwhile, errors come back as they were raised, and a cancelled call leaves its
+transaction whole (committed or rolled back, never half).
+
+A slow SQL function (``slow(seconds)``, registered on every connection) makes a transaction
+take as long as the test needs; the ticker measures how long the loop went without running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.orm import Session
+
+from segue.controller.db import Database
+from segue.domain.errors import NotFound
+
+SLOW_S = 0.5
+TICK_S = 0.01
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    """A SQLite file with a table ``t(x)`` and the ``slow(seconds)`` SQL function; each
+    call of ``slow`` sets ``db.slow_started`` before it sleeps."""
+    database = Database(f"sqlite:///{tmp_path}/c.db")
+    started = threading.Event()
+
+    def slow(seconds: float) -> int:
+        started.set()
+        time.sleep(seconds)
+        return 1
+
+    def register(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.create_function("slow", 1, slow)
+
+    event.listen(database.engine, "connect", register)
+    with database.engine.begin() as connection:
+        connection.execute(text("CREATE TABLE t (x TEXT)"))
+    database.slow_started = started  # type: ignore[attr-defined]
+    yield database
+    database.dispose()
+
+
+def rows(db: Database) -> list[str]:
+    with db.engine.connect() as connection:
+        return [r[0] for r in connection.execute(text("SELECT x FROM t ORDER BY x"))]
+
+
+def insert_slowly(session: Session, first: str, second: str, seconds: float) -> None:
+    """Insert ``first``, wait ``seconds`` inside the transaction, insert ``second``."""
+    session.execute(text("INSERT INTO t VALUES (:x)"), {"x": first})
+    session.execute(text("SELECT slow(:s)"), {"s": seconds})
+    session.execute(text("INSERT INTO t VALUES (:x)"), {"x": second})
+
+
+class Ticker:
+    """Ticks every TICK_S on the loop; ``longest`` is the longest wait between two ticks."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    async def run(self) -> None:
+        while True:
+            self.stamps.append(time.monotonic())
+            await asyncio.sleep(TICK_S)
+
+    @property
+    def longest(self) -> float:
+        return max(b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False))
+
+
+async def test_the_loop_keeps_ticking_while_a_slow_transaction_runs(db: Database) -> None:
+    ticker = Ticker()
+    async with asyncio.TaskGroup() as tg:
+        ticking = tg.create_task(ticker.run())
+        await asyncio.sleep(0.05)
+        await db.run(insert_slowly, "a", "b", SLOW_S)
+        await asyncio.sleep(0.05)
+        ticking.cancel()
+    assert rows(db) == ["a", "b"]
+    # Blocked, the loop would not tick for the whole SLOW_S; the bound leaves room for a
+    # busy machine without letting a blocked loop pass.
+    assert ticker.longest < SLOW_S / 2, ticker.longest
+    assert len(ticker.stamps) > SLOW_S / TICK_S / 4
+
+
+async def test_an_error_in_the_worker_comes_back_with_its_code_and_rolls_back(
+        db: Database) -> None:
+    def insert_then_fail(session: Session) -> None:
+        session.execute(text("INSERT INTO t VALUES ('lost')"))
+        raise NotFound("FAKE_GONE", "not there", "look elsewhere", field="x")
+
+    with pytest.raises(NotFound) as err:
+        await db.run(insert_then_fail)
+    assert (err.value.code, err.value.details) == ("FAKE_GONE", {"field": "x"})
+    assert rows(db) == []
+
+
+async def test_a_cancel_during_the_transaction_waits_for_it_to_commit_whole(
+        db: Database) -> None:
+    task = asyncio.create_task(db.run(insert_slowly, "a", "b", 0.3))
+    assert await asyncio.to_thread(db.slow_started.wait, 5)  # type: ignore[attr-defined]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelled()  # CancelledError itself, never wrapped
+    assert rows(db) == ["a", "b"]  # done before the cancelled call returned
+
+
+async def test_a_cancel_before_the_transaction_began_runs_nothing(db: Database) -> None:
+    busy = asyncio.create_task(db.run(insert_slowly, "a", "b", 0.3))
+    assert await asyncio.to_thread(db.slow_started.wait, 5)  # type: ignore[attr-defined]
+    waiting = asyncio.create_task(db.run(insert_slowly, "c", "d", 0.0))  # behind ``busy``
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await busy
+    assert rows(db) == ["a", "b"]
