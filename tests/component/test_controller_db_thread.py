@@ -2,13 +2,15 @@
 goes on meanwhile, errors come back as they were raised, and a cancelled call leaves its
 transaction whole (committed or rolled back, never half).
 
-A slow SQL function (``slow(seconds)``, registered on every connection) makes a transaction
-take as long as the test needs; the ticker measures how long the loop went without running.
+A slow SQL function (``slow(seconds)``, registered on every connection), or another
+connection holding SQLite's write lock, makes a transaction take as long as the test needs;
+the ticker measures how long the loop went without running.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -19,8 +21,14 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
+from segue.api.migration import MigrationOptionsBody
+from segue.api.qemu import QueryMigrate
 from segue.controller.db import Database
+from segue.controller.migration_store import SqlJobStore
 from segue.domain.errors import NotFound
+from segue.engine.context import JobSpec
+from segue.engine.phases import Phase
+from segue.engine.progress import progress_from_query
 
 SLOW_S = 0.5
 TICK_S = 0.01
@@ -125,3 +133,36 @@ async def test_a_cancel_before_the_transaction_began_runs_nothing(db: Database) 
         await waiting
     await busy
     assert rows(db) == ["a", "b"]
+
+
+async def test_a_progress_sample_waiting_for_the_file_lock_leaves_the_loop_free(
+        tmp_path: Path) -> None:
+    """The migration job's most frequent write, while another writer holds the SQLite file:
+    the sample waits in the database's thread, the loop goes on, the sample lands after."""
+    db = Database(f"sqlite:///{tmp_path}/c.db")
+    db.upgrade(create=True)
+    store = SqlJobStore(db)
+    await store.create(JobSpec("j1", "web1", "host1", "host2", MigrationOptionsBody()),
+                       lambda *_: Phase.CHECK, lambda _: "requested")
+    progress = progress_from_query(QueryMigrate.model_validate(
+        {"status": "active", "ram": {"transferred": 1 << 20}}))
+    holder = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer (busy_timeout: 5 s)
+    ticker = Ticker()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            ticking = tg.create_task(ticker.run())
+            sample = tg.create_task(store.record_sample("j1", 1.5, progress))
+            await asyncio.sleep(SLOW_S)
+            assert not sample.done()  # still waiting for the lock, in its thread
+            holder.execute("COMMIT")
+            await sample
+            ticking.cancel()
+    finally:
+        holder.close()
+    assert ticker.longest < SLOW_S / 2, ticker.longest
+    assert [(s.t, s.transferred) for s in await store.samples("j1")] == [(1.5, 1 << 20)]
+    with pytest.raises(NotFound) as err:
+        await store.phase("no-such-job")
+    assert err.value.code == "MIGRATION_NOT_FOUND"
+    db.dispose()

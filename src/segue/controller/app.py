@@ -65,7 +65,7 @@ def create_app(config: ControllerConfig, agents: AgentPool | None = None) -> Fas
                 app.state.migrations = MigrationService(
                     db, pool, tg, config.heartbeat_timeout, config.limits,
                     max_auto_downtime_ms=config.max_auto_downtime_ms)
-                if recovered := app.state.migrations.recover_all():
+                if recovered := await app.state.migrations.recover_all():
                     log.warning("reconciling %d unfinished migration(s)", recovered)
                 try:
                     yield
