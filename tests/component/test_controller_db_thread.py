@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, text
 from sqlalchemy.orm import Session
+from test_controller_queue import Moves, cluster, controller, copying, ended, migrate, wait_for
 
 from segue.api.migration import MigrationOptionsBody
 from segue.api.qemu import QueryMigrate
@@ -166,3 +167,37 @@ async def test_a_progress_sample_waiting_for_the_file_lock_leaves_the_loop_free(
         await store.phase("no-such-job")
     assert err.value.code == "MIGRATION_NOT_FOUND"
     db.dispose()
+
+
+async def test_the_controller_answers_while_another_writer_holds_its_database(
+        tmp_path: Path) -> None:
+    """A whole controller (a job copying, a cancel of a queued job in flight) while the
+    SQLite file is locked: the loop keeps ticking and answers /health; the cancel and the
+    job's samples wait in the database's thread and go through once the lock is gone."""
+    moves = Moves()
+    async with controller(tmp_path, cluster(moves)) as c:
+        first = await migrate(c, "web1", "host3")
+        queued = await migrate(c, "web2", "host3")
+        await wait_for(c, first, copying, "started copying")
+        holder = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        ticker = Ticker()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                ticking = tg.create_task(ticker.run())
+                cancel = tg.create_task(c.http.post(f"/migrations/{queued['id']}/cancel"))
+                asked = time.monotonic()
+                assert (await c.http.get("/health")).status_code == 200
+                assert time.monotonic() - asked < SLOW_S / 2
+                await asyncio.sleep(SLOW_S)
+                assert not cancel.done()  # its transaction waits for the lock
+                holder.execute("COMMIT")
+                answer = await cancel
+                ticking.cancel()
+        finally:
+            holder.close()
+        assert ticker.longest < SLOW_S / 2, ticker.longest
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["phase"] == "cancelled"
+        moves.finish("web1")
+        await wait_for(c, first, ended("completed"), "completed")

@@ -130,7 +130,7 @@ async def test_the_left_behind_source_is_released_once_no_job_runs(
             raise AssertionError("nothing to abort here")
 
     service = InventoryService(db, Agent, heartbeat_timeout=30.0)  # type: ignore[arg-type]
-    assert service.pending_releases() == [("release", "web1", "host1", "http://host1:7600")]
+    assert await service.pending_releases() == [("release", "web1", "host1", "http://host1:7600")]
     monkeypatch.setattr(reconcile, "RECONCILE_INTERVAL_S", 0.0)
     task = asyncio.create_task(reconcile.run_releases(service))
     await asyncio.wait_for(done.wait(), 5)
