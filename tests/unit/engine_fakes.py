@@ -10,13 +10,15 @@
   (running unless a test says otherwise); reaching a post-copy status makes the destination
   run and pauses the source. Every call is recorded in ``calls``; ``fail`` injects an
   error into a method (``times``: how many calls fail, None: all); ``on`` runs a hook before
-  a method answers (e.g. a user's cancel arriving during that call).
+  a method answers (e.g. a user's cancel arriving during that call; a coroutine hook is
+  awaited).
 - ``World``: both agents, the store, the facts and the clock, and ``job`` to make a job.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -102,24 +104,24 @@ class MemoryStore:
     reason: str | None = None
     error_code: str | None = None
 
-    def transition(self, job_id: str, target: Phase, message: str = "", *,
-                   reason: str | None = None, error_code: str | None = None) -> None:
+    async def transition(self, job_id: str, target: Phase, message: str = "", *,
+                         reason: str | None = None, error_code: str | None = None) -> None:
         check_transition(self.phase, target)
         self.transitions.append((self.phase, target, message))
         self.phase = target
         self.reason = reason if reason is not None else self.reason
         self.error_code = error_code if error_code is not None else self.error_code
 
-    def note(self, job_id: str, message: str) -> None:
+    async def note(self, job_id: str, message: str) -> None:
         self.notes.append(message)
 
-    def record_sample(self, job_id: str, t: float, progress: Progress) -> None:
+    async def record_sample(self, job_id: str, t: float, progress: Progress) -> None:
         self.samples.append((t, progress))
 
-    def set_summary(self, job_id: str, summary: dict[str, JsonValue]) -> None:
+    async def set_summary(self, job_id: str, summary: dict[str, JsonValue]) -> None:
         self.summary = dict(summary)
 
-    def commit_location(self, vm: str, host: str) -> None:
+    async def commit_location(self, vm: str, host: str) -> None:
         self.location = (vm, host)
 
     @property
@@ -141,7 +143,7 @@ class Wire:
     lease_holder: str | None = None
 
 
-Hook = Callable[[], None]
+Hook = Callable[[], object]  # may return an awaitable (awaited)
 
 
 class FakeAgent:
@@ -186,10 +188,11 @@ class FakeAgent:
     def count(self, method: str) -> int:
         return self.calls.count(method)
 
-    def _call(self, method: str) -> None:
+    async def _call(self, method: str) -> None:
         self.calls.append(method)
         for hook in self._hooks.pop(method, []):
-            hook()
+            if inspect.isawaitable(answer := hook()):
+                await answer
         if method in self._always:
             raise self._always[method]
         pending = self._errors.get(method)
@@ -228,15 +231,15 @@ class FakeAgent:
 
     # ---- AgentPort ----
     async def get_vm(self, name: str) -> VMInfo:
-        self._call("get_vm")
+        await self._call("get_vm")
         return self._info(name)
 
     async def events(self, name: str, since: int = 0) -> list[VMEvent]:
-        self._call("events")
+        await self._call("events")
         return list(self.events_)
 
     async def resume_vm(self, name: str) -> VMInfo:
-        self._call("resume_vm")
+        await self._call("resume_vm")
         if self.wire.lease_holder not in (None, self.host):
             raise Conflict("VM_NOT_OWNED", f"{self.wire.lease_holder} holds {name}'s lease",
                            "never run it here")
@@ -246,12 +249,12 @@ class FakeAgent:
     async def prepare_incoming(self, spec: VMSpecBody, migration_id: str,
                                capabilities: Capabilities, parameters: Parameters
                                ) -> IncomingAnswer:
-        self._call("prepare_incoming")
+        await self._call("prepare_incoming")
         self.vms[spec.name] = VMState.INMIGRATE
         return IncomingAnswer(uri="tcp:10.0.1.2:4444", pid=99, state=VMState.INMIGRATE)
 
     async def abort_incoming(self, name: str) -> None:
-        self._call("abort_incoming")
+        await self._call("abort_incoming")
         if name not in self.vms:
             raise NotFound("VM_NOT_FOUND", f"no VM {name} on {self.host}", "")
         if self.vms[name] == VMState.RUNNING:  # as the agent: it ran guest code here
@@ -259,68 +262,68 @@ class FakeAgent:
         del self.vms[name]
 
     async def claim(self, name: str) -> VMInfo:
-        self._call("claim")
+        await self._call("claim")
         return self._info(name)
 
     async def recover_incoming(self, name: str) -> RecoverAnswer:
-        self._call("recover_incoming")
+        await self._call("recover_incoming")
         return RecoverAnswer(uri="tcp:10.0.1.2:4445")
 
     async def open_probe_listener(self, sink: bool = False) -> ProbeListener:
-        self._call("open_probe_listener")
+        await self._call("open_probe_listener")
         return ProbeListener(address="10.0.1.2", port=40000)
 
     async def start_migration(self, name: str, uri: str, capabilities: Capabilities,
                               parameters: Parameters, *, migration_id: str,
                               destination: str) -> MigrationView:
-        self._call("start_migration")
+        await self._call("start_migration")
         self.handover = (destination, migration_id)
         self.migrating = True
         return self._view(name)
 
     async def migration_status(self, name: str) -> MigrationView:
-        self._call("migration_status")
+        await self._call("migration_status")
         return self._view(name, self._next_status(name))
 
     async def cancel_migration(self, name: str) -> MigrationView:
-        self._call("cancel_migration")
+        await self._call("cancel_migration")
         self.script = [q("cancelled")]
         return self._view(name)
 
     async def release(self, name: str) -> None:
-        self._call("release")
+        await self._call("release")
         del self.vms[name]
 
     async def dirty_rate(self, name: str, calc_time_ms: int = 300) -> DirtyRateAnswer:
-        self._call("dirty_rate")
+        await self._call("dirty_rate")
         return DirtyRateAnswer(dirty_rate_mibs=self.dirty_mibs, calc_time_ms=calc_time_ms)
 
     async def set_migration_parameters(self, name: str, parameters: Parameters
                                        ) -> dict[str, JsonValue]:
-        self._call("set_migration_parameters")
+        await self._call("set_migration_parameters")
         return dict(parameters)
 
     async def start_postcopy(self, name: str) -> MigrationView:
-        self._call("start_postcopy")
+        await self._call("start_postcopy")
         self.script = list(self.after_postcopy)
         return self._view(name)
 
     async def pause_migration(self, name: str) -> MigrationView:
-        self._call("pause_migration")
+        await self._call("pause_migration")
         return self._view(name)
 
     async def resume_migration(self, name: str, uri: str) -> MigrationView:
-        self._call("resume_migration")
+        await self._call("resume_migration")
         self.script = list(self.after_resume)
         return self._view(name)
 
     async def probe_migration_path(self, address: str, port: int) -> ProbeAnswer:
-        self._call("probe_migration_path")
+        await self._call("probe_migration_path")
         return ProbeAnswer(ok=self.probe_ok, error=None if self.probe_ok else "timed out")
 
     async def measure_throughput(self, address: str, port: int,
                                  seconds: float = 0.3) -> ThroughputAnswer:
-        self._call("measure_throughput")
+        await self._call("measure_throughput")
         if self.link_bps is None:
             return ThroughputAnswer(ok=False, error="connection refused")
         return ThroughputAnswer(ok=True, bytes_per_s=self.link_bps)
@@ -339,7 +342,7 @@ def host_facts(name: str) -> HostFacts:
 class FakeFacts:
     missing: set[str] = field(default_factory=set)
 
-    def host_facts(self, host: str) -> HostFacts:
+    async def host_facts(self, host: str) -> HostFacts:
         if host in self.missing:
             raise NotFound("HOST_NOT_FOUND", f"no host named {host}", "")
         return host_facts(host)

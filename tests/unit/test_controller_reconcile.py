@@ -130,7 +130,7 @@ async def test_the_left_behind_source_is_released_once_no_job_runs(
             raise AssertionError("nothing to abort here")
 
     service = InventoryService(db, Agent, heartbeat_timeout=30.0)  # type: ignore[arg-type]
-    assert service.pending_releases() == [("release", "web1", "host1", "http://host1:7600")]
+    assert await service.pending_releases() == [("release", "web1", "host1", "http://host1:7600")]
     monkeypatch.setattr(reconcile, "RECONCILE_INTERVAL_S", 0.0)
     task = asyncio.create_task(reconcile.run_releases(service))
     await asyncio.wait_for(done.wait(), 5)
@@ -141,7 +141,7 @@ async def test_the_left_behind_source_is_released_once_no_job_runs(
     db.dispose()
 
 
-def test_two_requests_racing_past_the_checks_meet_the_database() -> None:
+async def test_two_requests_racing_past_the_checks_meet_the_database() -> None:
     """Both saw no active job (``decide`` lets both through): the unique partial index
     refuses the second with MIGRATION_IN_PROGRESS, not an internal error."""
     from segue.api.migration import MigrationOptionsBody
@@ -155,12 +155,12 @@ def test_two_requests_racing_past_the_checks_meet_the_database() -> None:
     store = SqlJobStore(db)
     options = MigrationOptionsBody()
 
-    def create(job_id: str) -> Phase:
-        return store.create(JobSpec(job_id, "web1", "host1", "host2", options),
-                            lambda *_: Phase.CHECK, lambda _: "requested")
+    async def create(job_id: str) -> Phase:
+        return await store.create(JobSpec(job_id, "web1", "host1", "host2", options),
+                                  lambda *_: Phase.CHECK, lambda _: "requested")
 
-    assert create("a" * 36) == Phase.CHECK
+    assert await create("a" * 36) == Phase.CHECK
     with pytest.raises(Conflict) as err:
-        create("b" * 36)
+        await create("b" * 36)
     assert err.value.code == "MIGRATION_IN_PROGRESS"
     db.dispose()

@@ -280,13 +280,13 @@ async def test_cancel_in_each_cancellable_phase(phase: Phase, arm: str,
     job = w.job()
     seen: list[Phase] = []
 
-    def cancel() -> None:
+    async def cancel() -> None:
         seen.append(job.phase)
-        job.cancel()
+        await job.cancel()
 
     if arm == "checks":
         async def checks() -> None:
-            cancel()
+            await cancel()
         await job.run(checks)
     else:
         agent = w.dst if arm == "prepare_incoming" else w.src
@@ -309,9 +309,9 @@ async def test_cancel_is_refused_past_the_commit_point() -> None:
     job = w.job()
     refusals: list[SegueError] = []
 
-    def cancel() -> None:
+    async def cancel() -> None:
         try:
-            job.cancel()
+            await job.cancel()
         except Conflict as err:
             refusals.append(err)
 
@@ -326,11 +326,11 @@ async def test_cancel_is_refused_past_the_commit_point() -> None:
 
 async def test_a_queued_job_leaves_the_queue_or_is_cancelled_through_the_engine() -> None:
     w = World(phase=P.QUEUED)
-    w.job(phase=P.QUEUED).leave_queue()
+    await w.job(phase=P.QUEUED).leave_queue()
     assert w.store.transitions == [(P.QUEUED, P.CHECK, "migration slots free on both hosts; "
                                                        "checking again before starting")]
     other = World(phase=P.QUEUED)
-    cancel_queued(other.store, "job-1")
+    await cancel_queued(other.store, "job-1")
     assert other.store.phases == [P.CANCELLED]
     assert other.store.error_code == "MIGRATION_CANCELLED"
     assert other.store.reason == "cancelled by the user while queued"
@@ -361,15 +361,15 @@ async def test_a_postcopy_request_is_refused_unless_the_job_copies_with_it_allow
     job = w.job(options)
     refusals: list[SegueError] = []
 
-    def ask() -> None:
+    async def ask() -> None:
         try:
-            job.request_postcopy()
+            await job.request_postcopy()
         except Conflict as err:
             refusals.append(err)
 
     if when == "checks":
         async def checks() -> None:
-            ask()
+            await ask()
         await job.run(checks)
     else:
         w.src.on(when, ask)
@@ -518,7 +518,7 @@ async def test_a_destination_agent_gone_before_it_took_the_vm_over_gives_it_back
 async def test_a_crash_in_finalize_is_noted_and_the_job_stays_to_be_finished() -> None:
     w = World()
 
-    def broken(vm: str, host: str) -> None:
+    async def broken(vm: str, host: str) -> None:
         raise RuntimeError("database gone")
 
     w.store.commit_location = broken  # type: ignore[method-assign]

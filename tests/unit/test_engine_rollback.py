@@ -26,7 +26,10 @@ async def test_every_step_runs_newest_first_and_each_outcome_is_noted(failing: s
     notes: list[str] = []
     stack = stack_of(ran, failing)
     assert stack.steps == ["top", "middle", "bottom"]
-    assert await stack.unwind(notes.append) is (not failing)
+    async def note(text: str) -> None:
+        notes.append(text)
+
+    assert await stack.unwind(note) is (not failing)
     assert ran == ["top", "middle", "bottom"]
     for what in ran:
         expected = (f"rollback: {what}: FAILED (FAKE_BOOM: {what} failed)" if what in failing
@@ -44,10 +47,14 @@ async def test_past_the_commit_point_nothing_is_undone() -> None:
     stack.push("late", lambda: _never())
     assert stack.committed and stack.steps == []
     with pytest.raises(RollbackRefused) as err:
-        await stack.unwind(lambda note: None)
+        await stack.unwind(_ignore)
     assert err.value.code == "MIGRATION_PAST_COMMIT" and "completed" in err.value.message
     assert ran == []
 
 
 async def _never() -> None:
     raise AssertionError("a step pushed past the commit point ran")
+
+
+async def _ignore(note: str) -> None:
+    pass

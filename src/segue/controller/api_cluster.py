@@ -29,12 +29,10 @@ def _timeout(request: Request) -> float:
 
 
 @router.get("/cluster/baseline", response_model=BaselineView)
-def show_baseline(request: Request) -> BaselineView:
-    with _db(request).session() as s:
-        return cluster.baseline_view(s, utcnow(), _timeout(request))
+async def show_baseline(request: Request) -> BaselineView:
+    return await _db(request).run(cluster.baseline_view, utcnow(), _timeout(request))
 
 
 @router.post("/cluster/baseline/raise", response_model=RaisedBaselineView)
-def raise_baseline(request: Request) -> RaisedBaselineView:
-    with _db(request).session() as s:
-        return cluster.raise_baseline(s, utcnow(), _timeout(request))
+async def raise_baseline(request: Request) -> RaisedBaselineView:
+    return await _db(request).run(cluster.raise_baseline, utcnow(), _timeout(request))

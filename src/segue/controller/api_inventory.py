@@ -5,9 +5,10 @@ Routes: ``POST /hosts/heartbeat``, ``GET /hosts``, ``GET /hosts/{name}``,
 ``GET/POST /vms``, ``GET/DELETE /vms/{name}``, ``POST /vms/{name}/start``,
 ``POST /vms/{name}/stop``, ``GET /vms/{name}/events``. Bodies: ``segue.api.inventory``.
 
-The routes parse and answer; ``segue.controller.inventory_service.InventoryService`` does
-the work and documents the errors. A name in a path that no host or VM could have (not
-ASCII, too long) is refused with 400 ``REQUEST_INVALID`` like any other bad input.
+The routes parse and answer (on the event loop: the service runs its database work in the
+database's thread); ``segue.controller.inventory_service.InventoryService`` does the work and
+documents the errors. A name in a path that no host or VM could have (not ASCII, too long) is
+refused with 400 ``REQUEST_INVALID`` like any other bad input.
 """
 
 from __future__ import annotations
@@ -47,35 +48,35 @@ def service(request: Request) -> InventoryService:
 
 # ---- hosts ----
 @router.post("/hosts/heartbeat", response_model=HeartbeatAnswer)
-def heartbeat(request: Request, beat: Heartbeat) -> HeartbeatAnswer:
-    return service(request).heartbeat(beat)
+async def heartbeat(request: Request, beat: Heartbeat) -> HeartbeatAnswer:
+    return await service(request).heartbeat(beat)
 
 
 @router.get("/hosts", response_model=list[HostView])
-def list_hosts(request: Request) -> list[HostView]:
-    return service(request).list_hosts()
+async def list_hosts(request: Request) -> list[HostView]:
+    return await service(request).list_hosts()
 
 
 @router.get("/hosts/{name}", response_model=HostDetail)
-def show_host(request: Request, name: NamePath) -> HostDetail:
+async def show_host(request: Request, name: NamePath) -> HostDetail:
     """The host's summary and its full facts."""
-    return service(request).show_host(name)
+    return await service(request).show_host(name)
 
 
 @router.post("/hosts/{name}/enable-migration", response_model=HostView)
-def enable_migration(request: Request, name: NamePath) -> HostView:
-    return service(request).set_migration_enabled(name, True)
+async def enable_migration(request: Request, name: NamePath) -> HostView:
+    return await service(request).set_migration_enabled(name, True)
 
 
 @router.post("/hosts/{name}/disable-migration", response_model=HostView)
-def disable_migration(request: Request, name: NamePath) -> HostView:
-    return service(request).set_migration_enabled(name, False)
+async def disable_migration(request: Request, name: NamePath) -> HostView:
+    return await service(request).set_migration_enabled(name, False)
 
 
 # ---- VMs ----
 @router.get("/vms", response_model=list[VMView])
-def list_vms(request: Request, host: NameQuery = None) -> list[VMView]:
-    return service(request).list_vms(host)
+async def list_vms(request: Request, host: NameQuery = None) -> list[VMView]:
+    return await service(request).list_vms(host)
 
 
 @router.post("/vms", status_code=201, response_model=VMDetail)
@@ -112,5 +113,5 @@ async def destroy_vm(request: Request, name: NamePath) -> None:
 
 
 @router.get("/vms/{name}/events", response_model=list[VMEventView])
-def vm_events(request: Request, name: NamePath) -> list[VMEventView]:
-    return service(request).vm_events(name)
+async def vm_events(request: Request, name: NamePath) -> list[VMEventView]:
+    return await service(request).vm_events(name)

@@ -55,27 +55,27 @@ async def where_vm_can_go(request: Request, name: str) -> WhereAnswer:
 
 
 @router.get("/migrations", response_model=list[MigrationJobView])
-def list_migrations(request: Request, vm: str | None = None) -> list[MigrationJobView]:
-    return _service(request).list_all(vm)
+async def list_migrations(request: Request, vm: str | None = None) -> list[MigrationJobView]:
+    return await _service(request).list_all(vm)
 
 
 @router.get("/migrations/{migration_id}", response_model=MigrationJobView)
-def show_migration(request: Request, migration_id: str) -> MigrationJobView:
-    return _service(request).get(migration_id)
+async def show_migration(request: Request, migration_id: str) -> MigrationJobView:
+    return await _service(request).get(migration_id)
 
 
 @router.get("/migrations/{migration_id}/samples", response_model=list[ProgressSample])
-def migration_samples(request: Request, migration_id: str) -> list[ProgressSample]:
-    return _service(request).samples(migration_id)
+async def migration_samples(request: Request, migration_id: str) -> list[ProgressSample]:
+    return await _service(request).samples(migration_id)
 
 
-# These two reach running jobs and may start queued ones: they run on the event loop (async),
-# never in a worker thread.
+# These two reach running jobs and may start queued ones: they run on the event loop (async);
+# their database work runs in the database's thread like every route's.
 @router.post("/migrations/{migration_id}/postcopy", response_model=MigrationJobView)
 async def start_postcopy(request: Request, migration_id: str) -> MigrationJobView:
-    return _service(request).request_postcopy(migration_id)
+    return await _service(request).request_postcopy(migration_id)
 
 
 @router.post("/migrations/{migration_id}/cancel", response_model=MigrationJobView)
 async def cancel_migration(request: Request, migration_id: str) -> MigrationJobView:
-    return _service(request).cancel(migration_id)
+    return await _service(request).cancel(migration_id)

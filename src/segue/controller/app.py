@@ -38,8 +38,7 @@ async def watch_heartbeats(db: Database, timeout: float) -> None:
     """Mark silent hosts disconnected, every STALE_CHECK_INTERVAL s, until cancelled."""
     while True:
         try:
-            with db.session() as session:
-                inventory.mark_stale_hosts(session, utcnow(), timeout)
+            await db.run(inventory.mark_stale_hosts, utcnow(), timeout)
         except Exception:
             log.exception("checking for stale hosts failed; trying again")
         await asyncio.sleep(STALE_CHECK_INTERVAL)
@@ -53,7 +52,7 @@ def create_app(config: ControllerConfig, agents: AgentPool | None = None) -> Fas
         db = Database(config.database_url)
         pool = agents or AgentPool()
         try:
-            db.upgrade(create=config.create_database)
+            await db.call(db.upgrade, create=config.create_database)
             log.info("database %s is up to date", db.safe_url)
             app.state.config, app.state.db, app.state.agents = config, db, pool
             async with asyncio.TaskGroup() as tg:
@@ -65,7 +64,7 @@ def create_app(config: ControllerConfig, agents: AgentPool | None = None) -> Fas
                 app.state.migrations = MigrationService(
                     db, pool, tg, config.heartbeat_timeout, config.limits,
                     max_auto_downtime_ms=config.max_auto_downtime_ms)
-                if recovered := app.state.migrations.recover_all():
+                if recovered := await app.state.migrations.recover_all():
                     log.warning("reconciling %d unfinished migration(s)", recovered)
                 try:
                     yield

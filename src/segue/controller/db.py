@@ -5,6 +5,13 @@ PostgreSQL (``postgresql+psycopg://...``) for several controllers sharing one da
 schema is created and upgraded by the Alembic migrations shipped inside this package
 (``segue/controller/alembic``), run by ``Database.upgrade``.
 
+Code on the controller's event loop never opens a session itself: it awaits ``Database.run``,
+which runs a function of a session, as one transaction, in the database's own worker threads
+(one for SQLite, so the controller's writes never wait on each other's file lock; a few for
+other databases). A cancelled ``run`` still ends its transaction whole: one that had not
+started never runs, one that had started commits or rolls back, and ``run`` returns (with
+CancelledError) only once it has. What the function raises is raised as it is.
+
 Errors: ``Unavailable`` (code ``DATABASE_UNAVAILABLE``) when the database cannot be opened
 or upgraded, ``DATABASE_EMPTY`` for an empty one the controller was not asked to create;
 ``InvalidRequest`` (``DATABASE_URL_INVALID``) for a malformed URL.
@@ -12,10 +19,14 @@ or upgraded, ``DATABASE_EMPTY`` for an empty one the controller was not asked to
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import asyncio
+import contextvars
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -28,6 +39,9 @@ from sqlalchemy.pool import StaticPool
 from segue.domain.errors import InvalidRequest, Unavailable
 
 MIGRATIONS_DIR = Path(__file__).with_name("alembic")
+SERVER_WORKERS = 4  # worker threads for a database server (SQLite gets one)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -59,12 +73,19 @@ def make_engine(url: str) -> Engine:
 
 
 class Database:
-    """One database: ``session()`` for work, ``upgrade()`` for the schema, ``dispose()``."""
+    """One database: ``run()`` for work from async code, ``session()`` for work in a thread
+    (or a test), ``upgrade()`` for the schema, ``dispose()``."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer per file: one thread keeps the controller's transactions in
+        # the order they were asked for instead of waiting on each other's lock (and an
+        # in-memory database has one connection for everybody).
+        sqlite = self.engine.url.get_backend_name() == "sqlite"
+        self._threads = ThreadPoolExecutor(1 if sqlite else SERVER_WORKERS,
+                                           thread_name_prefix="segue-db")
 
     def upgrade(self, create: bool = False) -> None:
         """Bring the schema to the newest migration (idempotent). An empty database (a new
@@ -117,6 +138,33 @@ class Database:
                 session.rollback()
                 raise
 
+    async def run(self, fn: Callable[Concatenate[Session, P], T], *args: P.args,
+                  **kwargs: P.kwargs) -> T:
+        """``fn(session, *args, **kwargs)`` in one transaction (``session``'s), in a worker
+        thread, while the event loop goes on; its result, or what it raises. ``fn`` returns
+        plain values (no ORM object: it would load lazily in another thread, on a closed
+        session). Cancelled, it returns only once the transaction committed, rolled back or
+        was never begun (the module doc), and raises CancelledError."""
+        def transaction() -> T:
+            with self.session() as session:
+                return fn(session, *args, **kwargs)
+
+        return await self.call(transaction)
+
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(*args, **kwargs)`` in a worker thread (for work on the engine itself, such as
+        ``upgrade``); cancelled, it waits for ``fn`` to end if it had started."""
+        context = contextvars.copy_context()
+        future: Future[T] = self._threads.submit(context.run, partial(fn, *args, **kwargs))
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if not future.cancel():  # it runs: let it end whole before the caller goes on
+                with suppress(Exception):
+                    await asyncio.shield(asyncio.wrap_future(future))
+            raise
+
     def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Wait for the work in the worker threads, then close every pooled connection."""
+        self._threads.shutdown(wait=True)
         self.engine.dispose()

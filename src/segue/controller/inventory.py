@@ -1,8 +1,10 @@
 """The inventory: hosts and VMs as the controller knows them, and each VM's event log.
 
-Store functions over an SQLAlchemy ``Session`` (the caller owns the transaction: use
-``Database.session()``). Used by the inventory service (``segue.controller.inventory_service``)
-and by the migration engine; none of them talks to an agent. Every change of a VM's state or
+Store functions over an SQLAlchemy ``Session`` (the caller owns the transaction: from async
+code, ``Database.run``, which runs them in the database's thread; elsewhere
+``Database.session()``). They return rows: a caller turns them into views before its
+transaction ends. Used by the inventory service (``segue.controller.inventory_service``) and
+by the migration store; none of them talks to an agent. Every change of a VM's state or
 host is stored as a ``VMEvent``. The views (``host_view``, ``vm_view``, ``event_view``) are
 the API's answers (``segue.api.inventory``).
 

@@ -2,8 +2,9 @@
 
 It orchestrates the hosts' agents and the inventory's store (``segue.controller.inventory``):
 a VM action goes to the VM's host agent first, and the database changes only after the agent
-succeeded; every change is a VM event. Database sessions never stay open across a call to an
-agent. The routes only parse and answer.
+succeeded; every change is a VM event. Database work runs in the database's thread
+(``Database.run``), one transaction at a time that never spans a call to an agent. The routes
+only parse and answer.
 
 Errors: those of ``segue.controller.inventory`` and ``segue.controller.cluster``; the
 agents' own (passed through with their codes); ``Unavailable`` (``HOST_DISCONNECTED``) for an
@@ -16,10 +17,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from segue.api.base import error_detail
 from segue.api.inventory import (
@@ -67,8 +70,28 @@ def checked_spec(spec: VMSpecBody) -> None:
                              ) from err
 
 
+@dataclass(frozen=True)
+class HostAgent:
+    """A host's agent as the inventory knows it: read in a transaction, used after it."""
+
+    name: str
+    url: str
+    connected: bool
+    last_heartbeat: datetime | None
+
+    def require_connected(self, timeout: float) -> None:
+        """Raise Unavailable (HOST_DISCONNECTED) if the host's heartbeats stopped."""
+        if not self.connected:
+            raise Unavailable("HOST_DISCONNECTED",
+                              f"host {self.name} has sent no heartbeat for over {timeout:g} s "
+                              f"(last: {self.last_heartbeat})",
+                              f"check the agent of {self.name} and its controller_url")
+
+
 class InventoryService:
-    """Hosts and VMs of the cluster: heartbeats in, views out, VM actions through agents."""
+    """Hosts and VMs of the cluster: heartbeats in, views out, VM actions through agents.
+    Every method is awaited; its database work is one ``Database.run`` transaction (the
+    private methods taking a session run in the database's thread and return no row)."""
 
     def __init__(self, db: Database, agents: AgentFor, heartbeat_timeout: float,
                  now: Callable[[], datetime] = utcnow) -> None:
@@ -78,17 +101,18 @@ class InventoryService:
         self.now = now
 
     # ---- hosts ----
-    def heartbeat(self, beat: Heartbeat) -> HeartbeatAnswer:
+    async def heartbeat(self, beat: Heartbeat) -> HeartbeatAnswer:
         """Store the heartbeat; a new host below the CPU baseline is refused (``cluster``)."""
+        return await self.db.run(self._heartbeat, beat)
+
+    def _heartbeat(self, s: Session, beat: Heartbeat) -> HeartbeatAnswer:
         facts = beat.facts.to_domain()
-        with self.db.session() as s:
-            cluster.admit_host(s, beat.name, facts)
-            host = inventory.record_heartbeat(s, beat.name, beat.url, facts, beat.vms,
-                                              self.now())
-            cluster.track_hosts(s, self.now())
-            return HeartbeatAnswer(name=host.name,
-                                   state=inventory.host_state(host, self.now(),
-                                                              self.heartbeat_timeout))
+        cluster.admit_host(s, beat.name, facts)
+        host = inventory.record_heartbeat(s, beat.name, beat.url, facts, beat.vms, self.now())
+        cluster.track_hosts(s, self.now())
+        return HeartbeatAnswer(name=host.name,
+                               state=inventory.host_state(host, self.now(),
+                                                          self.heartbeat_timeout))
 
     def _host_views(self, hosts: list[Host], vms: Iterable[VM]) -> list[HostView]:
         """The hosts' views, each listing its VMs (from ``vms``)."""
@@ -98,158 +122,187 @@ class InventoryService:
         return [inventory.host_view(h, names.get(h.name, []), self.now(),
                                     self.heartbeat_timeout) for h in hosts]
 
-    def list_hosts(self) -> list[HostView]:
-        with self.db.session() as s:
-            return self._host_views(inventory.list_hosts(s), inventory.list_vms(s))
+    async def list_hosts(self) -> list[HostView]:
+        return await self.db.run(self._list_hosts)
 
-    def show_host(self, name: str) -> HostDetail:
+    def _list_hosts(self, s: Session) -> list[HostView]:
+        return self._host_views(inventory.list_hosts(s), inventory.list_vms(s))
+
+    async def show_host(self, name: str) -> HostDetail:
         """The host's view and its last facts; raises NotFound (HOST_NOT_FOUND)."""
-        with self.db.session() as s:
-            host = inventory.get_host(s, name)
-            vms = [vm.name for vm in inventory.list_vms(s, host=name)]
-            return inventory.host_detail(host, vms, self.now(), self.heartbeat_timeout)
+        return await self.db.run(self._show_host, name)
 
-    def set_migration_enabled(self, name: str, enabled: bool) -> HostView:
+    def _show_host(self, s: Session, name: str) -> HostDetail:
+        host = inventory.get_host(s, name)
+        vms = [vm.name for vm in inventory.list_vms(s, host=name)]
+        return inventory.host_detail(host, vms, self.now(), self.heartbeat_timeout)
+
+    async def set_migration_enabled(self, name: str, enabled: bool) -> HostView:
         """Allow (or forbid) migrations to the host; raises NotFound (HOST_NOT_FOUND)."""
-        with self.db.session() as s:
-            host = inventory.get_host(s, name)
-            inventory.set_migration_enabled(host, enabled)
-            return self._host_views([host], inventory.list_vms(s, host=name))[0]
+        return await self.db.run(self._set_migration_enabled, name, enabled)
+
+    def _set_migration_enabled(self, s: Session, name: str, enabled: bool) -> HostView:
+        host = inventory.get_host(s, name)
+        inventory.set_migration_enabled(host, enabled)
+        return self._host_views([host], inventory.list_vms(s, host=name))[0]
 
     # ---- VMs ----
-    def list_vms(self, host: str | None = None) -> list[VMView]:
-        with self.db.session() as s:
-            return [inventory.vm_view(vm) for vm in inventory.list_vms(s, host=host)]
+    async def list_vms(self, host: str | None = None) -> list[VMView]:
+        return await self.db.run(_list_vms, host)
 
-    def vm_events(self, name: str) -> list[VMEventView]:
+    async def vm_events(self, name: str) -> list[VMEventView]:
         """The VM's events, oldest first (also a destroyed VM's); NotFound (VM_NOT_FOUND)
         for a name that never had one."""
-        with self.db.session() as s:
-            events = inventory.vm_events(s, name)
-            if not events:
-                inventory.get_vm(s, name)
-            return [inventory.event_view(e) for e in events]
+        return await self.db.run(_vm_events, name)
 
-    def _agent_of(self, host: Host) -> InventoryAgent:
+    def _host_agent(self, host: Host) -> HostAgent:
+        return HostAgent(host.name, host.url,
+                         inventory.host_connected(host, self.now(), self.heartbeat_timeout),
+                         host.last_heartbeat)
+
+    def _agent_of(self, host: HostAgent) -> InventoryAgent:
         """The host's agent; raises Unavailable (HOST_DISCONNECTED) if it is silent."""
-        timeout = self.heartbeat_timeout
-        if not inventory.host_connected(host, self.now(), timeout):
-            raise Unavailable("HOST_DISCONNECTED",
-                              f"host {host.name} has sent no heartbeat for over {timeout:g} s "
-                              f"(last: {host.last_heartbeat})",
-                              f"check the agent of {host.name} and its controller_url")
+        host.require_connected(self.heartbeat_timeout)
         return self.agents(host.url)
 
-    def _agent_of_vm(self, name: str) -> InventoryAgent:
+    async def _agent_of_vm(self, name: str) -> InventoryAgent:
         """The agent of the VM's host (raises as ``get_vm`` and ``_agent_of``)."""
-        with self.db.session() as s:
-            vm = inventory.get_vm(s, name)
-            return self._agent_of(inventory.get_host(s, vm.host))
+        return self._agent_of(await self.db.run(self._vm_host, name))
+
+    def _vm_host(self, s: Session, name: str) -> HostAgent:
+        return self._host_agent(inventory.get_host(s, inventory.get_vm(s, name).host))
 
     async def create_vm(self, body: CreateVMBody) -> VMDetail:
         """Define (and with ``body.start``, start) a VM on the host; refused (VM_EXISTS) if
         the name is taken. A ``cpu_model`` of ``baseline`` or ``qemu64`` becomes the
         cluster's CPU baseline."""
-        with self.db.session() as s:
-            inventory.refuse_existing_vm(s, body.spec.name)
-            agent = self._agent_of(inventory.get_host(s, body.host))
-            cpu_model = cluster.resolve_cpu_model(s, body.spec.cpu_model)
+        host, cpu_model = await self.db.run(self._creation, body)
         spec = body.spec.model_copy(update={"cpu_model": cpu_model})
         checked_spec(spec)
-        info = await agent.define_vm(spec, start=body.start)
+        info = await self._agent_of(host).define_vm(spec, start=body.start)
         try:
-            return self._record_created(body, info)
+            return await self.db.run(self._record_created, body, info)
         except IntegrityError:
             # the host's heartbeat reported the new VM and added it in between: the same VM
             # (name, host and uuid), which add_vm now finds
-            return self._record_created(body, info)
+            return await self.db.run(self._record_created, body, info)
 
-    def _record_created(self, body: CreateVMBody, info: VMInfo) -> VMDetail:
-        with self.db.session() as s:
-            vm = inventory.add_vm(s, info, inventory.get_host(s, body.host), self.now())
-            if body.start:
-                inventory.record_vm_event(s, vm.name, "started", {"pid": info.pid})
-            return VMDetail(**dict(inventory.vm_view(vm)), live=info)
+    def _creation(self, s: Session, body: CreateVMBody) -> tuple[HostAgent, str]:
+        """The host to define the VM on and its CPU model; refused as ``create_vm`` says."""
+        inventory.refuse_existing_vm(s, body.spec.name)
+        host = self._host_agent(inventory.get_host(s, body.host))
+        host.require_connected(self.heartbeat_timeout)
+        return host, cluster.resolve_cpu_model(s, body.spec.cpu_model)
+
+    def _record_created(self, s: Session, body: CreateVMBody, info: VMInfo) -> VMDetail:
+        vm = inventory.add_vm(s, info, inventory.get_host(s, body.host), self.now())
+        if body.start:
+            inventory.record_vm_event(s, vm.name, "started", {"pid": info.pid})
+        return VMDetail(**dict(inventory.vm_view(vm)), live=info)
 
     async def show_vm(self, name: str) -> VMDetail:
         """The inventory's record plus the agent's live view (``live`` None, ``live_error``
         set, when the agent cannot be asked); raises NotFound (VM_NOT_FOUND)."""
-        with self.db.session() as s:
-            vm = inventory.get_vm(s, name)
-            view = inventory.vm_view(vm)
-            host = inventory.get_host(s, vm.host)
+        view, host = await self.db.run(self._vm_and_host, name)
         try:
             live = await self._agent_of(host).get_vm(name)
         except SegueError as err:
             return VMDetail(**dict(view), live=None, live_error=error_detail(err))
         return VMDetail(**dict(view), live=live)
 
-    def _store_live(self, name: str, info: VMInfo, kind: str,
-                    detail: dict[str, str | int | bool | None]) -> VMDetail:
+    def _vm_and_host(self, s: Session, name: str) -> tuple[VMView, HostAgent]:
+        vm = inventory.get_vm(s, name)
+        return inventory.vm_view(vm), self._host_agent(inventory.get_host(s, vm.host))
+
+    async def _store_live(self, name: str, info: VMInfo, kind: str,
+                          detail: dict[str, str | int | bool | None]) -> VMDetail:
         """Record an action's event and the state the agent answered; the VM with ``live``."""
-        with self.db.session() as s:
-            vm = inventory.get_vm(s, name)
-            inventory.record_vm_event(s, name, kind, {"host": vm.host, **detail})
-            inventory.update_vm_state(s, vm, info.state, info.pid)
-            if info.generation is not None:
-                vm.generation = info.generation
-            return VMDetail(**dict(inventory.vm_view(vm)), live=info)
+        return await self.db.run(_store_live, name, info, kind, detail)
 
     async def start_vm(self, name: str) -> VMDetail:
         """Start the VM on its host, with the lease generation the inventory knows as the
         fencing token (``VM_NOT_OWNED`` if the VM was claimed elsewhere since)."""
-        with self.db.session() as s:
-            generation = inventory.get_vm(s, name).generation
-        info = await self._agent_of_vm(name).start_vm(name, generation=generation)
-        return self._store_live(name, info, "started", {"pid": info.pid})
+        generation = await self.db.run(_generation, name)
+        info = await (await self._agent_of_vm(name)).start_vm(name, generation=generation)
+        return await self._store_live(name, info, "started", {"pid": info.pid})
 
     async def stop_vm(self, name: str, force: bool = False, timeout: float = 30.0) -> VMDetail:
         """ACPI power-off (hard after ``timeout`` s, or at once with ``force``)."""
-        info = await self._agent_of_vm(name).stop_vm(name, timeout=timeout, force=force)
-        return self._store_live(name, info, "stopped",
-                                {"force": force, "last_exit": info.last_exit})
+        agent = await self._agent_of_vm(name)
+        info = await agent.stop_vm(name, timeout=timeout, force=force)
+        return await self._store_live(name, info, "stopped",
+                                      {"force": force, "last_exit": info.last_exit})
 
     async def destroy_vm(self, name: str) -> None:
         """Power off and undefine on the agent, then forget the VM (its events stay)."""
-        agent = self._agent_of_vm(name)
+        agent = await self._agent_of_vm(name)
         try:
             await agent.destroy_vm(name)
         except NotFound as err:
             if err.code != "VM_NOT_FOUND":
                 raise
             # the agent no longer has it: forgetting it is all that is left to do
-        with self.db.session() as s:
-            inventory.remove_vm(s, name)
+        await self.db.run(inventory.remove_vm, name)
 
     # ---- reconciliation (``segue.controller.reconcile``) ----
-    def pending_releases(self) -> list[tuple[str, str, str, str]]:
+    async def pending_releases(self) -> list[tuple[str, str, str, str]]:
         """(action, vm, host, agent url) of what reconciliation may finish now
         (``reconcile.decide``): ``release`` a migrated-away source (``postmigrate`` on a
         connected host that is not the owner, the owner running the VM), ``abort`` an
         unclaimed incoming QEMU that never took the VM over; never while a job of the VM
         is under way."""
+        return await self.db.run(self._pending_releases)
+
+    def _pending_releases(self, s: Session) -> list[tuple[str, str, str, str]]:
         out = []
-        with self.db.session() as s:
-            hosts = {h.name: h for h in inventory.list_hosts(s)
-                     if inventory.host_connected(h, self.now(), self.heartbeat_timeout)}
-            for vm_name in inventory.vms_left_behind(s):
-                vm = inventory.find_vm(s, vm_name)
-                if vm is None:
-                    continue
-                seen = reconcile.instances_of(s, vm_name, set(hosts))
-                decision = reconcile.decide(vm.host, vm.generation, seen, set(),
-                                            inventory.has_active_job(s, vm_name))
-                out += [("release", vm_name, host, hosts[host].url)
-                        for host in decision.release]
-                out += [("abort", vm_name, host, hosts[host].url) for host in decision.abort]
+        hosts = {h.name: h for h in inventory.list_hosts(s)
+                 if inventory.host_connected(h, self.now(), self.heartbeat_timeout)}
+        for vm_name in inventory.vms_left_behind(s):
+            vm = inventory.find_vm(s, vm_name)
+            if vm is None:
+                continue
+            seen = reconcile.instances_of(s, vm_name, set(hosts))
+            decision = reconcile.decide(vm.host, vm.generation, seen, set(),
+                                        inventory.has_active_job(s, vm_name))
+            out += [("release", vm_name, host, hosts[host].url) for host in decision.release]
+            out += [("abort", vm_name, host, hosts[host].url) for host in decision.abort]
         return out
 
     def agent(self, url: str) -> reconcile.Releaser:
         return self.agents(url)
 
-    def released(self, vm: str, host: str, action: str, error: str | None) -> None:
+    async def released(self, vm: str, host: str, action: str, error: str | None) -> None:
         """Record the outcome of a reconciliation's release or abort."""
-        with self.db.session() as s:
-            inventory.record_vm_event(
-                s, vm, "released-source" if action == "release" else "aborted-incoming",
-                {"host": host, "error": error})
+        await self.db.run(_released, vm, host, action, error)
+
+
+# ---- transactions that need nothing of the service (each in the database's thread) ----
+def _list_vms(s: Session, host: str | None) -> list[VMView]:
+    return [inventory.vm_view(vm) for vm in inventory.list_vms(s, host=host)]
+
+
+def _vm_events(s: Session, name: str) -> list[VMEventView]:
+    events = inventory.vm_events(s, name)
+    if not events:
+        inventory.get_vm(s, name)
+    return [inventory.event_view(e) for e in events]
+
+
+def _generation(s: Session, name: str) -> int | None:
+    return inventory.get_vm(s, name).generation
+
+
+def _store_live(s: Session, name: str, info: VMInfo, kind: str,
+                detail: dict[str, str | int | bool | None]) -> VMDetail:
+    vm = inventory.get_vm(s, name)
+    inventory.record_vm_event(s, name, kind, {"host": vm.host, **detail})
+    inventory.update_vm_state(s, vm, info.state, info.pid)
+    if info.generation is not None:
+        vm.generation = info.generation
+    return VMDetail(**dict(inventory.vm_view(vm)), live=info)
+
+
+def _released(s: Session, vm: str, host: str, action: str, error: str | None) -> None:
+    inventory.record_vm_event(
+        s, vm, "released-source" if action == "release" else "aborted-incoming",
+        {"host": host, "error": error})

@@ -20,6 +20,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 
+from sqlalchemy.orm import Session
+
 from segue.api.migration import MigrationOptionsBody
 from segue.checks import errors_of, run_checks
 from segue.controller import inventory
@@ -45,23 +47,26 @@ class Admission:
                     ) -> tuple[JobSpec, list[str]]:
         """The new job's spec and the checks' warning codes; raises to refuse (module doc).
         Nothing is stored."""
-        source = self.check_inventory(vm, dest)
-        self.refuse_unsafe_cap(options, source)
+        source = await self.check_inventory(vm, dest)
+        await self.refuse_unsafe_cap(options, source)
         warnings = await self.check_all(vm, dest)
         return JobSpec(str(uuid.uuid4()), vm, source, dest, options), warnings
 
-    def check_inventory(self, vm_name: str, dest: str) -> str:
+    async def check_inventory(self, vm_name: str, dest: str) -> str:
         """The VM's host; raises unless the VM and ``dest`` are known, differ, and the VM
         has no active migration."""
-        active = self.store.active_of(vm_name)
-        with self.db.session() as session:
-            vm = inventory.get_vm(session, vm_name)
-            self.refuse_in_flight(vm_name, active)
-            if vm.host == dest:
-                raise Conflict("MIGRATION_SAME_HOST", f"{vm_name} already runs on {dest}",
-                               "choose another destination host")
-            inventory.get_host(session, dest)
-            return inventory.get_host(session, vm.host).name
+        active = await self.store.active_of(vm_name)
+        return await self.db.run(self._source_of, vm_name, dest, active)
+
+    def _source_of(self, session: Session, vm_name: str, dest: str,
+                   active: ActiveJob | None) -> str:
+        vm = inventory.get_vm(session, vm_name)
+        self.refuse_in_flight(vm_name, active)
+        if vm.host == dest:
+            raise Conflict("MIGRATION_SAME_HOST", f"{vm_name} already runs on {dest}",
+                           "choose another destination host")
+        inventory.get_host(session, dest)
+        return inventory.get_host(session, vm.host).name
 
     @staticmethod
     def refuse_in_flight(vm: str, active: ActiveJob | None) -> None:
@@ -71,13 +76,13 @@ class Admission:
                            f"{vm} is already migrating ({active.id}, {active.phase.value})",
                            f"wait for it, or cancel it: segue migration cancel {active.id}")
 
-    def refuse_unsafe_cap(self, options: MigrationOptionsBody, host: str) -> None:
+    async def refuse_unsafe_cap(self, options: MigrationOptionsBody, host: str) -> None:
         """QEMU before 8.0 under TCG loses pages the guest dirties while it rate-limits a
         migration (the guest checker shows it, and guests crash): refuse a cap there rather
         than corrupt the VM."""
         if not options.max_bandwidth_mibs or options.allow_postcopy:
             return  # with post-copy the policy leaves pre-copy early (segue.engine.policy)
-        facts = self.facts.host_facts(host)
+        facts = await self.facts.host_facts(host)
         if policy.qemu_unsafe_for_multipass(facts.cpu.accel, facts.qemu.version):
             raise InvalidRequest(
                 "BANDWIDTH_CAP_UNSAFE",
@@ -110,12 +115,15 @@ class Admission:
     async def recheck(self, spec: JobSpec) -> None:
         """A queued job's checks at its start; raises as a request would, and
         ``MIGRATION_SOURCE_CHANGED`` when the VM left its source while the job waited."""
-        with self.db.session() as session:
-            host = inventory.get_vm(session, spec.vm).host
+        host = await self.db.run(_host_of, spec.vm)
         if host != spec.source:
             raise Conflict("MIGRATION_SOURCE_CHANGED",
                            f"{spec.vm} moved to {host} while its migration from "
                            f"{spec.source} was queued", "request the migration again")
         warnings = await self.check_all(spec.vm, spec.dest, own=spec.id)
-        self.store.note(spec.id, "pre-migration checks passed again at start"
-                        + (f" (warnings: {', '.join(warnings)})" if warnings else ""))
+        await self.store.note(spec.id, "pre-migration checks passed again at start"
+                              + (f" (warnings: {', '.join(warnings)})" if warnings else ""))
+
+
+def _host_of(session: Session, vm: str) -> str:
+    return inventory.get_vm(session, vm).host

@@ -59,14 +59,14 @@ class MigrationService:
         self.queue = MigrationQueue(self.store, self.runner, limits or HostLimits(), clock)
 
     # ---- reads ----
-    def get(self, job_id: str) -> MigrationJobView:
-        return self.store.view(job_id)
+    async def get(self, job_id: str) -> MigrationJobView:
+        return await self.store.view(job_id)
 
-    def list_all(self, vm: str | None = None) -> list[MigrationJobView]:
-        return self.store.views(vm)
+    async def list_all(self, vm: str | None = None) -> list[MigrationJobView]:
+        return await self.store.views(vm)
 
-    def samples(self, job_id: str) -> list[ProgressSample]:
-        return self.store.samples(job_id)
+    async def samples(self, job_id: str) -> list[ProgressSample]:
+        return await self.store.samples(job_id)
 
     async def check(self, vm: str, dest: str) -> CheckAnswer:
         """Every pre-migration check for one destination; nothing starts."""
@@ -85,21 +85,22 @@ class MigrationService:
         candidate = Waiting(spec.id, spec.source, spec.dest)
 
         def decide(queue: Sequence[Waiting], running: Running, active: ActiveJob | None
-                   ) -> Phase:
+                   ) -> Phase:  # runs in the database's thread: pure
             self.admission.refuse_in_flight(vm, active)  # a request that won the race
             return Phase.QUEUED if self.queue.must_wait(candidate, queue, running) else \
                 Phase.CHECK
 
-        phase = self.store.create(spec, decide,
-                                  lambda p: self._accepted_message(warnings, p == Phase.QUEUED))
+        async with self.queue.lock:
+            phase = await self.store.create(
+                spec, decide, lambda p: self._accepted_message(warnings, p == Phase.QUEUED))
+            if phase != Phase.QUEUED:
+                await self._start(spec)
         if phase == Phase.QUEUED:
             self.queue.kick()
-        else:
-            self._start(spec)
-        return self.store.view(spec.id)
+        return await self.store.view(spec.id)
 
-    def _start(self, spec: JobSpec) -> None:
-        stored = self.store.stored([spec.id])[0]
+    async def _start(self, spec: JobSpec) -> None:
+        stored = (await self.store.stored([spec.id]))[0]
         self.runner.start(self.runner.job(stored))
 
     def _accepted_message(self, warnings: list[str], queued: bool) -> str:
@@ -112,43 +113,44 @@ class MigrationService:
                         f"{limits.max_outgoing}, incoming {limits.max_incoming})")
         return message
 
-    def request_postcopy(self, job_id: str) -> MigrationJobView:
+    async def request_postcopy(self, job_id: str) -> MigrationJobView:
         """Switch a copying job to post-copy at its next sample (the user's call, like
         ``virsh migrate-postcopy``); refused (``MIGRATION_POSTCOPY_NOT_POSSIBLE``) unless
         it copies (start, monitor) with post-copy allowed."""
         job = self.runner.get(job_id)
         if job is None:
-            phase = self.store.phase(job_id)
+            phase = await self.store.phase(job_id)
             refuse_postcopy(job_id, phase, allowed=True, running=False)
         else:
-            job.request_postcopy()
-        return self.store.view(job_id)
+            await job.request_postcopy()
+        return await self.store.view(job_id)
 
-    def cancel(self, job_id: str) -> MigrationJobView:
+    async def cancel(self, job_id: str) -> MigrationJobView:
         """End a queued job ``cancelled`` at once (nothing had started), or ask a running job
         to roll back; refused (``MIGRATION_NOT_CANCELLABLE``) once the destination may run
         the VM."""
-        phase = self.store.phase(job_id)
-        refuse_cancel(job_id, phase)
-        job = self.runner.get(job_id)
-        if phase == Phase.QUEUED or job is None:
-            self.store.mark_cancel_requested(job_id)
-            if phase == Phase.QUEUED:
-                cancel_queued(self.store, job_id)
-                self.queue.kick()  # it held its place on two slots
-            else:
-                self.store.note(job_id, "cancel requested by the user")
-            return self.store.view(job_id)
-        job.cancel()
-        self.store.mark_cancel_requested(job_id)
-        return self.store.view(job_id)
+        async with self.queue.lock:  # a queued job leaves the queue or is cancelled, not both
+            phase = await self.store.phase(job_id)
+            refuse_cancel(job_id, phase)
+            job = self.runner.get(job_id)
+            if phase == Phase.QUEUED or job is None:
+                await self.store.mark_cancel_requested(job_id)
+                if phase == Phase.QUEUED:
+                    await cancel_queued(self.store, job_id)
+                    self.queue.kick()  # it held its place on two slots
+                else:
+                    await self.store.note(job_id, "cancel requested by the user")
+                return await self.store.view(job_id)
+        await job.cancel()
+        await self.store.mark_cancel_requested(job_id)
+        return await self.store.view(job_id)
 
     # ---- controller start and stop ----
-    def recover_all(self) -> int:
+    async def recover_all(self) -> int:
         """Reconcile every job a previous controller left running (each in its own task)
         and return how many; then resume the queue. Queued jobs had nothing started: they
         stay queued, in order, and start as the scheduler allows."""
-        left = self.store.unfinished()
+        left = await self.store.unfinished()
         for stored in left:
             self.runner.recover(self.runner.job(stored), stored.phase)
         self.queue.start_ticking()

@@ -138,17 +138,19 @@ class Prechecker:
                        inventory.host_connected(host, utcnow(), self.heartbeat_timeout),
                        host.maintenance, host.migration_enabled, dict(host.facts or {}))
 
-    def plan(self, vm_name: str, dest: str | None) -> Plan:
-        """The VM and its destination (``dest``, or every other host when None); raises
-        NotFound (VM_NOT_FOUND, HOST_NOT_FOUND)."""
-        with self.db.session() as session:
-            vm = inventory.get_vm(session, vm_name)
-            source = self._row(inventory.get_host(session, vm.host))
-            hosts = ([inventory.get_host(session, dest)] if dest is not None else
-                     [h for h in inventory.list_hosts(session) if h.name != vm.host])
-            in_flight, reserved = self._migrations(session, vm_name)
-            return Plan(vm_name, dict(vm.spec), source, [self._row(h) for h in hosts],
-                        in_flight, reserved)
+    async def plan(self, vm_name: str, dest: str | None) -> Plan:
+        """The VM and its destination (``dest``, or every other host when None), read in the
+        database's thread; raises NotFound (VM_NOT_FOUND, HOST_NOT_FOUND)."""
+        return await self.db.run(self._plan, vm_name, dest)
+
+    def _plan(self, session: Session, vm_name: str, dest: str | None) -> Plan:
+        vm = inventory.get_vm(session, vm_name)
+        source = self._row(inventory.get_host(session, vm.host))
+        hosts = ([inventory.get_host(session, dest)] if dest is not None else
+                 [h for h in inventory.list_hosts(session) if h.name != vm.host])
+        in_flight, reserved = self._migrations(session, vm_name)
+        return Plan(vm_name, dict(vm.spec), source, [self._row(h) for h in hosts],
+                    in_flight, reserved)
 
     @staticmethod
     def _migrations(session: Session, vm_name: str) -> tuple[str | None, dict[str, int]]:
@@ -243,12 +245,12 @@ class Prechecker:
 
     async def for_request(self, vm_name: str, dest: str) -> MigrationContext:
         """The context of a migration request: both agents must answer (strict)."""
-        plan = self.plan(vm_name, dest)
+        plan = await self.plan(vm_name, dest)
         return await self.context(plan, await self.source(plan), plan.dests[0], strict=True)
 
     async def check(self, vm_name: str, dest: str) -> CheckAnswer:
         """Every check for one destination."""
-        plan = self.plan(vm_name, dest)
+        plan = await self.plan(vm_name, dest)
         ctx = await self.context(plan, await self.source(plan), plan.dests[0])
         results = run_checks(ctx)
         return CheckAnswer(vm=vm_name, source=plan.source.name, destination=dest,
@@ -256,7 +258,7 @@ class Prechecker:
 
     async def where(self, vm_name: str) -> WhereAnswer:
         """Every other host of the cluster with its results (checked concurrently)."""
-        plan = self.plan(vm_name, None)
+        plan = await self.plan(vm_name, None)
         source = await self.source(plan)
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(self.context(plan, source, row)) for row in plan.dests]

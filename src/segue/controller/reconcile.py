@@ -156,11 +156,14 @@ class Releaser(Protocol):
 
 
 class Pending(Protocol):
-    def pending_releases(self) -> list[tuple[str, str, str, str]]: ...
+    """Where ``run_releases`` reads its work and records the outcomes (the inventory
+    service: its database work runs off the event loop)."""
+
+    async def pending_releases(self) -> list[tuple[str, str, str, str]]: ...
 
     def agent(self, url: str) -> Releaser: ...
 
-    def released(self, vm: str, host: str, action: str, error: str | None) -> None: ...
+    async def released(self, vm: str, host: str, action: str, error: str | None) -> None: ...
 
 
 async def run_releases(source: Pending) -> None:
@@ -170,7 +173,7 @@ async def run_releases(source: Pending) -> None:
     while True:
         await asyncio.sleep(RECONCILE_INTERVAL_S)
         try:
-            pending = source.pending_releases()
+            pending = await source.pending_releases()
         except Exception:
             log.exception("reconciliation: reading the instances failed; trying again")
             continue
@@ -179,10 +182,10 @@ async def run_releases(source: Pending) -> None:
             try:
                 await (agent.release(vm) if action == "release" else agent.abort_incoming(vm))
             except SegueError as err:
-                source.released(vm, host, action, f"{err.code}: {err.message}")
+                await source.released(vm, host, action, f"{err.code}: {err.message}")
                 continue
             except Exception as err:  # an agent's bug must not stop reconciliation
                 log.exception("reconciliation: %s of %s on %s failed", action, vm, host)
-                source.released(vm, host, action, repr(err))
+                await source.released(vm, host, action, repr(err))
                 continue
-            source.released(vm, host, action, None)
+            await source.released(vm, host, action, None)

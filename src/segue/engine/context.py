@@ -100,16 +100,17 @@ class JobBase:
     def elapsed(self) -> float:
         return self.clock.now() - self.started
 
-    def enter(self, phase: Phase, message: str = "", *, reason: str | None = None,
-              error_code: str | None = None) -> None:
+    async def enter(self, phase: Phase, message: str = "", *, reason: str | None = None,
+                    error_code: str | None = None) -> None:
         """Move to ``phase`` (the store refuses a move the phase table does not allow)."""
-        self.store.transition(self.id, phase, message, reason=reason, error_code=error_code)
+        await self.store.transition(self.id, phase, message, reason=reason,
+                                    error_code=error_code)
         self.phase = phase
         self.phases.append(phase)
         log.info("migration %s -> %s %s", self.id[:8], phase, message)
 
-    def note(self, message: str) -> None:
-        self.store.note(self.id, message)
+    async def note(self, message: str) -> None:
+        await self.store.note(self.id, message)
 
     async def sample(self) -> Progress:
         """One ``query-migrate`` of the source, stored as a sample."""
@@ -119,7 +120,7 @@ class JobBase:
             self.throttled_s += now - self._last_sample_at
         self.throttle_max_pct = max(self.throttle_max_pct, progress.throttle_pct)
         self.last, self._last_sample_at = progress, now
-        self.store.record_sample(self.id, now, progress)
+        await self.store.record_sample(self.id, now, progress)
         return progress
 
     @property
@@ -128,7 +129,7 @@ class JobBase:
         return Phase.POSTCOPY in self.phases
 
     # ---- what the user may ask ----
-    def cancel(self) -> None:
+    async def cancel(self) -> None:
         """Ask the job to roll back and end ``cancelled`` at its next check. Raises
         Conflict (``MIGRATION_NOT_CANCELLABLE``) past the commit point or in a phase that
         cannot be cancelled."""
@@ -136,15 +137,15 @@ class JobBase:
             raise not_cancellable(self.id, self.phase, self.rollback.commit_reason)
         refuse_cancel(self.id, self.phase)
         self.cancel_requested = True
-        self.note("cancel requested by the user")
+        await self.note("cancel requested by the user")
 
-    def request_postcopy(self) -> None:
+    async def request_postcopy(self) -> None:
         """Switch to post-copy at the next sample (like ``virsh migrate-postcopy``). Raises
         Conflict (``MIGRATION_POSTCOPY_NOT_POSSIBLE``) unless the job copies memory with
         post-copy allowed."""
         refuse_postcopy(self.id, self.phase, self.options.allow_postcopy)
         self._user_postcopy = True
-        self.note("post-copy requested by the user")
+        await self.note("post-copy requested by the user")
 
     def take_postcopy_request(self) -> bool:
         """Whether the user asked for post-copy since the last call."""
@@ -177,17 +178,17 @@ class JobBase:
         A step that finds the commit point crossed meanwhile (``CommitCrossed``: QEMU
         completed the copy before the cancel landed) stops it: the job rolls forward."""
         if enter:
-            self.enter(Phase.ROLLING_BACK, reason)
+            await self.enter(Phase.ROLLING_BACK, reason)
         try:
             await self.rollback.unwind(self.note, self.id)
         except CommitCrossed as crossed:
             self.rollback.commit(crossed.reason)
-            self.note(f"{reason}, but {crossed.reason}: the move is finished instead")
+            await self.note(f"{reason}, but {crossed.reason}: the move is finished instead")
             await self.roll_forward()
             return
-        self.enter(outcome, reason, reason=reason, error_code=code)
+        await self.enter(outcome, reason, reason=reason, error_code=code)
 
-    def record_crash(self, err: Exception) -> None:
+    async def record_crash(self, err: Exception) -> None:
         """An unexpected error in the job's last steps: the job ends ``failed`` with
         ``MIGRATION_INTERNAL_ERROR`` where its phase allows it; in ``finalize`` (the
         destination runs the VM: the job can only complete) it is noted and the job stays
@@ -196,11 +197,12 @@ class JobBase:
         text = f"internal error in {self.phase}: {code}: {message}"
         try:
             if self.phase in TERMINAL:
-                self.note(text)
+                await self.note(text)
             elif Phase.FAILED in ALLOWED[self.phase]:
-                self.enter(Phase.FAILED, text, reason=text, error_code="MIGRATION_INTERNAL_ERROR")
+                await self.enter(Phase.FAILED, text, reason=text,
+                                 error_code="MIGRATION_INTERNAL_ERROR")
             else:
-                self.note(f"{text}; the job stays in {self.phase} until it is finished")
+                await self.note(f"{text}; the job stays in {self.phase} until it is finished")
         except Exception:
             log.exception("migration %s: its error could not be recorded either", self.id[:8])
 
@@ -213,7 +215,7 @@ class JobBase:
         at once with both QEMUs left as they are (the destination may have run the guest)."""
         code, message = error_of(err)
         if self.rollback.committed:
-            self.enter(Phase.FAILED, message, reason=message, error_code=code)
+            await self.enter(Phase.FAILED, message, reason=message, error_code=code)
             return
         await self.roll_back(Phase.FAILED, message, code)
 
@@ -226,7 +228,7 @@ class JobBase:
         try:
             await self.dst.abort_incoming(self.vm)
         except NotFound:
-            self.note(f"{self.spec.dest} has no incoming {self.vm}: nothing to tear down")
+            await self.note(f"{self.spec.dest} has no incoming {self.vm}: nothing to tear down")
         except Conflict as refused:
             if refused.code not in ("VM_RUNNING", "VM_NOT_INCOMING"):
                 raise

@@ -46,8 +46,8 @@ def refuse_postcopy(job_id: str, phase: Phase, allowed: bool, running: bool = Tr
                        "cancel it and migrate again without --no-postcopy")
 
 
-def cancel_queued(store: JobStore, job_id: str) -> None:
+async def cancel_queued(store: JobStore, job_id: str) -> None:
     """End a queued job ``cancelled`` (nothing had started, nothing to undo); raises
     ``InvalidTransition`` if it is no longer queued."""
-    store.transition(job_id, Phase.CANCELLED, QUEUED_CANCEL_REASON,
+    await store.transition(job_id, Phase.CANCELLED, QUEUED_CANCEL_REASON,
                      reason=QUEUED_CANCEL_REASON, error_code="MIGRATION_CANCELLED")

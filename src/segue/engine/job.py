@@ -93,11 +93,11 @@ class MigrationJob(JobBase):
         super().__init__(spec, ports, policy or SeguePolicy(spec.options), phase)
         self.uri = ""  # where the destination listens, once prepared
 
-    def leave_queue(self) -> None:
-        """A queued job's slots are free: ``queued -> check`` (before anything awaits, so
-        its slots count at once); ``run`` it with its checks next."""
-        self.enter(Phase.CHECK, "migration slots free on both hosts; checking again before "
-                                "starting")
+    async def leave_queue(self) -> None:
+        """A queued job's slots are free: ``queued -> check`` (stored before the job runs,
+        so its slots count at once); ``run`` it with its checks next."""
+        await self.enter(Phase.CHECK, "migration slots free on both hosts; checking again "
+                                      "before starting")
 
     async def run(self, checks: Checks | None = None) -> None:
         """The whole job, from ``check``; never raises but CancelledError (see the module
@@ -128,21 +128,21 @@ class MigrationJob(JobBase):
         """Start the destination QEMU while measuring the link and sampling the dirty rate
         (side by side: the sample's second is not added to the move), then let the policy
         settle its settings from the measurement."""
-        self.enter(Phase.PREPARE, f"destination {self.spec.dest}")
+        await self.enter(Phase.PREPARE, f"destination {self.spec.dest}")
         self.check_cancel()
         spec = (await self.src.get_vm(self.vm)).spec
-        source_facts = self.facts.host_facts(self.spec.source)
-        self.note(self.policy.choose_streams(source_facts,
-                                             self.facts.host_facts(self.spec.dest)))
+        source_facts = await self.facts.host_facts(self.spec.source)
+        dest_facts = await self.facts.host_facts(self.spec.dest)
+        await self.note(self.policy.choose_streams(source_facts, dest_facts))
         self.push_teardown()  # a destination that failed to start may still have a QEMU
         incoming, (link, dirty) = await _first_error(self._start_destination(spec))
         self.uri = incoming.uri
-        self.note(f"destination QEMU (pid {incoming.pid}) listens on {self.uri}")
+        await self.note(f"destination QEMU (pid {incoming.pid}) listens on {self.uri}")
         plan = self.policy.plan(spec.memory_mib * 1024**2, link, dirty, source_facts)
         self.prediction = dict(plan.summary)
-        self.store.set_summary(self.id, dict(plan.summary))
+        await self.store.set_summary(self.id, dict(plan.summary))
         for note in plan.notes:
-            self.note(note)
+            await self.note(note)
 
     async def _start_destination(self, spec: VMSpecBody
                                  ) -> tuple[IncomingAnswer, tuple[float | None, float | None]]:
@@ -168,7 +168,7 @@ class MigrationJob(JobBase):
         try:
             sample = await self.src.dirty_rate(self.vm)
         except SegueError as err:
-            self.note(f"no dirty-rate sample ({err.code}): no prediction")
+            await self.note(f"no dirty-rate sample ({err.code}): no prediction")
             return None
         return sample.dirty_rate_mibs * 2**20
 
@@ -179,28 +179,28 @@ class MigrationJob(JobBase):
             sink = await self.dst.open_probe_listener(sink=True)
             answer = await self.src.measure_throughput(sink.address, sink.port)
         except SegueError as err:
-            self.note(f"link not measured ({err.code}): {err.message}")
+            await self.note(f"link not measured ({err.code}): {err.message}")
             return None
         if not answer.ok or answer.bytes_per_s is None:
-            self.note(f"link not measured: {answer.error}")
+            await self.note(f"link not measured: {answer.error}")
             return None
         return answer.bytes_per_s
 
     # ---- start and monitor ----
     async def _start(self) -> None:
-        self.enter(Phase.START, f"source {self.spec.source} -> {self.uri}")
+        await self.enter(Phase.START, f"source {self.spec.source} -> {self.uri}")
         self.check_cancel()
         settings = self.policy.settings()
         caps, params = dict(settings.capabilities), dict(settings.parameters)
         self.push_cancel_source()  # a migrate that failed midway may have started
         await self.src.start_migration(self.vm, self.uri, caps, params,
                                        migration_id=self.id, destination=self.spec.dest)
-        self.note(f"capabilities {caps}, parameters {params}: " + "; ".join(settings.reasons))
+        await self.note(f"capabilities {caps}, parameters {params}: " + "; ".join(settings.reasons))
 
     async def _monitor(self) -> None:
         """Pre-copy until QEMU completes it or switches to post-copy (then the post-copy is
         watched to its end); either is the commit point."""
-        self.enter(Phase.MONITOR, "copying memory while the VM runs")
+        await self.enter(Phase.MONITOR, "copying memory while the VM runs")
         best, best_at = -1, self.clock.now()
         while True:
             progress = await self.sample()
@@ -230,11 +230,11 @@ class MigrationJob(JobBase):
         for action in self.policy.decide(progress, self.elapsed()):
             if action.summary:  # a corrected prediction: shown while the job runs
                 self.prediction.update(action.summary)
-                self.store.set_summary(self.id, dict(self.prediction))
+                await self.store.set_summary(self.id, dict(self.prediction))
             if action.kind == "note":  # the policy's own change of course: nothing to apply
-                self.note(f"policy: {action.reason}")
+                await self.note(f"policy: {action.reason}")
                 continue
-            self.note(f"policy: {action.kind} {action.parameters or ''}-- {action.reason}")
+            await self.note(f"policy: {action.kind} {action.parameters or ''}-- {action.reason}")
             if action.kind == "abort":
                 raise MigrationFailed(action.code, action.reason,
                                       "raise the deadline, the downtime limit, or allow "
@@ -248,7 +248,8 @@ class MigrationJob(JobBase):
 
     async def watch_postcopy(self) -> None:
         """The destination runs the guest; wait for QEMU to complete (``postcopy``)."""
-        self.enter(Phase.POSTCOPY, "post-copy: the destination runs the VM and pulls the rest")
+        await self.enter(Phase.POSTCOPY,
+                         "post-copy: the destination runs the VM and pulls the rest")
         await postcopy.wait_postcopy(self)
 
     async def roll_forward(self) -> None:
@@ -274,9 +275,10 @@ class MigrationJob(JobBase):
         the VM (or will, once its agent is back): the job waits for it, up to
         ``ROLL_FORWARD_TIMEOUT_S``, and finishes the move. After a post-copy the source
         never runs the VM again (its memory is incomplete): the job only waits."""
-        self.enter(Phase.SWITCHOVER,
-                   "post-copy completed; the destination has every page" if self.went_postcopy
-                   else "source paused and sent the rest; waiting for the destination")
+        await self.enter(Phase.SWITCHOVER,
+                         "post-copy completed; the destination has every page"
+                         if self.went_postcopy
+                         else "source paused and sent the rest; waiting for the destination")
         await self.settle()
 
     async def settle(self) -> None:
@@ -299,20 +301,20 @@ class MigrationJob(JobBase):
         VM's lease: the destination never took it over); on success tear the destination
         down (best effort: reconciliation aborts an unclaimed incoming QEMU left behind).
         Whether the VM runs on the source now."""
-        self.note(f"{self.spec.dest} does not run {self.vm} ({err.message}): the source "
-                  f"runs it again if the destination never took its lease over")
+        await self.note(f"{self.spec.dest} does not run {self.vm} ({err.message}): the source "
+                        f"runs it again if the destination never took its lease over")
         try:
             await self.src.resume_vm(self.vm)
         except SegueError as refused:
-            self.note(f"{self.spec.source} does not run it again ({refused.code}: "
-                      f"{refused.message}): waiting for {self.spec.dest}")
+            await self.note(f"{self.spec.source} does not run it again ({refused.code}: "
+                            f"{refused.message}): waiting for {self.spec.dest}")
             return False
         try:
             await self._tear_down()
         except SegueError as step:
-            self.note(f"{self.spec.dest}'s incoming QEMU not torn down ({step.code}); "
-                      "reconciliation removes it once its agent answers")
-        self.note(f"{self.vm} runs on {self.spec.source} again")
+            await self.note(f"{self.spec.dest}'s incoming QEMU not torn down ({step.code}); "
+                            "reconciliation removes it once its agent answers")
+        await self.note(f"{self.vm} runs on {self.spec.source} again")
         return True
 
     async def wait_destination_runs(self, patience_s: float = ROLL_FORWARD_TIMEOUT_S) -> None:
@@ -338,16 +340,16 @@ class MigrationJob(JobBase):
                 state = info.state.value
                 if info.state == VMState.RUNNING:
                     if self.clock.now() - start >= ROLL_FORWARD_NOTE_S:
-                        self.note(f"{self.spec.dest} runs {self.vm} after "
-                                  f"{self.clock.now() - start:.0f} s: rolling forward")
+                        await self.note(f"{self.spec.dest} runs {self.vm} after "
+                                        f"{self.clock.now() - start:.0f} s: rolling forward")
                     return
                 if info.state not in WAITING:
                     break
             if self.clock.now() >= next_note:
                 next_note += ROLL_FORWARD_NOTE_S
-                self.note(f"waiting for {self.spec.dest} to run {self.vm} "
-                          f"({self.clock.now() - start:.0f} s, {state}); past the commit point "
-                          f"the source stays paused and nothing is undone")
+                await self.note(f"waiting for {self.spec.dest} to run {self.vm} "
+                                f"({self.clock.now() - start:.0f} s, {state}); past the commit "
+                                f"point the source stays paused and nothing is undone")
             await self.clock.sleep(SILENT_POLL_S if state.startswith("silent")
                                    else SWITCHOVER_POLL_S)
         if state.startswith("silent"):
@@ -373,14 +375,14 @@ class MigrationJob(JobBase):
         the source QEMU down; ends ``completed``. An agent's failure in a step is noted,
         never raised: the destination runs the VM whatever else fails."""
         if enter:
-            self.enter(Phase.FINALIZE, f"{self.spec.dest} runs {self.vm}")
+            await self.enter(Phase.FINALIZE, f"{self.spec.dest} runs {self.vm}")
         try:
             summary = await self._summary()
         except SegueError as err:
-            self.note(f"no final numbers from QEMU: {err}")
+            await self.note(f"no final numbers from QEMU: {err}")
             summary = {**self.prediction, "postcopy": self.went_postcopy}
         await self._claim()
-        self.store.commit_location(self.vm, self.spec.dest)
+        await self.store.commit_location(self.vm, self.spec.dest)
         await self._release_source()
         total = round(self.elapsed(), 3)
         qemu_total = summary.get("qemu_total_ms")
@@ -389,20 +391,20 @@ class MigrationJob(JobBase):
                                      if isinstance(qemu_total, int | float) and qemu_total
                                      else total)
         summary.update(prediction_errors(summary))
-        self.store.set_summary(self.id, summary)
-        self.enter(Phase.COMPLETED, f"{self.vm} runs on {self.spec.dest} in {total} s")
+        await self.store.set_summary(self.id, summary)
+        await self.enter(Phase.COMPLETED, f"{self.vm} runs on {self.spec.dest} in {total} s")
 
     async def _claim(self) -> None:
         """The destination's agent takes the VM over (retried once)."""
         try:
             await self.dst.claim(self.vm)
         except SegueError as err:
-            self.note(f"claim on {self.spec.dest} failed: {err}; retrying")
+            await self.note(f"claim on {self.spec.dest} failed: {err}; retrying")
             await self.clock.sleep(CLAIM_RETRY_S)
             try:
                 await self.dst.claim(self.vm)
             except SegueError as again:
-                self.note(f"retry failed: {again}")
+                await self.note(f"retry failed: {again}")
 
     async def _release_source(self) -> None:
         """Shut the source QEMU down once it reached ``postmigrate`` (QEMU reports the
@@ -418,7 +420,7 @@ class MigrationJob(JobBase):
                 await self.clock.sleep(SWITCHOVER_POLL_S)
             await self.src.release(self.vm)
         except SegueError as err:
-            self.note(f"release on {self.spec.source} failed: {err}")
+            await self.note(f"release on {self.spec.source} failed: {err}")
 
     async def _blocktime(self) -> int | None:
         """After a post-copy: the ms the guest's vCPUs waited for faulted pages, as the
@@ -485,4 +487,4 @@ async def _shielded(cleanup: Coroutine[object, object, None], job: MigrationJob)
         raise
     except Exception as err:
         log.exception("migration %s: its last steps failed", job.id[:8])
-        job.record_crash(err)
+        await asyncio.shield(job.record_crash(err))

@@ -54,32 +54,32 @@ async def wait_postcopy(job: JobBase) -> None:
 async def pause_hung_stream(job: JobBase) -> None:
     """A post-copy stream that moves nothing: pause both sides so it can be recovered (each
     side attempted, a failure noted)."""
-    job.note(f"post-copy moved nothing for {POSTCOPY_STALL_S:.0f} s: "
-             "migrate-pause on both sides to recover it")
+    await job.note(f"post-copy moved nothing for {POSTCOPY_STALL_S:.0f} s: "
+                   "migrate-pause on both sides to recover it")
     for side, agent in (("source", job.src), ("destination", job.dst)):
         try:
             await agent.pause_migration(job.vm)
         except SegueError as err:
-            job.note(f"migrate-pause on the {side}: {err}")
+            await job.note(f"migrate-pause on the {side}: {err}")
 
 
 async def recover(job: JobBase) -> None:
     """Wait for the destination's migration address, then migrate-recover there and resume
     the source into it (each step noted); up to POSTCOPY_RECOVER_TIMEOUT_S."""
-    job.note("post-copy paused (the migration stream broke): waiting "
-             f"for {job.spec.dest}'s migration address")
+    await job.note("post-copy paused (the migration stream broke): waiting "
+                   f"for {job.spec.dest}'s migration address")
     deadline = job.clock.now() + POSTCOPY_RECOVER_TIMEOUT_S
     while job.clock.now() < deadline:
         await raise_if_dest_gone(job)
         if await _dest_reachable(job) and await _dest_paused(job):
             try:
                 uri = (await job.dst.recover_incoming(job.vm)).uri
-                job.note(f"recover: destination listens on {uri}")
+                await job.note(f"recover: destination listens on {uri}")
                 await job.src.resume_migration(job.vm, uri)
-                job.note("recover: source resumed the post-copy")
+                await job.note("recover: source resumed the post-copy")
                 return
             except SegueError as err:
-                job.note(f"recover failed ({err}); retrying")
+                await job.note(f"recover failed ({err}); retrying")
         await job.clock.sleep(RECOVER_POLL_S)
     raise MigrationFailed("MIGRATION_POSTCOPY_LOST",
                           f"the post-copy stream to {job.spec.dest} did not come back in "

@@ -39,7 +39,7 @@ COPYING = (Phase.START, Phase.MONITOR)  # the source's migration may run
 async def recover(job: MigrationJob, phase: Phase) -> None:
     """Finish or undo ``job``, found in ``phase`` (the job object must have been made in
     that phase); never raises but CancelledError (the outcome is in the job's record)."""
-    job.note(f"controller restarted; job found in {phase}")
+    await job.note(f"controller restarted; job found in {phase}")
     try:
         await _recover(job, phase)
     except asyncio.CancelledError:
@@ -62,18 +62,18 @@ async def _recover(job: MigrationJob, phase: Phase) -> None:
     status = await _source_status(job) if phase in FORWARD else None
     if status is not None and status.postcopy:
         job.rollback.commit("QEMU had switched to post-copy")
-        _walk(job, Phase.MONITOR, "QEMU had switched to post-copy")
-        job.enter(Phase.POSTCOPY, "found QEMU in post-copy")
+        await _walk(job, Phase.MONITOR, "QEMU had switched to post-copy")
+        await job.enter(Phase.POSTCOPY, "found QEMU in post-copy")
         await _forward(job, from_postcopy=True)
         return
     if phase in FORWARD and await _dest_state(job) == VMState.RUNNING:
         job.rollback.commit("found the destination running")
-        _walk(job, Phase.FINALIZE, "found the destination running")
+        await _walk(job, Phase.FINALIZE, "found the destination running")
         await asyncio.shield(job.finalize(enter=False))
         return
     if phase == Phase.SWITCHOVER or status == MigrationStatus.COMPLETED:
         job.rollback.commit("QEMU had completed the copy")
-        _walk(job, Phase.SWITCHOVER, "QEMU had completed the copy")
+        await _walk(job, Phase.SWITCHOVER, "QEMU had completed the copy")
         await _forward(job, from_postcopy=False)
         return
     await _roll_back(job, phase)
@@ -85,7 +85,7 @@ async def _forward(job: MigrationJob, from_postcopy: bool) -> None:
     try:
         if from_postcopy:
             await postcopy.wait_postcopy(job)
-            job.enter(Phase.SWITCHOVER, "post-copy completed; the destination has every page")
+            await job.enter(Phase.SWITCHOVER, "post-copy completed; the destination has every page")
         await job.settle()
     except asyncio.CancelledError:
         raise
@@ -102,18 +102,18 @@ async def _roll_back(job: MigrationJob, phase: Phase) -> None:
     if phase in COPYING or phase == Phase.ROLLING_BACK:
         job.push_cancel_source()
     if phase == Phase.ROLLING_BACK:
-        job.note("resuming the interrupted rollback")
+        await job.note("resuming the interrupted rollback")
     await asyncio.shield(job.roll_back(Phase.FAILED, "controller restarted mid-migration",
                                        "CONTROLLER_RESTARTED",
                                        enter=phase != Phase.ROLLING_BACK))
 
 
-def _walk(job: MigrationJob, target: Phase, why: str) -> None:
+async def _walk(job: MigrationJob, target: Phase, why: str) -> None:
     """Enter every forward phase after the job's own, up to ``target``, with ``why``."""
     if job.phase not in FORWARD:
         return
     for step in FORWARD[FORWARD.index(job.phase) + 1:FORWARD.index(target) + 1]:
-        job.enter(step, why)
+        await job.enter(step, why)
 
 
 async def _dest_state(job: MigrationJob) -> VMState | None:

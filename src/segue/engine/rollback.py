@@ -26,7 +26,7 @@ from segue.domain.errors import Conflict
 
 log = logging.getLogger(__name__)
 Undo = Callable[[], Awaitable[object]]
-Note = Callable[[str], None]
+Note = Callable[[str], Awaitable[None]]
 
 
 class RollbackRefused(Conflict):
@@ -95,13 +95,13 @@ class RollbackStack:
             try:
                 await step.undo()
             except CommitCrossed as crossed:
-                note(f"rollback: {step.what}: {crossed.reason}: stopped, rolling forward")
+                await note(f"rollback: {step.what}: {crossed.reason}: stopped, rolling forward")
                 raise
             except Exception as err:
                 log.warning("migration %s rollback: %s failed: %r", job_id[:8], step.what, err)
-                note(f"rollback: {step.what}: FAILED ({err})")
+                await note(f"rollback: {step.what}: FAILED ({err})")
                 self._outcomes[step.what] = False
                 continue
-            note(f"rollback: {step.what}: done")
+            await note(f"rollback: {step.what}: done")
             self._outcomes[step.what] = True
         return all(self._outcomes.get(step.what) for step in steps)
