@@ -134,10 +134,18 @@ async def test_the_left_behind_source_is_released_once_no_job_runs(
     monkeypatch.setattr(reconcile, "RECONCILE_INTERVAL_S", 0.0)
     task = asyncio.create_task(reconcile.run_releases(service))
     await asyncio.wait_for(done.wait(), 5)
-    task.cancel()
     assert released[0] == ("web1", "http://host1:7600")
-    with db.session() as session:
-        assert "released-source" in [e.kind for e in inventory.vm_events(session, "web1")]
+
+    def kinds() -> list[str]:
+        with db.session() as session:
+            return [e.kind for e in inventory.vm_events(session, "web1")]
+
+    for _ in range(100):  # the event is written after the release answered
+        if "released-source" in kinds():
+            break
+        await asyncio.sleep(0.05)
+    task.cancel()
+    assert "released-source" in kinds()
     db.dispose()
 
 
