@@ -154,6 +154,12 @@ def check_host_name(name: str) -> None:
             f"(and not {CONTROLLER_NAME!r})", host=name)
 
 
+def require_aware(now: datetime) -> None:
+    """Raise ValueError for a naive ``now``: every time here is timezone-aware."""
+    if now.tzinfo is None:
+        raise ValueError("a naive datetime: use an aware one (datetime.now(UTC))")
+
+
 def generate_key() -> PrivateKey:
     """A new ECDSA P-256 private key."""
     return ec.generate_private_key(ec.SECP256R1())
@@ -164,7 +170,7 @@ def create_ca(cluster: str, now: datetime, validity: timedelta = CA_VALIDITY,
     """A new cluster CA named ``cluster``, valid from ``now`` for ``validity`` (see the
     module doc). Raises CertificateInvalid (``CERT_NAME_INVALID``) for a cluster name that is
     not 1-64 letters, digits, '.', '_' or '-'."""
-    _check_aware(now)
+    require_aware(now)
     if not _CLUSTER_NAME.fullmatch(cluster):
         raise CertificateInvalid(CERT_NAME_INVALID, f"{cluster!r} cannot name a cluster",
                                  "use 1-64 letters, digits, '.', '_' or '-'", cluster=cluster)
@@ -203,7 +209,7 @@ def issue_certificate(ca: CertificateAuthority, csr: x509.CertificateSigningRequ
     extra DNS names on a host's certificate (it names its own host only), or one that is not
     a host name. The caller takes ``ip_addresses`` from its own records, never from the
     peer: a certificate with another host's address would let its holder pass for it."""
-    _check_aware(now)
+    require_aware(now)
     public_key = _checked_request_key(csr, identity)
     _check_extra_names(identity, dns_names)
     names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity.uri),
@@ -282,7 +288,7 @@ def verify_certificate(cert: x509.Certificate, ca_cert: x509.Certificate,
     CertificateExpired (``CERT_EXPIRED``, ``CERT_NOT_YET_VALID``) for one of the CA's outside
     its validity (or when the CA itself is), CertificateInvalid (``CERT_INVALID``) for one
     without a proper identity."""
-    _check_aware(now)
+    require_aware(now)
     verifier = PolicyBuilder().store(Store([ca_cert])).time(now).build_client_verifier()
     try:
         verifier.verify(cert, [])
@@ -342,7 +348,7 @@ def needs_renewal(cert: x509.Certificate, now: datetime,
                   margin: timedelta | None = None) -> bool:
     """True when ``cert`` expires within ``margin`` of ``now`` (or has expired); the
     default margin is a third of the certificate's lifetime (4 months of a year)."""
-    _check_aware(now)
+    require_aware(now)
     if margin is None:
         margin = (cert.not_valid_after_utc - cert.not_valid_before_utc) / 3
     return now >= cert.not_valid_after_utc - margin
@@ -409,7 +415,3 @@ def _name_attribute(name: x509.Name, oid: x509.ObjectIdentifier) -> str:
     values = name.get_attributes_for_oid(oid)
     return str(values[0].value) if values else ""
 
-
-def _check_aware(now: datetime) -> None:
-    if now.tzinfo is None:
-        raise ValueError("a naive datetime: use an aware one (datetime.now(UTC))")
