@@ -310,3 +310,11 @@ def test_a_certificate_for_another_key_is_refused(ca: CertificateAuthority) -> N
     with pytest.raises(CertificateInvalid) as err:
         pki.check_key_matches(cert, pki.generate_key())
     assert code(err) == "CERT_KEY_MISMATCH"
+
+
+def test_qemu_names_a_peer_by_its_subject_in_certificate_order(
+        ca: CertificateAuthority) -> None:
+    cert, _ = host_cert(ca, "host2")
+    dn = ",".join(f"{a.rfc4514_attribute_name}={a.value}" for a in cert.subject)
+    assert pki.qemu_authz_identity("lab", Identity.host("host2")) == dn
+    assert dn == "O=lab,OU=host,CN=host2"  # as QEMU 10.0 with GnuTLS 3.7 logs a refusal

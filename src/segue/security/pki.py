@@ -35,6 +35,9 @@ and the agents use to authorize a peer: the certificate must chain to the cluste
 be an end entity with clientAuth, by the ``cryptography`` verifier's web PKI rules), be
 within its validity, and name exactly one identity whose DNS name and CN agree with it;
 ``require_host``/``require_controller`` then check it is the peer a request needs.
+QEMU checks a migration's peer itself: the source with ``tls-hostname`` (the destination's
+host name, against its DNS name), the destination with ``tls-authz`` (an ``authz-simple``
+naming the source: ``qemu_authz_identity``).
 
 Errors: ``segue.security.errors`` (``CertificateInvalid``, ``CertificateUntrusted``,
 ``CertificateExpired``, ``PeerNotAllowed``). A naive ``datetime`` is a programming error
@@ -342,6 +345,15 @@ def check_key_matches(cert: x509.Certificate, key: PrivateKey) -> None:
                                  f"the certificate of {cert.subject.rfc4514_string()!r} is "
                                  "for another key than this one",
                                  "install the certificate issued for this key's request")
+
+
+def qemu_authz_identity(cluster: str, identity: Identity) -> str:
+    """The distinguished name QEMU's ``authz-simple`` compares with the certificate of
+    ``identity`` in ``cluster`` (``O=<cluster>,OU=<role>,CN=<name>``: GnuTLS's
+    ``gnutls_x509_crt_get_dn``, in the certificate's order). A migration's destination
+    names the source host's this way as its ``tls-authz``, and accepts no other peer. The
+    names allowed here need no escaping."""
+    return f"O={cluster},OU={identity.role},CN={identity.name}"
 
 
 def needs_renewal(cert: x509.Certificate, now: datetime,
