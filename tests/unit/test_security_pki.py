@@ -102,9 +102,23 @@ def test_a_peer_certificate_serves_both_ends_for_qemu_and_openssl(
     assert NOW - cert.not_valid_before_utc == pki.CLOCK_SKEW
 
 
-def test_validity_is_the_callers_choice(ca: CertificateAuthority) -> None:
+def test_validity_is_the_callers_choice_within_the_cas(ca: CertificateAuthority) -> None:
     cert, _ = host_cert(ca, validity=timedelta(days=7))
     assert cert.not_valid_after_utc == NOW + timedelta(days=7)
+    late = NOW + timedelta(days=3600)
+    cert, _ = host_cert(ca, now=late, validity=timedelta(days=365))
+    assert cert.not_valid_after_utc == ca.cert.not_valid_after_utc
+    with pytest.raises(ValueError, match="positive"):
+        host_cert(ca, validity=timedelta(0))
+
+
+def test_identities_made_by_hand_are_checked_too(ca: CertificateAuthority) -> None:
+    key = pki.generate_key()
+    for identity in (Identity(Role.HOST, "bad_name"), Identity(Role.CONTROLLER, "host1")):
+        csr = pki.create_request(identity, key)
+        with pytest.raises(CertificateInvalid) as err:
+            pki.issue_certificate(ca, csr, identity, NOW)
+        assert code(err) == "CERT_NAME_INVALID"
 
 
 def test_the_controller_is_named_by_its_role(ca: CertificateAuthority) -> None:

@@ -206,15 +206,18 @@ def issue_certificate(ca: CertificateAuthority, csr: x509.CertificateSigningRequ
                       dns_names: Sequence[str] = (),
                       ip_addresses: Sequence[IPAddress] = ()) -> x509.Certificate:
     """The certificate of ``identity`` for the key of ``csr``, signed by ``ca``, valid from
-    ``now`` for ``validity`` (see the module doc for its contents). Raises
+    ``now`` for ``validity`` but never beyond the CA (see the module doc for its contents).
+    Raises
     CertificateInvalid: ``CSR_INVALID`` when the request's signature is bad, its key is not
     ECDSA P-256 or its CN (if any) is not the identity's name; ``CERT_NAME_INVALID`` for
     extra DNS names on a host's certificate (it names its own host only), or one that is not
     a host name. The caller takes ``ip_addresses`` from its own records, never from the
     peer: a certificate with another host's address would let its holder pass for it."""
     require_aware(now)
+    if validity <= timedelta(0):
+        raise ValueError(f"a certificate's validity must be positive, not {validity}")
     public_key = _checked_request_key(csr, identity)
-    _check_extra_names(identity, dns_names)
+    _check_names(identity, dns_names)
     names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity.uri),
                                      x509.DNSName(identity.name)]
     names += [x509.DNSName(d) for d in dns_names if d != identity.name]
@@ -229,7 +232,8 @@ def issue_certificate(ca: CertificateAuthority, csr: x509.CertificateSigningRequ
     return (x509.CertificateBuilder()
             .subject_name(subject).issuer_name(ca.cert.subject).public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - CLOCK_SKEW).not_valid_after(now + validity)
+            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_after(min(now + validity, ca.cert.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(usage, critical=True)
             .add_extension(purposes, critical=False)
@@ -384,7 +388,12 @@ def _checked_request_key(csr: x509.CertificateSigningRequest,
     return key
 
 
-def _check_extra_names(identity: Identity, dns_names: Sequence[str]) -> None:
+def _check_names(identity: Identity, dns_names: Sequence[str]) -> None:
+    if identity.role is Role.HOST:
+        check_host_name(identity.name)
+    elif identity.name != CONTROLLER_NAME:
+        raise CertificateInvalid(CERT_NAME_INVALID, f"the controller is {CONTROLLER_NAME!r}, "
+                                 f"not {identity.name!r}", "use Identity.controller()")
     extra = [d for d in dns_names if d != identity.name]
     if extra and identity.role is Role.HOST:
         raise CertificateInvalid(CERT_NAME_INVALID,
