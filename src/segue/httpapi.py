@@ -4,7 +4,8 @@ Every error answers ``segue.api.base.ErrorAnswer``:
 ``{"error": {"code", "message", "hint", "field", "details"?}, "kind"}``. The status comes from
 the kind, here and nowhere else:
 - a ``SegueError``: its kind (``invalid`` 400, ``not_found`` 404, ``conflict`` and
-  ``insufficient`` 409, ``unavailable`` 503); ``details.field`` becomes ``field``.
+  ``insufficient`` 409, ``unavailable`` 503, ``unauthenticated`` 401, ``forbidden`` 403);
+  ``details.field`` becomes ``field``.
 - a request refused before its handler ran (FastAPI's ``RequestValidationError`` for the
   body, path or query; malformed JSON; a body that is not JSON): 400, kind ``invalid``, a
   ``REQUEST_*`` code (``segue.api.base.refused_request``), the dotted ``field`` at fault
@@ -35,7 +36,8 @@ from segue.domain.errors import SegueError
 
 log = logging.getLogger(__name__)
 STATUS_BY_KIND = {"invalid": 400, "not_found": 404, "conflict": 409, "insufficient": 409,
-                  "unavailable": 503, "internal": 500}
+                  "unavailable": 503, "unauthenticated": 401, "forbidden": 403,
+                  "internal": 500}
 HTTP_CODES = {404: "ROUTE_NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 
 

@@ -11,13 +11,18 @@ Kinds:
 - ``conflict``: the request clashes with current state (duplicate, wrong state).
 - ``insufficient``: not enough resources for the request.
 - ``unavailable``: a dependency (QEMU, an agent, a namespace) did not answer or failed.
+- ``unauthenticated``: the caller did not prove who it is (no, a bad or an expired
+  certificate or token).
+- ``forbidden``: the caller is known, but may not do this (a host certificate where the
+  controller's is required, a heartbeat for another host).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-ErrorKind = Literal["invalid", "not_found", "conflict", "insufficient", "unavailable"]
+ErrorKind = Literal["invalid", "not_found", "conflict", "insufficient", "unavailable",
+                    "unauthenticated", "forbidden"]
 
 
 class SegueError(Exception):
@@ -63,12 +68,22 @@ class Unavailable(SegueError):
     kind: ErrorKind = "unavailable"
 
 
+class Unauthenticated(SegueError):
+    kind: ErrorKind = "unauthenticated"
+
+
+class Forbidden(SegueError):
+    kind: ErrorKind = "forbidden"
+
+
 KIND_CLASSES: dict[str, type[SegueError]] = {
     "invalid": InvalidRequest,
     "not_found": NotFound,
     "conflict": Conflict,
     "insufficient": InsufficientResources,
     "unavailable": Unavailable,
+    "unauthenticated": Unauthenticated,
+    "forbidden": Forbidden,
 }
 
 
