@@ -215,7 +215,7 @@ class VMManager:
             migration_id=vm.incoming, generation=vm.generation, fenced=vm.fenced,
             pid=vm.pid, started_at=vm.started_at,
             adopted=vm.adopted, last_exit=vm.last_exit, accel=self.caps.accel,
-            serial_log=vm.spec.serial_log or str(vm.runtime.default_serial_log),
+            serial_log=str(vm.runtime.serial_log),
             spec=VMSpecBody.from_domain(vm.spec),
         ), migration
 
