@@ -97,7 +97,7 @@ CONTROLLER_CASES: dict[str, Bad] = {
     "overlong name": Bad("POST", "/vms", lambda b: with_(b, "host", "h" * 65), field="host"),
     "path outside its root": Bad("POST", "/vms", lambda b: with_(
         b, "spec.disks", [{"datastore": "shared", "path": "../../etc/shadow"}]),
-        field="spec.disks.0.path", code="VM_SPEC_INVALID"),
+        field="spec.disks.0.path", code="PATH_OUTSIDE_DATASTORE"),
     "unicode in a name": Bad("POST", "/vms", lambda b: with_(b, "spec.name", "wéb9"),
                              field="spec.name"),
     "unicode in a path name": Bad("POST", "/vms/wéb1/start", field="name"),
