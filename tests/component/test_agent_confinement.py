@@ -7,6 +7,7 @@ started VM would have appended its console to any file)."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,6 +107,32 @@ async def test_a_symlink_out_of_a_datastore_is_refused(lab: Lab, agent: AgentFac
         files = (await http.post("/datastores/files", json={"files": [
             {"datastore": "shared", "path": "web1/disk0.raw"}]})).json()["files"]
         assert files[0]["visible"] is False  # nor may a symlink tell what lies outside
+
+
+def qemu_img(*args: str) -> None:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", *args, "1M"], check=True)
+
+
+async def test_a_qcow2_disk_naming_a_file_outside_its_datastore_is_refused(
+        lab: Lab, agent: AgentFactory) -> None:
+    """QEMU opens a qcow2 image's backing file and external data file wherever they are: a
+    guest would read (or write) them. Images made by qemu-img itself."""
+    web1 = lab.datastore / "web1"
+    web1.mkdir()
+    (lab.root / "outside").mkdir()
+    qemu_img("-b", ATTACK, "-F", "raw", str(web1 / "evil.qcow2"))
+    qemu_img("-o", f"data_file={lab.root / 'outside' / 'data.raw'}", str(web1 / "data.qcow2"))
+    qemu_img(str(lab.datastore / "base.qcow2"))
+    qemu_img("-b", "../base.qcow2", "-F", "qcow2", str(web1 / "disk0.qcow2"))
+    async with agent() as http:
+        for name in ("evil.qcow2", "data.qcow2"):
+            disk = {"datastore": "shared", "path": f"web1/{name}"}
+            err = await assert_refused(lab, http, lab.spec("web1", disks=[disk]),
+                                       "PATH_OUTSIDE_DATASTORE", "disks[0].path")
+            assert "file" in err["message"] and str(lab.datastore) in err["hint"]
+        disk = {"datastore": "shared", "path": "web1/disk0.qcow2"}
+        await define(http, lab.spec("web1", disks=[disk]))  # a chain inside: fine
+        assert (await start(http, "web1"))["state"] == "running"
 
 
 async def test_a_lab_like_spec_is_accepted(lab: Lab, agent: AgentFactory) -> None:

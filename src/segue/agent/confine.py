@@ -5,20 +5,26 @@ under one of the host's image directories (``image_dirs``) or datastores; each d
 its own datastore; the VM's home directory on its datastore (where its ``vm.json`` goes)
 inside that datastore. Paths are resolved before they are compared (symlinks followed,
 ``..`` folded, as ``Path.resolve(strict=False)``), so a symlink inside a datastore that
-points out of it is outside. Inside a datastore, Segue's own files (the identity file,
-``.segue/`` with the leases, a VM's ``vm.json``) are no VM's file: a guest writing them as
-a disk would forge leases. The console log is the agent's choice, always
+points out of it is outside. A qcow2 disk's backing chain and external data file, which
+QEMU opens with it, must lie in the disk's datastore too, each backing file with its format
+recorded in the image (``qemu-img create -F``, ``rebase -F``): QEMU would otherwise probe
+the file, and some formats name further files. Inside a datastore, Segue's own files (the
+identity file, ``.segue/`` with the leases, a VM's ``vm.json``) are no VM's file: a guest
+writing them as a disk would forge leases. The console log is the agent's choice, always
 ``<runtime dir>/serial.log``; a spec's ``serial_log`` may only name that file.
 
 The checks are decisions over a spec and the host's ``Roots``; the only I/O is resolving
-the paths (reading symlinks). Callers: ``VMManager`` on define, on start and at every QEMU
-launch (which then opens the resolved paths), the destination's ``prepare``, and the
-manager's ``load`` (a stored spec that fails is kept but cannot start).
+the paths (reading symlinks) and reading the first cluster of each qcow2 disk. Callers:
+``VMManager`` on define, on start and at every QEMU launch (which then opens the resolved
+paths), the destination's ``prepare``, and the manager's ``load`` (a stored spec that
+fails is kept but cannot start).
 
 Errors: ``InvalidRequest`` ``PATH_OUTSIDE_DATASTORE`` (a file outside the roots, or a path
-that is not absolute), ``PATH_RESERVED`` (one of Segue's own datastore files) and
-``SERIAL_LOG_OUTSIDE_RUNTIME``; each names the field and the path, the hint names what is
-allowed.
+that is not absolute), ``PATH_RESERVED`` (one of Segue's own datastore files),
+``SERIAL_LOG_OUTSIDE_RUNTIME``, ``DISK_CHAIN_REFUSED`` (a qcow2 disk whose header is
+unreadable, or whose backing file is a protocol or ``json:`` name, has no recorded format,
+or chains deeper than ``MAX_CHAIN``); each names the field and the path, the hint names
+what is allowed.
 """
 
 from __future__ import annotations
@@ -29,11 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segue.domain.errors import InvalidRequest
-from segue.domain.vm import VMSpec
+from segue.domain.vm import DiskSpec, VMSpec
+from segue.qemu.qcow2 import read_references
 
 # Segue's own files on a datastore (segue.agent.facts, .leases, .vmstore), never a VM's.
 RESERVED_PREFIX = ".segue"  # .segue-datastore.json, .segue/leases/...
 RESERVED_NAMES = frozenset({"vm.json"})
+MAX_CHAIN = 16  # backing files below a disk
+CHAIN_FORMATS = ("qcow2", "raw")  # formats a backing file may have (others name files)
 
 
 @dataclass(frozen=True)
@@ -129,8 +138,63 @@ def vm_files(spec: VMSpec, roots: Roots) -> dict[str, Path]:
     for i, disk in enumerate(spec.disks):
         path = datastore_file(f"disks[{i}].path", disk.datastore, disk.path, roots)
         if path is not None:
+            check_chain(f"disks[{i}].path", disk, path, roots)
             files[f"disks[{i}]"] = path
     return files
+
+
+def _chain_refused(field: str, disk: DiskSpec, problem: str, hint: str) -> InvalidRequest:
+    return InvalidRequest("DISK_CHAIN_REFUSED", f"{field}: {disk.path}: {problem}", hint,
+                          field=field, path=disk.path)
+
+
+def check_chain(field: str, disk: DiskSpec, path: Path, roots: Roots) -> None:
+    """A qcow2 ``disk`` (at the resolved ``path``; one not there yet is admission's to
+    report) names no file outside its datastore: its data file and every backing file lie
+    in it, each backing file a qcow2 or raw image by its recorded format. Raises
+    ``PATH_OUTSIDE_DATASTORE``, ``PATH_RESERVED`` or ``DISK_CHAIN_REFUSED``."""
+    fmt, image = disk.format, path
+    for _ in range(MAX_CHAIN + 1):
+        if fmt != "qcow2" or not image.is_file():
+            return
+        try:
+            refs = read_references(image)
+        except (OSError, ValueError) as err:
+            raise _chain_refused(field, disk, f"{image} has no readable qcow2 header ({err})",
+                                 "check the image with qemu-img check") from err
+        if refs is None:
+            return  # no qcow2 image: QEMU refuses it itself
+        if refs.data_file is not None:
+            _chained(field, disk, image, refs.data_file, "data file", roots)
+        if refs.backing_file is None:
+            return
+        if refs.backing_format not in CHAIN_FORMATS:
+            raise _chain_refused(
+                field, disk, f"{image}'s backing file {refs.backing_file} has format "
+                f"{refs.backing_format or 'unrecorded'}, not one of {', '.join(CHAIN_FORMATS)}",
+                "record its format: qemu-img rebase -u -F qcow2 (or raw) -b BACKING IMAGE")
+        fmt, image = refs.backing_format, _chained(field, disk, image, refs.backing_file,
+                                                   "backing file", roots)
+    raise _chain_refused(field, disk, f"its backing chain is deeper than {MAX_CHAIN}",
+                         "flatten it: qemu-img convert, or qemu-img rebase onto a nearer base")
+
+
+def _chained(field: str, disk: DiskSpec, image: Path, name: str, what: str,
+             roots: Roots) -> Path:
+    """The resolved file that ``image`` names (relative names from its directory, as QEMU
+    reads them); it must lie in the disk's datastore."""
+    head = name.split("/", 1)[0]
+    if ":" in head:  # QEMU reads "nbd:...", "json:{...}" as protocols, not files
+        raise _chain_refused(field, disk, f"{image}'s {what} {name} is no plain file name",
+                             "give it a file in the same datastore")
+    resolved = resolve(image.parent / name)
+    root = resolve(roots.datastores[disk.datastore])
+    if not _below(resolved, root):
+        where = f"datastore {disk.datastore} ({roots.datastores[disk.datastore]})"
+        raise _outside(field, f"{disk.path}'s {what} {name}", resolved, where,
+                       f"{where}, as the disk is (a {what} shares the disk's datastore)")
+    _check_reserved(field, name, resolved, root)
+    return resolved
 
 
 def check_serial_log(spec: VMSpec, log: Path) -> None:
@@ -151,5 +215,5 @@ def without_serial_log(spec: VMSpec) -> VMSpec:
     return spec if spec.serial_log is None else spec.with_changes(serial_log=None)
 
 
-__all__ = ["Roots", "boot_file", "check_serial_log", "datastore_file", "resolve", "vm_files",
-           "without_serial_log"]
+__all__ = ["Roots", "boot_file", "check_chain", "check_serial_log", "datastore_file", "resolve",
+           "vm_files", "without_serial_log"]
