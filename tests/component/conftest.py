@@ -44,7 +44,8 @@ class Lab:
     def config(self, **changes: object) -> AgentConfig:
         fields: dict[str, object] = {
             "host": "host1", "state_dir": self.state_dir, "port_groups": {},
-            "datastores": {"shared": self.datastore}, "accel": "tcg",
+            "datastores": {"shared": self.datastore}, "image_dirs": [self.kernel.parent],
+            "accel": "tcg",
             "qemu_binary": str(self.qemu_binary),
             "lease_duration_s": 3.0, "lease_renew_s": 0.2,  # renewals seen within a test
         }

@@ -364,11 +364,11 @@ async def test_a_disk_is_opened_with_o_direct_where_its_datastore_takes_it(
 async def test_missing_files(lab: Lab, agent: AgentFactory) -> None:
     async with agent() as http:
         err = await assert_define_fails(
-            lab, http, lab.spec("web1", kernel=str(lab.root / "no-vmlinuz")), 404,
+            lab, http, lab.spec("web1", kernel=str(lab.kernel.parent / "no-vmlinuz")), 404,
             "IMAGE_NOT_FOUND")
         assert "no-vmlinuz" in err["message"]
         await assert_define_fails(
-            lab, http, lab.spec("web1", initrd=str(lab.root / "no-initrd")), 404,
+            lab, http, lab.spec("web1", initrd=str(lab.kernel.parent / "no-initrd")), 404,
             "IMAGE_NOT_FOUND")
         disk = {"datastore": "shared", "path": "web1/disk0.qcow2"}
         err = await assert_define_fails(lab, http, lab.spec("web1", disks=[disk]), 404,

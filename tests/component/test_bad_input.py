@@ -97,7 +97,7 @@ CONTROLLER_CASES: dict[str, Bad] = {
     "overlong name": Bad("POST", "/vms", lambda b: with_(b, "host", "h" * 65), field="host"),
     "path outside its root": Bad("POST", "/vms", lambda b: with_(
         b, "spec.disks", [{"datastore": "shared", "path": "../../etc/shadow"}]),
-        field="spec.disks.0.path", code="VM_SPEC_INVALID"),
+        field="spec.disks.0.path", code="PATH_OUTSIDE_DATASTORE"),
     "unicode in a name": Bad("POST", "/vms", lambda b: with_(b, "spec.name", "wéb9"),
                              field="spec.name"),
     "unicode in a path name": Bad("POST", "/vms/wéb1/start", field="name"),
@@ -173,7 +173,13 @@ AGENT_CASES: dict[str, Bad] = {
         {"datastore": "shared", "path": "a/" * 1000}]}),
     "overlong name": Bad("POST", "/vms", lambda s: with_(s, "name", "a" * 100)),
     "path outside its root": Bad("POST", "/vms", lambda s: with_(
-        s, "disks", [{"datastore": "shared", "path": "../../etc/shadow"}])),
+        s, "disks", [{"datastore": "shared", "path": "../../etc/shadow"}]),
+        field="disks[0].path", code="PATH_OUTSIDE_DATASTORE"),
+    "kernel outside its roots": Bad("POST", "/vms", lambda s: with_(s, "kernel", "/etc/passwd"),
+                                    field="kernel", code="PATH_OUTSIDE_DATASTORE"),
+    "console log outside the runtime dir": Bad(
+        "POST", "/vms", lambda s: with_(s, "serial_log", "/etc/passwd"), field="serial_log",
+        code="SERIAL_LOG_OUTSIDE_RUNTIME"),
     "unicode in a name": Bad("POST", "/vms", lambda s: with_(s, "name", "wéb9")),
     "malformed JSON": Bad("POST", "/vms", content=b'{"name": "web9", ',
                           code="REQUEST_JSON_INVALID"),

@@ -431,7 +431,8 @@ async def test_cli_prints_the_controllers_code(cluster: ClusterFactory, lab: Lab
         assert "error: REQUEST_INVALID: timeout" in out and "hint" in out
         out = await segue("host", "show", "höst")
         assert "error: REQUEST_INVALID: name" in out
-        out = await segue("vm", "create", "web1", "--host", "host1", "--kernel", "/k")
+        out = await segue("vm", "create", "web1", "--host", "host1", "--kernel",
+                          str(lab.kernel))
         assert "error: VM_EXISTS" in out and "hint: choose another name" in out
         stopped = (await c.http.get("/vms/web1")).json()
         assert stopped["state"] == "stopped"  # nothing changed

@@ -164,17 +164,21 @@ def test_bad_input_is_refused_and_changes_nothing(lab: LabPlan, running: dict[st
     expect_error("LAB_EXISTS", "lab", "up")
     expect_error("VM_NOT_FOUND", "lab", "probe", "nosuchvm")
     host3 = lab.host("host3")
-    spec = guests.guest_spec(lab, "x1", build_image(), guests.GuestOptions()).model_dump()
+    image = build_image()
+    spec = guests.guest_spec(lab, "x1", image, guests.GuestOptions()).model_dump()
     g1_mac = running["g1"].spec.nics[0].mac
     cases = {
         "PORTGROUP_NOT_FOUND": {**spec,
                                 "nics": [{"port_group": "dmz", "mac": "52:54:00:aa:00:01"}]},
         "DATASTORE_NOT_FOUND": {**spec, "datastore": "nfs9"},
         "MAC_IN_USE": {**spec, "nics": [{"port_group": "vm-net", "mac": g1_mac.upper()}]},
-        "IMAGE_NOT_FOUND": {**spec, "kernel": "/nonexistent/vmlinuz"},
+        "IMAGE_NOT_FOUND": {**spec, "kernel": str(image.kernel.parent / "no-vmlinuz")},
         "VM_SPEC_INVALID": {**spec, "name": "Bad Name!"},
+        # a host file is no VM's: only files under the datastores and image dirs are
+        "PATH_OUTSIDE_DATASTORE": {**spec, "kernel": "/etc/hostname"},
+        "SERIAL_LOG_OUTSIDE_RUNTIME": {**spec, "serial_log": "/etc/hostname"},
         # QEMU itself refuses a file that is no kernel: the define is undone too
-        "QEMU_LAUNCH_FAILED": {**spec, "kernel": "/etc/hostname"},
+        "QEMU_LAUNCH_FAILED": {**spec, "kernel": str(image.kernel.parent / "image.json")},
     }
     with guests.agent(host3) as agent:
         for code, bad in cases.items():

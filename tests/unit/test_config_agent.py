@@ -85,7 +85,24 @@ def test_the_example_file_loads() -> None:
     assert config.host == "host1" and config.listen.port == 7600
     assert config.port_groups == {"vm-net": "br-vm-net"}
     assert config.datastores == {"shared": Path("/srv/segue/datastores/shared")}
+    assert config.image_dirs == [Path("/var/lib/segue/images")]
     assert config.advertise_url == "http://10.210.0.11:7600"
+
+
+def test_image_dirs_default_to_the_image_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEGUE_HOME", "/srv/sh")
+    assert config_from_dict({"host": "h1", "state_dir": "/x"}).image_dirs == [
+        Path("/srv/sh/images")]  # where `segue image build` puts the guest image
+    config = config_from_dict({"host": "h1", "state_dir": "/x", "image_dirs": ["/a", "/b"]})
+    assert config.image_dirs == [Path("/a"), Path("/b")]
+    assert config_from_dict({"host": "h1", "state_dir": "/x", "image_dirs": []}).image_dirs == []
+
+
+def test_image_dirs_must_be_absolute() -> None:
+    with pytest.raises(InvalidRequest) as err:
+        config_from_dict({"host": "h1", "state_dir": "/x", "image_dirs": ["images"]})
+    assert err.value.code == "AGENT_CONFIG_INVALID"
+    assert err.value.details["field"] == "image_dirs" and "'images'" in err.value.message
 
 
 def test_the_default_path() -> None:

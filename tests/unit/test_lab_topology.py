@@ -60,6 +60,15 @@ def test_plan_root_defaults_to_segue_home(monkeypatch: pytest.MonkeyPatch) -> No
     assert plan_lab("abc", 1).lab_dir == Path("/tmp/sh/lab/abc")
 
 
+def test_agents_may_boot_the_image_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lab's agents take kernels from where ``segue image build`` puts them, whatever
+    the lab's root: the agent refuses a kernel outside its image dirs and datastores."""
+    monkeypatch.setenv("SEGUE_HOME", "/tmp/sh")
+    config = config_from_dict(plan_lab("abc", 1, root=Path("/labs/abc")).hosts[0]
+                              .agent_config())
+    assert config.image_dirs == [Path("/tmp/sh/images")]
+
+
 @pytest.mark.parametrize("hosts", [1, 16])
 def test_interface_names_fit_and_are_unique(hosts: int) -> None:
     for ns, names in _all_ifnames(hosts, LONG_GROUPS).items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -84,8 +85,19 @@ def test_serial_goes_to_a_socket_and_a_log() -> None:
     assert chardev["path"] == str(RUN / "serial.sock")
     assert chardev["logfile"] == str(RUN / "serial.log")
     assert values(argv, "-serial") == ["chardev:serial0"]
-    custom = build_argv(kernel_spec(serial_log="/var/log/web1.log"), plan())
-    assert kv(values(custom, "-chardev")[0])["logfile"] == "/var/log/web1.log"
+    # an old spec's own log is ignored: the agent serves the runtime dir's, and only it
+    custom = build_argv(kernel_spec(serial_log="/etc/os-release"), plan())
+    assert kv(values(custom, "-chardev")[0])["logfile"] == str(RUN / "serial.log")
+
+
+def test_boot_files_are_the_ones_the_host_checked() -> None:
+    spec = kernel_spec(initrd="/images/link/initrd.img")
+    assert values(build_argv(spec, plan()), "-initrd") == ["/images/link/initrd.img"]
+    checked = replace(plan(), kernel_file=Path("/images/k1/vmlinuz"),
+                      initrd_file=Path("/images/k1/initrd.img"))
+    argv = build_argv(spec, checked)
+    assert values(argv, "-kernel") == ["/images/k1/vmlinuz"]
+    assert values(argv, "-initrd") == ["/images/k1/initrd.img"]
 
 
 @pytest.mark.parametrize(("accel", "expected"), [

@@ -35,11 +35,11 @@ def good_spec(**changes: Any) -> VMSpec:
     return spec.with_changes(**changes)
 
 
-def invalid_field(spec: VMSpec) -> str:
+def invalid_field(spec: VMSpec, code: str = "VM_SPEC_INVALID") -> str:
     with pytest.raises(InvalidRequest) as exc:
         validate_vm_spec(spec)
     err = exc.value
-    assert err.code == "VM_SPEC_INVALID"
+    assert err.code == code
     assert err.kind == "invalid"
     assert err.hint, "every error names the fix"
     field = str(err.details["field"])
@@ -93,18 +93,23 @@ def test_edges_that_are_accepted(changes: dict[str, Any]) -> None:
     ({"nics": [NicSpec("vm-net", "52:54:00:12:34:56", model="rtl8139")]}, "nics[0].model"),
     ({"nics": [NicSpec("", "52:54:00:12:34:56")]}, "nics[0].port_group"),
     ({"disks": [DiskSpec("shared", "web1/disk0.vmdk", format="vmdk")]}, "disks[0].format"),
-    ({"disks": [DiskSpec("shared", "/etc/shadow")]}, "disks[0].path"),
-    ({"disks": [DiskSpec("shared", "../other/disk.qcow2")]}, "disks[0].path"),
-    ({"disks": [DiskSpec("shared", "web1/../../etc/shadow")]}, "disks[0].path"),
-    ({"disks": [DiskSpec("shared", "web1/..")]}, "disks[0].path"),
-    ({"disks": [DiskSpec("shared", "")]}, "disks[0].path"),
-    ({"disks": [DiskSpec("shared", "ok.qcow2"), DiskSpec("shared", "../x.qcow2")]},
-     "disks[1].path"),
     ({"kernel": None, "initrd": None, "disks": []}, "kernel"),
     ({"kernel": None}, "initrd"),  # has a disk to boot from, but an initrd without kernel
 ])
 def test_each_bad_field_is_named(changes: dict[str, Any], field: str) -> None:
     assert invalid_field(good_spec(**changes)) == field
+
+
+@pytest.mark.parametrize(("disks", "field"), [
+    ([DiskSpec("shared", "/etc/shadow")], "disks[0].path"),
+    ([DiskSpec("shared", "../other/disk.qcow2")], "disks[0].path"),
+    ([DiskSpec("shared", "web1/../../etc/shadow")], "disks[0].path"),
+    ([DiskSpec("shared", "web1/..")], "disks[0].path"),
+    ([DiskSpec("shared", "")], "disks[0].path"),
+    ([DiskSpec("shared", "ok.qcow2"), DiskSpec("shared", "../x.qcow2")], "disks[1].path"),
+])
+def test_a_disk_path_leaving_its_datastore_is_named(disks: list[DiskSpec], field: str) -> None:
+    assert invalid_field(good_spec(disks=disks), "PATH_OUTSIDE_DATASTORE") == field
 
 
 def test_first_fault_wins_in_field_order() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from segue.agent.api_params import VMName
+from segue.agent.confine import datastore_file
 from segue.agent.cpu import vm_cpu
 from segue.agent.migpath import ProbeListeners, measure_throughput, migration_address, probe_path
 from segue.agent.vms import VMManager
@@ -30,6 +31,7 @@ from segue.api.agent import (
     ThroughputRequest,
     VMCpu,
 )
+from segue.domain.errors import SegueError
 
 router = APIRouter()
 
@@ -66,13 +68,15 @@ async def throughput(request: Request, body: ThroughputRequest) -> ThroughputAns
 @router.post("/datastores/files", response_model=FilesAnswer)
 def files_visible(request: Request, body: FilesRequest) -> FilesAnswer:
     """Whether each file (datastore name + path inside it) exists on this host; a datastore
-    this host does not mount, or a path leaving the datastore, counts as not visible."""
-    roots = _manager(request).config.datastores
+    this host does not mount, or a path leaving the datastore (``..``, a symlink out of it:
+    ``segue.agent.confine``), counts as not visible."""
+    roots = _manager(request).roots
     out = []
     for ref in body.files:
-        root = roots.get(ref.datastore)
-        parts = ref.path.split("/")
-        ok = (root is not None and not ref.path.startswith("/") and ".." not in parts
-              and (root / ref.path).is_file())
+        try:
+            path = datastore_file("path", ref.datastore, ref.path, roots)
+        except SegueError:
+            path = None
+        ok = path is not None and ".." not in ref.path.split("/") and path.is_file()
         out.append(FileVisibility(datastore=ref.datastore, path=ref.path, visible=ok))
     return FilesAnswer(files=out)

@@ -139,8 +139,9 @@ def _routes(app: FastAPI, config: AgentConfig) -> None:
     @app.get("/vms/{name}/serial", response_model=SerialAnswer)
     async def vm_serial(request: Request, name: VMName, lines: SerialLines = 50
                         ) -> SerialAnswer:
-        info = await _manager(request).info(name)
-        return SerialAnswer(name=name, lines=tail_lines(Path(info.serial_log), lines))
+        """The tail of the VM's console log: its runtime dir's, never a file a spec names."""
+        log_file = _manager(request).get(name).runtime.serial_log
+        return SerialAnswer(name=name, lines=tail_lines(log_file, lines))
 
 
 def tail_lines(path: Path, lines: int, max_bytes: int = 256 * 1024) -> list[str]:

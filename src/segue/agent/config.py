@@ -24,6 +24,10 @@ Example (``docs/examples/agent.toml``)::
 ``host`` and ``state_dir`` are required; every other key has a default.
 ``port_groups`` maps a port group name to the bridge that carries it on this host;
 ``datastores`` maps a datastore name to the directory where this host mounts it;
+``image_dirs`` lists the directories a VM's kernel and initrd may come from besides the
+datastores (default: the image cache ``segue image build`` writes, ``<SEGUE_HOME>/images``,
+``/var/lib/segue/images`` unless ``$SEGUE_HOME`` says otherwise); the agent refuses any VM
+file outside them (``segue.agent.confine``);
 ``accel`` is ``auto`` (KVM where it can run a stock guest, else TCG), ``kvm`` or ``tcg``.
 With ``controller_url`` (``http(s)://...`` or ``unix:PATH``) the agent sends the controller
 a heartbeat every ``heartbeat_interval`` seconds, saying it is reachable at
@@ -48,9 +52,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from segue.paths import image_cache_dir
 from segue.settings import (
     ConfigPath,
     ListenConfig,
@@ -79,6 +84,10 @@ class AgentConfig(ServiceSettings):
         default_factory=dict, description="port group name -> bridge on this host")
     datastores: dict[str, ConfigPath] = Field(
         default_factory=dict, description="datastore name -> directory where it is mounted")
+    image_dirs: list[ConfigPath] = Field(
+        default_factory=lambda: [image_cache_dir()],
+        description="absolute directories a VM's kernel and initrd may come from (besides "
+        "the datastores)")
     migration_interface: str | None = None
     accel: Literal["auto", "kvm", "tcg"] = Field("auto", description="use auto, kvm or tcg")
     qemu_binary: str = "qemu-system-x86_64"
@@ -95,6 +104,14 @@ class AgentConfig(ServiceSettings):
     cpu_exclude_features: list[FeatureName] = Field(
         default_factory=list,
         description="use QEMU's lowercase feature names, e.g. avx2, aes, sse4.2")
+
+    @field_validator("image_dirs")
+    @classmethod
+    def _absolute_image_dirs(cls, paths: list[Path]) -> list[Path]:
+        for path in paths:
+            if not path.is_absolute():
+                raise ValueError(f"{str(path)!r} is not an absolute path")
+        return paths
 
     @model_validator(mode="after")
     def _check_leases(self) -> AgentConfig:

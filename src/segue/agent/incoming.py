@@ -22,7 +22,9 @@ Operations are guarded (``segue.agent.guards``). Errors: ``NotFound`` (``VM_NOT_
 ``Conflict`` (``VM_EXISTS``, ``MAC_IN_USE``, ``VM_NOT_INCOMING``, ``VM_NOT_RUNNING``);
 ``InvalidRequest`` (``VM_SPEC_INVALID``); ``Unavailable`` (``MIGRATION_NIC_UNAVAILABLE``,
 ``MIGRATION_LISTEN_FAILED``, QEMU's ``QEMU_LAUNCH_FAILED``, ``QMP_COMMAND_FAILED``,
-``QMP_UNAVAILABLE``); the admission errors of ``segue.agent.admission``.
+``QMP_UNAVAILABLE``); the admission errors of ``segue.agent.admission`` and the confinement
+errors of ``segue.agent.confine`` (``PATH_OUTSIDE_DATASTORE``, ``PATH_RESERVED``): a
+spec that comes with a migration is checked as a new one is (its ``serial_log`` is ignored).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import replace
 
-from segue.agent import admission
+from segue.agent import admission, confine
 from segue.agent.guards import ANY_STATE, INCOMING, LIVE, qmp_of, requires
 from segue.agent.managed import ManagedVM
 from segue.agent.migpath import migration_address
@@ -83,6 +85,9 @@ class Incoming:
         On any failure the QEMU is killed and the local definition removed before the error
         is raised."""
         address = await migration_address(self.m.config)
+        if spec.serial_log is not None:  # an older source's; the console log is the runtime dir's
+            log.warning("%r: ignoring the source's serial_log %r", spec.name, spec.serial_log)
+            spec = confine.without_serial_log(spec)
         self._check(spec)
         vm = ManagedVM(spec=spec, runtime=RuntimePaths(self.m.store.runtime_dir(spec.name)),
                        incoming=migration_id)
@@ -102,7 +107,8 @@ class Incoming:
 
     def _check(self, spec: VMSpec) -> None:
         """The admission checks of define + start, for a VM that exists elsewhere already:
-        its own datastore entry (naming the source) is expected and not a clash."""
+        its own datastore entry (naming the source) is expected and not a clash. Its files
+        must lie under this host's roots (``file_paths``), as a new VM's must."""
         validate_vm_spec(spec)
         if not spec.uuid:
             raise InvalidRequest("VM_SPEC_INVALID", "uuid: an incoming VM needs its uuid",

@@ -22,10 +22,16 @@ renewals short of the expiry, at most 80 % of the lease) stops the VM before its
 expires. An adopted QEMU takes its lease back
 up, or is fenced if another host holds it now.
 
+A VM's files must lie under this host's datastores or image dirs (``segue.agent.confine``),
+checked on define and at every launch (QEMU opens the resolved paths); a stored spec that
+fails loads all the same, logged, and cannot start. The console log is the runtime dir's.
+
 Start and stop are guarded (``segue.agent.guards``). Errors: ``NotFound``
 (``VM_NOT_FOUND``), ``Conflict`` (``VM_NOT_STOPPED``, ``VM_NOT_RUNNING``, ``VM_INCOMING``,
 and the leases' ``VM_LOCKED``, ``DISK_IN_USE``, ``VM_NOT_OWNED``),
-the admission errors of ``segue.agent.admission``, and ``Unavailable`` from the QEMU layer.
+the admission errors of ``segue.agent.admission``, the confinement errors of
+``segue.agent.confine`` (``PATH_OUTSIDE_DATASTORE``, ``PATH_RESERVED``,
+``SERIAL_LOG_OUTSIDE_RUNTIME``), and ``Unavailable`` from the QEMU layer.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Protocol
 
-from segue.agent import admission
+from segue.agent import admission, confine
 from segue.agent.config import AgentConfig
 from segue.agent.facts import QemuCapabilities, datastore_facts, memory_facts, port_group_facts
 from segue.agent.guards import ALL_ROLES, LIVE, OWNED, requires
@@ -99,6 +105,7 @@ class VMManager:
         self.caps = caps
         self.store = VMStore(config.host, config.vms_dir, dict(config.datastores))
         self.leases = Leases(config.host, dict(config.datastores), config.lease_duration_s)
+        self.roots = confine.Roots(dict(config.datastores), tuple(config.image_dirs))
         self.vms: dict[str, ManagedVM] = {}
         self.hook: MigrationHook = NoMigrationHook()
         self._tg: asyncio.TaskGroup | None = None
@@ -109,7 +116,8 @@ class VMManager:
         """Read definitions and adopt every VM whose QEMU still runs."""
         self._tg = tg
         self.config.vms_dir.mkdir(parents=True, exist_ok=True)
-        for spec in self.store.local_specs():
+        for stored in self.store.local_specs():
+            spec = self._loaded_spec(stored)
             vm = ManagedVM(spec=spec, runtime=RuntimePaths(self.store.runtime_dir(spec.name)))
             vm.incoming = read_incoming(vm.runtime)
             pid = process.read_pid(vm.runtime.pidfile)
@@ -124,6 +132,18 @@ class VMManager:
             else:
                 self._clear_runtime(vm)
         self._renewer = tg.create_task(self.renew_leases(), name="lease-renewals")
+
+    def _loaded_spec(self, spec: VMSpec) -> VMSpec:
+        """A spec this host stored (maybe an older agent did): its ``serial_log`` is ignored;
+        files outside this host's roots are logged (the VM is kept, a QEMU of it that runs
+        adopted, never killed, and every start of it refused)."""
+        try:
+            confine.vm_files(spec, self.roots)
+        except SegueError as err:
+            log.error("%s cannot start on %s: %s", spec.name, self.config.host, err)
+        if spec.serial_log is not None:
+            log.warning("%s: ignoring its stored serial_log %s", spec.name, spec.serial_log)
+        return confine.without_serial_log(spec)
 
     async def _adopt(self, vm: ManagedVM, pid: int) -> None:
         qmp = QMPSession(vm.spec.name)
@@ -215,7 +235,7 @@ class VMManager:
             migration_id=vm.incoming, generation=vm.generation, fenced=vm.fenced,
             pid=vm.pid, started_at=vm.started_at,
             adopted=vm.adopted, last_exit=vm.last_exit, accel=self.caps.accel,
-            serial_log=vm.spec.serial_log or str(vm.runtime.default_serial_log),
+            serial_log=str(vm.runtime.serial_log),
             spec=VMSpecBody.from_domain(vm.spec),
         ), migration
 
@@ -252,22 +272,17 @@ class VMManager:
         )
 
     def file_paths(self, spec: VMSpec) -> dict[str, str]:
-        """Absolute path of every file the VM uses, by role."""
-        paths = {}
-        if spec.kernel:
-            paths["kernel"] = spec.kernel
-        if spec.initrd:
-            paths["initrd"] = spec.initrd
-        for i, disk in enumerate(spec.disks):
-            root = self.config.datastores.get(disk.datastore)
-            if root is not None:
-                paths[f"disks[{i}]"] = str(root / disk.path)
-        return paths
+        """Resolved path of every file the VM uses, by role; raises InvalidRequest
+        (``PATH_OUTSIDE_DATASTORE``, ``PATH_RESERVED``) for one outside this host's
+        datastores and image dirs (``segue.agent.confine``)."""
+        return {role: str(path) for role, path in confine.vm_files(spec, self.roots).items()}
 
     async def define(self, spec: VMSpec) -> VMInfo:
         """Check and store a new VM (not started). Changes nothing if any check fails."""
         validate_vm_spec(spec)
         paths = self.file_paths(spec)
+        confine.check_serial_log(spec, RuntimePaths(self.store.runtime_dir(spec.name)).serial_log)
+        spec = confine.without_serial_log(spec)
         view = self.host_view(list(paths.values()))
         admission.check_unique(spec, view)
         admission.check_references(spec, view, paths)
@@ -333,15 +348,16 @@ class VMManager:
         ``incoming`` (``-incoming``): it then waits for a migration. Leaves no QEMU on failure."""
         self._clear_runtime(vm)
         vm.runtime.directory.mkdir(parents=True, exist_ok=True)
-        disks = tuple(self.config.datastores[d.datastore] / d.path for d in vm.spec.disks)
-        plan = LaunchPlan(
-            binary=self.config.qemu_binary, accel=self.caps.accel, runtime=vm.runtime,
-            disk_files=disks, incoming=incoming,
-            cpu_exclude=tuple(self.config.cpu_exclude_features),
-            disk_cache_direct=await asyncio.to_thread(disk_cache_direct, disks),
-        )
         vm.state = VMState.STARTING
-        try:
+        try:  # the files are checked again now, and QEMU opens them resolved, as checked
+            files = confine.vm_files(vm.spec, self.roots)
+            disks = tuple(files[f"disks[{i}]"] for i in range(len(vm.spec.disks)))
+            plan = LaunchPlan(
+                binary=self.config.qemu_binary, accel=self.caps.accel, runtime=vm.runtime,
+                disk_files=disks, incoming=incoming,
+                cpu_exclude=tuple(self.config.cpu_exclude_features),
+                disk_cache_direct=await asyncio.to_thread(disk_cache_direct, disks),
+                kernel_file=files.get("kernel"), initrd_file=files.get("initrd"))
             vm.pid = await process.launch_daemon(build_argv(vm.spec, plan), vm.runtime.qemu_log,
                                                  vm.runtime.pidfile)
             vm.qmp = qmp = QMPSession(vm.spec.name)

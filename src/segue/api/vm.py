@@ -1,8 +1,11 @@
 """A VM's spec on the wire, and a VM as its host agent reports it.
 
 ``VMSpecBody`` mirrors ``segue.domain.vm.VMSpec`` field for field, with bounds; the deeper
-checks (MAC syntax, paths inside the datastore, ...) stay in ``validate_vm_spec`` and answer
-``VM_SPEC_INVALID`` naming the field. ``to_domain``/``from_domain`` convert.
+checks (MAC syntax, ...) stay in ``validate_vm_spec`` and answer ``VM_SPEC_INVALID`` naming the
+field (``PATH_OUTSIDE_DATASTORE`` for a disk path climbing out of its datastore); the agent
+checks that every file lies under its datastores or image dirs. ``serial_log``: leave it out
+(the agent writes the console log in the VM's runtime dir and refuses any other).
+``to_domain``/``from_domain`` convert.
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ class VMInfo(ResponseModel):
     ``owner``, ``source`` or ``incoming`` (``segue.agent.roles``); ``migration_id`` while
     it is an unclaimed destination; ``generation``: the lease generation this host holds the
     VM at (``segue.agent.leases``; None: it holds no lease of it); ``fenced``: why it must
-    never run here again (its lease went to another host)."""
+    never run here again (its lease went to another host); ``serial_log``: the console log,
+    always in the VM's runtime dir on its host (``GET /vms/{name}/serial`` reads it)."""
 
     name: str
     uuid: str

@@ -143,8 +143,11 @@ def vm_create(vm: str, host: str = typer.Option(..., help="Host to define it on.
               start: bool = typer.Option(True, help="Start it right away."),
               cpu: str = typer.Option("qemu64", help="CPU model; qemu64 means the cluster's "
                                                      "CPU baseline."),
-              kernel: str = typer.Option("", help="Your own kernel (absolute path)."),
-              initrd: str = typer.Option("", help="Your own initrd (absolute path)."),
+              kernel: str = typer.Option(
+                  "", help="Your own kernel: an absolute path under the image cache "
+                           "($SEGUE_HOME/images) or the lab's shared datastore (the agents "
+                           "refuse any other: PATH_OUTSIDE_DATASTORE)."),
+              initrd: str = typer.Option("", help="Your own initrd (where --kernel may be)."),
               append: str = typer.Option("", help="Kernel command line for --kernel."),
               disk: str = typer.Option("", help="Boot from this qcow2/raw file, relative "
                                                 "to the shared datastore."),

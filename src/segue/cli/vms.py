@@ -61,8 +61,10 @@ def create(
     host: str = typer.Option(..., "--host", help="Host to define the VM on."),
     memory: int = typer.Option(256, help="Memory in MiB."),
     vcpus: int = typer.Option(1, help="Number of vCPUs."),
-    kernel: str | None = typer.Option(None, help="Kernel for direct boot."),
-    initrd: str | None = typer.Option(None, help="Initrd for direct boot."),
+    kernel: str | None = typer.Option(None, help="Kernel for direct boot: a path under one "
+                                      "of the host's image_dirs or datastores."),
+    initrd: str | None = typer.Option(None, help="Initrd for direct boot (where --kernel "
+                                      "may be)."),
     append: str = typer.Option("", help="Kernel command line."),
     disk: list[str] = typer.Option([], help="DATASTORE:PATH[:FORMAT], repeatable."),
     nic: list[str] = typer.Option([], help="PORTGROUP[=MAC], repeatable."),

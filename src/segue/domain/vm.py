@@ -7,7 +7,9 @@ with pydantic (strict: unknown fields and values of the wrong type are refused).
 naming the field and the fix; checks against a host (does the port group exist, is there
 memory) belong to the agent.
 
-Errors: ``InvalidRequest`` (``VM_SPEC_INVALID``) naming the field.
+Errors: ``InvalidRequest`` (``VM_SPEC_INVALID``) naming the field;
+(``PATH_OUTSIDE_DATASTORE``) for a disk path that is absolute or climbs out with ``..``
+(the agent also resolves symlinks and checks the kernel and initrd: ``segue.agent.confine``).
 """
 
 from __future__ import annotations
@@ -104,6 +106,8 @@ class VMSpec:
 
     Boot is direct kernel boot when ``kernel`` is set (``initrd``/``cmdline`` optional),
     else from the first disk. ``datastore`` is the VM's home: its spec file lives there.
+    ``serial_log`` is read for specs stored by older versions: the agent decides where the
+    console log goes (the VM's runtime dir), and refuses a new VM's that names elsewhere.
     """
 
     name: str
@@ -165,7 +169,7 @@ def validate_vm_spec(spec: VMSpec) -> None:
     if spec.serial_log is not None and ("," in spec.serial_log
                                         or not spec.serial_log.startswith("/")):
         raise _invalid("serial_log", f"{spec.serial_log!r} is not an absolute path without commas",
-                       "give an absolute path such as /var/log/segue/web1.log, or leave it out")
+                       "leave it out: the agent writes the console log in the VM's runtime dir")
     if spec.kernel is None and spec.initrd is not None:
         raise _invalid("initrd", "an initrd needs a kernel", "give kernel too, or drop initrd")
 
@@ -204,5 +208,8 @@ def _validate_disks(disks: list[DiskSpec]) -> None:
             raise _invalid(f"disks[{i}].path", f"{disk.path!r} contains a comma",
                            "rename the file without commas")
         if disk.path.startswith("/") or ".." in parts or not disk.path:
-            raise _invalid(f"disks[{i}].path", f"{disk.path!r} is not a path inside the datastore",
-                           "give a relative path such as web1/disk0.qcow2")
+            raise InvalidRequest(
+                "PATH_OUTSIDE_DATASTORE",
+                f"disks[{i}].path: {disk.path!r} is not a path inside datastore {disk.datastore}",
+                "give a path relative to the datastore, without '..', such as "
+                "web1/disk0.qcow2", field=f"disks[{i}].path", path=disk.path)

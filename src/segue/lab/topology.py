@@ -36,7 +36,7 @@ from segue.agent.config import AgentConfig, ListenConfig, config_from_dict
 from segue.api.base import AGENT_PORT, CONTROLLER_PORT
 from segue.controller.config import controller_config_from_dict
 from segue.domain.errors import InsufficientResources, InvalidRequest, NotFound
-from segue.paths import lab_dir
+from segue.paths import image_cache_dir, lab_dir
 
 MAX_HOSTS = 16
 IFNAME_MAX = 15
@@ -123,6 +123,8 @@ class HostPlan:
                                 unix_socket=str(self.agent_socket)),
             port_groups=dict(self.port_groups),
             datastores={DATASTORE_NAME: self.datastore_dir},
+            # where ``segue image build`` puts the test image: its kernel and initrd boot
+            image_dirs=[image_cache_dir()],
             migration_interface=MIGRATION_INTERFACE,
             accel="auto",
         ).to_dict() | {

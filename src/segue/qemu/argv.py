@@ -48,7 +48,8 @@ class RuntimePaths:
         return self.directory / "serial.sock"
 
     @property
-    def default_serial_log(self) -> Path:
+    def serial_log(self) -> Path:
+        """The guest's console log: always here, whatever an old spec's ``serial_log`` says."""
         return self.directory / "serial.log"
 
     @property
@@ -77,6 +78,9 @@ class LaunchPlan:
     cpu_exclude: tuple[str, ...] = ()  # CPU features this host does not offer
     # per disk, whether to open it with O_DIRECT (segue.qemu.direct_io); empty: off for all
     disk_cache_direct: tuple[bool, ...] = ()
+    # the spec's kernel and initrd as the host checked them (resolved); None: as the spec says
+    kernel_file: Path | None = None
+    initrd_file: Path | None = None
 
 
 def tap_name(vm_uuid: str, index: int) -> str:
@@ -89,12 +93,12 @@ def build_argv(spec: VMSpec, plan: LaunchPlan) -> list[str]:
     """The full QEMU argv: daemonized, paused (-S), QMP on a unix socket.
 
     A destination (``incoming``) stays paused after the migration too: its agent resumes it.
+    The console goes to the runtime dir's ``serial.log`` (a spec's ``serial_log`` is ignored).
     The CPU is the spec's model without the host's ``cpu_exclude`` features, enforced
     (``segue.qemu.cpu_model.cpu_option``). Raises ValueError when ``disk_cache_direct`` is
     given but not one entry per disk.
     """
     rt = plan.runtime
-    serial_log = spec.serial_log or str(rt.default_serial_log)
     accel = "kvm" if plan.accel == "kvm" else "tcg,tb-size=64"
     argv = [
         plan.binary,
@@ -111,13 +115,13 @@ def build_argv(spec: VMSpec, plan: LaunchPlan) -> list[str]:
         "-qmp", f"unix:{rt.qmp_socket},server=on,wait=off",
         "-chardev",
         f"socket,id=serial0,path={rt.serial_socket},server=on,wait=off,"
-        f"logfile={serial_log},logappend=on",
+        f"logfile={rt.serial_log},logappend=on",
         "-serial", "chardev:serial0",
         "-S",
     ]
     argv += _nic_args(spec)
     argv += _disk_args(spec, plan.disk_files, plan.disk_cache_direct)
-    argv += _boot_args(spec)
+    argv += _boot_args(spec, plan)
     if plan.incoming is not None:
         argv += ["-incoming", plan.incoming]
     return argv
@@ -154,12 +158,12 @@ def _disk_args(spec: VMSpec, files: tuple[Path, ...], direct: tuple[bool, ...]) 
     return out
 
 
-def _boot_args(spec: VMSpec) -> list[str]:
+def _boot_args(spec: VMSpec, plan: LaunchPlan) -> list[str]:
     if spec.kernel is None:
         return []
-    out = ["-kernel", spec.kernel]
+    out = ["-kernel", str(plan.kernel_file or spec.kernel)]
     if spec.initrd:
-        out += ["-initrd", spec.initrd]
+        out += ["-initrd", str(plan.initrd_file or spec.initrd)]
     if spec.cmdline:
         out += ["-append", spec.cmdline]
     return out
