@@ -31,7 +31,7 @@ from segue.api.qemu import QueryMigrate
 from segue.api.vm import VMInfo, VMSpecBody
 from segue.controller.app import create_app
 from segue.controller.config import ControllerConfig
-from segue.domain.errors import Unavailable
+from segue.domain.errors import Conflict, Unavailable
 
 VMS = ("web1", "web2", "web3")
 
@@ -50,7 +50,10 @@ class Moves:
 
 @dataclass
 class MovingAgent(FakeAgent):
-    """A FakeAgent whose QEMUs migrate: the copy stays ``active`` until ``Moves.finish``."""
+    """A FakeAgent whose QEMUs migrate: the copy stays ``active`` until ``Moves.finish``.
+    A VM's ``generation`` (if set) is the lease generation the host holds it at: a migrate
+    naming another is refused as the agent's guard does, and the destination holds it one
+    above once the copy completed."""
 
     moves: Moves = field(default_factory=Moves)
     sent: int = 0
@@ -76,8 +79,14 @@ class MovingAgent(FakeAgent):
 
     async def start_migration(self, name: str, uri: str, capabilities: Any = None,
                               parameters: Any = None, *, migration_id: str = "",
-                              destination: str = "") -> MigrationView:
+                              destination: str = "", generation: int | None = None
+                              ) -> MigrationView:
         self._answer(f"start_migration {name}")
+        held = self.vms[name].get("generation")
+        if generation is not None and generation != held:
+            raise Conflict("VM_NOT_OWNED", f"{name}: the caller expects generation "
+                           f"{generation}, but {self.name} holds it at generation {held}",
+                           "refresh the VM's record")
         self.moves.started.append(name)
         self.moves.done[name] = asyncio.Event()
         self.vms[name]["migration"] = "active"
@@ -90,6 +99,9 @@ class MovingAgent(FakeAgent):
             status = self.vms[name]["migration"] = "completed"
             self.vms[name]["state"] = "postmigrate"
             self.moves.agents[name].vms[name]["state"] = "running"
+            if self.vms[name].get("generation") is not None:  # taken over, one above
+                self.moves.agents[name].vms[name]["generation"] = self.vms[name][
+                    "generation"] + 1
         self.sent += 1 << 20
         return self._view(name)
 
@@ -99,12 +111,13 @@ class MovingAgent(FakeAgent):
         self.moves.agents[name].vms[name]["state"] = "running"  # the destination runs it
         return self._view(name)
 
-    async def cancel_migration(self, name: str) -> MigrationView:
+    async def cancel_migration(self, name: str, generation: int | None = None
+                               ) -> MigrationView:
         self._answer(f"cancel_migration {name}")
         self.vms[name]["migration"] = "cancelled"
         return self._view(name)
 
-    async def resume_vm(self, name: str) -> VMInfo:
+    async def resume_vm(self, name: str, generation: int | None = None) -> VMInfo:
         self.vms[name]["state"] = "running"
         return vm_info(self.name, self.vms[name])
 
@@ -284,3 +297,4 @@ async def test_the_user_switches_a_copying_migration_to_postcopy(tmp_path: Path)
         resp = await c.http.post(f"/migrations/{first['id']}/postcopy")
         assert resp.status_code == 409  # over: nothing to switch
         await c.http.post(f"/migrations/{queued['id']}/cancel")
+

@@ -10,7 +10,9 @@
   (running unless a test says otherwise); reaching a post-copy status makes the destination
   run and pauses the source. Every call is recorded in ``calls``; ``fail`` injects an
   error into a method (``times``: how many calls fail, None: all); ``on`` runs a hook before
-  a method answers (e.g. a user's cancel arriving during that call).
+  a method answers (e.g. a user's cancel arriving during that call). ``held`` is the lease
+  generation the host holds the VM at: a migrate, cancel or resume naming another is
+  refused (``VM_NOT_OWNED``) as the agent's guard does; ``tokens`` records what each named.
 - ``World``: both agents, the store, the facts and the clock, and ``job`` to make a job.
 """
 
@@ -99,6 +101,7 @@ class MemoryStore:
     samples: list[tuple[float, Progress]] = field(default_factory=list)
     summary: dict[str, JsonValue] = field(default_factory=dict)
     location: tuple[str, str] | None = None
+    location_generation: int | None = None
     reason: str | None = None
     error_code: str | None = None
 
@@ -119,8 +122,9 @@ class MemoryStore:
     def set_summary(self, job_id: str, summary: dict[str, JsonValue]) -> None:
         self.summary = dict(summary)
 
-    def commit_location(self, vm: str, host: str) -> None:
+    def commit_location(self, vm: str, host: str, generation: int | None) -> None:
         self.location = (vm, host)
+        self.location_generation = generation
 
     @property
     def phases(self) -> list[Phase]:
@@ -163,6 +167,8 @@ class FakeAgent:
         self.migrating = False  # migrate was accepted: the script answers from here
         self.handover: tuple[str, str] | None = None  # (destination, migration) of migrate
         self.drives = False  # the source: its statuses move both sides' run states
+        self.held: int | None = None  # the lease generation this host holds the VM at
+        self.tokens: list[tuple[str, int | None]] = []  # (method, generation it named)
         self.last_status: MigrationStatus | None = None  # side effects on a change only
         self._errors: dict[str, list[SegueError]] = {}
         self._always: dict[str, SegueError] = {}
@@ -196,11 +202,18 @@ class FakeAgent:
         if pending:
             raise pending.pop()
 
+    def _fence(self, method: str, generation: int | None) -> None:
+        """The agent's fencing guard: a generation other than the one held is refused."""
+        self.tokens.append((method, generation))
+        if generation is not None and generation != self.held:
+            raise Conflict("VM_NOT_OWNED", f"the caller expects generation {generation}, "
+                           f"{self.host} holds {self.held}", "refresh the VM's record")
+
     def _info(self, name: str) -> VMInfo:
         if name not in self.vms:
             raise NotFound("VM_NOT_FOUND", f"no VM {name} on {self.host}", "")
         return VMInfo(name=name, uuid="u", host=self.host, state=self.vms[name], role="owner",
-                      spec=SPEC)
+                      generation=self.held, spec=SPEC)
 
     def _view(self, name: str, status: QueryMigrate | None = None) -> MigrationView:
         return MigrationView(name=name, role="source", state=self.vms.get(name, VMState.STOPPED),
@@ -235,8 +248,9 @@ class FakeAgent:
         self._call("events")
         return list(self.events_)
 
-    async def resume_vm(self, name: str) -> VMInfo:
+    async def resume_vm(self, name: str, generation: int | None = None) -> VMInfo:
         self._call("resume_vm")
+        self._fence("resume_vm", generation)
         if self.wire.lease_holder not in (None, self.host):
             raise Conflict("VM_NOT_OWNED", f"{self.wire.lease_holder} holds {name}'s lease",
                            "never run it here")
@@ -272,8 +286,10 @@ class FakeAgent:
 
     async def start_migration(self, name: str, uri: str, capabilities: Capabilities,
                               parameters: Parameters, *, migration_id: str,
-                              destination: str) -> MigrationView:
+                              destination: str, generation: int | None = None
+                              ) -> MigrationView:
         self._call("start_migration")
+        self._fence("start_migration", generation)
         self.handover = (destination, migration_id)
         self.migrating = True
         return self._view(name)
@@ -282,8 +298,10 @@ class FakeAgent:
         self._call("migration_status")
         return self._view(name, self._next_status(name))
 
-    async def cancel_migration(self, name: str) -> MigrationView:
+    async def cancel_migration(self, name: str, generation: int | None = None
+                               ) -> MigrationView:
         self._call("cancel_migration")
+        self._fence("cancel_migration", generation)
         self.script = [q("cancelled")]
         return self._view(name)
 
@@ -363,9 +381,11 @@ class World:
         self.dst.events_ = [VMEvent(seq=1, event="RESUME", timestamp=500.05)]
 
     def job(self, options: MigrationOptionsBody | None = None,
-            policy: MigrationPolicy | None = None, phase: Phase | None = None
-            ) -> MigrationJob:
-        spec = JobSpec("job-1", VM, "host1", "host2", options or MigrationOptionsBody())
+            policy: MigrationPolicy | None = None, phase: Phase | None = None,
+            generation: int | None = None) -> MigrationJob:
+        """The job; ``generation``: the one on record at admission (its fencing token)."""
+        spec = JobSpec("job-1", VM, "host1", "host2", options or MigrationOptionsBody(),
+                       generation)
         ports = Ports(self.src, self.dst, self.store, self.facts, self.clock)
         return MigrationJob(spec, ports, policy, phase or self.store.phase)
 

@@ -123,10 +123,11 @@ class SqlJobStore:
         with self.db.session() as session:
             self._row(session, job_id).summary = dict(summary)
 
-    def commit_location(self, vm: str, host: str) -> None:
-        """``host`` now owns ``vm`` in the inventory (a ``moved`` event)."""
+    def commit_location(self, vm: str, host: str, generation: int | None) -> None:
+        """``host`` now owns ``vm`` at lease ``generation`` in the inventory (a ``moved``
+        event; None: unknown until its heartbeat reports it)."""
         with self.db.session() as session:
-            inventory.move_vm(session, vm, host)
+            inventory.move_vm(session, vm, host, generation=generation)
 
     # ---- jobs ----
     def create(self, spec: JobSpec, decide: Decide, message: Callable[[Phase], str]) -> Phase:
