@@ -144,7 +144,7 @@ class SqlJobStore:
                     id=spec.id, vm_name=spec.vm, source_host=spec.source, dest_host=spec.dest,
                     phase=phase.value, created_at=at, updated_at=at,
                     options=spec.options.model_dump(mode="json"), summary={},
-                    last_progress={}))
+                    last_progress={}, generation=spec.generation))
                 session.add(MigrationTransitionRow(
                     migration_id=spec.id, at=at, from_phase=None, to_phase=phase.value,
                     message=message(phase)))
@@ -188,7 +188,7 @@ class SqlJobStore:
     def _stored(session: Session, row: MigrationRow) -> StoredJob:
         src = inventory.get_host(session, row.source_host)
         dst = inventory.get_host(session, row.dest_host)
-        spec = JobSpec(row.id, row.vm_name, src.name, dst.name, _options(row))
+        spec = JobSpec(row.id, row.vm_name, src.name, dst.name, _options(row), row.generation)
         return StoredJob(spec, Phase(row.phase), src.url, dst.url)
 
     @staticmethod
