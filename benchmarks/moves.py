@@ -76,7 +76,7 @@ class BenchStore:
     def set_summary(self, job_id: str, summary: dict[str, JsonValue]) -> None:
         self.summary = dict(summary)
 
-    def commit_location(self, vm: str, host: str) -> None:
+    def commit_location(self, vm: str, host: str, generation: int | None) -> None:
         return None
 
 

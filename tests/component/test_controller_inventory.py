@@ -200,6 +200,25 @@ async def test_vm_life_through_the_controller(cluster: ClusterFactory, lab: Lab)
             "destroyed"]
 
 
+async def test_a_stop_names_the_generation_on_record(cluster: ClusterFactory, lab: Lab) -> None:
+    """The controller's stop carries the VM's lease generation on record: a stale record is
+    refused by the agent (VM_NOT_OWNED) and the VM keeps running; a heartbeat refreshes it."""
+    async with cluster() as c:
+        await c.beat("host1")
+        created = await create_vm(c, lab)
+        with c.db.session() as s:
+            assert inventory.get_vm(s, "web1").generation == 1
+            inventory.get_vm(s, "web1").generation = 7  # as if read before a claim elsewhere
+        resp = await c.http.post("/vms/web1/stop", params={"force": True})
+        error = error_of(resp, 409, "VM_NOT_OWNED")
+        assert "generation 7" in error["message"] and "generation 1" in error["message"]
+        on_agent = (await c.agent_http["host1"].get("/vms/web1")).json()
+        assert on_agent["state"] == "running" and on_agent["pid"] == created["pid"]
+        await c.beat("host1")  # the host reports generation 1
+        stopped = await c.http.post("/vms/web1/stop", params={"force": True})
+        assert stopped.json()["state"] == "stopped", stopped.text
+
+
 async def test_create_errors_change_nothing(cluster: ClusterFactory, lab: Lab) -> None:
     async with cluster() as c:
         await c.beat("host1")

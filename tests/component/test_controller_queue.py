@@ -29,9 +29,10 @@ from test_controller_checks import (
 from segue.api.agent import DirtyRateAnswer, IncomingAnswer, MigrationView, VMEvent
 from segue.api.qemu import QueryMigrate
 from segue.api.vm import VMInfo, VMSpecBody
+from segue.controller import inventory
 from segue.controller.app import create_app
 from segue.controller.config import ControllerConfig
-from segue.domain.errors import Unavailable
+from segue.domain.errors import Conflict, Unavailable
 
 VMS = ("web1", "web2", "web3")
 
@@ -50,7 +51,10 @@ class Moves:
 
 @dataclass
 class MovingAgent(FakeAgent):
-    """A FakeAgent whose QEMUs migrate: the copy stays ``active`` until ``Moves.finish``."""
+    """A FakeAgent whose QEMUs migrate: the copy stays ``active`` until ``Moves.finish``.
+    A VM's ``generation`` (if set) is the lease generation the host holds it at: a migrate
+    naming another is refused as the agent's guard does, and the destination holds it one
+    above once the copy completed."""
 
     moves: Moves = field(default_factory=Moves)
     sent: int = 0
@@ -76,8 +80,14 @@ class MovingAgent(FakeAgent):
 
     async def start_migration(self, name: str, uri: str, capabilities: Any = None,
                               parameters: Any = None, *, migration_id: str = "",
-                              destination: str = "") -> MigrationView:
+                              destination: str = "", generation: int | None = None
+                              ) -> MigrationView:
         self._answer(f"start_migration {name}")
+        held = self.vms[name].get("generation")
+        if generation is not None and generation != held:
+            raise Conflict("VM_NOT_OWNED", f"{name}: the caller expects generation "
+                           f"{generation}, but {self.name} holds it at generation {held}",
+                           "refresh the VM's record")
         self.moves.started.append(name)
         self.moves.done[name] = asyncio.Event()
         self.vms[name]["migration"] = "active"
@@ -90,6 +100,9 @@ class MovingAgent(FakeAgent):
             status = self.vms[name]["migration"] = "completed"
             self.vms[name]["state"] = "postmigrate"
             self.moves.agents[name].vms[name]["state"] = "running"
+            if self.vms[name].get("generation") is not None:  # taken over, one above
+                self.moves.agents[name].vms[name]["generation"] = self.vms[name][
+                    "generation"] + 1
         self.sent += 1 << 20
         return self._view(name)
 
@@ -99,12 +112,13 @@ class MovingAgent(FakeAgent):
         self.moves.agents[name].vms[name]["state"] = "running"  # the destination runs it
         return self._view(name)
 
-    async def cancel_migration(self, name: str) -> MigrationView:
+    async def cancel_migration(self, name: str, generation: int | None = None
+                               ) -> MigrationView:
         self._answer(f"cancel_migration {name}")
         self.vms[name]["migration"] = "cancelled"
         return self._view(name)
 
-    async def resume_vm(self, name: str) -> VMInfo:
+    async def resume_vm(self, name: str, generation: int | None = None) -> VMInfo:
         self.vms[name]["state"] = "running"
         return vm_info(self.name, self.vms[name])
 
@@ -284,3 +298,64 @@ async def test_the_user_switches_a_copying_migration_to_postcopy(tmp_path: Path)
         resp = await c.http.post(f"/migrations/{first['id']}/postcopy")
         assert resp.status_code == 409  # over: nothing to switch
         await c.http.post(f"/migrations/{queued['id']}/cancel")
+
+
+def set_generation(c: Controller, vm: str, generation: int) -> None:
+    """The inventory's record of ``vm``: at this lease generation."""
+    with c.app.state.db.session() as session:
+        inventory.get_vm(session, vm).generation = generation
+
+
+def generation_of(c: Controller, vm: str) -> tuple[str, int | None]:
+    with c.app.state.db.session() as session:
+        record = inventory.get_vm(session, vm)
+        return record.host, record.generation
+
+
+async def test_a_stale_generation_on_record_fails_the_migration_before_any_copy(
+        tmp_path: Path) -> None:
+    """The inventory has web1 on host1 at lease generation 4, but host1 holds it at 5 (it
+    was claimed again, and no heartbeat told the controller yet): the job names 4 and the
+    source refuses the migrate (VM_NOT_OWNED); nothing is copied, the destination is torn
+    down and web1 runs on host1 as before. With the record at 5 the move runs, and the
+    inventory then keeps the generation the destination took the VM over at."""
+    moves = Moves()
+    agents = cluster(moves)
+    agents[0].vms["web1"]["generation"] = 5
+    async with controller(tmp_path, agents) as c:
+        host1, host2 = c.agents["host1"], c.agents["host2"]
+        set_generation(c, "web1", 4)
+        job = await migrate(c, "web1", "host2")
+        failed = await wait_for(c, job, ended("failed"), "failed")
+        assert failed["error_code"] == "VM_NOT_OWNED", failed["reason"]
+        assert "generation 4" in failed["reason"] and "generation 5" in failed["reason"]
+        phases = [t["to"] for t in failed["transitions"] if t["from"] != t["to"]]
+        assert "start" in phases and "monitor" not in phases, phases
+        assert moves.started == []  # nothing copied
+        assert host1.vms["web1"]["state"] == "running" and "migration" not in host1.vms["web1"]
+        assert "abort_incoming web1" in host2.calls and "web1" not in host2.vms
+        assert generation_of(c, "web1") == ("host1", 4)
+
+        set_generation(c, "web1", 5)  # the record refreshed
+        job = await migrate(c, "web1", "host2")
+        await wait_for(c, job, copying, "started copying")
+        moves.finish("web1")
+        await wait_for(c, job, ended("completed"), "completed")
+        assert generation_of(c, "web1") == ("host2", 6)
+
+
+async def test_a_queued_job_whose_vm_was_claimed_again_ends_failed(tmp_path: Path) -> None:
+    """web2 waits in the queue at generation 3 and is claimed again meanwhile (restarted:
+    its record says 4): the job's token is stale, so it ends before it prepares anything."""
+    moves = Moves()
+    async with controller(tmp_path, cluster(moves)) as c:
+        set_generation(c, "web2", 3)
+        first = await migrate(c, "web1", "host3")
+        queued = await migrate(c, "web2", "host2")
+        await wait_for(c, first, copying, "started copying")
+        set_generation(c, "web2", 4)
+        moves.finish("web1")
+        failed = await wait_for(c, queued, ended("failed"), "failed")
+        assert failed["error_code"] == "MIGRATION_SOURCE_CHANGED", failed["reason"]
+        assert "generation 3, now 4" in failed["reason"]
+        assert "prepare_incoming web2" not in c.agents["host2"].calls

@@ -11,7 +11,9 @@
   run and pauses the source. Every call is recorded in ``calls``; ``fail`` injects an
   error into a method (``times``: how many calls fail, None: all); ``on`` runs a hook before
   a method answers (e.g. a user's cancel arriving during that call; a coroutine hook is
-  awaited).
+  awaited). ``held`` is the lease generation the host holds the VM at: a migrate, cancel or
+  resume naming another is refused (``VM_NOT_OWNED``) as the agent's guard does; ``tokens``
+  records what each named.
 - ``World``: both agents, the store, the facts and the clock, and ``job`` to make a job.
 """
 
@@ -101,6 +103,7 @@ class MemoryStore:
     samples: list[tuple[float, Progress]] = field(default_factory=list)
     summary: dict[str, JsonValue] = field(default_factory=dict)
     location: tuple[str, str] | None = None
+    location_generation: int | None = None
     reason: str | None = None
     error_code: str | None = None
 
@@ -121,8 +124,9 @@ class MemoryStore:
     async def set_summary(self, job_id: str, summary: dict[str, JsonValue]) -> None:
         self.summary = dict(summary)
 
-    async def commit_location(self, vm: str, host: str) -> None:
+    async def commit_location(self, vm: str, host: str, generation: int | None) -> None:
         self.location = (vm, host)
+        self.location_generation = generation
 
     @property
     def phases(self) -> list[Phase]:
@@ -165,6 +169,8 @@ class FakeAgent:
         self.migrating = False  # migrate was accepted: the script answers from here
         self.handover: tuple[str, str] | None = None  # (destination, migration) of migrate
         self.drives = False  # the source: its statuses move both sides' run states
+        self.held: int | None = None  # the lease generation this host holds the VM at
+        self.tokens: list[tuple[str, int | None]] = []  # (method, generation it named)
         self.last_status: MigrationStatus | None = None  # side effects on a change only
         self._errors: dict[str, list[SegueError]] = {}
         self._always: dict[str, SegueError] = {}
@@ -199,11 +205,18 @@ class FakeAgent:
         if pending:
             raise pending.pop()
 
+    def _fence(self, method: str, generation: int | None) -> None:
+        """The agent's fencing guard: a generation other than the one held is refused."""
+        self.tokens.append((method, generation))
+        if generation is not None and generation != self.held:
+            raise Conflict("VM_NOT_OWNED", f"the caller expects generation {generation}, "
+                           f"{self.host} holds {self.held}", "refresh the VM's record")
+
     def _info(self, name: str) -> VMInfo:
         if name not in self.vms:
             raise NotFound("VM_NOT_FOUND", f"no VM {name} on {self.host}", "")
         return VMInfo(name=name, uuid="u", host=self.host, state=self.vms[name], role="owner",
-                      spec=SPEC)
+                      generation=self.held, spec=SPEC)
 
     def _view(self, name: str, status: QueryMigrate | None = None) -> MigrationView:
         return MigrationView(name=name, role="source", state=self.vms.get(name, VMState.STOPPED),
@@ -238,8 +251,9 @@ class FakeAgent:
         await self._call("events")
         return list(self.events_)
 
-    async def resume_vm(self, name: str) -> VMInfo:
+    async def resume_vm(self, name: str, generation: int | None = None) -> VMInfo:
         await self._call("resume_vm")
+        self._fence("resume_vm", generation)
         if self.wire.lease_holder not in (None, self.host):
             raise Conflict("VM_NOT_OWNED", f"{self.wire.lease_holder} holds {name}'s lease",
                            "never run it here")
@@ -275,8 +289,10 @@ class FakeAgent:
 
     async def start_migration(self, name: str, uri: str, capabilities: Capabilities,
                               parameters: Parameters, *, migration_id: str,
-                              destination: str) -> MigrationView:
+                              destination: str, generation: int | None = None
+                              ) -> MigrationView:
         await self._call("start_migration")
+        self._fence("start_migration", generation)
         self.handover = (destination, migration_id)
         self.migrating = True
         return self._view(name)
@@ -285,8 +301,10 @@ class FakeAgent:
         await self._call("migration_status")
         return self._view(name, self._next_status(name))
 
-    async def cancel_migration(self, name: str) -> MigrationView:
+    async def cancel_migration(self, name: str, generation: int | None = None
+                               ) -> MigrationView:
         await self._call("cancel_migration")
+        self._fence("cancel_migration", generation)
         self.script = [q("cancelled")]
         return self._view(name)
 
@@ -366,9 +384,11 @@ class World:
         self.dst.events_ = [VMEvent(seq=1, event="RESUME", timestamp=500.05)]
 
     def job(self, options: MigrationOptionsBody | None = None,
-            policy: MigrationPolicy | None = None, phase: Phase | None = None
-            ) -> MigrationJob:
-        spec = JobSpec("job-1", VM, "host1", "host2", options or MigrationOptionsBody())
+            policy: MigrationPolicy | None = None, phase: Phase | None = None,
+            generation: int | None = None) -> MigrationJob:
+        """The job; ``generation``: the one on record at admission (its fencing token)."""
+        spec = JobSpec("job-1", VM, "host1", "host2", options or MigrationOptionsBody(),
+                       generation)
         ports = Ports(self.src, self.dst, self.store, self.facts, self.clock)
         return MigrationJob(spec, ports, policy, phase or self.store.phase)
 

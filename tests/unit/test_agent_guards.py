@@ -34,6 +34,7 @@ EXPECTED: dict[str, tuple[set[VMRole], set[VMState], str, bool, bool, bool]] = {
     # the VM's lifecycle (segue.agent.vms)
     "start": (OWNED, {S.STOPPED}, "VM_NOT_STOPPED", False, False, True),
     "stop": (EVERY_ROLE, LIVE, "VM_NOT_RUNNING", False, False, True),
+    "destroy": (EVERY_ROLE, EVERY_STATE, "", False, False, True),
     # source (segue.agent.outgoing)
     "migrate": ({OWNER}, {S.RUNNING}, "VM_NOT_RUNNING", False, True, True),
     "cancel": (OWNED, LIVE, "VM_NOT_RUNNING", False, False, True),
@@ -51,6 +52,9 @@ EXPECTED: dict[str, tuple[set[VMRole], set[VMState], str, bool, bool, bool]] = {
     "recover": ({INCOMING}, LIVE, "VM_NOT_RUNNING", False, False, False),
 }
 
+# the operations that take the caller's generation, the fencing token (VM_NOT_OWNED)
+FENCING = {"stop", "destroy", "migrate", "cancel", "resume"}
+
 
 def test_the_declared_table() -> None:
     assert set(GUARDS) == set(EXPECTED)
@@ -61,6 +65,7 @@ def test_the_declared_table() -> None:
         if states != EVERY_STATE:
             assert guard.code == code, name
         assert guard.wanted and guard.hint, name
+        assert guard.fencing == (name in FENCING), name
 
 
 def test_post_copy_recovery_never_waits_for_a_lock_or_an_in_band_answer() -> None:
@@ -175,3 +180,74 @@ async def test_the_decorator_finds_the_vm_locks_checks_and_registers() -> None:
     finally:
         GUARDS.pop("probe_guarded_op", None)
     assert held == [True]
+
+
+def a_situation_it_accepts(name: str) -> FakeVM:
+    """A VM in a role, state and migration the guard of ``name`` lets through."""
+    for (role, migration), state in itertools.product(SITUATIONS, VMState):
+        if expected_outcome(name, role, state, migration) is None:
+            return vm_in(role, state, migration)
+    raise AssertionError(f"{name} accepts nothing")
+
+
+@pytest.mark.parametrize("name", sorted(FENCING))
+async def test_a_fencing_guard_refuses_any_generation_but_the_one_held(name: str) -> None:
+    guard = GUARDS[name]
+    vm = a_situation_it_accepts(name)
+    vm.generation = 4
+    await guard.check(vm)  # no generation: nothing to check
+    await guard.check(vm, 4)
+    for stale, held in ((3, 4), (5, 4), (4, None)):
+        vm.generation = held
+        with pytest.raises(Conflict) as err:
+            await guard.check(vm, stale)
+        assert err.value.code == "VM_NOT_OWNED", name
+        assert err.value.details == {"expected": stale, "held": held}
+        assert f"generation {stale}" in err.value.message and err.value.hint
+        assert (f"generation {held}" if held else "no lease") in err.value.message
+
+
+async def test_a_wrong_state_is_named_before_the_generation() -> None:
+    """A stopped VM holds no lease: a stop with a generation says it is not running."""
+    vm = vm_in(OWNER, S.STOPPED, MigrationStatus.NONE)
+    with pytest.raises(Conflict) as err:
+        await GUARDS["stop"].check(vm, 7)
+    assert err.value.code == "VM_NOT_RUNNING"
+
+
+async def test_the_other_guards_ignore_a_generation() -> None:
+    for name in sorted(set(EXPECTED) - FENCING):
+        vm = a_situation_it_accepts(name)
+        await GUARDS[name].check(vm, 99)  # no VM_NOT_OWNED: the guard does not fence
+
+
+async def test_a_fencing_operation_gets_the_generation_its_guard_checked() -> None:
+    seen: list[int | None] = []
+
+    async def probe_fencing_op(host: Host, vm: ManagedVM, *,
+                               generation: int | None = None) -> str:
+        seen.append(generation)
+        return vm.name
+
+    try:
+        op = requires(roles=OWNED, states={S.RUNNING}, fencing=True)(probe_fencing_op)
+        host = Host(vm_in(OWNER, S.RUNNING, MigrationStatus.NONE))
+        host.vm.generation = 2
+        assert await op(host, "web1") == "web1"
+        assert await op(host, "web1", generation=2) == "web1"
+        with pytest.raises(Conflict) as err:
+            await op(host, "web1", generation=1)
+        assert err.value.code == "VM_NOT_OWNED"
+        assert seen == [None, 2]  # the refused call never reached the operation
+    finally:
+        GUARDS.pop("probe_fencing_op", None)
+
+
+def test_a_fencing_operation_must_take_a_keyword_only_generation() -> None:
+    async def probe_unfenced_op(host: Host, vm: ManagedVM, generation: int | None = None
+                                ) -> None:
+        return None
+
+    with pytest.raises(RuntimeError, match="keyword-only generation"):
+        requires(roles=OWNED, states={S.RUNNING}, fencing=True)(probe_unfenced_op)
+    assert "probe_unfenced_op" not in GUARDS

@@ -116,7 +116,8 @@ def test_move_and_remove_are_events(session: Session) -> None:
     h1 = inventory.record_heartbeat(session, "h1", "u", facts(), [], T0)
     inventory.record_heartbeat(session, "h2", "u", facts(), [], T0)
     inventory.add_vm(session, vm_info("a"), h1, T0)
-    assert inventory.move_vm(session, "a", "h2", T0).host == "h2"
+    moved = inventory.move_vm(session, "a", "h2", T0, generation=3)
+    assert (moved.host, moved.generation) == ("h2", 3)  # the lease generation h2 holds it at
     with pytest.raises(NotFound):
         inventory.move_vm(session, "a", "h9")
     inventory.remove_vm(session, "a")
@@ -125,7 +126,7 @@ def test_move_and_remove_are_events(session: Session) -> None:
     assert caught.value.code == "VM_NOT_FOUND"
     events = inventory.vm_events(session, "a")
     assert [e.kind for e in events] == ["defined", "moved", "destroyed"]
-    assert events[1].detail == {"from": "h1", "to": "h2"}
+    assert events[1].detail == {"from": "h1", "to": "h2", "generation": 3}
 
 
 def test_views(session: Session) -> None:

@@ -51,6 +51,30 @@ async def test_a_migration_runs_every_phase_and_moves_the_vm() -> None:
     assert w.src.handover == ("host2", "job-1")  # the lease goes to the destination
 
 
+async def test_the_job_names_its_generation_and_records_the_destinations() -> None:
+    w = World()
+    w.src.held, w.dst.held = 4, 5  # the destination took the VM over one above
+    await w.job(generation=4).run()
+    assert w.store.phases == FORWARD
+    assert w.src.tokens == [("start_migration", 4)]
+    assert w.store.location == (VM, "host2") and w.store.location_generation == 5
+
+
+async def test_a_stale_generation_fails_the_migration_before_anything_is_copied() -> None:
+    """The job read generation 4, but the source holds the VM at 5 now (claimed again
+    since): its agent refuses the migrate, nothing is copied, the destination is torn down
+    and the VM runs on its source as before."""
+    w = World()
+    w.src.held = 5
+    await w.job(generation=4).run()
+    assert w.store.phases == [P.PREPARE, P.START, P.ROLLING_BACK, P.FAILED], w.store.notes
+    assert w.store.error_code == "VM_NOT_OWNED" and "generation 4" in (w.store.reason or "")
+    assert w.src.tokens == [("start_migration", 4)]  # no cancel, no resume followed
+    assert not w.src.migrating and w.store.samples == [] and w.src.handover is None
+    assert "abort_incoming" in w.dst.calls and VM not in w.dst.vms
+    assert w.running_on() == ["host1"] and w.store.location is None
+
+
 @dataclass
 class Case:
     """An agent error (or QEMU's answer) in one phase, and what the job must do about it."""
@@ -190,11 +214,16 @@ FAILURES = [
 ]
 
 
+@pytest.mark.parametrize("generation", [None, 7], ids=["no generation", "generation"])
 @pytest.mark.parametrize("case", FAILURES, ids=[c.name for c in FAILURES])
-async def test_every_phase_against_an_agent_error(case: Case) -> None:
+async def test_every_phase_against_an_agent_error(case: Case, generation: int | None) -> None:
+    """... the same with or without a generation on record, which each state-changing call
+    to the source then names (the source holds the VM at it)."""
     w = World()
+    w.src.held = generation
     case.setup(w)
-    await w.job(case.options).run()
+    await w.job(case.options, generation=generation).run()
+    assert {token for _, token in w.src.tokens} <= {generation}, w.src.tokens
     assert w.store.phases == case.phases, w.store.notes
     assert w.store.error_code == case.code, w.store.reason
     agents = {"host1": w.src, "host2": w.dst}
@@ -436,7 +465,7 @@ async def test_a_cancel_that_reaches_qemu_after_it_completed_finishes_the_move()
         w.src.vms[VM] = VMState.POSTMIGRATE
         w.dst.vms[VM] = VMState.RUNNING
 
-    async def late_cancel(name: str) -> MigrationView:
+    async def late_cancel(name: str, generation: int | None = None) -> MigrationView:
         w.src.calls.append("cancel_migration")
         completed_first()
         return w.src._view(name)
@@ -448,6 +477,31 @@ async def test_a_cancel_that_reaches_qemu_after_it_completed_finishes_the_move()
     assert w.store.noted("the move is finished instead")
     assert "abort_incoming" not in w.dst.calls and "resume_vm" not in w.src.calls
     assert w.store.location == (VM, "host2") and w.running_on() == ["host2"]
+
+
+async def test_a_cancel_refused_because_the_destination_took_the_vm_over_finishes_the_move(
+        ) -> None:
+    """As above, but the destination took the VM's lease over before the cancel reached the
+    source, whose agent then refuses it at the job's generation (``VM_NOT_OWNED``): the
+    rollback finds QEMU completed and finishes the move, at the destination's generation."""
+    w = World([*copying(10, 20, 30, 40, 50)])
+    w.src.held = 4
+    job = w.job(generation=4)
+    w.src.on("start_migration", job.cancel)
+
+    def taken_over() -> None:
+        w.src.script = [done()]
+        w.src.vms[VM] = VMState.POSTMIGRATE
+        w.dst.vms[VM] = VMState.RUNNING
+        w.src.held, w.dst.held = None, 5
+
+    w.src.on("cancel_migration", taken_over)
+    await job.run()
+    assert w.store.phases == [P.PREPARE, P.START, P.MONITOR, P.ROLLING_BACK, P.SWITCHOVER,
+                              P.FINALIZE, P.COMPLETED], w.store.notes
+    assert ("cancel_migration", 4) in w.src.tokens and w.store.noted("the cancel was refused")
+    assert "abort_incoming" not in w.dst.calls and "resume_vm" not in w.src.calls
+    assert w.store.location == (VM, "host2") and w.store.location_generation == 5
 
 
 async def test_a_source_agent_gone_as_qemu_completes_lets_the_destination_finish() -> None:
@@ -518,7 +572,7 @@ async def test_a_destination_agent_gone_before_it_took_the_vm_over_gives_it_back
 async def test_a_crash_in_finalize_is_noted_and_the_job_stays_to_be_finished() -> None:
     w = World()
 
-    async def broken(vm: str, host: str) -> None:
+    async def broken(vm: str, host: str, generation: int | None) -> None:
         raise RuntimeError("database gone")
 
     w.store.commit_location = broken  # type: ignore[method-assign]

@@ -9,14 +9,16 @@ Source: ``POST /vms/{name}/migrate``, ``POST /vms/{name}/migration/cancel``,
 ``POST /vms/{name}/migration/resume``. Either: ``GET /vms/{name}/migration``,
 ``POST /vms/{name}/migration/pause``. Bodies and answers are the wire models of
 ``segue.api.agent`` (what ``segue.clients.agent.AgentClient`` sends and decodes); errors map
-to HTTP in ``segue.httpapi``.
+to HTTP in ``segue.httpapi``. The source's ``migrate``, ``migration/cancel`` and ``resume``
+take an optional ``generation`` query, the fencing token (``segue.agent.guards``); the
+destination's calls take none (``segue.agent.incoming`` says why).
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from segue.agent.api_params import CalcTimeMs, VMName
+from segue.agent.api_params import CalcTimeMs, LeaseGeneration, VMName
 from segue.agent.incoming import Incoming
 from segue.agent.outgoing import Outgoing
 from segue.api.agent import (
@@ -69,15 +71,17 @@ async def recover_incoming(request: Request, name: VMName) -> RecoverAnswer:
 
 # ---- source ----
 @router.post("/vms/{name}/migrate", response_model=MigrationView)
-async def start_migration(request: Request, name: VMName, body: MigrateRequest
-                          ) -> MigrationView:
+async def start_migration(request: Request, name: VMName, body: MigrateRequest,
+                          generation: LeaseGeneration = None) -> MigrationView:
     return await _outgoing(request).migrate(name, body.uri, body.capabilities, body.parameters,
-                                            body.migration_id, body.destination)
+                                            body.migration_id, body.destination,
+                                            generation=generation)
 
 
 @router.post("/vms/{name}/migration/cancel", response_model=MigrationView)
-async def cancel_migration(request: Request, name: VMName) -> MigrationView:
-    return await _outgoing(request).cancel(name)
+async def cancel_migration(request: Request, name: VMName,
+                           generation: LeaseGeneration = None) -> MigrationView:
+    return await _outgoing(request).cancel(name, generation=generation)
 
 
 @router.post("/vms/{name}/release", status_code=204, response_model=None)
@@ -86,8 +90,9 @@ async def release(request: Request, name: VMName) -> None:
 
 
 @router.post("/vms/{name}/resume", response_model=VMInfo)
-async def resume(request: Request, name: VMName) -> VMInfo:
-    return await _outgoing(request).resume(name)
+async def resume(request: Request, name: VMName, generation: LeaseGeneration = None
+                 ) -> VMInfo:
+    return await _outgoing(request).resume(name, generation=generation)
 
 
 @router.post("/vms/{name}/dirty-rate", response_model=DirtyRateAnswer)

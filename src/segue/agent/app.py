@@ -3,10 +3,12 @@
 Routes: ``GET /health``, ``GET /host`` (facts), ``GET/POST /vms``, ``GET/DELETE /vms/{name}``,
 ``POST /vms/{name}/start``, ``POST /vms/{name}/stop``, ``GET /vms/{name}/events``,
 ``GET /vms/{name}/serial``; the migration routes (``segue.agent.api_migration``) and the
-pre-migration check routes (``segue.agent.api_checks``). Every route takes and answers the
-wire models of ``segue.api`` (declared as its ``response_model``). Errors are
-``{"error": {code, message, hint}, "kind": ...}`` with the HTTP status mapped from the
-error's kind in ``segue.httpapi``, and only there.
+pre-migration check routes (``segue.agent.api_checks``). Stop and destroy take an optional
+``generation`` query, the fencing token (``segue.agent.guards``); a start's is the lease
+generation its claim expects. Every route takes and answers the wire models of
+``segue.api`` (declared as its ``response_model``). Errors are ``{"error": {code, message,
+hint}, "kind": ...}`` with the HTTP status mapped from the error's kind in
+``segue.httpapi``, and only there.
 """
 
 from __future__ import annotations
@@ -125,12 +127,18 @@ def _routes(app: FastAPI, config: AgentConfig) -> None:
 
     @app.post("/vms/{name}/stop", response_model=VMInfo)
     async def stop_vm(request: Request, name: VMName, timeout: StopTimeout = 30.0,
-                      force: bool = False) -> VMInfo:
-        return await _manager(request).stop(name, timeout=timeout, force=force)
+                      force: bool = False, generation: LeaseGeneration = None) -> VMInfo:
+        """Power the VM off; ``generation``: the lease generation the caller believes this
+        host holds it at (refused with ``VM_NOT_OWNED`` otherwise)."""
+        return await _manager(request).stop(name, timeout=timeout, force=force,
+                                            generation=generation)
 
     @app.delete("/vms/{name}", status_code=204, response_model=None)
-    async def destroy_vm(request: Request, name: VMName) -> None:
-        await _manager(request).destroy(name)
+    async def destroy_vm(request: Request, name: VMName,
+                         generation: LeaseGeneration = None) -> None:
+        """Power off and undefine; ``generation`` as for stop (a stopped VM is held at
+        none: pass none for it)."""
+        await _manager(request).destroy(name, generation=generation)
 
     @app.get("/vms/{name}/events", response_model=list[VMEvent])
     async def vm_events(request: Request, name: VMName, since: EventSeq = 0) -> list[VMEvent]:

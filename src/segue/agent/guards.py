@@ -17,7 +17,15 @@ state is ``stopped`` once the QEMU process is gone. The checks, in this order:
    ``VM_NOT_MIGRATED``, ``VM_NOT_PAUSED``);
 3. migration (QEMU is asked only when the guard needs it): a ``source`` where only an
    ``owner`` may act, or a migration still under way where the guard wants none (``idle``):
-   ``MIGRATION_IN_PROGRESS``.
+   ``MIGRATION_IN_PROGRESS``;
+4. ownership, for an operation declared with ``fencing``: it takes the caller's
+   ``generation`` (keyword-only), the lease generation the caller believes this host holds
+   the VM at (its fencing token); given and not the one this host holds
+   (``ManagedVM.generation``; or this host holds none): ``VM_NOT_OWNED``, naming both.
+   Checked last, so a stopped VM still answers ``VM_NOT_RUNNING`` and the like; without a
+   generation nothing is checked (a caller that knows none, e.g. an operator). A start's
+   ``generation`` is another one: the lease's current generation, which its claim checks
+   (``segue.agent.leases``), since a stopped VM is held by no one.
 
 Errors: ``NotFound`` (``VM_NOT_FOUND``) from the lookup; ``Conflict`` with the codes above.
 """
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
@@ -47,7 +56,8 @@ LIVE = ANY_STATE - {VMState.STOPPED}  # a QEMU process runs
 class Guard:
     """When an operation may act: ``roles`` and run ``states`` it accepts; ``code``,
     ``wanted`` and ``hint`` for a state it refuses; ``idle``: no migration may be under way;
-    ``fresh``: ask QEMU for the run state first; ``locked``: hold the VM's lock."""
+    ``fresh``: ask QEMU for the run state first; ``locked``: hold the VM's lock;
+    ``fencing``: the operation takes the caller's ``generation`` (module doc, step 4)."""
 
     operation: str
     roles: frozenset[VMRole]
@@ -58,9 +68,11 @@ class Guard:
     idle: bool = False
     fresh: bool = False
     locked: bool = True
+    fencing: bool = False
 
-    async def check(self, vm: ManagedVM) -> None:
-        """Raises Conflict (see the module doc) unless the operation may act on ``vm``."""
+    async def check(self, vm: ManagedVM, generation: int | None = None) -> None:
+        """Raises Conflict (see the module doc) unless the operation may act on ``vm``;
+        ``generation``: the caller's, checked if the guard is ``fencing``."""
         if self.fresh:
             await vm.refresh_state()
         self.check_role(vm)
@@ -76,6 +88,8 @@ class Guard:
                 raise Conflict("MIGRATION_IN_PROGRESS",
                                f"{vm.name} is migrating (QEMU: {migration.status.value})",
                                "wait for the migration to end, or cancel it")
+        if self.fencing:
+            check_owned(vm, generation)
 
     def check_role(self, vm: ManagedVM) -> None:
         """Step 1 of ``check``: incoming or owned (no QEMU asked)."""
@@ -89,6 +103,21 @@ class Guard:
             raise Conflict("VM_NOT_INCOMING",
                            f"{vm.name} is owned by this host, not an incoming migration",
                            "act on the incoming side only on the migration's destination")
+
+
+def check_owned(vm: ManagedVM, generation: int | None) -> None:
+    """Raises Conflict (``VM_NOT_OWNED``) if ``generation`` is given and this host does not
+    hold the VM's lease at it (step 4 of the module doc)."""
+    if generation is None or generation == vm.generation:
+        return
+    held = (f"holds it at generation {vm.generation}" if vm.generation is not None
+            else "holds no lease of it")
+    raise Conflict("VM_NOT_OWNED",
+                   f"{vm.name}: the caller expects generation {generation}, but this host "
+                   f"{held}",
+                   "the VM was claimed (or its lease moved on) since the caller read its "
+                   "record: refresh the VM's record (its host and generation) and try again",
+                   expected=generation, held=vm.generation)
 
 
 GUARDS: dict[str, Guard] = {}
@@ -118,22 +147,29 @@ Guarded = Callable[Concatenate[S, str, P], Coroutine[Any, Any, R]]
 
 def requires(*, roles: Iterable[VMRole], states: Iterable[VMState],
              code: str = "VM_NOT_RUNNING", wanted: str = "running", hint: str = "start it first",
-             idle: bool = False, fresh: bool = False, locked: bool = True
-             ) -> Callable[[Operation[S, P, R]], Guarded[S, P, R]]:
+             idle: bool = False, fresh: bool = False, locked: bool = True,
+             fencing: bool = False) -> Callable[[Operation[S, P, R]], Guarded[S, P, R]]:
     """Declare the guard of an operation ``op(self, vm, ...)`` (see ``Guard``) and enter it
-    into ``GUARDS``; the result is ``op(self, name, ...)``, guarded."""
+    into ``GUARDS``; the result is ``op(self, name, ...)``, guarded. A ``fencing`` operation
+    declares a keyword-only ``generation: int | None = None`` (the guard checks it; the
+    operation gets it too); RuntimeError at import if it does not."""
 
     def decorate(op: Operation[S, P, R]) -> Guarded[S, P, R]:
         guard = Guard(op.__name__, frozenset(roles), frozenset(states), code, wanted, hint,
-                      idle, fresh, locked)
+                      idle, fresh, locked, fencing)
         if op.__name__ in GUARDS:
             raise RuntimeError(f"two guarded agent operations are named {op.__name__}")
+        token = inspect.signature(op).parameters.get("generation")
+        if fencing and (token is None or token.kind is not inspect.Parameter.KEYWORD_ONLY):
+            raise RuntimeError(f"the fencing operation {op.__name__} takes no keyword-only "
+                               "generation")
         GUARDS[op.__name__] = guard
 
         async def guarded(self: S, name: str, /, *args: P.args, **kwargs: P.kwargs) -> R:
             vm = self.get(name)
+            generation = kwargs.get("generation")
             async with vm.lock if guard.locked else contextlib.nullcontext():
-                await guard.check(vm)
+                await guard.check(vm, generation if isinstance(generation, int) else None)
                 return await op(self, vm, *args, **kwargs)
 
         functools.update_wrapper(guarded, op)

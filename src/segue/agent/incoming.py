@@ -18,7 +18,13 @@
 - ``abort``: kill the incoming QEMU and forget the VM (the datastore is not touched).
 - ``recover``: a paused post-copy listens again (``migrate-recover``) on a fresh port.
 
-Operations are guarded (``segue.agent.guards``). Errors: ``NotFound`` (``VM_NOT_FOUND``);
+Operations are guarded (``segue.agent.guards``). None takes a generation (the fencing token
+of the source's calls): the destination holds no lease until it takes the VM over, and it
+can take it over only through the handover the source wrote for this host and this
+migration id, at the generation the source's ``migrate`` was checked against; the
+generation it then holds (one above) is the lease's to give, not the caller's to know. So
+the migration id fences the takeover, ``claim`` acts only on a VM that runs here (it took
+the VM over), and ``abort`` never on one that runs. Errors: ``NotFound`` (``VM_NOT_FOUND``);
 ``Conflict`` (``VM_EXISTS``, ``MAC_IN_USE``, ``VM_NOT_INCOMING``, ``VM_NOT_RUNNING``);
 ``InvalidRequest`` (``VM_SPEC_INVALID``); ``Unavailable`` (``MIGRATION_NIC_UNAVAILABLE``,
 ``MIGRATION_LISTEN_FAILED``, QEMU's ``QEMU_LAUNCH_FAILED``, ``QMP_COMMAND_FAILED``,

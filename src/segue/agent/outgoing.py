@@ -15,10 +15,16 @@ side is ``segue.agent.incoming``.
   recovered).
 
 The datastore's vm.json is never written here (the destination's claim does); ``release``
-removes the local definition. Operations are guarded (``segue.agent.guards``).
+removes the local definition. Operations are guarded (``segue.agent.guards``);
+``migrate``, ``cancel`` and ``resume`` take the caller's ``generation`` (its fencing token:
+``VM_NOT_OWNED`` unless this host holds the VM at it). The mid-flight calls (parameters,
+post-copy, its recovery) take none: they act on the migration that ``migrate`` started at
+a checked generation, and a post-copy's run past the handover, when this host holds no
+lease any more.
 
 Errors: ``NotFound`` (``VM_NOT_FOUND``); ``Conflict`` (``VM_INCOMING``, ``VM_NOT_RUNNING``,
-``MIGRATION_IN_PROGRESS``, ``VM_NOT_MIGRATED``, ``VM_NOT_PAUSED``); ``InvalidRequest``
+``MIGRATION_IN_PROGRESS``, ``VM_NOT_MIGRATED``, ``VM_NOT_PAUSED``, ``VM_NOT_OWNED``,
+``VM_FENCED``, the leases' ``VM_LOCKED``); ``InvalidRequest``
 (``MIGRATION_URI_INVALID``); ``Unavailable`` (``DIRTY_RATE_UNAVAILABLE``, and QEMU's
 ``QMP_COMMAND_FAILED``, ``QMP_UNAVAILABLE``, ``QMP_ANSWER_INVALID``).
 """
@@ -87,14 +93,16 @@ class Outgoing:
         """The VM's migration as this host sees it (either side)."""
         return await self.m.migration_view(name)
 
-    @requires(roles={VMRole.OWNER}, states={VMState.RUNNING}, fresh=True)
+    @requires(roles={VMRole.OWNER}, states={VMState.RUNNING}, fresh=True, fencing=True)
     async def migrate(self, vm: ManagedVM, uri: str, capabilities: Mapping[str, bool],
                       parameters: Mapping[str, ParameterValue], migration_id: str,
-                      destination: str) -> MigrationView:
+                      destination: str, *, generation: int | None = None) -> MigrationView:
         """Hand the VM's lease over to ``destination`` for ``migration_id`` and migrate the
-        running VM to ``uri``; the status. Raises InvalidRequest (``MIGRATION_URI_INVALID``)
-        for anything but ``tcp:HOST:PORT``, Conflict (``VM_NOT_OWNED``, ``VM_FENCED``) for a
-        VM this host does not hold the lease of."""
+        running VM to ``uri``; the status. ``generation`` (checked by the guard): only if
+        this host holds the VM at it, which the handover then carries. Raises InvalidRequest
+        (``MIGRATION_URI_INVALID``) for anything but ``tcp:HOST:PORT``, Conflict
+        (``VM_NOT_OWNED``, ``VM_FENCED``) for a VM this host does not hold the lease of (at
+        ``generation``), before anything is sent."""
         check_tcp_uri(uri)
         await asyncio.to_thread(self.m.leases.hand_over, vm.spec, _held(vm), destination,
                                 migration_id)
@@ -106,10 +114,12 @@ class Outgoing:
         log.info("%s: migrating to %s", vm.name, uri)
         return await self.m.migration_view(vm.name)
 
-    @requires(roles=OWNED, states=LIVE, hint="nothing to cancel")
-    async def cancel(self, vm: ManagedVM) -> MigrationView:
+    @requires(roles=OWNED, states=LIVE, hint="nothing to cancel", fencing=True)
+    async def cancel(self, vm: ManagedVM, *, generation: int | None = None) -> MigrationView:
         """``migrate_cancel``, then wait (up to 10 s) until QEMU's migration ended; the
-        status. Cancelling when nothing migrates changes nothing."""
+        status. Cancelling when nothing migrates changes nothing. ``generation`` (checked by
+        the guard): only if this host holds the VM at it (once the destination took the VM
+        over this host holds none: the copy is done, there is nothing left to cancel)."""
         await QemuMigration(qmp_of(vm)).cancel()
         with contextlib.suppress(TimeoutError):  # the status says how far it got
             async with asyncio.timeout(CANCEL_TIMEOUT_S):
@@ -170,7 +180,10 @@ class Outgoing:
                                          "the destination claimed it")
     async def release(self, vm: ManagedVM) -> None:
         """Quit the migrated-away QEMU (kill it if it does not quit) and remove the local
-        definition; the datastore's vm.json names the destination now and stays."""
+        definition; the datastore's vm.json names the destination now and stays. It takes
+        no generation: the source it releases holds none by design (the destination took
+        the lease over; this host notices at its next renewal), so no caller could name
+        one it holds."""
         machine = QemuMachine(qmp_of(vm))
         try:
             await machine.quit()
@@ -184,13 +197,15 @@ class Outgoing:
 
     @requires(roles=OWNED, states={VMState.PAUSED, VMState.POSTMIGRATE}, idle=True, fresh=True,
               code="VM_NOT_PAUSED", wanted="paused or postmigrate",
-              hint="only a paused or migrated-away VM can be resumed")
-    async def resume(self, vm: ManagedVM) -> VMInfo:
+              hint="only a paused or migrated-away VM can be resumed", fencing=True)
+    async def resume(self, vm: ManagedVM, *, generation: int | None = None) -> VMInfo:
         """Run a paused or ``postmigrate`` VM again (``cont``): the rollback of a completed
         migration whose destination failed. Only with the VM's lease: kept (its handover
         withdrawn) or claimed anew; refused while the destination holds it (``VM_LOCKED``,
         ``VM_NOT_OWNED``), or for a fenced QEMU (``VM_FENCED``): its memory is older than
-        what another host ran."""
+        what another host ran. ``generation`` (checked by the guard): only if this host
+        still holds the VM at it; a source whose lease a destination took over and returned
+        unused holds none, and only a resume without a generation claims it anew."""
         if vm.fenced is not None:
             raise _fenced(vm)
         self.m.hold(vm, await asyncio.to_thread(self.m.leases.ensure, vm.spec, vm.generation))

@@ -26,9 +26,11 @@ A VM's files must lie under this host's datastores or image dirs (``segue.agent.
 checked on define and at every launch (QEMU opens the resolved paths); a stored spec that
 fails loads all the same, logged, and cannot start. The console log is the runtime dir's.
 
-Start and stop are guarded (``segue.agent.guards``). Errors: ``NotFound``
-(``VM_NOT_FOUND``), ``Conflict`` (``VM_NOT_STOPPED``, ``VM_NOT_RUNNING``, ``VM_INCOMING``,
-and the leases' ``VM_LOCKED``, ``DISK_IN_USE``, ``VM_NOT_OWNED``),
+Start, stop and destroy are guarded (``segue.agent.guards``); stop and destroy take the
+caller's ``generation`` (its fencing token), a start the lease generation its claim expects.
+Errors: ``NotFound`` (``VM_NOT_FOUND``), ``Conflict`` (``VM_NOT_STOPPED``,
+``VM_NOT_RUNNING``, ``VM_INCOMING``, ``VM_NOT_OWNED`` from the guard, and the leases'
+``VM_LOCKED``, ``DISK_IN_USE``, ``VM_NOT_OWNED``),
 the admission errors of ``segue.agent.admission``, the confinement errors of
 ``segue.agent.confine`` (``PATH_OUTSIDE_DATASTORE``, ``PATH_RESERVED``,
 ``SERIAL_LOG_OUTSIDE_RUNTIME``), and ``Unavailable`` from the QEMU layer.
@@ -50,7 +52,7 @@ from typing import Protocol
 from segue.agent import admission, confine
 from segue.agent.config import AgentConfig
 from segue.agent.facts import QemuCapabilities, datastore_facts, memory_facts, port_group_facts
-from segue.agent.guards import ALL_ROLES, LIVE, OWNED, requires
+from segue.agent.guards import ALL_ROLES, ANY_STATE, LIVE, OWNED, requires
 from segue.agent.leases import Leases
 from segue.agent.managed import ManagedVM, read_incoming
 from segue.agent.roles import role_of
@@ -298,18 +300,19 @@ class VMManager:
         log.info("defined %s (%s)", spec.name, spec.uuid)
         return await self.info(spec.name)
 
-    async def destroy(self, name: str) -> None:
+    @requires(roles=ALL_ROLES, states=ANY_STATE, fencing=True)
+    async def destroy(self, vm: ManagedVM, *, generation: int | None = None) -> None:
         """Hard power-off if running, then remove the definition: everywhere, except the
-        datastore's vm.json when it names another host (an incoming or migrated-away VM)."""
-        vm = self.get(name)
-        async with vm.lock:
-            await self.kill(vm, reason="destroyed")
-            if self.owns_datastore_entry(vm.spec):
-                self.store.remove(vm.spec)
-                with contextlib.suppress(SegueError):  # a lease left expires on its own
-                    await asyncio.to_thread(self.leases.forget, vm.spec)
-            self.forget(vm)
-        log.info("destroyed %s", name)
+        datastore's vm.json when it names another host (an incoming or migrated-away VM).
+        ``generation`` (checked by the guard): only if this host holds the VM at it; a
+        stopped VM is held by no one, so pass none for it."""
+        await self.kill(vm, reason="destroyed")
+        if self.owns_datastore_entry(vm.spec):
+            self.store.remove(vm.spec)
+            with contextlib.suppress(SegueError):  # a lease left expires on its own
+                await asyncio.to_thread(self.leases.forget, vm.spec)
+        self.forget(vm)
+        log.info("destroyed %s", vm.name)
 
     def owns_datastore_entry(self, spec: VMSpec) -> bool:
         """True unless the datastore's vm.json of the VM names another host."""
@@ -376,9 +379,11 @@ class VMManager:
         self._watch(vm)
         log.info("started %s (pid %d%s)", vm.spec.name, vm.pid, ", incoming" if incoming else "")
 
-    @requires(roles=ALL_ROLES, states=LIVE)
-    async def stop(self, vm: ManagedVM, timeout: float = 30.0, force: bool = False) -> VMInfo:
-        """ACPI power-off; if the guest has not gone after ``timeout`` s, hard power-off."""
+    @requires(roles=ALL_ROLES, states=LIVE, fencing=True)
+    async def stop(self, vm: ManagedVM, timeout: float = 30.0, force: bool = False, *,
+                   generation: int | None = None) -> VMInfo:
+        """ACPI power-off; if the guest has not gone after ``timeout`` s, hard power-off.
+        ``generation`` (checked by the guard): only if this host holds the VM at it."""
         machine = vm.machine()
         if force or machine is None or vm.pid is None:
             await self.kill(vm, reason="powered off")

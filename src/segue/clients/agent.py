@@ -18,6 +18,10 @@ Migration calls (the agent side of a live migration):
   destination.
 Check calls: ``vm_cpu``, ``open_probe_listener`` (``sink=True`` for a throughput sink),
 ``probe_migration_path``, ``measure_throughput``, ``files_visible``.
+
+``generation`` (start, stop, destroy, resume, migrate, cancel): the VM's lease generation
+as the caller knows it, the fencing token the agent checks (``segue.agent.guards``); None
+sends none.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from segue.api.agent import (
     VMEvent,
 )
 from segue.api.vm import VMInfo, VMSpecBody
-from segue.clients.base import ServiceClient
+from segue.clients.base import QueryParams, ServiceClient
 from segue.domain.host import HostFacts
 
 __all__ = ["AgentClient", "ParametersAnswer"]  # ParametersAnswer: re-exported, it lived here
@@ -81,19 +85,21 @@ class AgentClient(ServiceClient):
 
     async def start_vm(self, name: str, generation: int | None = None) -> VMInfo:
         """Start the VM; ``generation``: the lease generation believed current."""
-        params: dict[str, str | int | float | bool] | None = (
-            {"generation": generation} if generation is not None else None)
-        return await self.call(VMInfo, "POST", f"/vms/{name}/start", params=params)
+        return await self.call(VMInfo, "POST", f"/vms/{name}/start",
+                               params=_generation(generation))
 
-    async def stop_vm(self, name: str, timeout: float = 30.0, force: bool = False) -> VMInfo:
+    async def stop_vm(self, name: str, timeout: float = 30.0, force: bool = False,
+                      generation: int | None = None) -> VMInfo:
         return await self.call(VMInfo, "POST", f"/vms/{name}/stop",
-                               params={"timeout": timeout, "force": "true" if force else "false"})
+                               params={"timeout": timeout, "force": "true" if force else "false",
+                                       **_generation(generation)})
 
-    async def destroy_vm(self, name: str) -> None:
-        await self.request("DELETE", f"/vms/{name}")
+    async def destroy_vm(self, name: str, generation: int | None = None) -> None:
+        await self.request("DELETE", f"/vms/{name}", params=_generation(generation))
 
-    async def resume_vm(self, name: str) -> VMInfo:
-        return await self.call(VMInfo, "POST", f"/vms/{name}/resume")
+    async def resume_vm(self, name: str, generation: int | None = None) -> VMInfo:
+        return await self.call(VMInfo, "POST", f"/vms/{name}/resume",
+                               params=_generation(generation))
 
     async def events(self, name: str, since: int = 0) -> list[VMEvent]:
         return await self.call_list(VMEvent, "GET", f"/vms/{name}/events",
@@ -133,16 +139,20 @@ class AgentClient(ServiceClient):
     # ---- source ----
     async def start_migration(self, name: str, uri: str, capabilities: Capabilities,
                               parameters: Parameters, *, migration_id: str,
-                              destination: str) -> MigrationView:
+                              destination: str, generation: int | None = None
+                              ) -> MigrationView:
         body = MigrateRequest(uri=uri, capabilities=capabilities, parameters=parameters,
                               migration_id=migration_id, destination=destination)
-        return await self.call(MigrationView, "POST", f"/vms/{name}/migrate", json=body)
+        return await self.call(MigrationView, "POST", f"/vms/{name}/migrate", json=body,
+                               params=_generation(generation))
 
     async def migration_status(self, name: str) -> MigrationView:
         return await self.call(MigrationView, "GET", f"/vms/{name}/migration")
 
-    async def cancel_migration(self, name: str) -> MigrationView:
-        return await self.call(MigrationView, "POST", f"/vms/{name}/migration/cancel")
+    async def cancel_migration(self, name: str, generation: int | None = None
+                               ) -> MigrationView:
+        return await self.call(MigrationView, "POST", f"/vms/{name}/migration/cancel",
+                               params=_generation(generation))
 
     async def release(self, name: str) -> None:
         await self.request("POST", f"/vms/{name}/release")
@@ -181,3 +191,8 @@ class AgentClient(ServiceClient):
         return await self.call(ThroughputAnswer, "POST", "/migration-network/throughput",
                                json=ThroughputRequest(address=address, port=port,
                                                       seconds=seconds))
+
+
+def _generation(generation: int | None) -> QueryParams:
+    """The ``generation`` query of a state-changing call (the fencing token), if any."""
+    return {"generation": generation} if generation is not None else {}

@@ -256,13 +256,18 @@ def update_vm_state(session: Session, vm: VM, state: InventoryState, pid: int | 
     return changed
 
 
-def move_vm(session: Session, name: str, new_host: str, now: datetime | None = None) -> VM:
-    """Record that ``new_host`` now owns the VM (a ``moved`` event); raises NotFound."""
+def move_vm(session: Session, name: str, new_host: str, now: datetime | None = None, *,
+            generation: int | None = None) -> VM:
+    """Record that ``new_host`` now owns the VM at lease ``generation`` (None: unknown until
+    its heartbeat reports it; the old host's is never kept for the new one), with a
+    ``moved`` event; raises NotFound."""
     now = now or utcnow()
     vm = get_vm(session, name)
     get_host(session, new_host)
     old_host, vm.host, vm.updated_at = vm.host, new_host, now
-    record_vm_event(session, name, "moved", {"from": old_host, "to": new_host}, now)
+    vm.generation = generation
+    record_vm_event(session, name, "moved", {"from": old_host, "to": new_host,
+                                             "generation": generation}, now)
     return vm
 
 

@@ -45,28 +45,29 @@ class Admission:
 
     async def admit(self, vm: str, dest: str, options: MigrationOptionsBody
                     ) -> tuple[JobSpec, list[str]]:
-        """The new job's spec and the checks' warning codes; raises to refuse (module doc).
-        Nothing is stored."""
-        source = await self.check_inventory(vm, dest)
+        """The new job's spec (with the VM's lease generation on record, the fencing token
+        of the job's calls to the source) and the checks' warning codes; raises to refuse
+        (module doc). Nothing is stored."""
+        source, generation = await self.check_inventory(vm, dest)
         await self.refuse_unsafe_cap(options, source)
         warnings = await self.check_all(vm, dest)
-        return JobSpec(str(uuid.uuid4()), vm, source, dest, options), warnings
+        return JobSpec(str(uuid.uuid4()), vm, source, dest, options, generation), warnings
 
-    async def check_inventory(self, vm_name: str, dest: str) -> str:
-        """The VM's host; raises unless the VM and ``dest`` are known, differ, and the VM
-        has no active migration."""
+    async def check_inventory(self, vm_name: str, dest: str) -> tuple[str, int | None]:
+        """The VM's host and lease generation on record; raises unless the VM and ``dest``
+        are known, differ, and the VM has no active migration."""
         active = await self.store.active_of(vm_name)
         return await self.db.run(self._source_of, vm_name, dest, active)
 
     def _source_of(self, session: Session, vm_name: str, dest: str,
-                   active: ActiveJob | None) -> str:
+                   active: ActiveJob | None) -> tuple[str, int | None]:
         vm = inventory.get_vm(session, vm_name)
         self.refuse_in_flight(vm_name, active)
         if vm.host == dest:
             raise Conflict("MIGRATION_SAME_HOST", f"{vm_name} already runs on {dest}",
                            "choose another destination host")
         inventory.get_host(session, dest)
-        return inventory.get_host(session, vm.host).name
+        return inventory.get_host(session, vm.host).name, vm.generation
 
     @staticmethod
     def refuse_in_flight(vm: str, active: ActiveJob | None) -> None:
@@ -114,16 +115,23 @@ class Admission:
 
     async def recheck(self, spec: JobSpec) -> None:
         """A queued job's checks at its start; raises as a request would, and
-        ``MIGRATION_SOURCE_CHANGED`` when the VM left its source while the job waited."""
-        host = await self.db.run(_host_of, spec.vm)
+        ``MIGRATION_SOURCE_CHANGED`` when the VM left its source, or was claimed again
+        (its lease generation on record changed), while the job waited."""
+        host, generation = await self.db.run(_host_of, spec.vm)
         if host != spec.source:
             raise Conflict("MIGRATION_SOURCE_CHANGED",
                            f"{spec.vm} moved to {host} while its migration from "
                            f"{spec.source} was queued", "request the migration again")
+        if spec.generation is not None and generation != spec.generation:
+            raise Conflict("MIGRATION_SOURCE_CHANGED",
+                           f"{spec.vm} was claimed again on {host} (lease generation "
+                           f"{spec.generation}, now {generation}) while its migration was "
+                           "queued", "request the migration again")
         warnings = await self.check_all(spec.vm, spec.dest, own=spec.id)
         await self.store.note(spec.id, "pre-migration checks passed again at start"
                               + (f" (warnings: {', '.join(warnings)})" if warnings else ""))
 
 
-def _host_of(session: Session, vm: str) -> str:
-    return inventory.get_vm(session, vm).host
+def _host_of(session: Session, vm: str) -> tuple[str, int | None]:
+    row = inventory.get_vm(session, vm)
+    return row.host, row.generation

@@ -32,6 +32,8 @@ class MigrationRow(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the VM's lease generation at admission: the fencing token of the job's source calls
+    generation: Mapped[int | None] = mapped_column(Integer, nullable=True)
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     last_progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -96,9 +96,10 @@ class SqlJobStore:
     async def set_summary(self, job_id: str, summary: dict[str, JsonValue]) -> None:
         await self.db.run(_set_summary, job_id, dict(summary))
 
-    async def commit_location(self, vm: str, host: str) -> None:
-        """``host`` now owns ``vm`` in the inventory (a ``moved`` event)."""
-        await self.db.run(_commit_location, vm, host)
+    async def commit_location(self, vm: str, host: str, generation: int | None) -> None:
+        """``host`` now owns ``vm`` at lease ``generation`` in the inventory (a ``moved``
+        event; None: unknown until its heartbeat reports it)."""
+        await self.db.run(_commit_location, vm, host, generation)
 
     # ---- jobs ----
     async def create(self, spec: JobSpec, decide: Decide, message: Callable[[Phase], str]
@@ -191,8 +192,8 @@ def _set_summary(session: Session, job_id: str, summary: dict[str, JsonValue]) -
     _row(session, job_id).summary = summary
 
 
-def _commit_location(session: Session, vm: str, host: str) -> None:
-    inventory.move_vm(session, vm, host)
+def _commit_location(session: Session, vm: str, host: str, generation: int | None) -> None:
+    inventory.move_vm(session, vm, host, generation=generation)
 
 
 def _create(session: Session, spec: JobSpec, decide: Decide,
@@ -202,7 +203,8 @@ def _create(session: Session, spec: JobSpec, decide: Decide,
     session.add(MigrationRow(
         id=spec.id, vm_name=spec.vm, source_host=spec.source, dest_host=spec.dest,
         phase=phase.value, created_at=at, updated_at=at,
-        options=spec.options.model_dump(mode="json"), summary={}, last_progress={}))
+        options=spec.options.model_dump(mode="json"), summary={}, last_progress={},
+        generation=spec.generation))
     session.add(MigrationTransitionRow(migration_id=spec.id, at=at, from_phase=None,
                                        to_phase=phase.value, message=message(phase)))
     return phase
@@ -233,7 +235,7 @@ def _unfinished(session: Session) -> list[StoredJob]:
 def _stored(session: Session, row: MigrationRow) -> StoredJob:
     src = inventory.get_host(session, row.source_host)
     dst = inventory.get_host(session, row.dest_host)
-    spec = JobSpec(row.id, row.vm_name, src.name, dst.name, _options(row))
+    spec = JobSpec(row.id, row.vm_name, src.name, dst.name, _options(row), row.generation)
     return StoredJob(spec, Phase(row.phase), src.url, dst.url)
 
 

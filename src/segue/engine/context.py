@@ -47,13 +47,16 @@ CANCEL_TIMEOUT_S = 10.0
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One migration: its id, the VM, the source and destination hosts' names, the options."""
+    """One migration: its id, the VM, the source and destination hosts' names, the options,
+    and the VM's lease generation on record when the job was admitted: the fencing token
+    of the job's state-changing calls to the source (None: none known, none sent)."""
 
     id: str
     vm: str
     source: str
     dest: str
     options: MigrationOptionsBody
+    generation: int | None = None
 
 
 @dataclass(frozen=True)
@@ -238,7 +241,7 @@ class JobBase:
     async def _cancel_source(self) -> None:
         """Cancel the source's migration if it runs, and wait until QEMU says it ended."""
         if (await self.src.migration_status(self.vm)).migration.status.active:
-            await self.src.cancel_migration(self.vm)
+            await self._cancel_call()
         deadline = self.clock.now() + CANCEL_TIMEOUT_S
         while (status := (await self.src.migration_status(self.vm)).migration.status).active:
             if status.postcopy:
@@ -252,6 +255,20 @@ class JobBase:
         if status == MigrationStatus.COMPLETED:
             raise CommitCrossed("QEMU completed the copy before the cancel reached it")
 
+    async def _cancel_call(self) -> None:
+        """``cancel_migration`` at the job's generation. Its ``VM_NOT_OWNED`` while QEMU
+        switched to post-copy or completed means the destination took the VM over: the
+        caller's wait finds the commit point crossed; any other refusal is raised."""
+        try:
+            await self.src.cancel_migration(self.vm, generation=self.spec.generation)
+        except Conflict as refused:
+            if refused.code != "VM_NOT_OWNED":
+                raise
+            status = (await self.src.migration_status(self.vm)).migration.status
+            if status.active and not status.postcopy:
+                raise
+            await self.note(f"the cancel was refused ({refused.message}): QEMU is {status.value}")
+
     async def _ensure_source_runs(self) -> None:
         """Resume a paused source, but only with the destination confirmed gone (torn down
         in this rollback, or never prepared): else two QEMUs could run the VM."""
@@ -263,7 +280,7 @@ class JobBase:
                     f"{self.vm} stays paused on {self.spec.source}: its destination "
                     f"{self.spec.dest} could not be confirmed gone",
                     f"check {self.spec.dest}; resume the source only if it does not run there")
-            await self.src.resume_vm(self.vm)
+            await self.src.resume_vm(self.vm, generation=self.spec.generation)
             info = await self.src.get_vm(self.vm)
         if info.state != VMState.RUNNING:
             raise MigrationFailed("MIGRATION_SOURCE_NOT_RUNNING",

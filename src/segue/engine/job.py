@@ -59,7 +59,7 @@ from pydantic import JsonValue
 from segue.api.agent import IncomingAnswer
 from segue.api.agent import VMEvent as AgentEvent
 from segue.api.qemu import MigrationStatus
-from segue.api.vm import VMSpecBody
+from segue.api.vm import VMInfo, VMSpecBody
 from segue.domain.errors import NotFound, SegueError
 from segue.domain.vm import VMState
 from segue.engine import postcopy
@@ -194,7 +194,8 @@ class MigrationJob(JobBase):
         caps, params = dict(settings.capabilities), dict(settings.parameters)
         self.push_cancel_source()  # a migrate that failed midway may have started
         await self.src.start_migration(self.vm, self.uri, caps, params,
-                                       migration_id=self.id, destination=self.spec.dest)
+                                       migration_id=self.id, destination=self.spec.dest,
+                                       generation=self.spec.generation)
         await self.note(f"capabilities {caps}, parameters {params}: " + "; ".join(settings.reasons))
 
     async def _monitor(self) -> None:
@@ -304,7 +305,7 @@ class MigrationJob(JobBase):
         await self.note(f"{self.spec.dest} does not run {self.vm} ({err.message}): the source "
                         f"runs it again if the destination never took its lease over")
         try:
-            await self.src.resume_vm(self.vm)
+            await self.src.resume_vm(self.vm, generation=self.spec.generation)
         except SegueError as refused:
             await self.note(f"{self.spec.source} does not run it again ({refused.code}: "
                             f"{refused.message}): waiting for {self.spec.dest}")
@@ -381,8 +382,9 @@ class MigrationJob(JobBase):
         except SegueError as err:
             await self.note(f"no final numbers from QEMU: {err}")
             summary = {**self.prediction, "postcopy": self.went_postcopy}
-        await self._claim()
-        await self.store.commit_location(self.vm, self.spec.dest)
+        claimed = await self._claim()
+        await self.store.commit_location(self.vm, self.spec.dest,
+                                         claimed.generation if claimed is not None else None)
         await self._release_source()
         total = round(self.elapsed(), 3)
         qemu_total = summary.get("qemu_total_ms")
@@ -394,17 +396,19 @@ class MigrationJob(JobBase):
         await self.store.set_summary(self.id, summary)
         await self.enter(Phase.COMPLETED, f"{self.vm} runs on {self.spec.dest} in {total} s")
 
-    async def _claim(self) -> None:
-        """The destination's agent takes the VM over (retried once)."""
+    async def _claim(self) -> VMInfo | None:
+        """The destination's agent takes the VM over (retried once); the VM as it owns it
+        now (with the lease generation it took it over at), None if both tries failed."""
         try:
-            await self.dst.claim(self.vm)
+            return await self.dst.claim(self.vm)
         except SegueError as err:
             await self.note(f"claim on {self.spec.dest} failed: {err}; retrying")
             await self.clock.sleep(CLAIM_RETRY_S)
             try:
-                await self.dst.claim(self.vm)
+                return await self.dst.claim(self.vm)
             except SegueError as again:
                 await self.note(f"retry failed: {again}")
+                return None
 
     async def _release_source(self) -> None:
         """Shut the source QEMU down once it reached ``postmigrate`` (QEMU reports the

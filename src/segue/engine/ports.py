@@ -3,7 +3,9 @@
 - ``AgentPort``: one host agent (the controller's ``segue.clients.agent.AgentClient``
   satisfies it; tests use in-memory fakes). Every method raises ``SegueError``: ``NotFound``
   for an unknown VM, ``Unavailable`` (``AGENT_UNREACHABLE``) when the agent does not answer,
-  the agent's own error otherwise.
+  the agent's own error otherwise. ``generation`` (migrate, cancel, resume): the lease
+  generation the job expects the source to hold the VM at, its fencing token (the agent
+  refuses another with ``VM_NOT_OWNED``); None sends none.
 - ``JobStore``: where the job's record lives (phase transitions, notes, samples, summary) and
   where the VM's location is committed.
 - ``FactsSource``: the hosts' last facts.
@@ -41,7 +43,7 @@ class AgentPort(Protocol):
 
     async def get_vm(self, name: str) -> VMInfo: ...
     async def events(self, name: str, since: int = 0) -> list[VMEvent]: ...
-    async def resume_vm(self, name: str) -> VMInfo: ...
+    async def resume_vm(self, name: str, generation: int | None = None) -> VMInfo: ...
 
     # destination
     async def prepare_incoming(self, spec: VMSpecBody, migration_id: str,
@@ -55,9 +57,11 @@ class AgentPort(Protocol):
     # source
     async def start_migration(self, name: str, uri: str, capabilities: Capabilities,
                               parameters: Parameters, *, migration_id: str,
-                              destination: str) -> MigrationView: ...
+                              destination: str, generation: int | None = None
+                              ) -> MigrationView: ...
     async def migration_status(self, name: str) -> MigrationView: ...
-    async def cancel_migration(self, name: str) -> MigrationView: ...
+    async def cancel_migration(self, name: str, generation: int | None = None
+                               ) -> MigrationView: ...
     async def release(self, name: str) -> None: ...
     async def dirty_rate(self, name: str, calc_time_ms: int = 300) -> DirtyRateAnswer: ...
     async def set_migration_parameters(self, name: str, parameters: Parameters
@@ -73,16 +77,18 @@ class AgentPort(Protocol):
 class JobStore(Protocol):
     """The job's record. ``transition`` checks the phase table (``segue.engine.phases``) and
     raises ``InvalidTransition`` on a wrong move; ``commit_location`` records that ``vm``
-    now runs on ``host`` (the move's last word in the inventory). Every method is awaited:
-    a store that does I/O must not stop the job's event loop (the controller's runs each
-    call in its database's worker thread); each call is done, whole, when it returns."""
+    now runs on ``host`` at lease ``generation`` (the one the destination's claim answered;
+    None: unknown until the host reports it), the move's last word in the inventory. Every
+    method is awaited: a store that does I/O must not stop the job's event loop (the
+    controller's runs each call in its database's worker thread); each call is done, whole,
+    when it returns."""
 
     async def transition(self, job_id: str, target: Phase, message: str = "", *,
                          reason: str | None = None, error_code: str | None = None) -> None: ...
     async def note(self, job_id: str, message: str) -> None: ...
     async def record_sample(self, job_id: str, t: float, progress: Progress) -> None: ...
     async def set_summary(self, job_id: str, summary: dict[str, JsonValue]) -> None: ...
-    async def commit_location(self, vm: str, host: str) -> None: ...
+    async def commit_location(self, vm: str, host: str, generation: int | None) -> None: ...
 
 
 class FactsSource(Protocol):
