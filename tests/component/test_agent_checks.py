@@ -241,11 +241,13 @@ async def test_agent_stop_cancels_open_listeners(lab: Lab, caps: QemuCapabilitie
 async def test_files_visible_answers_per_file(lab: Lab, caps: QemuCapabilities) -> None:
     (lab.datastore / "web1").mkdir()
     (lab.datastore / "web1" / "disk0.qcow2").write_bytes(b"x")
+    (lab.datastore / "web1" / "vm.json").write_text("{}")
     async with agent_client(lab.config(), caps) as client:
         answer = await client.files_visible([
             FileRef(datastore="shared", path="web1/disk0.qcow2"),
             FileRef(datastore="shared", path="web1/missing.qcow2"),
             FileRef(datastore="nfs9", path="web1/disk0.qcow2"),
             FileRef(datastore="shared", path="../shared/web1/disk0.qcow2"),
+            FileRef(datastore="shared", path="web1/vm.json"),  # what the storage check asks
         ])
-    assert [f.visible for f in answer] == [True, False, False, False]
+    assert [f.visible for f in answer] == [True, False, False, False, True]

@@ -69,12 +69,13 @@ async def throughput(request: Request, body: ThroughputRequest) -> ThroughputAns
 def files_visible(request: Request, body: FilesRequest) -> FilesAnswer:
     """Whether each file (datastore name + path inside it) exists on this host; a datastore
     this host does not mount, or a path leaving the datastore (``..``, a symlink out of it:
-    ``segue.agent.confine``), counts as not visible."""
+    ``segue.agent.confine``), counts as not visible; Segue's own files (a VM's ``vm.json``,
+    which the storage check asks about) may be asked about."""
     roots = _manager(request).roots
     out = []
     for ref in body.files:
         try:
-            path = datastore_file("path", ref.datastore, ref.path, roots)
+            path = datastore_file("path", ref.datastore, ref.path, roots, reserved_ok=True)
         except SegueError:
             path = None
         ok = path is not None and ".." not in ref.path.split("/") and path.is_file()

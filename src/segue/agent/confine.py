@@ -107,11 +107,14 @@ def boot_file(field: str, path: str, roots: Roots) -> Path:
                    f"one of: {allowed}")
 
 
-def datastore_file(field: str, datastore: str, relative: str, roots: Roots) -> Path | None:
+def datastore_file(field: str, datastore: str, relative: str, roots: Roots,
+                   reserved_ok: bool = False) -> Path | None:
     """The resolved path of ``relative`` inside datastore ``datastore``; None if this host
     does not mount that datastore (the admission checks say so). Raises
     ``PATH_OUTSIDE_DATASTORE`` if it resolves outside that datastore (absolute, ``..``,
-    a symlink out of it), ``PATH_RESERVED`` for one of Segue's own files."""
+    a symlink out of it), ``PATH_RESERVED`` for one of Segue's own files unless
+    ``reserved_ok`` (a question about a file, such as whether a host sees a VM's
+    ``vm.json``, not a file a VM would use)."""
     mount = roots.datastores.get(datastore)
     if mount is None:
         return None
@@ -121,7 +124,8 @@ def datastore_file(field: str, datastore: str, relative: str, roots: Roots) -> P
         raise _outside(field, relative, resolved, f"datastore {datastore} ({mount})",
                        f"datastore {datastore} ({mount}), named by a path relative to it "
                        "that stays inside it (no '..', no symlink out of it)")
-    _check_reserved(field, relative, resolved, root)
+    if not reserved_ok:
+        _check_reserved(field, relative, resolved, root)
     return resolved
 
 
