@@ -233,6 +233,7 @@ def test_source_qemu_killed_during_copy(lab: LabPlan) -> None:
     lease = json.loads((lab.hosts[0].datastore_dir / LEASE_DIR / f"vm-{g.uuid}.json").read_text())
     assert lease["released"], lease  # the VM may start again, anywhere
     segue("vm", "start", g.name)
+    guests.wait_answering(lab, g.name, timeout=180)  # a cold boot, from its disk
     assert lab_cli.verify_fields(guests.verify_ip(lab, guest_ip(lab, g.name)))["result"] == "ok"
     RESULTS.append({"scenario": "source QEMU killed during the copy", "job": "failed",
                     "runs_on": "nowhere (crashed; starts again)", "settled_s": None})
