@@ -44,6 +44,7 @@ from typing import Protocol
 from segue.agent import admission
 from segue.agent.config import AgentConfig
 from segue.agent.facts import QemuCapabilities, datastore_facts, memory_facts, port_group_facts
+from segue.agent.guardian import fence_after as fence_after  # the one formula, re-exported
 from segue.agent.guards import ALL_ROLES, LIVE, OWNED, requires
 from segue.agent.leases import Leases
 from segue.agent.managed import ManagedVM, read_incoming
@@ -62,13 +63,6 @@ from segue.qemu.machine import QemuMachine
 from segue.qemu.qmp import QMPEvent, QMPSession
 
 log = logging.getLogger(__name__)
-
-
-def fence_after(duration_s: float, renew_s: float) -> float:
-    """Seconds without a successful renewal after which the agent stops a VM: two renewals
-    short of the lease's expiry, and at most 80 % of it (the kill, and a clock a little
-    ahead on the claiming host, must still fit before it expires)."""
-    return min(duration_s - 2 * renew_s, 0.8 * duration_s)
 
 
 class MigrationHook(Protocol):
