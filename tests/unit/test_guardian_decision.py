@@ -1,5 +1,6 @@
 """The lease guardian's pure parts (``segue.agent.guardian``): the decision from the lease
-record, the time and the claim it guards; the timing."""
+record, the time and the claim it guards; the timing; what the agent reads of it
+(``segue.agent.guardians``). The process itself runs in ``tests/component``."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from segue.agent.guardian import (
     parse_lease,
     poll_interval,
 )
+from segue.agent.guardians import clear_record, fence_record, needs_guardian
 from segue.agent.leases import Lease
+from segue.agent.roles import VMRole
 
 NOW = 1_000_000.0
 MARGIN = 3.0
@@ -94,6 +97,33 @@ def test_a_lease_file_is_read_as_the_agent_writes_it() -> None:
                                   '"expires_at": 1}'])
 def test_a_torn_or_foreign_lease_file_tells_nothing(text: str) -> None:
     assert parse_lease(text) is None
+
+
+@pytest.mark.parametrize(("role", "generation", "fenced", "alive", "needed"), [
+    (VMRole.OWNER, 3, False, True, True),
+    (VMRole.INCOMING, 3, False, True, True),  # took the VM over: about to run it
+    (VMRole.INCOMING, None, False, True, False),  # not taken over: the source holds it
+    (VMRole.SOURCE, 3, False, True, False),  # handed over: the job reads its end
+    (VMRole.OWNER, None, False, True, False),  # no lease held (a postmigrate source)
+    (VMRole.OWNER, 3, True, True, False),  # fenced: paused for good
+    (VMRole.OWNER, 3, False, False, False),  # QEMU gone
+])
+def test_which_vms_need_a_guardian(role: VMRole, generation: int | None, fenced: bool,
+                                   alive: bool, needed: bool) -> None:
+    assert needs_guardian(role, generation, fenced, alive) is needed
+
+
+def test_the_guardian_s_record_becomes_the_vm_s_last_exit(tmp_path: Path) -> None:
+    assert fence_record(tmp_path) is None
+    (tmp_path / "guardian-fenced.json").write_text(json.dumps(
+        {"at": NOW, "reason": "its lease expires in 2.9 s and was not renewed"}))
+    exit_reason = fence_record(tmp_path) or ""
+    assert exit_reason.startswith("fenced by its lease guardian at ")
+    assert exit_reason.endswith(": its lease expires in 2.9 s and was not renewed")
+    (tmp_path / "guardian-fenced.json").write_text('{"at": ')  # torn: no reason made up
+    assert fence_record(tmp_path) is None
+    clear_record(tmp_path)
+    assert not (tmp_path / "guardian-fenced.json").exists()
 
 
 def test_the_guardian_needs_nothing_but_the_standard_library() -> None:
