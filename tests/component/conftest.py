@@ -66,6 +66,10 @@ class Lab:
         """Pids of this lab's live fake QEMUs."""
         return fake_qemu_pids(str(self.root))
 
+    def guardian_pids(self) -> list[int]:
+        """Pids of this lab's live lease guardians."""
+        return guardian_pids(str(self.root))
+
 
 def fake_qemu_pids(marker: str) -> list[int]:
     """Pids of live fake QEMUs whose command line mentions ``marker``."""
@@ -83,13 +87,35 @@ def fake_qemu_pids(marker: str) -> list[int]:
     return pids
 
 
+def guardian_pids(marker: str) -> list[int]:
+    """Pids of live lease guardians (``segue.agent.guardian``) whose command line mentions
+    ``marker``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and any(a.endswith(b"/segue/agent/guardian.py") for a in args[:3]) \
+                and marker.encode() in b" ".join(args):
+            pids.append(int(proc.name))
+    return pids
+
+
 def kill_fakes(marker: str) -> None:
+    """Kill the fake QEMUs of ``marker``; their guardians exit with them (killed if not)."""
     for pid in fake_qemu_pids(marker):
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while fake_qemu_pids(marker) and time.monotonic() < deadline:
+    while (fake_qemu_pids(marker) or guardian_pids(marker)) and time.monotonic() < deadline:
         time.sleep(0.02)
+    for pid in guardian_pids(marker):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture

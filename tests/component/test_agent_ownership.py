@@ -29,6 +29,7 @@ from test_agent_migration import (
     wait_for,
 )
 
+from segue.agent.guardians import Guardians
 from segue.agent.leases import LEASE_DIR, Leases
 from segue.api.qemu import MigrationStatus
 from segue.api.vm import VMInfo
@@ -100,8 +101,16 @@ async def test_a_second_vm_on_the_same_disk_is_refused(lab: Lab, caps: QemuCapab
         assert (await dst.define_vm(spec_of(lab, "reader", disks=with_ro))).name == "reader"
 
 
-async def test_a_vm_whose_lease_another_host_claimed_is_fenced(
-        lab: Lab, caps: QemuCapabilities) -> None:
+async def test_without_a_guardian_a_vm_whose_lease_another_host_claimed_is_paused(
+        lab: Lab, caps: QemuCapabilities, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's own fencing (its guardian, where one runs, kills the QEMU instead:
+    ``test_agent_guardian``)."""
+
+    async def unguarded(*_: object, **__: object) -> None:
+        return None
+
+    monkeypatch.setattr(Guardians, "guard", unguarded)
+    monkeypatch.setattr(Guardians, "keep", unguarded)
     async with agent_on(lab, caps, "host1") as src:
         info = await running_vm(src, lab)
         # a host whose clock says the lease expired claims it (as after a long outage)

@@ -35,7 +35,9 @@ a heartbeat every ``heartbeat_interval`` seconds, saying it is reachable at
 ``lease_duration_s`` (15) is how long a VM's lease on shared storage lasts unrenewed and
 ``lease_renew_s`` (3) how often the agent renews it (``segue.agent.leases``): an agent that
 has not renewed a lease for ``lease_duration_s - 2 x lease_renew_s`` (at most 80 % of the
-lease: 9 s by default) stops the VM.
+lease: 9 s by default) stops the VM, and the VM's lease guardian (``segue.agent.guardian``)
+kills it when the agent is gone, halfway from there to the expiry (``guard_margin``: 3 s
+before it, 12 s after the last renewal, by default).
 ``cpu_exclude_features`` makes the host offer a smaller CPU feature set, as an older host
 would: its facts omit those features, every QEMU it starts gets ``-feat`` for each, and it
 refuses VMs whose ``cpu_model`` asks for one explicitly (``segue.agent.admission``).

@@ -12,8 +12,12 @@
   agent restart, completed while no agent was there, is resumed too.
 - the lease: before the guest runs here (at completion, or once post-copy's device state
   is in), this host takes the VM's lease over from the source, which handed it over for this
-  migration (``segue.agent.leases``); without it the guest stays paused. An incoming QEMU
-  that is torn down gives the lease back (the source may then run the VM again).
+  migration (``segue.agent.leases``); without it the guest stays paused. The VM's lease
+  guardian (``segue.agent.guardians``) is started by the guardians' keeper, nudged right
+  after the guest resumes: spawning it takes some 30 ms, which neither the switchover's
+  blackout nor this watcher (recording the VM's events) should wait for, while this agent,
+  there and holding the lease, renews it meanwhile. An incoming QEMU that is torn down gives
+  the lease back (the source may then run the VM again).
 - ``claim``: the VM runs here; this host becomes its owner (the datastore's vm.json names it).
 - ``abort``: kill the incoming QEMU and forget the VM (the datastore is not touched).
 - ``recover``: a paused post-copy listens again (``migrate-recover``) on a fresh port.
@@ -192,6 +196,7 @@ class Incoming:
         try:
             if machine is not None and await self._take_over(vm):
                 await machine.cont()
+                self.m.guardians.nudge()
         except SegueError as err:
             log.error("%s arrived but does not resume: %s", vm.name, err)
 
@@ -208,6 +213,7 @@ class Incoming:
                         if status == "paused" and await self._take_over(
                                 vm, attempts=int(POSTCOPY_RUN_TIMEOUT_S)):
                             await machine.cont()
+                            self.m.guardians.nudge()
                         return
                     await asyncio.sleep(0.005)
         except TimeoutError:

@@ -12,8 +12,9 @@ Each datastore holds a ``.segue/leases`` directory with one JSON file per lease:
 
 A lease is *held* while it is not ``released`` and its ``expires_at`` (seconds since the
 epoch) is ahead; the holder renews it every few seconds (``segue.agent.vms``) and an agent
-that cannot renew stops the VM before it expires. Hosts are expected to agree on the time
-to well within a lease (NTP), as every lease-based fencing does.
+that cannot renew stops the VM before it expires; where the agent itself is gone, the VM's
+lease guardian (``segue.agent.guardian``, which reads this file) does. Hosts are expected
+to agree on the time to well within a lease (NTP), as every lease-based fencing does.
 
 The generation grows on every claim: a start on a host (``acquire``), a migration's
 destination taking the VM over (``take_over``). It is the fencing token: a host acts on a
@@ -117,6 +118,11 @@ class Leases:
         mounted here). Raises Unavailable (``LEASE_STORAGE_UNAVAILABLE``)."""
         slot = self._slots(spec)[0]
         return _read(slot)
+
+    def vm_file(self, spec: VMSpec) -> Path:
+        """The path of the VM's own lease file (what its guardian reads). Raises Unavailable
+        (``LEASE_STORAGE_UNAVAILABLE``) if its datastore is not mounted here."""
+        return self._slot(spec.datastore, "vm", f"vm-{spec.uuid}.json", None).file
 
     def holds(self, spec: VMSpec, generation: int | None) -> bool:
         """True if this host holds the VM's lease at ``generation`` (expired or not: nobody

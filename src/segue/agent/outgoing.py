@@ -102,15 +102,26 @@ class Outgoing:
         this host holds the VM at it, which the handover then carries. Raises InvalidRequest
         (``MIGRATION_URI_INVALID``) for anything but ``tcp:HOST:PORT``, Conflict
         (``VM_NOT_OWNED``, ``VM_FENCED``) for a VM this host does not hold the lease of (at
-        ``generation``), before anything is sent."""
+        ``generation``), before anything is sent.
+
+        The VM's guardian is stopped first: from the handover on, the destination may take
+        the lease over, and the source's QEMU must be left for the job to read its end
+        (``cancel``, ``resume`` and the guardians' keeper start it again if the source
+        keeps the VM). A migration that does not start gets it back at once."""
         check_tcp_uri(uri)
-        await asyncio.to_thread(self.m.leases.hand_over, vm.spec, _held(vm), destination,
-                                migration_id)
-        qemu = QemuMigration(qmp_of(vm))
-        await qemu.set_capabilities(capabilities)
-        if parameters:
-            await qemu.set_parameters(parameters)
-        await qemu.migrate(uri)
+        generation = _held(vm)
+        await self.m.guardians.stop(vm)
+        try:
+            await asyncio.to_thread(self.m.leases.hand_over, vm.spec, generation, destination,
+                                    migration_id)
+            qemu = QemuMigration(qmp_of(vm))
+            await qemu.set_capabilities(capabilities)
+            if parameters:
+                await qemu.set_parameters(parameters)
+            await qemu.migrate(uri)
+        except BaseException:
+            await asyncio.shield(self.m.guardians.guard(vm))
+            raise
         log.info("%s: migrating to %s", vm.name, uri)
         return await self.m.migration_view(vm.name)
 
@@ -130,6 +141,7 @@ class Outgoing:
             with contextlib.suppress(SegueError):  # the handover, withdrawn
                 vm.generation = await asyncio.to_thread(self.m.leases.ensure, vm.spec,
                                                         vm.generation)
+            await self.m.guardians.guard(vm)  # stopped at the handover
         log.info("%s: migration cancelled", vm.name)
         return await self.m.migration_view(vm.name)
 
@@ -209,6 +221,7 @@ class Outgoing:
         if vm.fenced is not None:
             raise _fenced(vm)
         self.m.hold(vm, await asyncio.to_thread(self.m.leases.ensure, vm.spec, vm.generation))
+        await self.m.guardians.guard(vm)  # stopped at the handover; before the guest runs
         await QemuMachine(qmp_of(vm)).cont()
         log.info("%s: resumed on its source", vm.name)
         return await self.m.info(vm.name)

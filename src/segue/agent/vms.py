@@ -19,8 +19,11 @@ gives it up when the QEMU is gone. A renewal that finds the lease another host's
 QEMU (paused for good, ``fenced`` says why) unless it is a migration's source the
 destination took over; one that cannot reach the storage for ``fence_after`` (two
 renewals short of the expiry, at most 80 % of the lease) stops the VM before its lease
-expires. An adopted QEMU takes its lease back
-up, or is fenced if another host holds it now.
+expires. An adopted QEMU takes its lease back up (renewed at once), or is fenced if another
+host holds it now. Each QEMU whose lease this host holds has a lease guardian
+(``segue.agent.guardians``), started before its guest runs and stopped with it, that kills
+it before its lease expires if this agent is gone; a restarted agent keeps the guardians it
+finds, and tells a QEMU one killed by its record (``last_exit``).
 
 A VM's files must lie under this host's datastores or image dirs (``segue.agent.confine``),
 checked on define and at every launch (QEMU opens the resolved paths); a stored spec that
@@ -52,6 +55,8 @@ from typing import Protocol
 from segue.agent import admission, confine
 from segue.agent.config import AgentConfig
 from segue.agent.facts import QemuCapabilities, datastore_facts, memory_facts, port_group_facts
+from segue.agent.guardian import fence_after as fence_after  # the one formula, re-exported
+from segue.agent.guardians import Guardians, clear_record, fence_record
 from segue.agent.guards import ALL_ROLES, ANY_STATE, LIVE, OWNED, requires
 from segue.agent.leases import Leases
 from segue.agent.managed import ManagedVM, read_incoming
@@ -70,13 +75,6 @@ from segue.qemu.machine import QemuMachine
 from segue.qemu.qmp import QMPEvent, QMPSession
 
 log = logging.getLogger(__name__)
-
-
-def fence_after(duration_s: float, renew_s: float) -> float:
-    """Seconds without a successful renewal after which the agent stops a VM: two renewals
-    short of the lease's expiry, and at most 80 % of it (the kill, and a clock a little
-    ahead on the claiming host, must still fit before it expires)."""
-    return min(duration_s - 2 * renew_s, 0.8 * duration_s)
 
 
 class MigrationHook(Protocol):
@@ -108,10 +106,13 @@ class VMManager:
         self.store = VMStore(config.host, config.vms_dir, dict(config.datastores))
         self.leases = Leases(config.host, dict(config.datastores), config.lease_duration_s)
         self.roots = confine.Roots(dict(config.datastores), tuple(config.image_dirs))
+        self.guardians = Guardians(config.host, config.lease_duration_s, config.lease_renew_s,
+                                   self.leases.vm_file)
         self.vms: dict[str, ManagedVM] = {}
         self.hook: MigrationHook = NoMigrationHook()
         self._tg: asyncio.TaskGroup | None = None
         self._renewer: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
 
     # ---- lifecycle of the manager ----
     async def load(self, tg: asyncio.TaskGroup) -> None:
@@ -132,8 +133,11 @@ class VMManager:
             if pid is not None and alive:
                 await self._adopt(vm, pid)
             else:
+                vm.last_exit = fence_record(vm.runtime.directory)  # killed by its guardian?
                 self._clear_runtime(vm)
         self._renewer = tg.create_task(self.renew_leases(), name="lease-renewals")
+        self._keeper = tg.create_task(self.guardians.keep_all(lambda: list(self.vms.values())),
+                                      name="lease-guardians")
 
     def _loaded_spec(self, spec: VMSpec) -> VMSpec:
         """A spec this host stored (maybe an older agent did): its ``serial_log`` is ignored;
@@ -162,6 +166,7 @@ class VMManager:
         if vm.incoming is None:
             await self._adopt_lease(vm)
         await self.hook.adopted(vm)
+        await self.guardians.keep(vm)  # one that outlived the old agent is kept
         self._watch(vm)
 
     async def _adopt_lease(self, vm: ManagedVM) -> None:
@@ -171,7 +176,9 @@ class VMManager:
         try:
             lease = await asyncio.to_thread(self.leases.read, vm.spec)
             if lease is not None and not lease.released and lease.host == self.config.host:
-                vm.generation = lease.generation
+                vm.generation, vm.lease_renewed_at = lease.generation, time.monotonic()
+                # at once: its guardian kills the VM before an unrenewed lease expires
+                await asyncio.to_thread(self.leases.renew, vm.spec, lease.generation)
             elif vm.state != VMState.POSTMIGRATE:
                 vm.generation = await asyncio.to_thread(self.leases.acquire, vm.spec)
             vm.lease_renewed_at = time.monotonic()
@@ -189,7 +196,8 @@ class VMManager:
 
     async def fence(self, vm: ManagedVM, reason: str) -> None:
         """The VM is another host's now: pause its QEMU here for good (never resumed by
-        Segue; reconciliation and the operator decide) and say why."""
+        Segue; reconciliation and the operator decide) and say why. Its guardian, if one
+        runs, sees the lease another host's too and kills the QEMU."""
         vm.fenced, vm.generation = reason, None
         machine = vm.machine()
         if machine is not None and vm.live_state() == VMState.RUNNING:
@@ -202,10 +210,12 @@ class VMManager:
         log.error("%s fenced on %s: %s", vm.name, self.config.host, reason)
 
     async def close(self) -> None:
-        """Stop watching and renewing (QEMU processes keep running; their leases expire
-        unless a restarted agent renews them in time)."""
-        if self._renewer is not None:
-            self._renewer.cancel()
+        """Stop watching and renewing (QEMU processes keep running, and so do their
+        guardians: they kill them before their leases expire unless a restarted agent
+        renews them in time)."""
+        for task in (self._renewer, self._keeper):
+            if task is not None:
+                task.cancel()
         for vm in self.vms.values():
             if vm.watcher is not None:
                 vm.watcher.cancel()
@@ -350,6 +360,7 @@ class VMManager:
         """Start the VM's QEMU, connect QMP, plug its taps; then let it run, unless
         ``incoming`` (``-incoming``): it then waits for a migration. Leaves no QEMU on failure."""
         self._clear_runtime(vm)
+        clear_record(vm.runtime.directory)
         vm.runtime.directory.mkdir(parents=True, exist_ok=True)
         vm.state = VMState.STARTING
         try:  # the files are checked again now, and QEMU opens them resolved, as checked
@@ -370,6 +381,7 @@ class VMManager:
                 await asyncio.to_thread(attach_tap, tap_name(vm.spec.uuid, i),
                                         self.config.port_groups[nic.port_group])
             if incoming is None:
+                await self.guardians.guard(vm, strict=True)  # before the guest runs
                 await QemuMachine(qmp).cont()
         except BaseException:
             await asyncio.shield(self.kill(vm, reason="start failed"))
@@ -456,6 +468,8 @@ class VMManager:
                 vm.state = VMState.STOPPED
             await self._release_lease(vm)  # the start's claim, given back
             return
+        await self.guardians.stop(vm)
+        vm.last_exit = fence_record(vm.runtime.directory) or vm.last_exit
         log.info("%s: QEMU (pid %s) exited: %s", vm.spec.name, vm.pid, vm.last_exit)
         qmp, vm.qmp, vm.pid = vm.qmp, None, None
         if qmp is not None:
