@@ -137,3 +137,12 @@ def test_a_host_reports_only_about_itself() -> None:
     assert err.value.code == "CERT_WRONG_HOST"
     require_self(LOCAL_ROOT, "h2")
     require_self(unverified_host(), "h2")
+
+
+def test_the_wire_knows_the_same_user_roles() -> None:
+    from typing import get_args
+
+    from segue.api.access import UserRole
+    from segue.security.roles import USER_ROLES
+
+    assert get_args(UserRole) == USER_ROLES
