@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from asgi_scopes import local_transport
 from fastapi import FastAPI
 
 from segue.agent.app import create_app as create_agent_app
@@ -83,10 +84,10 @@ def cluster(lab: Lab, caps: QemuCapabilities) -> ClusterFactory:
                 heartbeat_timeout=heartbeat_timeout), pool)
             await stack.enter_async_context(controller.router.lifespan_context(controller))
             http = await stack.enter_async_context(httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=controller), base_url="http://controller",
+                transport=local_transport(controller), base_url="http://controller",
                 timeout=60))
             client = await stack.enter_async_context(ControllerClient(
-                "http://controller", transport=httpx.ASGITransport(app=controller)))
+                "http://controller", transport=local_transport(controller)))
             yield Cluster(http, controller, agents, agent_http, client)
 
     return run
@@ -257,7 +258,7 @@ async def test_heartbeat_loop_reaches_the_controller(cluster: ClusterFactory) ->
         config, app = c.agents["host2"]
         config = AgentConfig(**{**config.__dict__, "controller_url": "http://controller",
                                 "heartbeat_interval": 0.05})
-        transport = httpx.ASGITransport(app=c.controller)
+        transport = local_transport(c.controller)
         async with asyncio.TaskGroup() as tg:
             beats = tg.create_task(run_heartbeats(config, app.state.manager, transport))
             deadline = time.monotonic() + 5
@@ -355,7 +356,7 @@ class LoopBridge(httpx.AsyncBaseTransport):
     serves each request with an ASGI app in the test's event loop."""
 
     def __init__(self, app: FastAPI, loop: asyncio.AbstractEventLoop) -> None:
-        self._asgi = httpx.ASGITransport(app=app)
+        self._asgi = local_transport(app)
         self._loop = loop
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
