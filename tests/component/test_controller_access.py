@@ -106,10 +106,15 @@ AccessFactory = Callable[..., AbstractAsyncContextManager[Access]]
 def access(tmp_path: Path) -> AccessFactory:
     @asynccontextmanager
     async def run(with_ca: bool = True, **settings: Any) -> AsyncIterator[Access]:
-        ca = pki.create_ca("lab", NOW)
+        root = tmp_path / "pki"
+        if (root / store.CA_DIR).exists():  # a second controller on the same files
+            ca = store.load_ca(root)
+        else:
+            ca = pki.create_ca("lab", NOW)
+            if with_ca:
+                store.save_ca(root, ca)
         if with_ca:
-            store.save_ca(tmp_path / "pki", ca)
-            settings["pki_dir"] = tmp_path / "pki"
+            settings["pki_dir"] = root
         agents = {n: FakeAgent(n, host_facts(n)) for n in ("h1", "h2")}
         app = create_app(ControllerConfig(create_database=True,
                                           database_url=f"sqlite:///{tmp_path}/c.db",
