@@ -382,7 +382,7 @@ async def test_cli_drives_the_controller(cluster: ClusterFactory, lab: Lab,
         await c.beat("host1")
         bridge = LoopBridge(c.controller, asyncio.get_running_loop())
         monkeypatch.setattr(ControllerClient, "from_env", classmethod(
-            lambda cls, url=None: cls("http://controller", transport=bridge)))
+            lambda cls, url=None, token=None: cls("http://controller", transport=bridge)))
 
         async def segue(*args: str, code: int = 0) -> str:
             result = await asyncio.to_thread(CliRunner().invoke, cli, list(args))
@@ -420,7 +420,7 @@ async def test_cli_prints_the_controllers_code(cluster: ClusterFactory, lab: Lab
         await create_vm(c, lab, start=False)
         bridge = LoopBridge(c.controller, asyncio.get_running_loop())
         monkeypatch.setattr(ControllerClient, "from_env", classmethod(
-            lambda cls, url=None: cls("http://controller", transport=bridge)))
+            lambda cls, url=None, token=None: cls("http://controller", transport=bridge)))
 
         async def segue(*args: str) -> str:
             result = await asyncio.to_thread(CliRunner().invoke, cli, list(args))

@@ -4,6 +4,7 @@ state-changing request (``controller.api_access``, ``controller.gate``)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,8 +12,11 @@ from typing import Any
 import httpx
 import pytest
 from asgi_scopes import token_headers
+from fastapi import FastAPI
 from test_controller_access import Access, AccessFactory, access, heartbeat
+from test_controller_inventory import LoopBridge
 
+from segue.clients.controller import ControllerClient, resolve_token
 from segue.controller import audit
 from segue.controller.audit import AuditRecord
 from segue.controller.db import Database
@@ -218,3 +222,71 @@ async def test_old_entries_are_pruned_at_start(access: AccessFactory) -> None:
         while await entries(a):
             assert time.monotonic() < deadline, "the old entries were not pruned"
             await asyncio.sleep(0.05)
+
+
+# ---- the CLI, end to end ----
+
+class TcpBridge(LoopBridge):
+    """LoopBridge, but the controller sees TCP (not its unix socket): credentials count."""
+
+    def __init__(self, app: FastAPI, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(app, loop)
+        self._asgi = httpx.ASGITransport(app=app)
+
+
+async def test_cli_manages_users_and_tokens_and_reads_the_audit_log(
+        access: AccessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from segue.cli.main import app as cli
+
+    async with access() as a:
+        loop = asyncio.get_running_loop()
+        local, remote = LoopBridge(a.app, loop), TcpBridge(a.app, loop)
+        monkeypatch.delenv("SEGUE_TOKEN", raising=False)
+        monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent")
+
+        def from_env(cls: type[ControllerClient], url: str | None = None,
+                     token: str | None = None) -> ControllerClient:
+            bridge = local if url == "unix:/run/segue/controller.sock" else remote
+            return cls(url or "http://controller", transport=bridge,
+                       token=resolve_token(token))
+
+        monkeypatch.setattr(ControllerClient, "from_env", classmethod(from_env))
+        root = ["--url", "unix:/run/segue/controller.sock"]
+
+        async def segue(*args: str, code: int = 0) -> str:
+            result = await asyncio.to_thread(CliRunner().invoke, cli, list(args))
+            assert result.exit_code == code, result.output
+            return result.output
+
+        assert "role admin" in await segue("user", "create", "alice", "--role", "admin", *root)
+        out = await segue("token", "create", "--user", "alice", "--ttl", "30d", "--note",
+                          "laptop", *root)
+        token = next(w for w in out.split() if w.startswith("segue_"))
+        assert "shown once" in out
+        # over TCP: nothing without the token, everything an admin may with it
+        assert "AUTH_REQUIRED" in await segue("user", "list", code=1)
+        assert "alice" in await segue("--token", token, "user", "list")
+        monkeypatch.setenv("SEGUE_TOKEN", token)
+        assert "user alice, role admin" in await segue("whoami")
+        await segue("user", "create", "bob", "--role", "viewer")
+        assert "role operator" in await segue("user", "set-role", "bob", "operator")
+        assert "REQUEST_INVALID: role" in await segue("user", "set-role", "bob", "root",
+                                                      code=1)
+        out = await segue("token", "create", "--user", "bob", "--role", "viewer", "--json")
+        bob_id = json.loads(out)["id"]
+        listed = await segue("token", "list")
+        assert bob_id in listed and token not in listed and "laptop" in listed
+        assert "revoked" in await segue("token", "revoke", bob_id)
+        assert "disabled" in await segue("user", "disable", "bob")
+        assert "deleted" in await segue("user", "delete", "bob")
+        entries_ = json.loads(await segue("events", "--actor", "alice", "--since", "1h",
+                                          "--json"))
+        routes = [e["route"] for e in entries_]
+        assert "DELETE /users/{name}" in routes and "POST /users" in routes
+        assert all(e["actor"] == "alice" for e in entries_)
+        table = await segue("events", "--target", "user:bob")
+        assert "DELETE /users/{name}" in table and "alice (user)" in table
+        assert "root (local)" in await segue("events", "--actor", "root")
+        assert "CLI_TIME_INVALID" in await segue("events", "--since", "yesterday", code=1)
