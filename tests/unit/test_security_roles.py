@@ -146,3 +146,21 @@ def test_the_wire_knows_the_same_user_roles() -> None:
     from segue.security.roles import USER_ROLES
 
     assert get_args(UserRole) == USER_ROLES
+
+
+def test_the_documented_table_is_the_policy() -> None:
+    """docs/security.md, "Roles": one row per permission, a column per role."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "security.md").read_text()
+    row = re.compile(r"^\| `(\w+)` \| `(\w+)` \| (yes|-) \| (yes|-) \| (yes|-) \| (yes|-) \|",
+                     re.MULTILINE)
+    documented: dict[str, set[str]] = {r: set() for r in ("viewer", "operator", "admin", "host")}
+    rows = row.findall(doc)
+    for obj, action, *grants in rows:
+        for role, grant in zip(documented, grants, strict=True):
+            if grant == "yes":
+                documented[role].add(f"{action} {obj}")
+    assert len(rows) == len(default_authorizer().universe())
+    assert documented == {r: EXPECTED[r] for r in documented}
