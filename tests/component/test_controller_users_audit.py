@@ -187,6 +187,24 @@ async def test_a_handler_that_fails_unexpectedly_is_audited(
             500, "INTERNAL_ERROR", "root")
 
 
+async def test_a_failure_while_identifying_the_caller_answers_500_in_the_shape(
+        access: AccessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    from segue.controller import callers
+
+    async def broken(*args: Any) -> None:
+        raise RuntimeError("a bug")
+
+    async with access() as a:
+        monkeypatch.setattr(callers, "identify", broken)
+        resp = await a.tcp.post("/vms/web1/start")
+        assert (resp.status_code, code(resp), resp.json()["kind"]) == (
+            500, "INTERNAL_ERROR", "internal")
+        monkeypatch.undo()
+        (entry,) = await entries(a, target="web1")
+        assert (entry["status"], entry["error_code"], entry["actor"]) == (
+            500, "INTERNAL_ERROR", "anonymous")
+
+
 async def test_the_audit_log_is_queried_by_actor_time_target_and_limit(
         access: AccessFactory) -> None:
     async with access() as a:

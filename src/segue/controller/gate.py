@@ -43,7 +43,7 @@ from segue.controller.authz import ACTOR_KEY, RouteAccess, route_access
 from segue.controller.config import ControllerConfig
 from segue.controller.db import Database
 from segue.controller.models import utcnow
-from segue.domain.errors import SegueError
+from segue.domain.errors import SegueError, Unavailable
 from segue.httpapi import error_response
 from segue.security.actors import ANONYMOUS, Actor, ActorKind, unverified_host
 from segue.security.apitokens import token_id_or_none
@@ -107,6 +107,13 @@ class AccessGate:
         except SegueError as err:
             await self._refuse(scope, receive, send, ex, err)
             return
+        except Exception:
+            log.exception("could not tell who sent %s %s", scope.get("method"),
+                          scope.get("path"))
+            await self._refuse(scope, receive, send, ex, Unavailable(
+                "INTERNAL_ERROR", f"{scope.get('method')} {scope.get('path')} failed "
+                "unexpectedly", "see the controller's log"), status=500)
+            return
         if actor is not None:
             ex.actor = actor
             scope[ACTOR_KEY] = actor
@@ -133,9 +140,10 @@ class AccessGate:
         return actor
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, ex: Exchange,
-                      err: SegueError) -> None:
+                      err: SegueError, status: int | None = None) -> None:
         ex.error_code = err.code
-        response = error_response(error_detail(err), err.kind)
+        response = error_response(error_detail(err), "internal" if status == 500 else err.kind,
+                                  status)
         ex.status = response.status_code
         if ex.status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
