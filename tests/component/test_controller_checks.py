@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from asgi_scopes import local_transport
 from pydantic import TypeAdapter
 
 from segue.api.agent import (
@@ -194,7 +195,7 @@ async def controller(tmp_path: Path, agents: list[FakeAgent]) -> AsyncIterator[C
     app = create_app(ControllerConfig(create_database=True, database_url=f"sqlite:///{tmp_path}/c.db",
                                       heartbeat_timeout=30.0), FakePool(by_name))
     async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://controller") as http:
+            transport=local_transport(app), base_url="http://controller") as http:
         yield Controller(http, by_name, app)
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from asgi_scopes import local_transport
 from fastapi import FastAPI
 
 from segue.agent.app import create_app as create_agent_app
@@ -83,10 +84,10 @@ def cluster(lab: Lab, caps: QemuCapabilities) -> ClusterFactory:
                 heartbeat_timeout=heartbeat_timeout), pool)
             await stack.enter_async_context(controller.router.lifespan_context(controller))
             http = await stack.enter_async_context(httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=controller), base_url="http://controller",
+                transport=local_transport(controller), base_url="http://controller",
                 timeout=60))
             client = await stack.enter_async_context(ControllerClient(
-                "http://controller", transport=httpx.ASGITransport(app=controller)))
+                "http://controller", transport=local_transport(controller)))
             yield Cluster(http, controller, agents, agent_http, client)
 
     return run
@@ -276,7 +277,7 @@ async def test_heartbeat_loop_reaches_the_controller(cluster: ClusterFactory) ->
         config, app = c.agents["host2"]
         config = AgentConfig(**{**config.__dict__, "controller_url": "http://controller",
                                 "heartbeat_interval": 0.05})
-        transport = httpx.ASGITransport(app=c.controller)
+        transport = local_transport(c.controller)
         async with asyncio.TaskGroup() as tg:
             beats = tg.create_task(run_heartbeats(config, app.state.manager, transport))
             deadline = time.monotonic() + 5
@@ -374,7 +375,7 @@ class LoopBridge(httpx.AsyncBaseTransport):
     serves each request with an ASGI app in the test's event loop."""
 
     def __init__(self, app: FastAPI, loop: asyncio.AbstractEventLoop) -> None:
-        self._asgi = httpx.ASGITransport(app=app)
+        self._asgi = local_transport(app)
         self._loop = loop
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -400,7 +401,7 @@ async def test_cli_drives_the_controller(cluster: ClusterFactory, lab: Lab,
         await c.beat("host1")
         bridge = LoopBridge(c.controller, asyncio.get_running_loop())
         monkeypatch.setattr(ControllerClient, "from_env", classmethod(
-            lambda cls, url=None: cls("http://controller", transport=bridge)))
+            lambda cls, url=None, token=None: cls("http://controller", transport=bridge)))
 
         async def segue(*args: str, code: int = 0) -> str:
             result = await asyncio.to_thread(CliRunner().invoke, cli, list(args))
@@ -438,7 +439,7 @@ async def test_cli_prints_the_controllers_code(cluster: ClusterFactory, lab: Lab
         await create_vm(c, lab, start=False)
         bridge = LoopBridge(c.controller, asyncio.get_running_loop())
         monkeypatch.setattr(ControllerClient, "from_env", classmethod(
-            lambda cls, url=None: cls("http://controller", transport=bridge)))
+            lambda cls, url=None, token=None: cls("http://controller", transport=bridge)))
 
         async def segue(*args: str) -> str:
             result = await asyncio.to_thread(CliRunner().invoke, cli, list(args))

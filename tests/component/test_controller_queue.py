@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from asgi_scopes import local_transport
 from test_controller_checks import (
     Controller,
     FakeAgent,
@@ -154,7 +155,7 @@ async def controller(tmp_path: Path, agents: list[MovingAgent], outgoing: int = 
                                       heartbeat_timeout=30.0, max_outgoing_per_host=outgoing,
                                       max_incoming_per_host=incoming), FakePool(by_name))
     async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://controller") as http:
+            transport=local_transport(app), base_url="http://controller") as http:
         c = Controller(http, by_name, app)
         for name in by_name:
             assert (await c.beat(name)).status_code == 200

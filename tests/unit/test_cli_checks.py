@@ -41,7 +41,8 @@ def answers(monkeypatch: pytest.MonkeyPatch) -> dict[tuple[str, str], Any]:
         return httpx.Response(200, json=found)
 
     monkeypatch.setattr(ControllerClient, "from_env", classmethod(
-        lambda cls, url=None: cls("http://controller", transport=httpx.MockTransport(answer))))
+        lambda cls, url=None, token=None: cls("http://controller",
+                                              transport=httpx.MockTransport(answer))))
     return canned
 
 

@@ -34,7 +34,8 @@ def test_the_downtime_options_sent(monkeypatch: pytest.MonkeyPatch, args: list[s
                               json={"error": refusal.to_dict(), "kind": refusal.kind})
 
     monkeypatch.setattr(ControllerClient, "from_env", classmethod(
-        lambda cls, url=None: cls("http://controller", transport=httpx.MockTransport(answer))))
+        lambda cls, url=None, token=None: cls("http://controller",
+                                              transport=httpx.MockTransport(answer))))
     CliRunner().invoke(cli, ["vm", "migrate", "web1", "--to", "host2", *args])
     assert len(sent) == 1
     assert sent[0].get("max_downtime_ms") == max_downtime

@@ -107,3 +107,4 @@ def test_the_lab_writes_toml_the_services_read(tmp_path: Path) -> None:
     controller = load_controller_config(plan.controller.config_path)
     assert controller == controller_config_from_dict(plan.controller.config())
     assert controller.max_outgoing_per_host == 1 and controller.listen.port == 7700
+    assert controller.insecure_host_heartbeats  # the lab's agents have no certificates yet

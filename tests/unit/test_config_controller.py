@@ -67,6 +67,9 @@ def test_the_example_file_loads() -> None:
     assert config.database_url == "sqlite:////var/lib/segue/controller.db"
     assert config.listen.address == "10.210.0.2" and config.limits == HostLimits(2, 2)
     assert config.max_auto_downtime_ms == 300
+    assert config.pki_dir == Path("/var/lib/segue/pki")
+    assert not config.insecure_host_heartbeats
+    assert (config.audit.max_age_days, config.audit.max_entries) == (365, 1_000_000)
 
 
 def test_the_default_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,6 +117,11 @@ def test_the_environment_can_give_a_required_key(tmp_path: Path,
     ("database = 1\n", "database", "CONTROLLER_CONFIG_INVALID"),
     ("[listen]\nport = 77000\n", "listen.port", "CONTROLLER_CONFIG_INVALID"),
     ("[listen]\nsocket = \"/x\"\n", "listen.socket", "CONTROLLER_CONFIG_INVALID"),
+    ("[audit]\nmax_age_days = 0\n", "audit.max_age_days", "CONTROLLER_CONFIG_INVALID"),
+    ("[audit]\nmax_entries = 10\n", "audit.max_entries", "CONTROLLER_CONFIG_INVALID"),
+    ("[audit]\nkeep = 1\n", "audit.keep", "CONTROLLER_CONFIG_INVALID"),
+    ('insecure_host_heartbeats = "yes"\n', "insecure_host_heartbeats",
+     "CONTROLLER_CONFIG_INVALID"),
 ])
 def test_bad_keys_are_refused_naming_key_and_file(tmp_path: Path, text: str, key: str,
                                                   code: str) -> None:

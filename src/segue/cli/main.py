@@ -11,7 +11,11 @@ from pathlib import Path
 import typer
 
 from segue.cli import checks  # noqa: F401 - adds `segue vm where`
+from segue.cli.access import events as audit_events
+from segue.cli.access import token_app, user_app
+from segue.cli.access import whoami as show_whoami
 from segue.cli.cluster import cluster_app
+from segue.cli.connect import use_token
 from segue.cli.hosts import host_app
 from segue.cli.lab import lab_app
 from segue.cli.migrations import migration_app  # also adds `segue vm migrate`
@@ -22,6 +26,14 @@ app = typer.Typer(help="Segue: live migration and cluster management for QEMU/KV
                   no_args_is_help=True, pretty_exceptions_enable=False)
 image_app = typer.Typer(help="The guest test image.", no_args_is_help=True)
 app.add_typer(image_app, name="image")
+
+
+@app.callback()
+def options(token: str | None = typer.Option(
+        None, "--token", help="API token to send to the controller over TCP; default "
+        "$SEGUE_TOKEN, else ~/.config/segue/token (none over the unix socket).")) -> None:
+    """Segue: live migration and cluster management for QEMU/KVM."""
+    use_token(token)
 
 
 @image_app.command("build")
@@ -80,6 +92,10 @@ app.add_typer(host_app, name="host")
 app.add_typer(vm_app, name="vm")
 app.add_typer(migration_app, name="migration")
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(user_app, name="user")
+app.add_typer(token_app, name="token")
+app.command("events")(audit_events)
+app.command("whoami")(show_whoami)
 
 
 def main() -> None:

@@ -55,12 +55,13 @@ class ServiceClient:
     service = "service"
 
     def __init__(self, url: str, *, transport: httpx.AsyncBaseTransport | None = None,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, headers: dict[str, str] | None = None) -> None:
         base_url, uds = split_url(url, self.service)
         if transport is None and uds is not None:
             transport = httpx.AsyncHTTPTransport(uds=uds)
         self.url = url
-        self._http = httpx.AsyncClient(base_url=base_url, transport=transport, timeout=timeout)
+        self._http = httpx.AsyncClient(base_url=base_url, transport=transport, timeout=timeout,
+                                       headers=headers)
 
     async def aclose(self) -> None:
         await self._http.aclose()

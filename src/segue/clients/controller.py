@@ -4,6 +4,11 @@ Where the controller is (``ControllerClient.from_env`` / ``resolve_url``): an ex
 else ``$SEGUE_URL``, else the lab controller's unix socket if it exists, else
 ``http://127.0.0.1:7700``. A URL ``unix:/path/to.sock`` means a unix socket.
 
+Credentials (``resolve_token``): over TCP the client sends an API token as
+``Authorization: Bearer <token>``: an explicit token, else ``$SEGUE_TOKEN``, else the first
+line of ``$XDG_CONFIG_HOME/segue/token`` (``~/.config/segue/token``). Over the unix socket
+it sends none: the socket is root's, and root needs no token.
+
 Errors (``segue.clients.base``): the controller's own, raised again with the same kind, code
 and ``field``; ``Unavailable`` ``CONTROLLER_UNREACHABLE`` when it does not answer,
 ``CONTROLLER_ERROR`` for an answer that is no Segue error, ``CONTROLLER_ANSWER_INVALID``
@@ -13,11 +18,22 @@ for a body that does not fit its model.
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 
 from segue import paths
+from segue.api.access import (
+    AuditEntryView,
+    CreateTokenBody,
+    CreateUserBody,
+    TokenCreated,
+    TokenView,
+    UpdateUserBody,
+    UserView,
+    WhoAmI,
+)
 from segue.api.base import CONTROLLER_PORT
 from segue.api.checks import CheckAnswer, WhereAnswer
 from segue.api.cluster import BaselineView, ControllerHealth, RaisedBaselineView
@@ -38,11 +54,32 @@ from segue.api.migration import (
     ProgressSample,
 )
 from segue.api.vm import VMSpecBody
-from segue.clients.base import ServiceClient
+from segue.clients.base import UNIX_PREFIX, QueryParams, ServiceClient
 from segue.domain.errors import Unavailable
 
 DEFAULT_PORT = CONTROLLER_PORT
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+
+def token_file() -> Path:
+    """Where a user keeps an API token: ``$XDG_CONFIG_HOME/segue/token``, by default
+    ``~/.config/segue/token``."""
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "segue" / "token"
+
+
+def resolve_token(token: str | None) -> str | None:
+    """The API token to use: ``token``, else $SEGUE_TOKEN, else the token file's first line
+    (None: no token anywhere)."""
+    if token:
+        return token.strip()
+    if os.environ.get("SEGUE_TOKEN"):
+        return os.environ["SEGUE_TOKEN"].strip()
+    try:
+        lines = token_file().read_text().split()
+    except OSError:
+        return None
+    return lines[0] if lines else None
 
 
 def lab_socket() -> Path:
@@ -68,13 +105,16 @@ class ControllerClient(ServiceClient):
     service = "controller"
 
     def __init__(self, url: str, *, transport: httpx.AsyncBaseTransport | None = None,
-                 timeout: float = 300.0) -> None:
-        super().__init__(url, transport=transport, timeout=timeout)
+                 timeout: float = 300.0, token: str | None = None) -> None:
+        tcp = not url.startswith(UNIX_PREFIX)
+        headers = {"Authorization": f"Bearer {token}"} if token and tcp else None
+        super().__init__(url, transport=transport, timeout=timeout, headers=headers)
 
     @classmethod
-    def from_env(cls, url: str | None = None) -> ControllerClient:
-        """A client of the controller found as ``resolve_url`` says."""
-        return cls(resolve_url(url))
+    def from_env(cls, url: str | None = None, token: str | None = None) -> ControllerClient:
+        """A client of the controller found as ``resolve_url`` says, with the token
+        ``resolve_token`` finds."""
+        return cls(resolve_url(url), token=resolve_token(token))
 
     def unreachable(self, err: Exception) -> Unavailable:
         return Unavailable("CONTROLLER_UNREACHABLE",
@@ -161,3 +201,47 @@ class ControllerClient(ServiceClient):
 
     async def raise_baseline(self) -> RaisedBaselineView:
         return await self.call(RaisedBaselineView, "POST", "/cluster/baseline/raise")
+
+    # ---- users, tokens, the audit log ----
+    async def whoami(self) -> WhoAmI:
+        return await self.call(WhoAmI, "GET", "/whoami")
+
+    async def list_users(self) -> list[UserView]:
+        return await self.call_list(UserView, "GET", "/users")
+
+    async def create_user(self, name: str, role: str) -> UserView:
+        body = CreateUserBody.model_validate({"name": name, "role": role})
+        return await self.call(UserView, "POST", "/users", json=body)
+
+    async def update_user(self, name: str, role: str | None = None,
+                          disabled: bool | None = None) -> UserView:
+        body = UpdateUserBody.model_validate({"role": role, "disabled": disabled})
+        return await self.call(UserView, "PATCH", f"/users/{name}", json=body)
+
+    async def delete_user(self, name: str) -> None:
+        await self.request("DELETE", f"/users/{name}")
+
+    async def create_token(self, user: str, role: str | None = None, ttl_s: int | None = None,
+                           note: str | None = None) -> TokenCreated:
+        body = CreateTokenBody.model_validate({"role": role, "ttl_s": ttl_s, "note": note})
+        return await self.call(TokenCreated, "POST", f"/users/{user}/tokens", json=body)
+
+    async def list_tokens(self, user: str | None = None) -> list[TokenView]:
+        path = f"/users/{user}/tokens" if user else "/tokens"
+        return await self.call_list(TokenView, "GET", path)
+
+    async def revoke_token(self, token_id: str) -> TokenView:
+        return await self.call(TokenView, "POST", f"/tokens/{token_id}/revoke")
+
+    async def audit(self, actor: str | None = None, since: datetime | None = None,
+                    until: datetime | None = None, target: str | None = None,
+                    limit: int = 100) -> list[AuditEntryView]:
+        """The audit log, newest first."""
+        params: QueryParams = {"limit": limit}
+        for key, value in (("actor", actor), ("target", target)):
+            if value is not None:
+                params[key] = value
+        for key, at in (("since", since), ("until", until)):
+            if at is not None:
+                params[key] = at.isoformat()
+        return await self.call_list(AuditEntryView, "GET", "/audit", params=params)

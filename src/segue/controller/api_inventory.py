@@ -9,6 +9,10 @@ The routes parse and answer (on the event loop: the service runs its database wo
 database's thread); ``segue.controller.inventory_service.InventoryService`` does the work and
 documents the errors. A name in a path that no host or VM could have (not ASCII, too long) is
 refused with 400 ``REQUEST_INVALID`` like any other bad input.
+
+Each route declares what it requires (``segue.controller.authz``: reading hosts and VMs,
+``host maintenance`` for the migration switch, ``vm create/start/stop/delete``); a heartbeat
+needs a host's certificate (or root) and speaks for that host only (403 ``CERT_WRONG_HOST``).
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from segue.api.inventory import (
     VMView,
 )
 from segue.controller.agents import AgentPool
+from segue.controller.authz import requires
 from segue.controller.config import ControllerConfig
 from segue.controller.inventory_service import InventoryService
+from segue.security.actors import Actor, require_self
 
 router = APIRouter()
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # segue.api.base.Name
@@ -48,38 +54,49 @@ def service(request: Request) -> InventoryService:
 
 # ---- hosts ----
 @router.post("/hosts/heartbeat", response_model=HeartbeatAnswer)
-async def heartbeat(request: Request, beat: Heartbeat) -> HeartbeatAnswer:
+async def heartbeat(
+    request: Request, beat: Heartbeat,
+    actor: Annotated[Actor, requires("host", "heartbeat", audited=False)],
+) -> HeartbeatAnswer:
+    """A host's heartbeat; a host's certificate speaks for that host only."""
+    require_self(actor, beat.name)
     return await service(request).heartbeat(beat)
 
 
-@router.get("/hosts", response_model=list[HostView])
+@router.get("/hosts", response_model=list[HostView],
+            dependencies=[requires("host", "read")])
 async def list_hosts(request: Request) -> list[HostView]:
     return await service(request).list_hosts()
 
 
-@router.get("/hosts/{name}", response_model=HostDetail)
+@router.get("/hosts/{name}", response_model=HostDetail,
+            dependencies=[requires("host", "read")])
 async def show_host(request: Request, name: NamePath) -> HostDetail:
     """The host's summary and its full facts."""
     return await service(request).show_host(name)
 
 
-@router.post("/hosts/{name}/enable-migration", response_model=HostView)
+@router.post("/hosts/{name}/enable-migration", response_model=HostView,
+             dependencies=[requires("host", "maintenance")])
 async def enable_migration(request: Request, name: NamePath) -> HostView:
     return await service(request).set_migration_enabled(name, True)
 
 
-@router.post("/hosts/{name}/disable-migration", response_model=HostView)
+@router.post("/hosts/{name}/disable-migration", response_model=HostView,
+             dependencies=[requires("host", "maintenance")])
 async def disable_migration(request: Request, name: NamePath) -> HostView:
     return await service(request).set_migration_enabled(name, False)
 
 
 # ---- VMs ----
-@router.get("/vms", response_model=list[VMView])
+@router.get("/vms", response_model=list[VMView],
+            dependencies=[requires("vm", "read")])
 async def list_vms(request: Request, host: NameQuery = None) -> list[VMView]:
     return await service(request).list_vms(host)
 
 
-@router.post("/vms", status_code=201, response_model=VMDetail)
+@router.post("/vms", status_code=201, response_model=VMDetail,
+             dependencies=[requires("vm", "create", target="vm:spec.name")])
 async def create_vm(request: Request, body: CreateVMBody) -> VMDetail:
     """Define (and by default start) a VM on the given host; refused if the name is taken.
 
@@ -87,31 +104,36 @@ async def create_vm(request: Request, body: CreateVMBody) -> VMDetail:
     return await service(request).create_vm(body)
 
 
-@router.get("/vms/{name}", response_model=VMDetail)
+@router.get("/vms/{name}", response_model=VMDetail,
+            dependencies=[requires("vm", "read")])
 async def show_vm(request: Request, name: NamePath) -> VMDetail:
     """The inventory's record plus the agent's live view (``live`` None, ``live_error`` set,
     when the agent cannot be asked)."""
     return await service(request).show_vm(name)
 
 
-@router.post("/vms/{name}/start", response_model=VMDetail)
+@router.post("/vms/{name}/start", response_model=VMDetail,
+             dependencies=[requires("vm", "start")])
 async def start_vm(request: Request, name: NamePath) -> VMDetail:
     return await service(request).start_vm(name)
 
 
-@router.post("/vms/{name}/stop", response_model=VMDetail)
+@router.post("/vms/{name}/stop", response_model=VMDetail,
+             dependencies=[requires("vm", "stop")])
 async def stop_vm(request: Request, name: NamePath, force: bool = False,
                   timeout: StopTimeout = 30.0) -> VMDetail:
     """ACPI power-off (hard after ``timeout`` s, or at once with ``force``)."""
     return await service(request).stop_vm(name, force=force, timeout=timeout)
 
 
-@router.delete("/vms/{name}", status_code=204)
+@router.delete("/vms/{name}", status_code=204,
+               dependencies=[requires("vm", "delete")])
 async def destroy_vm(request: Request, name: NamePath) -> None:
     """Power off and undefine on the agent, then forget the VM (its events stay)."""
     await service(request).destroy_vm(name)
 
 
-@router.get("/vms/{name}/events", response_model=list[VMEventView])
+@router.get("/vms/{name}/events", response_model=list[VMEventView],
+            dependencies=[requires("vm", "read")])
 async def vm_events(request: Request, name: NamePath) -> list[VMEventView]:
     return await service(request).vm_events(name)

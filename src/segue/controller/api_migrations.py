@@ -11,6 +11,9 @@ pre-migration check, in phase ``check`` or, beyond the per-host limits, ``queued
 ``POST /migrations/{id}/postcopy`` (switch a copying job to post-copy now; 409
 ``MIGRATION_POSTCOPY_NOT_POSSIBLE`` when it does not copy or post-copy is not allowed).
 Every job carries ``queue_position`` (1: next to start; None when not queued).
+Permissions (``segue.controller.authz``): ``vm migrate`` to ask for a migration,
+``migration read`` to check and list, ``migration cancel``, ``migration migrate`` for
+post-copy, ``vm read`` for ``where``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from segue.api.migration import (
     MigrationRequestBody,
     ProgressSample,
 )
+from segue.controller.authz import requires
 from segue.controller.migrations import MigrationService
 
 router = APIRouter()
@@ -35,47 +39,55 @@ def _service(request: Request) -> MigrationService:
     return service
 
 
-@router.post("/vms/{name}/migrations", status_code=202, response_model=MigrationJobView)
+@router.post("/vms/{name}/migrations", status_code=202, response_model=MigrationJobView,
+             dependencies=[requires("vm", "migrate")])
 async def migrate_vm(request: Request, name: str, body: MigrationRequestBody
                      ) -> MigrationJobView:
     options = MigrationOptionsBody.model_validate(body.model_dump(exclude={"to"}))
     return await _service(request).request(name, body.to, options)
 
 
-@router.post("/vms/{name}/migrations/check", response_model=CheckAnswer)
+@router.post("/vms/{name}/migrations/check", response_model=CheckAnswer,
+             dependencies=[requires("migration", "read")])
 async def check_migration(request: Request, name: str, body: CheckRequestBody) -> CheckAnswer:
     """Every pre-migration check for one destination; nothing starts."""
     return await _service(request).check(name, body.to)
 
 
-@router.get("/vms/{name}/where", response_model=WhereAnswer)
+@router.get("/vms/{name}/where", response_model=WhereAnswer,
+            dependencies=[requires("vm", "read")])
 async def where_vm_can_go(request: Request, name: str) -> WhereAnswer:
     """Every other host with its check results: where the VM can go."""
     return await _service(request).where(name)
 
 
-@router.get("/migrations", response_model=list[MigrationJobView])
+@router.get("/migrations", response_model=list[MigrationJobView],
+            dependencies=[requires("migration", "read")])
 async def list_migrations(request: Request, vm: str | None = None) -> list[MigrationJobView]:
     return await _service(request).list_all(vm)
 
 
-@router.get("/migrations/{migration_id}", response_model=MigrationJobView)
+@router.get("/migrations/{migration_id}", response_model=MigrationJobView,
+            dependencies=[requires("migration", "read")])
 async def show_migration(request: Request, migration_id: str) -> MigrationJobView:
     return await _service(request).get(migration_id)
 
 
-@router.get("/migrations/{migration_id}/samples", response_model=list[ProgressSample])
+@router.get("/migrations/{migration_id}/samples", response_model=list[ProgressSample],
+            dependencies=[requires("migration", "read")])
 async def migration_samples(request: Request, migration_id: str) -> list[ProgressSample]:
     return await _service(request).samples(migration_id)
 
 
 # These two reach running jobs and may start queued ones: they run on the event loop (async);
 # their database work runs in the database's thread like every route's.
-@router.post("/migrations/{migration_id}/postcopy", response_model=MigrationJobView)
+@router.post("/migrations/{migration_id}/postcopy", response_model=MigrationJobView,
+             dependencies=[requires("migration", "migrate")])
 async def start_postcopy(request: Request, migration_id: str) -> MigrationJobView:
     return await _service(request).request_postcopy(migration_id)
 
 
-@router.post("/migrations/{migration_id}/cancel", response_model=MigrationJobView)
+@router.post("/migrations/{migration_id}/cancel", response_model=MigrationJobView,
+             dependencies=[requires("migration", "cancel")])
 async def cancel_migration(request: Request, migration_id: str) -> MigrationJobView:
     return await _service(request).cancel(migration_id)

@@ -1,10 +1,17 @@
-"""The controller's HTTP app (FastAPI): inventory, migrations, cluster baseline, health.
+"""The controller's HTTP app (FastAPI): inventory, migrations, cluster baseline, users,
+tokens, the audit log, health.
 
 The lifespan opens the database and upgrades its schema, then keeps on ``app.state``:
-``config`` (ControllerConfig), ``db`` (Database), ``agents`` (AgentPool), ``tg`` (the
-asyncio.TaskGroup that owns every background task: the stale-host watcher and migration
-jobs) and ``migrations`` (MigrationService). Leaving the lifespan cancels running
-migration jobs (each rolls back, shielded) and waits for them.
+``config`` (ControllerConfig), ``db`` (Database), ``agents`` (AgentPool), ``ca_cert`` (the
+cluster CA's certificate that client certificates are verified against, or None), ``tg``
+(the asyncio.TaskGroup that owns every background task: the stale-host watcher, the audit
+log's pruning and migration jobs) and ``migrations`` (MigrationService). Leaving the
+lifespan cancels running migration jobs (each rolls back, shielded) and waits for them.
+
+Access: the access gate (``segue.controller.gate``) answers 401 to every request over TCP
+without valid credentials but ``/health``'s, and writes every state-changing request to the
+audit log; each route declares its permission (``segue.controller.authz``), and an app with
+a route that declares none is refused at creation (RuntimeError).
 """
 
 from __future__ import annotations
@@ -13,18 +20,23 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI
 
 from segue import __version__
 from segue.api.cluster import ControllerHealth
-from segue.controller import inventory, reconcile
+from segue.controller import audit, inventory, reconcile
 from segue.controller.agents import AgentPool
+from segue.controller.api_access import router as access_router
 from segue.controller.api_cluster import router as cluster_router
 from segue.controller.api_inventory import router as inventory_router
 from segue.controller.api_migrations import router as migrations_router
-from segue.controller.config import ControllerConfig
+from segue.controller.authz import check_routes_declared, public
+from segue.controller.callers import load_ca_cert
+from segue.controller.config import AUDIT_PRUNE_INTERVAL, AuditConfig, ControllerConfig
 from segue.controller.db import Database
+from segue.controller.gate import AccessGate
 from segue.controller.inventory_service import InventoryService
 from segue.controller.migrations import MigrationService
 from segue.controller.models import utcnow
@@ -44,6 +56,19 @@ async def watch_heartbeats(db: Database, timeout: float) -> None:
         await asyncio.sleep(STALE_CHECK_INTERVAL)
 
 
+async def prune_audit_log(db: Database, retention: AuditConfig) -> None:
+    """Drop audit entries beyond the retention, at start and every AUDIT_PRUNE_INTERVAL s,
+    until cancelled."""
+    max_age = timedelta(days=retention.max_age_days)
+    while True:
+        try:
+            if pruned := await db.run(audit.prune, utcnow(), max_age, retention.max_entries):
+                log.info("pruned %d audit entries beyond the retention", pruned)
+        except Exception:
+            log.exception("pruning the audit log failed; trying again later")
+        await asyncio.sleep(AUDIT_PRUNE_INTERVAL)
+
+
 def create_app(config: ControllerConfig, agents: AgentPool | None = None) -> FastAPI:
     """The controller app; ``agents`` lets tests reach in-process agents."""
 
@@ -55,10 +80,13 @@ def create_app(config: ControllerConfig, agents: AgentPool | None = None) -> Fas
             await db.call(db.upgrade, create=config.create_database)
             log.info("database %s is up to date", db.safe_url)
             app.state.config, app.state.db, app.state.agents = config, db, pool
+            app.state.ca_cert = load_ca_cert(config.pki_dir)
             async with asyncio.TaskGroup() as tg:
                 app.state.tg = tg
                 watcher = tg.create_task(watch_heartbeats(db, config.heartbeat_timeout),
                                          name="watch-heartbeats")
+                pruner = tg.create_task(prune_audit_log(db, config.audit),
+                                        name="prune-audit-log")
                 releases = tg.create_task(reconcile.run_releases(InventoryService(
                     db, pool.typed, config.heartbeat_timeout)), name="reconcile-releases")
                 app.state.migrations = MigrationService(
@@ -70,6 +98,7 @@ def create_app(config: ControllerConfig, agents: AgentPool | None = None) -> Fas
                     yield
                 finally:
                     watcher.cancel()
+                    pruner.cancel()
                     releases.cancel()
                     app.state.migrations.stop_all()  # running jobs roll back
         finally:
@@ -78,14 +107,17 @@ def create_app(config: ControllerConfig, agents: AgentPool | None = None) -> Fas
 
     app = FastAPI(title="Segue controller", version=__version__, lifespan=lifespan)
     install_error_handler(app)
+    app.add_middleware(AccessGate)  # outside the error handler: it sees every answer
     app.include_router(inventory_router)
     app.include_router(migrations_router)
     app.include_router(cluster_router)
+    app.include_router(access_router)
 
-    @app.get("/health", response_model=ControllerHealth)
+    @app.get("/health", response_model=ControllerHealth, dependencies=[public()])
     async def health() -> ControllerHealth:
         return ControllerHealth(status="ok", version=__version__)
 
+    check_routes_declared(app)
     return app
 
 

@@ -8,10 +8,16 @@ Example (``docs/examples/controller.toml``)::
     max_incoming_per_host = 2
     max_auto_downtime_ms = 300
 
+    pki_dir = "/var/lib/segue/pki"
+
     [listen]
     address = "10.210.0.2"
     port = 7700
     unix_socket = "/var/lib/segue/controller.sock"
+
+    [audit]
+    max_age_days = 365
+    max_entries = 1000000
 
 ``database_url`` (required) is any SQLAlchemy URL: a SQLite file, or PostgreSQL
 (``postgresql+psycopg://...``) for several controllers sharing one database.
@@ -26,6 +32,16 @@ the highest downtime target the migration policy chooses or escalates to by itse
 migration that does not set its own ``max_downtime_ms`` (``segue.engine.policy``; default
 300 ms, 1 to 60000). ``listen.port`` defaults to 7700.
 
+Access (``docs/security.md``): every request over TCP needs credentials, a bearer API token
+or a client certificate of the cluster; the unix socket is root's (``local``). ``pki_dir``
+(none by default): the controller's credential directory (``segue.security.store``); client
+certificates are verified against ``<pki_dir>/ca/ca-cert.pem``, and without it none is
+accepted. ``insecure_host_heartbeats`` (false): also take heartbeats that come with no
+credentials at all, from an "unverified" host, for agents that cannot present a certificate
+yet (the lab, until its agents speak mutual TLS); never on a cluster that matters.
+``audit.max_age_days`` (365) and ``audit.max_entries`` (1000000): the audit log keeps
+entries that young and at most that many, pruned every ``AUDIT_PRUNE_INTERVAL`` s.
+
 Environment variables override single keys: ``SEGUE_CONTROLLER_DATABASE_URL=...``,
 ``SEGUE_CONTROLLER_LISTEN__ADDRESS=...`` (``segue.settings`` says how they are read).
 
@@ -39,22 +55,41 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
 from segue.api.base import CONTROLLER_PORT
 from segue.controller.scheduler import HostLimits
 from segue.engine.policy import DEFAULT_MAX_AUTO_DOWNTIME_MS
-from segue.settings import ListenConfig, Port, ServiceSettings, load_settings, settings_from_dict
+from segue.settings import (
+    ConfigPath,
+    ListenConfig,
+    Port,
+    ServiceSettings,
+    load_settings,
+    settings_from_dict,
+)
 
 CONTROLLER_CONFIG_PATH = Path("/etc/segue/controller.toml")
 _LIMIT = "a number of migrations at once, at least 1"
+AUDIT_PRUNE_INTERVAL = 3600.0  # seconds between two prunings of the audit log
 
 
 class ControllerListen(ListenConfig):
     """The controller's listen table: as the agent's, on port 7700 by default."""
 
     port: Port = Field(CONTROLLER_PORT, description="a TCP port, 1 to 65535")
+
+
+class AuditConfig(BaseModel):
+    """How long the audit log keeps its entries (see the module doc)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    max_age_days: float = Field(365.0, gt=0, le=36500, description=(
+        "days an audit entry is kept, more than 0, at most 100 years"))
+    max_entries: int = Field(1_000_000, ge=100, le=10**9, description=(
+        "entries the audit log keeps at most (the oldest go first), at least 100"))
 
 
 class ControllerConfig(ServiceSettings):
@@ -79,6 +114,13 @@ class ControllerConfig(ServiceSettings):
         DEFAULT_MAX_AUTO_DOWNTIME_MS, ge=1, le=60_000, description=(
             "the highest downtime target (ms) the migration policy may choose by itself, "
             "1 to 60000"))
+
+    pki_dir: ConfigPath | None = Field(None, description=(
+        "the controller's credential directory; client certificates are verified against "
+        "its ca/ca-cert.pem"))
+    insecure_host_heartbeats: bool = Field(False, description=(
+        "take heartbeats without credentials (agents without certificates: the lab only)"))
+    audit: AuditConfig = AuditConfig()
 
     @property
     def limits(self) -> HostLimits:

@@ -167,6 +167,9 @@ class ControllerPlan:
             "listen": {"address": self.mgmt_ip, "port": CONTROLLER_PORT,
                        "unix_socket": str(self.socket)},
             "heartbeat_timeout": 10.0,
+            # the lab's agents heartbeat over plain HTTP without a certificate until the
+            # services speak mutual TLS; everything else over TCP still needs a token
+            "insecure_host_heartbeats": True,
         } | self.settings
 
     def config_toml(self) -> str:

@@ -1,4 +1,4 @@
-"""The error tree of the cluster's PKI and join tokens (``segue.security``).
+"""The error tree of the cluster's PKI, join tokens, API tokens and roles (``segue.security``).
 
 Every error is one of the project's kinds (``segue.domain.errors``) with a stable code:
 
@@ -20,6 +20,15 @@ Every error is one of the project's kinds (``segue.domain.errors``) with a stabl
   wrong secret), ``JOIN_TOKEN_EXPIRED``, ``JOIN_TOKEN_USED``.
 - ``JoinTokenWrongHost`` (``forbidden``): ``JOIN_TOKEN_WRONG_HOST`` (the token is bound to
   another host name).
+- ``AuthenticationRequired`` (``unauthenticated``): ``AUTH_REQUIRED`` (a request over TCP
+  with no credentials at all).
+- ``ApiTokenRefused`` (``unauthenticated``): ``TOKEN_INVALID`` (malformed, unknown id or wrong
+  secret, or an ``Authorization`` header that is not ``Bearer``), ``TOKEN_EXPIRED``,
+  ``TOKEN_REVOKED``, ``USER_DISABLED`` (the token's user is disabled).
+- ``PermissionDenied`` (``forbidden``): ``PERMISSION_DENIED`` (a known caller whose role does
+  not allow the action on the object; the message names role, action and object).
+- ``RoleInvalid`` (``invalid``): ``ROLE_INVALID`` (not a role users may have),
+  ``TOKEN_ROLE_EXCEEDS_USER`` (a token may only narrow its user's role).
 - ``CredentialsMissing`` (``not_found``): ``CA_MISSING``, ``CREDENTIALS_MISSING`` (nothing
   installed in a credential directory yet).
 - ``CAExists`` (``conflict``): ``CA_EXISTS`` (a cluster CA is already there).
@@ -53,6 +62,14 @@ JOIN_TOKEN_INVALID = "JOIN_TOKEN_INVALID"
 JOIN_TOKEN_EXPIRED = "JOIN_TOKEN_EXPIRED"
 JOIN_TOKEN_USED = "JOIN_TOKEN_USED"
 JOIN_TOKEN_WRONG_HOST = "JOIN_TOKEN_WRONG_HOST"
+AUTH_REQUIRED = "AUTH_REQUIRED"
+TOKEN_INVALID = "TOKEN_INVALID"
+TOKEN_EXPIRED = "TOKEN_EXPIRED"
+TOKEN_REVOKED = "TOKEN_REVOKED"
+USER_DISABLED = "USER_DISABLED"
+PERMISSION_DENIED = "PERMISSION_DENIED"
+ROLE_INVALID = "ROLE_INVALID"
+TOKEN_ROLE_EXCEEDS_USER = "TOKEN_ROLE_EXCEEDS_USER"
 CA_MISSING = "CA_MISSING"
 CREDENTIALS_MISSING = "CREDENTIALS_MISSING"
 CA_EXISTS = "CA_EXISTS"
@@ -81,6 +98,23 @@ class JoinTokenRefused(Unauthenticated):
 
 class JoinTokenWrongHost(Forbidden):
     """The join token is valid but bound to another host name."""
+
+
+class AuthenticationRequired(Unauthenticated):
+    """A request that needs credentials came with none."""
+
+
+class ApiTokenRefused(Unauthenticated):
+    """The API token does not admit anyone (malformed, unknown, wrong, expired, revoked, or
+    its user disabled)."""
+
+
+class PermissionDenied(Forbidden):
+    """A known caller whose role does not allow this action on this object."""
+
+
+class RoleInvalid(InvalidRequest):
+    """A role that does not exist, or a token role beyond its user's."""
 
 
 class CredentialsMissing(NotFound):
