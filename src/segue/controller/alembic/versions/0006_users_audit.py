@@ -1,8 +1,8 @@
 """Users, their API tokens, and the audit log.
 
-Revision ID: 0005_users_audit
-Revises: 0004
-Create Date: 2026-12-08
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-12-01
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005_users_audit"
-down_revision: str | None = "0004"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | None = None
 depends_on: str | None = None
 
