@@ -268,6 +268,7 @@ async def test_a_restarted_agent_keeps_the_guardian_it_finds(
         assert process.pid_alive(info.pid or 0)
         # a guardian that dies is replaced by the keeper
         os.kill(before.pid, signal.SIGKILL)
+        await gone_at(before.pid, timeout=5)  # not yet reaped, it still counts for a moment
         replaced = await guarded(lab, info.uuid)
         assert replaced.pid != before.pid and replaced.qemu_pid == info.pid
         await until_pids(lab, [replaced.pid])  # its launcher exits once it guards
