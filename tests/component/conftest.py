@@ -71,8 +71,9 @@ class Lab:
         return guardian_pids(str(self.root))
 
 
-def fake_qemu_pids(marker: str) -> list[int]:
-    """Pids of live fake QEMUs whose command line mentions ``marker``."""
+def _live_pids(marker: str, matches: Callable[[list[bytes]], bool]) -> list[int]:
+    """Pids of live (not zombie) processes whose argv ``matches`` and whose command line
+    mentions ``marker``."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -82,27 +83,21 @@ def fake_qemu_pids(marker: str) -> list[int]:
             state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if state != "Z" and args[0] == b"qemu-system-fake" and marker.encode() in b" ".join(args):
+        if state != "Z" and matches(args) and marker.encode() in b" ".join(args):
             pids.append(int(proc.name))
     return pids
+
+
+def fake_qemu_pids(marker: str) -> list[int]:
+    """Pids of live fake QEMUs whose command line mentions ``marker``."""
+    return _live_pids(marker, lambda args: args[0] == b"qemu-system-fake")
 
 
 def guardian_pids(marker: str) -> list[int]:
     """Pids of live lease guardians (``segue.agent.guardian``) whose command line mentions
     ``marker``."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and any(a.endswith(b"/segue/agent/guardian.py") for a in args[:3]) \
-                and marker.encode() in b" ".join(args):
-            pids.append(int(proc.name))
-    return pids
+    return _live_pids(marker, lambda args: any(
+        a.endswith(b"/segue/agent/guardian.py") for a in args[:3]))
 
 
 def kill_fakes(marker: str) -> None:
