@@ -165,7 +165,7 @@ class FakePool(AgentPool):
         super().__init__()
         self.fakes = {f"http://{a.name}:7600": a for a in agents.values()}
 
-    def typed(self, url: str) -> Any:
+    def typed(self, url: str, host: str = "") -> Any:
         return self.fakes[url]
 
     async def aclose(self) -> None:

@@ -119,8 +119,9 @@ async def test_the_left_behind_source_is_released_once_no_job_runs(
     done = asyncio.Event()
 
     class Agent:
-        def __init__(self, url: str) -> None:
+        def __init__(self, url: str, host: str) -> None:
             self.url = url
+            assert url == f"http://{host}:7600"  # the client of that host's agent
 
         async def release(self, name: str) -> None:
             released.append((name, self.url))

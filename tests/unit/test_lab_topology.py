@@ -51,8 +51,8 @@ def test_default_plan() -> None:
     assert [(c.ifname, c.address) for c in ctl] == [("mgmt0", "10.210.0.2/24")]
     assert plan.controller.socket == Path("/labs/segue/controller.sock")
     config = host1.agent_config()
-    assert config["controller_url"] == "http://10.210.0.2:7700"
-    assert config["advertise_url"] == "http://10.210.0.11:7600"
+    assert config["controller_url"] == "https://10.210.0.2:7700"
+    assert config["advertise_url"] == "https://10.210.0.11:7600"
 
 
 def test_plan_root_defaults_to_segue_home(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,6 +35,7 @@ from segue.agent.heartbeat import run_heartbeats
 from segue.agent.incoming import Incoming
 from segue.agent.migpath import ProbeListeners
 from segue.agent.outgoing import Outgoing
+from segue.agent.peergate import ControllerOnly
 from segue.agent.vms import VMManager
 from segue.api.agent import Health, SerialAnswer, VMEvent
 from segue.api.vm import VMInfo, VMSpecBody
@@ -74,6 +75,7 @@ def create_app(config: AgentConfig, caps: QemuCapabilities | None = None) -> Fas
     app = FastAPI(title=f"Segue agent ({config.host})", version=__version__, lifespan=lifespan)
 
     install_error_handler(app)
+    app.add_middleware(ControllerOnly, pki_dir=config.pki_dir)
     _routes(app, config)
     return app
 

@@ -31,7 +31,14 @@ file outside them (``segue.agent.confine``);
 ``accel`` is ``auto`` (KVM where it can run a stock guest, else TCG), ``kvm`` or ``tcg``.
 With ``controller_url`` (``http(s)://...`` or ``unix:PATH``) the agent sends the controller
 a heartbeat every ``heartbeat_interval`` seconds, saying it is reachable at
-``advertise_url`` (default: ``http://<listen.address>:<listen.port>``).
+``advertise_url`` (default: ``https://<listen.address>:<listen.port>`` with ``pki_dir``,
+else ``http://...``).
+``pki_dir``: the host's credential directory (``segue.security.store``, written by
+``segue agent join``). With it the agent serves HTTPS on ``listen.address`` and takes
+commands there only from the controller's certificate (``segue.agent.peergate``), sends its
+heartbeats with its own certificate, and encrypts migrations with it. Without it the agent
+refuses to listen on a TCP address unless ``insecure_plain_http`` is true: plain HTTP lets
+any client on that network command the agent as root. The unix socket is root's either way.
 ``lease_duration_s`` (15) is how long a VM's lease on shared storage lasts unrenewed and
 ``lease_renew_s`` (3) how often the agent renews it (``segue.agent.leases``): an agent that
 has not renewed a lease for ``lease_duration_s - 2 x lease_renew_s`` (at most 80 % of the
@@ -95,6 +102,12 @@ class AgentConfig(ServiceSettings):
     qemu_binary: str = "qemu-system-x86_64"
     controller_url: str | None = None
     advertise_url: str | None = None
+    pki_dir: ConfigPath | None = Field(None, description=(
+        "this host's credential directory (segue agent join writes it): HTTPS on the "
+        "listen address, heartbeats with the host's certificate, encrypted migrations"))
+    insecure_plain_http: bool = Field(False, description=(
+        "serve plain HTTP on listen.address without credentials: any client on that "
+        "network may command this agent as root (isolated test networks only)"))
     heartbeat_interval: float = Field(
         2.0, gt=0, le=3600, description="seconds between heartbeats: more than 0, at most 3600")
     lease_duration_s: float = Field(
@@ -133,8 +146,9 @@ class AgentConfig(ServiceSettings):
                              "nor listen.address: add advertise_url, the URL at which the "
                              "controller reaches this agent")
         # Derived once here; the model is frozen for everyone else.
+        scheme = "https" if self.pki_dir is not None else "http"
         object.__setattr__(self, "advertise_url",
-                           f"http://{self.listen.address}:{self.listen.port}")
+                           f"{scheme}://{self.listen.address}:{self.listen.port}")
         return self
 
     @property

@@ -4,7 +4,9 @@ With ``controller_url`` configured, ``run_heartbeats`` POSTs ``/hosts/heartbeat`
 ``heartbeat_interval`` seconds through the controller's client
 (``segue.clients.controller``): a ``segue.api.inventory.Heartbeat`` with this host's facts
 and its VMs. A failed heartbeat is logged (the first one, then at most once a minute while
-failures go on) and retried at the next interval; it never stops the agent.
+failures go on) and retried at the next interval; it never stops the agent. With the
+agent's ``pki_dir`` it presents the host's certificate (the controller takes a host's
+heartbeat only with it) and checks the controller's, loading a renewed one as it appears.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from segue.agent.facts import host_facts
 from segue.agent.vms import VMManager
 from segue.api.inventory import Heartbeat, HeartbeatAnswer, HostFactsBody, VMReport
 from segue.api.vm import VMInfo
+from segue.clients.base import ClientTLS
 from segue.clients.controller import ControllerClient
 
 log = logging.getLogger(__name__)
@@ -76,9 +79,13 @@ async def run_heartbeats(config: AgentConfig, manager: VMManager,
         log.error("heartbeats need controller_url and advertise_url; sending none")
         return
     failures = FailureLog()
+    creds = ClientTLS(config.pki_dir) if config.pki_dir is not None else None
     async with ControllerClient(config.controller_url, transport=transport,
-                                timeout=HEARTBEAT_TIMEOUT) as controller:
+                                timeout=HEARTBEAT_TIMEOUT,
+                                tls=creds.context if creds else None) as controller:
         while True:
+            if creds is not None:
+                creds.refresh()
             try:
                 await send_heartbeat(controller, config, manager)
             except Exception as err:  # whatever went wrong, the agent keeps serving its VMs

@@ -12,7 +12,10 @@ private event loop.
 from __future__ import annotations
 
 import asyncio
+import logging
+import ssl
 from collections.abc import Coroutine
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
@@ -21,6 +24,9 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from segue.api.base import ErrorAnswer
 from segue.domain.errors import SegueError, Unavailable, error_from_dict
+from segue.security import store, tls
+
+log = logging.getLogger(__name__)
 
 UNIX_PREFIX = "unix:"
 T = TypeVar("T")
@@ -49,17 +55,50 @@ def decode_error(resp: httpx.Response, service: str) -> SegueError:
     return error_from_dict(answer.kind, data)
 
 
+class ClientTLS:
+    """This peer's side of mutual TLS from its credential directory
+    (``segue.security.store``): a client context that trusts only the cluster's CA and
+    presents this peer's certificate; ``refresh`` loads a renewed certificate (a new
+    ``current`` set) into the same context. Raises CredentialsMissing without a set."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        paths = store.current_credentials(root)
+        self.context = tls.client_context(paths)
+        self._dir = paths.dir
+
+    def refresh(self) -> None:
+        """Present the current set's certificate in later handshakes if it changed."""
+        try:
+            paths = store.current_credentials(self.root)
+            if paths.dir != self._dir:
+                tls.reload_certificate(self.context, paths)
+                self._dir = paths.dir
+        except (OSError, ssl.SSLError, SegueError) as err:
+            log.error("TLS: could not load the credentials in %s: %s (keeping the "
+                      "current certificate)", self.root, err)
+
+
 class ServiceClient:
-    """The HTTP base: one ``httpx.AsyncClient`` for one service at ``url``."""
+    """The HTTP base: one ``httpx.AsyncClient`` for one service at ``url``.
+
+    With ``tls`` (an ``https://`` URL), the server must present a certificate of the
+    cluster's CA for ``server_name`` (sent as SNI and checked: the controller's
+    ``segue-controller``, an agent's host name), and this client presents its own."""
 
     service = "service"
 
     def __init__(self, url: str, *, transport: httpx.AsyncBaseTransport | None = None,
-                 timeout: float = 60.0, headers: dict[str, str] | None = None) -> None:
+                 timeout: float = 60.0, headers: dict[str, str] | None = None,
+                 tls: ssl.SSLContext | None = None, server_name: str | None = None) -> None:
         base_url, uds = split_url(url, self.service)
         if transport is None and uds is not None:
             transport = httpx.AsyncHTTPTransport(uds=uds)
+        elif transport is None and tls is not None and url.startswith("https://"):
+            transport = httpx.AsyncHTTPTransport(verify=tls)
         self.url = url
+        self._extensions = ({"sni_hostname": server_name}
+                            if server_name is not None and uds is None else None)
         self._http = httpx.AsyncClient(base_url=base_url, transport=transport, timeout=timeout,
                                        headers=headers)
 
@@ -82,7 +121,8 @@ class ServiceClient:
         """One request; the answer if it is a success, else the service's error raised."""
         body = json.model_dump(mode="json", by_alias=True) if json is not None else None
         try:
-            resp = await self._http.request(method, path, json=body, params=params)
+            resp = await self._http.request(method, path, json=body, params=params,
+                                            extensions=self._extensions)
         except httpx.HTTPError as err:
             raise self.unreachable(err) from err
         if resp.status_code >= 400:

@@ -18,6 +18,7 @@ for a body that does not fit its model.
 from __future__ import annotations
 
 import os
+import ssl
 from datetime import datetime
 from pathlib import Path
 
@@ -55,7 +56,8 @@ from segue.api.migration import (
 )
 from segue.api.vm import VMSpecBody
 from segue.clients.base import UNIX_PREFIX, QueryParams, ServiceClient
-from segue.domain.errors import Unavailable
+from segue.domain.errors import InvalidRequest, Unavailable
+from segue.security.pki import CONTROLLER_NAME
 
 DEFAULT_PORT = CONTROLLER_PORT
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
@@ -99,22 +101,50 @@ def resolve_url(url: str | None) -> str:
     return DEFAULT_URL
 
 
+def ca_file() -> Path:
+    """Where a user keeps the cluster's CA certificate to trust the controller's HTTPS:
+    ``$SEGUE_CA_CERT``, else ``$XDG_CONFIG_HOME/segue/ca.pem``."""
+    if os.environ.get("SEGUE_CA_CERT"):
+        return Path(os.environ["SEGUE_CA_CERT"])
+    return token_file().parent / "ca.pem"
+
+
+def user_tls_context(cafile: Path | None = None) -> ssl.SSLContext:
+    """A client context for a user (no certificate of their own) that trusts only the
+    cluster's CA (``ca_file``); raises InvalidRequest ``CA_CERT_MISSING`` without it."""
+    path = cafile or ca_file()
+    try:
+        ctx = ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError) as err:
+        raise InvalidRequest("CA_CERT_MISSING", f"cannot read the cluster's CA certificate "
+                             f"{path}: {err}", "copy the controller's <pki_dir>/ca/ca-cert.pem "
+                             "there, or point $SEGUE_CA_CERT at it") from err
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    return ctx
+
+
 class ControllerClient(ServiceClient):
-    """Talks to the controller at ``url`` (``http(s)://...`` or ``unix:PATH``)."""
+    """Talks to the controller at ``url`` (``http(s)://...`` or ``unix:PATH``); over HTTPS
+    the controller must present its certificate (``segue-controller``) of the CA ``tls``
+    trusts."""
 
     service = "controller"
 
     def __init__(self, url: str, *, transport: httpx.AsyncBaseTransport | None = None,
-                 timeout: float = 300.0, token: str | None = None) -> None:
+                 timeout: float = 300.0, token: str | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         tcp = not url.startswith(UNIX_PREFIX)
         headers = {"Authorization": f"Bearer {token}"} if token and tcp else None
-        super().__init__(url, transport=transport, timeout=timeout, headers=headers)
+        super().__init__(url, transport=transport, timeout=timeout, headers=headers, tls=tls,
+                         server_name=CONTROLLER_NAME if tls is not None else None)
 
     @classmethod
     def from_env(cls, url: str | None = None, token: str | None = None) -> ControllerClient:
         """A client of the controller found as ``resolve_url`` says, with the token
         ``resolve_token`` finds."""
-        return cls(resolve_url(url), token=resolve_token(token))
+        where = resolve_url(url)
+        tls = user_tls_context() if where.startswith("https://") else None
+        return cls(where, token=resolve_token(token), tls=tls)
 
     def unreachable(self, err: Exception) -> Unavailable:
         return Unavailable("CONTROLLER_UNREACHABLE",

@@ -21,11 +21,13 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 
 from fastapi import FastAPI
 
 from segue import __version__
 from segue.api.cluster import ControllerHealth
+from segue.clients.base import ClientTLS
 from segue.controller import audit, inventory, reconcile
 from segue.controller.agents import AgentPool
 from segue.controller.api_access import router as access_router
@@ -40,6 +42,7 @@ from segue.controller.gate import AccessGate
 from segue.controller.inventory_service import InventoryService
 from segue.controller.migrations import MigrationService
 from segue.controller.models import utcnow
+from segue.domain.errors import SegueError
 from segue.httpapi import install_error_handler
 
 log = logging.getLogger(__name__)
@@ -69,13 +72,26 @@ async def prune_audit_log(db: Database, retention: AuditConfig) -> None:
         await asyncio.sleep(AUDIT_PRUNE_INTERVAL)
 
 
+def controller_tls(pki_dir: Path | None) -> ClientTLS | None:
+    """The controller's side of mutual TLS towards agents: its own credential set in
+    ``pki_dir`` (None, logged, without one: agents are then reached over plain HTTP only)."""
+    if pki_dir is None:
+        return None
+    try:
+        return ClientTLS(pki_dir)
+    except SegueError as err:
+        log.warning("no controller credentials in %s (%s): agents are reached without TLS",
+                    pki_dir, err.message)
+        return None
+
+
 def create_app(config: ControllerConfig, agents: AgentPool | None = None) -> FastAPI:
     """The controller app; ``agents`` lets tests reach in-process agents."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(config.database_url)
-        pool = agents or AgentPool()
+        pool = agents or AgentPool(tls=controller_tls(config.pki_dir))
         try:
             await db.call(db.upgrade, create=config.create_database)
             log.info("database %s is up to date", db.safe_url)

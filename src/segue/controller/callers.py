@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import ssl
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from starlette.datastructures import Headers
@@ -43,6 +42,7 @@ from segue.domain.errors import Unauthenticated
 from segue.security import apitokens, pem, pki, store
 from segue.security.actors import LOCAL_ROOT, Actor, certificate_actor
 from segue.security.errors import CERT_INVALID, CertificateInvalid
+from segue.security.peers import client_cert_chain, is_unix_socket
 
 log = logging.getLogger(__name__)
 
@@ -63,24 +63,6 @@ def load_ca_cert(pki_dir: Path | None) -> x509.Certificate | None:
         log.warning("no cluster CA at %s (%s): client certificates are not accepted",
                     path, err)
         return None
-
-
-def client_cert_chain(scope: Scope) -> list[str]:
-    """The peer's certificate chain the TLS transport put in the scope (PEM, leaf first);
-    empty if there is none."""
-    tls: Any = (scope.get("extensions") or {}).get("tls") or {}
-    chain = tls.get("client_cert_chain") if isinstance(tls, dict) else None
-    return [c for c in chain if isinstance(c, str)] if isinstance(chain, list | tuple) else []
-
-
-def is_unix_socket(scope: Scope) -> bool:
-    """True if the request came through a unix socket as uvicorn serves one (module doc)."""
-    client, server = scope.get("client"), scope.get("server")
-    has_peer = isinstance(client, list | tuple) and len(client) == 2 and \
-        isinstance(client[1], int)
-    socket_path = isinstance(server, list | tuple) and len(server) == 2 and \
-        server[1] is None and isinstance(server[0], str) and server[0].startswith("/")
-    return not has_peer and socket_path
 
 
 def bearer_token_of(scope: Scope) -> str | None:

@@ -36,7 +36,10 @@ Access (``docs/security.md``): every request over TCP needs credentials, a beare
 or a client certificate of the cluster; the unix socket is root's (``local``). ``pki_dir``
 (none by default): the controller's credential directory (``segue.security.store``); client
 certificates are verified against ``<pki_dir>/ca/ca-cert.pem``, and without it none is
-accepted. ``insecure_host_heartbeats`` (false): also take heartbeats that come with no
+accepted. With the controller's own credential set in ``pki_dir`` (``segue cluster
+init``) the TCP listener speaks HTTPS, and the controller reaches agents over HTTPS with its
+certificate; without one it refuses to listen on TCP unless ``insecure_plain_http`` is true.
+``insecure_host_heartbeats`` (false): also take heartbeats that come with no
 credentials at all, from an "unverified" host, for agents that cannot present a certificate
 yet (the lab, until its agents speak mutual TLS); never on a cluster that matters.
 ``audit.max_age_days`` (365) and ``audit.max_entries`` (1000000): the audit log keeps
@@ -118,6 +121,9 @@ class ControllerConfig(ServiceSettings):
     pki_dir: ConfigPath | None = Field(None, description=(
         "the controller's credential directory; client certificates are verified against "
         "its ca/ca-cert.pem"))
+    insecure_plain_http: bool = Field(False, description=(
+        "serve plain HTTP on listen.address when pki_dir holds no credentials: tokens and "
+        "heartbeats cross the network in clear (isolated test networks only)"))
     insecure_host_heartbeats: bool = Field(False, description=(
         "take heartbeats without credentials (agents without certificates: the lab only)"))
     audit: AuditConfig = AuditConfig()

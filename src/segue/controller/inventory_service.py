@@ -56,7 +56,7 @@ class InventoryAgent(Protocol):
     async def abort_incoming(self, name: str) -> None: ...
 
 
-AgentFor = Callable[[str], InventoryAgent]  # the agent at a URL
+AgentFor = Callable[[str, str], InventoryAgent]  # the agent at a URL, of a host
 
 
 def checked_spec(spec: VMSpecBody) -> None:
@@ -164,7 +164,7 @@ class InventoryService:
     def _agent_of(self, host: HostAgent) -> InventoryAgent:
         """The host's agent; raises Unavailable (HOST_DISCONNECTED) if it is silent."""
         host.require_connected(self.heartbeat_timeout)
-        return self.agents(host.url)
+        return self.agents(host.url, host.name)
 
     async def _agent_of_vm(self, name: str) -> InventoryAgent:
         """The agent of the VM's host (raises as ``get_vm`` and ``_agent_of``)."""
@@ -272,8 +272,8 @@ class InventoryService:
             out += [("abort", vm_name, host, hosts[host].url) for host in decision.abort]
         return out
 
-    def agent(self, url: str) -> reconcile.Releaser:
-        return self.agents(url)
+    def agent(self, url: str, host: str) -> reconcile.Releaser:
+        return self.agents(url, host)
 
     async def released(self, vm: str, host: str, action: str, error: str | None) -> None:
         """Record the outcome of a reconciliation's release or abort."""

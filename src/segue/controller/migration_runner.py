@@ -49,7 +49,8 @@ class JobRunner:
     def job(self, stored: StoredJob) -> MigrationJob:
         """The engine job of a stored one, in its stored phase, with Segue's policy under
         the cluster's downtime bound (``max_auto_downtime_ms``) unless the job sets its own."""
-        ports = Ports(self.agents.typed(stored.source_url), self.agents.typed(stored.dest_url),
+        ports = Ports(self.agents.typed(stored.source_url, stored.spec.source),
+                      self.agents.typed(stored.dest_url, stored.spec.dest),
                       self.store, self.facts, self.clock)
         policy = SeguePolicy(stored.spec.options, self.max_auto_downtime_ms)
         return MigrationJob(stored.spec, ports, policy, stored.phase)

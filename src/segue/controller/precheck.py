@@ -175,7 +175,7 @@ class Prechecker:
         """Fresh facts of the source, the VM's run state and CPU features (None if its QEMU
         cannot say); raises Unavailable (AGENT_UNREACHABLE) and the agent's own errors."""
         row = plan.source
-        client = self.agents.typed(row.url)
+        client = self.agents.typed(row.url, row.name)
         facts = await bounded(client.facts(), row.url)
         live = await bounded(client.get_vm(plan.vm_name), row.url)
         try:
@@ -189,7 +189,7 @@ class Prechecker:
     async def dest(self, row: HostRow, strict: bool) -> tuple[HostRecord, AgentClient]:
         """The destination on fresh facts; on its stored ones, unreachable, when its agent does
         not answer (raised instead with ``strict``)."""
-        client = self.agents.typed(row.url)
+        client = self.agents.typed(row.url, row.name)
         try:
             return row.record(await bounded(client.facts(), row.url)), client
         except SegueError as err:

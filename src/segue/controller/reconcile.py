@@ -161,7 +161,7 @@ class Pending(Protocol):
 
     async def pending_releases(self) -> list[tuple[str, str, str, str]]: ...
 
-    def agent(self, url: str) -> Releaser: ...
+    def agent(self, url: str, host: str) -> Releaser: ...
 
     async def released(self, vm: str, host: str, action: str, error: str | None) -> None: ...
 
@@ -178,7 +178,7 @@ async def run_releases(source: Pending) -> None:
             log.exception("reconciliation: reading the instances failed; trying again")
             continue
         for action, vm, host, url in pending:
-            agent = source.agent(url)
+            agent = source.agent(url, host)
             try:
                 await (agent.release(vm) if action == "release" else agent.abort_incoming(vm))
             except SegueError as err:

@@ -34,6 +34,7 @@ from segue.clients.controller import ControllerClient
 from segue.domain.errors import Conflict, NotFound, SegueError, Unavailable
 from segue.files import log_tail, write_json_atomic
 from segue.lab import netns
+from segue.lab.credentials import make_credentials
 from segue.lab.topology import (
     DATASTORE_NAME,
     HostPlan,
@@ -287,6 +288,7 @@ def _build(plan: LabPlan, agent_argv: AgentArgv, health_timeout: float,
            controller_argv: AgentArgv | None) -> LabState:
     netns.create_fabric(plan)
     _write_host_files(plan)
+    make_credentials(plan)
     controller_pid = None
     if controller_argv is not None:
         # a new lab is a new cluster: its empty database is created on this first start

@@ -51,7 +51,7 @@ DATASTORE_NAME = "shared"
 DATASTORE_IDENTITY = ".segue-datastore.json"
 MIGRATION_INTERFACE = "mig0"
 CONTROLLER_IP = f"{MGMT_NET}.2"
-CONTROLLER_URL = f"http://{CONTROLLER_IP}:{CONTROLLER_PORT}"
+CONTROLLER_URL = f"https://{CONTROLLER_IP}:{CONTROLLER_PORT}"
 
 _LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 _PORT_GROUP = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -113,6 +113,11 @@ class HostPlan:
     def agent_log(self) -> Path:
         return self.state_dir / "agent.log"
 
+    @property
+    def pki_dir(self) -> Path:
+        """The host's credential directory (``segue.security.store``)."""
+        return self.state_dir / "pki"
+
     def agent_config(self) -> dict[str, Any]:
         """The agent's configuration as data shaped like its TOML file
         (``segue.agent.config``), with this host's overrides merged in."""
@@ -129,7 +134,8 @@ class HostPlan:
             accel="auto",
         ).to_dict() | {
             "controller_url": CONTROLLER_URL,
-            "advertise_url": f"http://{self.mgmt_ip}:{AGENT_PORT}",
+            "advertise_url": f"https://{self.mgmt_ip}:{AGENT_PORT}",
+            "pki_dir": str(self.pki_dir),
         } | self.agent_overrides
 
     def agent_config_toml(self) -> str:
@@ -159,6 +165,11 @@ class ControllerPlan:
     def log(self) -> Path:
         return self.directory / "controller.log"
 
+    @property
+    def pki_dir(self) -> Path:
+        """The controller's credential directory: the cluster's CA and its own set."""
+        return self.directory / "pki"
+
     def config(self) -> dict[str, Any]:
         """The controller's configuration as data shaped like its TOML file
         (``segue.controller.config``), with the lab's settings merged in."""
@@ -167,9 +178,7 @@ class ControllerPlan:
             "listen": {"address": self.mgmt_ip, "port": CONTROLLER_PORT,
                        "unix_socket": str(self.socket)},
             "heartbeat_timeout": 10.0,
-            # the lab's agents heartbeat over plain HTTP without a certificate until the
-            # services speak mutual TLS; everything else over TCP still needs a token
-            "insecure_host_heartbeats": True,
+            "pki_dir": str(self.pki_dir),
         } | self.settings
 
     def config_toml(self) -> str:
