@@ -30,6 +30,7 @@ from segue.agent.api_params import (
     VMName,
 )
 from segue.agent.config import AgentConfig
+from segue.agent.credentials import RENEWAL_CHECK_INTERVAL, run_renewals
 from segue.agent.facts import QemuCapabilities, detect_accel, host_facts, probe_qemu
 from segue.agent.heartbeat import run_heartbeats
 from segue.agent.incoming import Incoming
@@ -38,6 +39,7 @@ from segue.agent.outgoing import Outgoing
 from segue.agent.vms import VMManager
 from segue.api.agent import Health, SerialAnswer, VMEvent
 from segue.api.vm import VMInfo, VMSpecBody
+from segue.clients.controller import ControllerClient
 from segue.domain.host import HostFacts
 from segue.httpapi import install_error_handler
 
@@ -63,11 +65,13 @@ def create_app(config: AgentConfig, caps: QemuCapabilities | None = None) -> Fas
             app.state.probe_listeners = probes = ProbeListeners(tg)
             beats = (tg.create_task(run_heartbeats(config, manager), name="heartbeats")
                      if config.controller_url is not None else None)
+            renewals = _start_renewals(tg, config)
             try:
                 yield
             finally:
-                if beats is not None:
-                    beats.cancel()
+                for task in (beats, renewals):
+                    if task is not None:
+                        task.cancel()
                 probes.close()
                 await manager.close()
 
@@ -76,6 +80,19 @@ def create_app(config: AgentConfig, caps: QemuCapabilities | None = None) -> Fas
     install_error_handler(app)
     _routes(app, config)
     return app
+
+
+def _start_renewals(tg: asyncio.TaskGroup, config: AgentConfig) -> asyncio.Task[None] | None:
+    """Renew this host's certificate before it expires (``agent.credentials``), when the
+    agent has a credential directory and a controller."""
+    pki_dir: Path | None = getattr(config, "pki_dir", None)
+    url = config.controller_url
+    if pki_dir is None or url is None:
+        return None
+    # the client of the controller as the heartbeats make theirs: its TLS, when it has
+    # some, presents the current certificate (a new client per check sees a renewed one)
+    return tg.create_task(run_renewals(pki_dir, lambda: ControllerClient(url, timeout=30.0),
+                                       RENEWAL_CHECK_INTERVAL), name="certificate-renewals")
 
 
 def _manager(request: Request) -> VMManager:
