@@ -223,3 +223,46 @@ async def test_the_agent_renews_only_with_a_credential_directory(tmp_path: Path)
         task = _start_renewals(tg, with_dir)  # type: ignore[arg-type]
         assert task is not None and task.get_name() == "certificate-renewals"
         task.cancel()
+
+
+# ---- the CLI: segue host token on the controller, segue agent join on the host ----
+
+async def test_the_cli_prints_a_ticket_and_the_host_joins_with_it(
+        access: AccessFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import functools
+
+    from test_controller_inventory import LoopBridge
+    from typer.testing import CliRunner
+
+    from segue.cli.main import app as cli
+
+    async with access() as a:
+        bridge = LoopBridge(a.app, asyncio.get_running_loop())
+        monkeypatch.setattr(ControllerClient, "from_env", classmethod(
+            lambda cls, url=None, token=None: cls("unix:/run/segue/controller.sock",
+                                                  transport=bridge)))
+        monkeypatch.setattr(credentials, "join_cluster", functools.partial(
+            credentials.join_cluster, transports=lambda verify: bridge))
+
+        async def segue(*args: str, code: int = 0) -> str:
+            result = await asyncio.to_thread(CliRunner().invoke, cli, list(args))
+            assert result.exit_code == code, result.output
+            return result.output
+
+        out = await segue("host", "token", "h1", "--ttl", "10m")
+        command = next(line for line in out.splitlines()
+                       if line.startswith("segue agent join"))
+        assert "--controller https://CONTROLLER:7700" in command  # no address known here
+        assert f"--ca-pin {tokens.ca_pin(a.ca.cert)}" in command
+        args = command.split()[1:]
+        root = tmp_path / "host-pki"
+        args[args.index("--pki-dir") + 1] = str(root)
+        args[args.index("--controller") + 1] = URL
+        assert "joined the cluster" in await segue(*args)
+        cert = store.load_credentials(store.current_credentials(root)).cert
+        assert pki.certificate_identity(cert) == Identity.host("h1")
+        assert "JOIN_TOKEN_USED" in await segue(*args, "--force", code=1)
+        assert "ALREADY_JOINED" in await segue(*args, code=1)
+        assert "CLI_DURATION_INVALID" in await segue("host", "token", "h2", "--ttl", "1y",
+                                                     code=1)
+        assert "REQUEST_INVALID" in await segue("host", "token", "h2", "--ttl", "30d", code=1)
