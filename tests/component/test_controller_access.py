@@ -34,7 +34,8 @@ from segue.serving import listen_sockets
 from segue.settings import ListenConfig
 
 NOW = datetime.now(UTC)
-OPEN = {("GET", "/health")}
+OPEN = {("GET", "/health"): 200, ("GET", "/cluster/ca"): 200,
+        ("POST", "/join"): 400}  # public routes: what they answer a request without a body
 
 
 def concrete(path: str) -> str:
@@ -139,12 +140,15 @@ async def test_every_route_answers_401_without_credentials_over_tcp(
         access: AccessFactory) -> None:
     async with access() as a:
         requests = every_request(a.app)
-        assert len(requests) > 30 and {(m, p) for m, p, _ in requests} >= OPEN
+        assert len(requests) > 30 and {(m, p) for m, p, _ in requests} >= set(OPEN)
+        public = {(m, p) for m, p, r in requests
+                  if r is not None and (d := route_access(r)) and d.permission is None}
+        assert public == set(OPEN)  # no route is open by accident
         for method, path, _ in requests:
             resp = await a.tcp.request(method, path, json={} if method in (
                 "POST", "PUT", "PATCH") else None)
             if (method, path) in OPEN:
-                assert resp.status_code == 200, (method, path)
+                assert resp.status_code == OPEN[method, path], (method, path, resp.text)
                 continue
             assert resp.status_code == 401, (method, path, resp.text)
             assert resp.headers["www-authenticate"] == "Bearer"

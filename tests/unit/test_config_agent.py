@@ -86,7 +86,7 @@ def test_the_example_file_loads() -> None:
     assert config.port_groups == {"vm-net": "br-vm-net"}
     assert config.datastores == {"shared": Path("/srv/segue/datastores/shared")}
     assert config.image_dirs == [Path("/var/lib/segue/images")]
-    assert config.advertise_url == "http://10.210.0.11:7600"
+    assert config.advertise_url == "https://10.210.0.11:7600"
 
 
 def test_image_dirs_default_to_the_image_cache(monkeypatch: pytest.MonkeyPatch) -> None:

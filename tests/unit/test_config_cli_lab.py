@@ -103,8 +103,11 @@ def test_the_lab_writes_toml_the_services_read(tmp_path: Path) -> None:
         assert load_config(host.agent_config_path) == config_from_dict(host.agent_config())
     older = load_config(plan.host("host2").agent_config_path)
     assert older.cpu_exclude_features == ["avx2", "aes"] and older.port_groups == {}
-    assert older.advertise_url == "http://10.210.0.12:7600"
+    assert older.advertise_url == "https://10.210.0.12:7600"
     controller = load_controller_config(plan.controller.config_path)
     assert controller == controller_config_from_dict(plan.controller.config())
     assert controller.max_outgoing_per_host == 1 and controller.listen.port == 7700
-    assert controller.insecure_host_heartbeats  # the lab's agents have no certificates yet
+    # the lab's services speak mutual TLS: nothing is let in without credentials
+    assert not controller.insecure_host_heartbeats and not controller.insecure_plain_http
+    assert controller.pki_dir == plan.controller.pki_dir
+    assert older.pki_dir == plan.host("host2").pki_dir and not older.insecure_plain_http

@@ -31,7 +31,7 @@ OPERATES = {"start vm", "stop vm", "migrate vm", "cancel migration", "migrate mi
             "maintenance host"}
 ADMINISTERS = {"create vm", "delete vm", "admin cluster", "read user", "create user",
                "update user", "delete user", "read token", "create token", "revoke token",
-               "read audit"}
+               "read audit", "admit host"}
 HOSTS = {"heartbeat host", "join host", "read self"}
 EXPECTED = {
     "viewer": READS,

@@ -30,6 +30,7 @@ from segue.agent.api_params import (
     VMName,
 )
 from segue.agent.config import AgentConfig
+from segue.agent.credentials import RENEWAL_CHECK_INTERVAL, run_renewals
 from segue.agent.facts import QemuCapabilities, detect_accel, host_facts, probe_qemu
 from segue.agent.heartbeat import run_heartbeats
 from segue.agent.incoming import Incoming
@@ -39,6 +40,8 @@ from segue.agent.peergate import ControllerOnly
 from segue.agent.vms import VMManager
 from segue.api.agent import Health, SerialAnswer, VMEvent
 from segue.api.vm import VMInfo, VMSpecBody
+from segue.clients.base import ClientTLS
+from segue.clients.controller import ControllerClient
 from segue.domain.host import HostFacts
 from segue.httpapi import install_error_handler
 
@@ -64,11 +67,13 @@ def create_app(config: AgentConfig, caps: QemuCapabilities | None = None) -> Fas
             app.state.probe_listeners = probes = ProbeListeners(tg)
             beats = (tg.create_task(run_heartbeats(config, manager), name="heartbeats")
                      if config.controller_url is not None else None)
+            renewals = _start_renewals(tg, config)
             try:
                 yield
             finally:
-                if beats is not None:
-                    beats.cancel()
+                for task in (beats, renewals):
+                    if task is not None:
+                        task.cancel()
                 probes.close()
                 await manager.close()
 
@@ -78,6 +83,22 @@ def create_app(config: AgentConfig, caps: QemuCapabilities | None = None) -> Fas
     app.add_middleware(ControllerOnly, pki_dir=config.pki_dir)
     _routes(app, config)
     return app
+
+
+def _start_renewals(tg: asyncio.TaskGroup, config: AgentConfig) -> asyncio.Task[None] | None:
+    """Renew this host's certificate before it expires (``agent.credentials``), when the
+    agent has a credential directory and a controller."""
+    pki_dir = config.pki_dir
+    url = config.controller_url
+    if pki_dir is None or url is None:
+        return None
+
+    def client() -> ControllerClient:
+        # a new client per check: its TLS presents the current certificate (a renewed one)
+        return ControllerClient(url, timeout=30.0, tls=ClientTLS(pki_dir).context)
+
+    return tg.create_task(run_renewals(pki_dir, client, RENEWAL_CHECK_INTERVAL),
+                          name="certificate-renewals")
 
 
 def _manager(request: Request) -> VMManager:

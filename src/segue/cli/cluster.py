@@ -1,6 +1,17 @@
-"""``segue cluster``: cluster-wide settings; the CPU baseline (like VMware EVC)."""
+"""``segue cluster``: the cluster's creation (its CA) and cluster-wide settings; the CPU
+baseline (like VMware EVC).
+
+``segue cluster init NAME`` runs offline on the controller's machine, before the
+controller's first start with a ``pki_dir``: it makes the cluster's CA and the controller's
+own credentials in the credential directory (``--pki-dir``, or the ``pki_dir`` of
+``--config controller.toml``) and prints the CA pin that join tickets carry.
+"""
 
 from __future__ import annotations
+
+import ipaddress
+from datetime import UTC, datetime
+from pathlib import Path
 
 import typer
 from rich.table import Table
@@ -8,8 +19,67 @@ from rich.table import Table
 from segue.api.cluster import BaselineView
 from segue.cli.connect import URL, controller
 from segue.cli.output import console, handles_errors, print_json
+from segue.domain.errors import InvalidRequest
+from segue.security import store, tokens
+from segue.security.pki import IPAddress
 
-cluster_app = typer.Typer(help="The cluster: CPU baseline.", no_args_is_help=True)
+cluster_app = typer.Typer(help="The cluster: its CA, the CPU baseline.", no_args_is_help=True)
+_WILDCARDS = {"0.0.0.0", "::"}
+
+
+def _pki_dir_and_address(pki_dir: Path | None, config: Path | None
+                         ) -> tuple[Path, str | None]:
+    """The credential directory to use and the controller's listen address (if known)."""
+    if pki_dir is not None:
+        return pki_dir, None
+    if config is not None:
+        from segue.controller.config import load_controller_config
+
+        loaded = load_controller_config(config)
+        if loaded.pki_dir is not None:
+            return loaded.pki_dir, loaded.listen.address
+        raise InvalidRequest("CLI_PKI_DIR_MISSING", f"{config} sets no pki_dir",
+                             "add pki_dir = \"/var/lib/segue/pki\" to it, or give --pki-dir")
+    raise InvalidRequest("CLI_PKI_DIR_MISSING", "where should the cluster's CA be kept?",
+                         "give --pki-dir DIR, or --config controller.toml with its pki_dir")
+
+
+def _addresses(names: list[str]) -> tuple[list[str], list[IPAddress]]:
+    """``names`` split into DNS names and IP addresses."""
+    dns: list[str] = []
+    ips: list[IPAddress] = []
+    for name in names:
+        try:
+            ips.append(ipaddress.ip_address(name))
+        except ValueError:
+            dns.append(name)
+    return dns, ips
+
+
+@cluster_app.command("init")
+@handles_errors
+def init(
+    name: str = typer.Argument(..., help="The cluster's name (1-64 letters, digits, . _ -)."),
+    pki_dir: Path | None = typer.Option(None, "--pki-dir", help="The controller's credential "
+                                        "directory (default: pki_dir of --config)."),
+    config: Path | None = typer.Option(None, "--config", help="The controller's "
+                                       "configuration file, for its pki_dir."),
+    address: list[str] = typer.Option([], "--address", help="A DNS name or IP address users "
+                                      "and hosts reach the controller at (repeat it); the "
+                                      "listen address of --config is added."),
+) -> None:
+    """Create the cluster: its CA and the controller's credentials (offline, once)."""
+    root, listen = _pki_dir_and_address(pki_dir, config)
+    names = [*address, *([listen] if listen and listen not in _WILDCARDS else [])]
+    dns, ips = _addresses(list(dict.fromkeys(names)))
+    ca = store.init_cluster(root, name, datetime.now(UTC), dns_names=dns, ip_addresses=ips)
+    current = store.current_credentials(root)
+    console.print(f"cluster {name}: CA in {root / store.CA_DIR} (keep ca-key.pem safe: it "
+                  f"is the keys to the cluster); the controller's credentials in {current.dir}",
+                  highlight=False, soft_wrap=True)
+    console.print(f"CA pin: {tokens.ca_pin(ca.cert)}", highlight=False, soft_wrap=True)
+    console.print("next: start the controller with pki_dir set, then for each host: segue "
+                  "host token HOST", highlight=False, soft_wrap=True)
 
 
 def _features(names: list[str]) -> str:

@@ -1,4 +1,6 @@
-"""``segue host``: the cluster's hosts as the controller sees them."""
+"""``segue host``: the cluster's hosts as the controller sees them, and join tokens for new
+ones (``segue host token HOST``: the token, the CA pin and the ``segue agent join`` command
+to run on the host)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,10 @@ import typer
 from rich.table import Table
 
 from segue.cli.connect import URL, controller
-from segue.cli.output import console, handles_errors, print_json
+from segue.cli.output import console, err_console, handles_errors, print_json
+from segue.cli.times import parse_duration
+
+DEFAULT_HOST_PKI_DIR = "/var/lib/segue/pki"
 
 host_app = typer.Typer(help="Hosts of the cluster (via the controller).", no_args_is_help=True)
 
@@ -86,3 +91,30 @@ def disable_migration(name: str, url: str | None = URL) -> None:
     with controller(url) as c:
         c.run(c.client.set_migration_enabled(name, False))
     console.print(f"migration to {name} disabled")
+
+
+@host_app.command("token")
+@handles_errors
+def join_token(name: str = typer.Argument(..., help="The host's name, as it will join."),
+               ttl: str = typer.Option("1h", "--ttl", help="Lifetime: 10m, 1h, 2d (at most "
+                                       "7d)."),
+               url: str | None = URL, as_json: bool = typer.Option(False, "--json")) -> None:
+    """A one-time join token for a new host, and the command to run on that host."""
+    ttl_s = int(parse_duration(ttl, "--ttl").total_seconds())
+    with controller(url) as c:
+        made = c.run(c.client.create_join_token(name, ttl_s))
+        used_url = c.client.url
+    if as_json:
+        print_json(made)
+        return
+    reach = made.controller_url or (used_url if used_url.startswith(("http://", "https://"))
+                                    else "https://CONTROLLER:7700")
+    err_console.print(f"join token {made.id} for host {made.host}, valid until "
+                      f"{made.expires_at.isoformat(timespec='seconds')}, once; shown once, "
+                      "keep it safe:", highlight=False)
+    console.print(f"token:  {made.token}\nCA pin: {made.ca_pin}", highlight=False,
+                  soft_wrap=True)
+    err_console.print(f"on {made.host}, as root:", highlight=False)
+    console.print(f"segue agent join --controller {reach} --host {made.host} --token "
+                  f"{made.token} --ca-pin {made.ca_pin} --pki-dir {DEFAULT_HOST_PKI_DIR}",
+                  highlight=False, soft_wrap=True)

@@ -54,17 +54,49 @@ def image_build(force: bool = typer.Option(False, help="Rebuild even if cached."
         console.print(f"  kernel {image.kernel}\n  initrd {image.initrd}")
 
 
-@app.command("agent")
+agent_app = typer.Typer(help="The host agent: run it, or join this host to a cluster.")
+
+
+@agent_app.callback(invoke_without_command=True)
 @handles_errors
-def agent(config: Path | None = typer.Option(
+def agent(ctx: typer.Context, config: Path | None = typer.Option(
         None, help="Agent configuration file (TOML); default /etc/segue/agent.toml.")) -> None:
     """Run the host agent on this host (normally as root, inside the host's namespace).
 
     Environment variables SEGUE_AGENT_<KEY> override keys of the file."""
+    if ctx.invoked_subcommand is not None:
+        return
     from segue.agent.config import load_config
     from segue.agent.server import run_agent
 
     run_agent(load_config(config))
+
+
+@agent_app.command("join")
+@handles_errors
+def agent_join(
+    controller: str = typer.Option(..., "--controller", help="The controller's URL "
+                                   "(https://ADDRESS:7700; http:// only in the lab)."),
+    host: str = typer.Option(..., "--host", help="This host's name, as the token names it."),
+    token: str = typer.Option(..., "--token", envvar="SEGUE_JOIN_TOKEN",
+                              help="The join token (segue host token); or $SEGUE_JOIN_TOKEN."),
+    ca_pin: str = typer.Option(..., "--ca-pin", help="The CA pin of the ticket, sha256:..."),
+    pki_dir: Path = typer.Option(Path("/var/lib/segue/pki"), "--pki-dir",
+                                 help="Where this host keeps its credentials."),
+    force: bool = typer.Option(False, "--force", help="Join again over credentials already "
+                               "there (a new CA, a lost certificate)."),
+) -> None:
+    """Join this host to the cluster: its key made here, its certificate from the controller."""
+    import asyncio
+
+    from segue.agent import credentials
+
+    paths = asyncio.run(credentials.join_cluster(controller, token, ca_pin, host, pki_dir,
+                                                 force=force))
+    console.print(f"host {host} joined the cluster: its credentials are in {paths.dir} "
+                  f"({pki_dir / 'current'})", highlight=False, soft_wrap=True)
+    console.print(f"next: set pki_dir = \"{pki_dir}\" in agent.toml and (re)start the agent",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command("server")
@@ -87,6 +119,7 @@ def server(config: Path | None = typer.Option(
     run_controller(loaded)
 
 
+app.add_typer(agent_app, name="agent")
 app.add_typer(lab_app, name="lab")
 app.add_typer(host_app, name="host")
 app.add_typer(vm_app, name="vm")

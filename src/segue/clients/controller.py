@@ -48,6 +48,14 @@ from segue.api.inventory import (
     VMEventView,
     VMView,
 )
+from segue.api.join import (
+    ClusterCA,
+    CreateJoinTokenBody,
+    IssuedCertificate,
+    JoinBody,
+    JoinTokenCreated,
+    RenewBody,
+)
 from segue.api.migration import (
     CheckRequestBody,
     MigrationJobView,
@@ -168,6 +176,31 @@ class ControllerClient(ServiceClient):
     async def set_migration_enabled(self, name: str, enabled: bool) -> HostView:
         action = "enable-migration" if enabled else "disable-migration"
         return await self.call(HostView, "POST", f"/hosts/{name}/{action}")
+
+    # ---- joining the cluster, certificates ----
+    async def create_join_token(self, host: str, ttl_s: int | None = None
+                                ) -> JoinTokenCreated:
+        """A one-time join token for ``host`` (an admin's); its secret is in this answer
+        only."""
+        body = CreateJoinTokenBody.model_validate({} if ttl_s is None else {"ttl_s": ttl_s})
+        return await self.call(JoinTokenCreated, "POST", f"/hosts/{host}/join-token",
+                               json=body)
+
+    async def cluster_ca(self) -> ClusterCA:
+        """The CA certificate the controller offers: check it against a pin before
+        trusting it (``segue.security.tokens.check_ca_pin``)."""
+        return await self.call(ClusterCA, "GET", "/cluster/ca")
+
+    async def join(self, host: str, token: str, csr_pem: str) -> IssuedCertificate:
+        """Host ``host``'s certificate for the key of ``csr_pem``, admitted by ``token``."""
+        body = JoinBody.model_validate({"host": host, "token": token, "csr": csr_pem})
+        return await self.call(IssuedCertificate, "POST", "/join", json=body)
+
+    async def renew_certificate(self, host: str, csr_pem: str) -> IssuedCertificate:
+        """A new certificate of ``host`` (the caller, by its certificate) for a new key."""
+        body = RenewBody.model_validate({"csr": csr_pem})
+        return await self.call(IssuedCertificate, "POST", f"/hosts/{host}/certificate",
+                               json=body)
 
     # ---- VMs ----
     async def list_vms(self, host: str | None = None) -> list[VMView]:

@@ -1,4 +1,5 @@
-"""Database tables of the API's users: users, their API tokens, and the audit log.
+"""Database tables of the API's users: users, their API tokens, and the audit log; and the
+hosts' one-time join tokens.
 
 A token row keeps only the salted hash of its secret (``segue.security.apitokens``) and is
 kept after it is revoked (the audit log names it). A user's tokens go with the user. Audit
@@ -66,3 +67,19 @@ class AuditEntry(Base):
     status: Mapped[int] = mapped_column(Integer)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     duration_ms: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class JoinToken(Base):
+    """A one-time join token of a host (``segue.security.tokens.JoinTokenRecord``): its
+    salted hash, never its secret; kept once used (who used it, when)."""
+
+    __tablename__ = "join_tokens"
+
+    id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    host: Mapped[str | None] = mapped_column(String(253), nullable=True)
+    salt: Mapped[str] = mapped_column(String(32))
+    digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    used_by: Mapped[str | None] = mapped_column(String(253), nullable=True)

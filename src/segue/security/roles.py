@@ -7,14 +7,15 @@ on objects to roles; ``docs/security.md`` shows it as a table.
 - Roles users may have (``USER_ROLES``): ``viewer`` (reads), ``operator`` (a viewer who
   starts, stops and migrates VMs, cancels migrations, switches hosts' maintenance),
   ``admin`` (an operator who also defines and deletes VMs, changes cluster settings,
-  manages users and tokens and reads the audit log).
+  manages users and tokens, admits hosts (makes their join tokens) and reads the audit
+  log).
 - Roles no user may have: ``host`` (a host agent proven by its certificate: heartbeat,
   join), ``controller`` (the controller's own certificate: nothing yet), ``local`` (root
   through the controller's unix socket: every role above).
 - Objects: ``vm``, ``host``, ``migration``, ``cluster``, ``user``, ``token``, ``audit``,
   ``self`` (the caller itself). Actions: ``read``, ``create``, ``update``, ``delete``,
   ``start``, ``stop``, ``migrate``, ``cancel``, ``maintenance``, ``admin``, ``revoke``,
-  ``heartbeat``, ``join``.
+  ``heartbeat``, ``join``, ``admit``.
 
 A caller may hold several roles at once (``Actor.roles``: a user's role and the narrower
 role its token carries); a request is allowed only if every one of them allows it.

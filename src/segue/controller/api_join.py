@@ -1,0 +1,149 @@
+"""How hosts get into the cluster and stay in it: join tokens, the CA, joins, renewals
+(bodies: ``segue.api.join``; store: ``controller.join_tokens``; the CA: the controller's
+``pki_dir``, made by ``segue cluster init``).
+
+- ``POST /hosts/{name}/join-token`` (``host admit``, admins): a one-time token bound to
+  host ``name``, valid ``ttl_s``; its secret is in this answer only (201).
+- ``GET /cluster/ca`` (public): the CA certificate; 404 ``CA_MISSING`` before
+  ``segue cluster init``.
+- ``POST /join`` (public: the token is the credential): the host's certificate for the key
+  of its signing request. The token is checked first (401 ``JOIN_TOKEN_INVALID``,
+  ``JOIN_TOKEN_USED``, ``JOIN_TOKEN_EXPIRED``; 403 ``JOIN_TOKEN_WRONG_HOST``), then the
+  request is certified (400 ``CSR_INVALID``, ``CERT_NAME_INVALID``), and only then is the
+  token used: a join refused for another reason than its token leaves the token unused.
+  The host enters the inventory with its first heartbeat.
+- ``POST /hosts/{name}/certificate`` (``host join``: a host's certificate, for itself only,
+  403 ``CERT_WRONG_HOST``): a new certificate for a new key (rotation).
+
+The CA is read from ``pki_dir`` at each request (404 ``CA_MISSING`` without one). Every
+state-changing call is in the audit log, its token redacted and its signing request trimmed
+(``security.redaction``); a join's actor is ``anonymous`` and its target the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+from starlette.datastructures import State
+
+from segue.api.join import (
+    ClusterCA,
+    CreateJoinTokenBody,
+    IssuedCertificate,
+    JoinBody,
+    JoinTokenCreated,
+    RenewBody,
+)
+from segue.controller import join_tokens
+from segue.controller.authz import public, requires
+from segue.controller.config import ControllerConfig
+from segue.controller.db import Database
+from segue.controller.models import utcnow
+from segue.security import pem, pki, store, tokens
+from segue.security.actors import Actor, require_self
+from segue.security.errors import CA_MISSING, CredentialsMissing
+from segue.security.pki import CertificateAuthority
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+HostPath = Annotated[str, Path(min_length=1, max_length=253,
+                               pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]*$")]
+_WILDCARDS = {"0.0.0.0", "::"}
+
+
+def _config(state: State) -> ControllerConfig:
+    config: ControllerConfig = state.config
+    return config
+
+
+def _db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+async def _load_ca(config: ControllerConfig) -> CertificateAuthority:
+    """The cluster's CA from ``pki_dir``; CredentialsMissing (``CA_MISSING``, 404)."""
+    if config.pki_dir is None:
+        raise CredentialsMissing(CA_MISSING, "the controller has no pki_dir: the cluster has "
+                                 "no CA", "set pki_dir in controller.toml, then run segue "
+                                 "cluster init NAME --config controller.toml")
+    return await asyncio.to_thread(store.load_ca, config.pki_dir)
+
+
+def controller_url(config: ControllerConfig) -> str | None:
+    """Where hosts reach the controller, from its listen address (None: a wildcard or no
+    TCP address, which names no place a host could reach)."""
+    address = config.listen.address
+    if address is None or address in _WILDCARDS:
+        return None
+    try:
+        host = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
+    except ValueError:
+        host = address  # a DNS name
+    return f"https://{host}:{config.listen.port}"
+
+
+def _issued(host: str, cert_pem: bytes, ca: CertificateAuthority,
+            not_after: datetime) -> IssuedCertificate:
+    return IssuedCertificate(host=host, cert=cert_pem.decode(),
+                             ca_cert=pem.cert_to_pem(ca.cert).decode(), not_after=not_after)
+
+
+@router.post("/hosts/{name}/join-token", status_code=201, response_model=JoinTokenCreated,
+             dependencies=[requires("host", "admit")])
+async def create_join_token(request: Request, name: HostPath, body: CreateJoinTokenBody
+                            ) -> JoinTokenCreated:
+    """A one-time join token for host ``name``; its secret is in this answer only."""
+    config = _config(request.app.state)
+    ca = await _load_ca(config)
+    now = utcnow()
+    ticket, record = tokens.new_join_token(ca.cert, now, timedelta(seconds=body.ttl_s),
+                                           host=name)
+    await _db(request).run(join_tokens.add, record)
+    log.info("join token %s made for host %s, valid until %s", record.id, name,
+             record.expires_at.isoformat())
+    return JoinTokenCreated(id=record.id, host=name, token=ticket.token,
+                            ca_pin=ticket.ca_pin, expires_at=record.expires_at,
+                            controller_url=controller_url(config))
+
+
+@router.get("/cluster/ca", response_model=ClusterCA, dependencies=[public()])
+async def cluster_ca(request: Request) -> ClusterCA:
+    """The cluster's CA certificate: trust it only if it matches your join ticket's pin."""
+    ca = await _load_ca(_config(request.app.state))
+    return ClusterCA(cluster=ca.cluster, ca_cert=pem.cert_to_pem(ca.cert).decode())
+
+
+@router.post("/join", response_model=IssuedCertificate,
+             dependencies=[public(target="host:host")])
+async def join(request: Request, body: JoinBody) -> IssuedCertificate:
+    """A new host's certificate, for the key of its signing request, once its join token
+    admits it (the token is used only when the certificate is issued)."""
+    db, now = _db(request), utcnow()
+    ca = await _load_ca(_config(request.app.state))
+    await db.run(join_tokens.check, body.token, body.host, now)
+    csr = pem.csr_from_pem(body.csr.encode())
+    cert = pki.issue_host_certificate(ca, csr, body.host, now)
+    record = await db.run(join_tokens.redeem, body.token, body.host, now)
+    log.info("host %s joined the cluster with join token %s (certificate %x)", body.host,
+             record.id, cert.serial_number)
+    return _issued(body.host, pem.cert_to_pem(cert), ca, cert.not_valid_after_utc)
+
+
+@router.post("/hosts/{name}/certificate", response_model=IssuedCertificate)
+async def renew_certificate(request: Request, name: HostPath, body: RenewBody,
+                            actor: Annotated[Actor, requires("host", "join")]
+                            ) -> IssuedCertificate:
+    """A new certificate of host ``name`` for a new key; a host renews its own only."""
+    require_self(actor, name)
+    ca = await _load_ca(_config(request.app.state))
+    csr = pem.csr_from_pem(body.csr.encode())
+    cert = pki.issue_host_certificate(ca, csr, name, utcnow())
+    log.info("host %s renewed its certificate (now %x, until %s)", name, cert.serial_number,
+             cert.not_valid_after_utc.isoformat())
+    return _issued(name, pem.cert_to_pem(cert), ca, cert.not_valid_after_utc)
