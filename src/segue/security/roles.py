@@ -84,7 +84,8 @@ class Authorizer:
         files = resources.files("segue.security") / "policy"
         model = casbin.Enforcer.new_model(text=model_text or (files / MODEL_FILE).read_text())
         self._enforcer = casbin.Enforcer(model)  # no adapter: lines are added below
-        for line in (policy_text or (files / POLICY_FILE).read_text()).splitlines():
+        text = (files / POLICY_FILE).read_text() if policy_text is None else policy_text
+        for line in text.splitlines():
             _load_line(self._enforcer, line)
         self._enforcer.build_role_links()
         self._answers: dict[tuple[str, str, str, str], bool] = {}
