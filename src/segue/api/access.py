@@ -42,6 +42,7 @@ class UserView(ResponseModel):
     created_at: datetime
     disabled: bool
     tokens: int = 0  # its tokens that are neither revoked nor expired
+    tags: list[str] = []  # what role-tags policies let it act on
 
 
 class CreateTokenBody(RequestModel):

@@ -167,6 +167,7 @@ class HostView(ResponseModel):
     memory_total_mib: int | None = None
     memory_available_mib: int | None = None
     vms: list[str] = []
+    tags: list[str] = []
 
 
 class HostDetail(HostView):
@@ -182,6 +183,7 @@ class CreateVMBody(RequestModel):
     host: Name
     spec: VMSpecBody
     start: bool = True
+    tags: Annotated[list[Name], Field(max_length=64)] = []  # given before any policy decides
 
 
 class VMView(ResponseModel):
@@ -195,6 +197,7 @@ class VMView(ResponseModel):
     pid: int | None = None
     updated_at: datetime
     spec: VMSpecBody
+    tags: list[str] = []  # segue.security.policies: what policies and roles match on
 
 
 class VMDetail(VMView):

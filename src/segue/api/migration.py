@@ -38,9 +38,11 @@ class MigrationRequestBody(MigrationOptionsBody):
 
 
 class CheckRequestBody(RequestModel):
-    """``POST /vms/{name}/migrations/check``: the destination host."""
+    """``POST /vms/{name}/migrations/check``: the destination host, and whether the
+    migration would be encrypted (for policies that require it)."""
 
     to: Name
+    tls: bool = True
 
 
 class ProgressSample(ResponseModel):

@@ -29,10 +29,10 @@ def _when(at: datetime | None) -> str:
 
 
 def _print_users(users: list[UserView]) -> None:
-    table = Table("user", "role", "disabled", "active tokens", "created")
+    table = Table("user", "role", "disabled", "active tokens", "tags", "created")
     for u in users:
         table.add_row(u.name, u.role, "yes" if u.disabled else "no", str(u.tokens),
-                      _when(u.created_at))
+                      ", ".join(u.tags) or "-", _when(u.created_at))
     console.print(table)
 
 

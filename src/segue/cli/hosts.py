@@ -34,13 +34,13 @@ def list_hosts(url: str | None = URL, as_json: bool = typer.Option(False, "--jso
         print_json(hosts)
         return
     table = Table("host", "state", "migration address", "CPUs", "memory free", "VMs",
-                  "migration", "maintenance")
+                  "migration", "maintenance", "tags")
     for h in hosts:
         state = "[green]connected[/]" if h.state == "connected" else "[red]disconnected[/]"
         table.add_row(h.name, state, h.migration_address or "-", str(h.cpus or "-"),
                       _mib(h.memory_available_mib), str(len(h.vms)),
                       "enabled" if h.migration_enabled else "disabled",
-                      _yes_no(h.maintenance))
+                      _yes_no(h.maintenance), ", ".join(h.tags) or "-")
     console.print(table)
 
 
@@ -68,6 +68,7 @@ def show_host(name: str, url: str | None = URL,
         ("port groups", ", ".join(p.name for p in facts.port_groups) if facts else "-"),
         ("datastores", ", ".join(d.name for d in facts.datastores) if facts else "-"),
         ("VMs", ", ".join(host.vms) or "-"),
+        ("tags", ", ".join(host.tags) or "-"),
     ]
     table = Table(title=f"host {host.name}", show_header=False)
     for key, value in rows:

@@ -95,10 +95,11 @@ def list_vms(url: str | None = URL, host: str | None = typer.Option(None, help="
     if as_json:
         print_json(vms)
         return
-    table = Table("VM", "host", "state", "memory", "vCPUs", "pid", "uuid")
+    table = Table("VM", "host", "state", "memory", "vCPUs", "pid", "tags", "uuid")
     for vm in vms:
         table.add_row(vm.name, vm.host, vm.state, f"{vm.spec.memory_mib} MiB",
-                      str(vm.spec.vcpus), str(vm.pid or "-"), vm.uuid)
+                      str(vm.spec.vcpus), str(vm.pid or "-"), ", ".join(vm.tags) or "-",
+                      vm.uuid)
     console.print(table)
 
 
@@ -117,7 +118,8 @@ def show(name: str, url: str | None = URL, as_json: bool = typer.Option(False, "
             ("memory", f"{spec.memory_mib} MiB"), ("vCPUs", spec.vcpus),
             ("NICs", ", ".join(f"{n.port_group}={n.mac}" for n in spec.nics) or "-"),
             ("disks", ", ".join(f"{d.datastore}:{d.path}" for d in spec.disks) or "-"),
-            ("last exit", (live.last_exit if live else None) or "-")]
+            ("last exit", (live.last_exit if live else None) or "-"),
+            ("tags", ", ".join(vm.tags) or "-")]
     if vm.live_error:
         err = vm.live_error
         rows.append(("live state", f"unavailable: {err.code}: {err.message}"))

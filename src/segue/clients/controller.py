@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+from pydantic import JsonValue
 
 from segue import paths
 from segue.api.access import (
@@ -62,6 +63,7 @@ from segue.api.migration import (
     MigrationRequestBody,
     ProgressSample,
 )
+from segue.api.policies import PolicySetBody, PolicySetView, SetTagsBody, TagsBody, TagsView
 from segue.api.vm import VMSpecBody
 from segue.clients.base import UNIX_PREFIX, QueryParams, ServiceClient
 from segue.domain.errors import InvalidRequest, Unavailable
@@ -237,6 +239,26 @@ class ControllerClient(ServiceClient):
     async def check_migration(self, vm: str, to: str) -> CheckAnswer:
         return await self.call(CheckAnswer, "POST", f"/vms/{vm}/migrations/check",
                                json=CheckRequestBody(to=to))
+
+    # ---- tags and policies ----
+    async def change_tags(self, kind: str, name: str, add: list[str] | None = None,
+                          remove: list[str] | None = None) -> TagsView:
+        """Add and remove tags of a VM (``kind`` vm) or host (``kind`` host)."""
+        return await self.call(TagsView, "POST", f"/{kind}s/{name}/tags",
+                               json=TagsBody(add=add or [], remove=remove or []))
+
+    async def set_user_tags(self, user: str, tags: list[str]) -> TagsView:
+        return await self.call(TagsView, "PUT", f"/users/{user}/tags",
+                               json=SetTagsBody(tags=tags))
+
+    async def policies(self) -> PolicySetView:
+        return await self.call(PolicySetView, "GET", "/policies")
+
+    async def apply_policies(self, entries: list[dict[str, JsonValue]]) -> PolicySetView:
+        """Replace every policy (InvalidRequest ``POLICY_INVALID`` and nothing changes
+        when an entry is bad)."""
+        return await self.call(PolicySetView, "PUT", "/policies",
+                               json=PolicySetBody(policies=entries))
 
     async def where(self, vm: str) -> WhereAnswer:
         return await self.call(WhereAnswer, "GET", f"/vms/{vm}/where")

@@ -13,6 +13,7 @@ refused with 400 ``REQUEST_INVALID`` like any other bad input.
 Each route declares what it requires (``segue.controller.authz``: reading hosts and VMs,
 ``host maintenance`` for the migration switch, ``vm create/start/stop/delete``); a heartbeat
 needs a host's certificate (or root) and speaks for that host only (403 ``CERT_WRONG_HOST``).
+User-defined policies may refuse a create, start or stop (403 ``POLICY_DENIED``).
 """
 
 from __future__ import annotations
@@ -95,13 +96,13 @@ async def list_vms(request: Request, host: NameQuery = None) -> list[VMView]:
     return await service(request).list_vms(host)
 
 
-@router.post("/vms", status_code=201, response_model=VMDetail,
-             dependencies=[requires("vm", "create", target="vm:spec.name")])
-async def create_vm(request: Request, body: CreateVMBody) -> VMDetail:
+@router.post("/vms", status_code=201, response_model=VMDetail)
+async def create_vm(request: Request, body: CreateVMBody, actor: Annotated[
+        Actor, requires("vm", "create", target="vm:spec.name")]) -> VMDetail:
     """Define (and by default start) a VM on the given host; refused if the name is taken.
 
     A ``cpu_model`` of ``baseline`` or ``qemu64`` becomes the cluster's CPU baseline."""
-    return await service(request).create_vm(body)
+    return await service(request).create_vm(body, actor)
 
 
 @router.get("/vms/{name}", response_model=VMDetail,
@@ -112,18 +113,18 @@ async def show_vm(request: Request, name: NamePath) -> VMDetail:
     return await service(request).show_vm(name)
 
 
-@router.post("/vms/{name}/start", response_model=VMDetail,
-             dependencies=[requires("vm", "start")])
-async def start_vm(request: Request, name: NamePath) -> VMDetail:
-    return await service(request).start_vm(name)
+@router.post("/vms/{name}/start", response_model=VMDetail)
+async def start_vm(request: Request, name: NamePath,
+                   actor: Annotated[Actor, requires("vm", "start")]) -> VMDetail:
+    return await service(request).start_vm(name, actor)
 
 
-@router.post("/vms/{name}/stop", response_model=VMDetail,
-             dependencies=[requires("vm", "stop")])
-async def stop_vm(request: Request, name: NamePath, force: bool = False,
+@router.post("/vms/{name}/stop", response_model=VMDetail)
+async def stop_vm(request: Request, name: NamePath,
+                  actor: Annotated[Actor, requires("vm", "stop")], force: bool = False,
                   timeout: StopTimeout = 30.0) -> VMDetail:
     """ACPI power-off (hard after ``timeout`` s, or at once with ``force``)."""
-    return await service(request).stop_vm(name, force=force, timeout=timeout)
+    return await service(request).stop_vm(name, force=force, timeout=timeout, actor=actor)
 
 
 @router.delete("/vms/{name}", status_code=204,

@@ -11,12 +11,16 @@ pre-migration check, in phase ``check`` or, beyond the per-host limits, ``queued
 ``POST /migrations/{id}/postcopy`` (switch a copying job to post-copy now; 409
 ``MIGRATION_POSTCOPY_NOT_POSSIBLE`` when it does not copy or post-copy is not allowed).
 Every job carries ``queue_position`` (1: next to start; None when not queued).
+User-defined policies refuse a request with 403 ``POLICY_DENIED`` and show in ``check`` and
+``where`` as results of the ``policy`` check (``segue.controller.policy_gate``).
 Permissions (``segue.controller.authz``): ``vm migrate`` to ask for a migration,
 ``migration read`` to check and list, ``migration cancel``, ``migration migrate`` for
 post-copy, ``vm read`` for ``where``.
 """
 
 from __future__ import annotations
+
+from typing import Annotated
 
 from fastapi import APIRouter, Request
 
@@ -30,6 +34,7 @@ from segue.api.migration import (
 )
 from segue.controller.authz import requires
 from segue.controller.migrations import MigrationService
+from segue.security.actors import Actor
 
 router = APIRouter()
 
@@ -39,26 +44,28 @@ def _service(request: Request) -> MigrationService:
     return service
 
 
-@router.post("/vms/{name}/migrations", status_code=202, response_model=MigrationJobView,
-             dependencies=[requires("vm", "migrate")])
-async def migrate_vm(request: Request, name: str, body: MigrationRequestBody
-                     ) -> MigrationJobView:
+@router.post("/vms/{name}/migrations", status_code=202, response_model=MigrationJobView)
+async def migrate_vm(request: Request, name: str, body: MigrationRequestBody,
+                     actor: Annotated[Actor, requires("vm", "migrate")]) -> MigrationJobView:
     options = MigrationOptionsBody.model_validate(body.model_dump(exclude={"to"}))
-    return await _service(request).request(name, body.to, options)
+    return await _service(request).request(name, body.to, options, actor)
 
 
-@router.post("/vms/{name}/migrations/check", response_model=CheckAnswer,
-             dependencies=[requires("migration", "read")])
-async def check_migration(request: Request, name: str, body: CheckRequestBody) -> CheckAnswer:
-    """Every pre-migration check for one destination; nothing starts."""
-    return await _service(request).check(name, body.to)
+@router.post("/vms/{name}/migrations/check", response_model=CheckAnswer)
+async def check_migration(request: Request, name: str, body: CheckRequestBody,
+                          actor: Annotated[Actor, requires("migration", "read")]
+                          ) -> CheckAnswer:
+    """Every pre-migration check for one destination, and the policies' verdict for the
+    caller; nothing starts."""
+    return await _service(request).check(name, body.to, actor, encrypted=body.tls)
 
 
-@router.get("/vms/{name}/where", response_model=WhereAnswer,
-            dependencies=[requires("vm", "read")])
-async def where_vm_can_go(request: Request, name: str) -> WhereAnswer:
-    """Every other host with its check results: where the VM can go."""
-    return await _service(request).where(name)
+@router.get("/vms/{name}/where", response_model=WhereAnswer)
+async def where_vm_can_go(request: Request, name: str,
+                          actor: Annotated[Actor, requires("vm", "read")]) -> WhereAnswer:
+    """Every other host with its check results and the policies' verdict for the caller:
+    where the VM can go."""
+    return await _service(request).where(name, actor)
 
 
 @router.get("/migrations", response_model=list[MigrationJobView],

@@ -1,5 +1,5 @@
 """The controller's HTTP app (FastAPI): inventory, migrations, cluster baseline, users,
-tokens, the audit log, hosts' joins and certificates, health.
+tokens, the audit log, hosts' joins and certificates, tags and policies, health.
 
 The lifespan opens the database and upgrades its schema, then keeps on ``app.state``:
 ``config`` (ControllerConfig), ``db`` (Database), ``agents`` (AgentPool), ``ca_cert`` (the
@@ -35,6 +35,7 @@ from segue.controller.api_cluster import router as cluster_router
 from segue.controller.api_inventory import router as inventory_router
 from segue.controller.api_join import router as join_router
 from segue.controller.api_migrations import router as migrations_router
+from segue.controller.api_policies import router as policies_router
 from segue.controller.authz import check_routes_declared, public
 from segue.controller.callers import load_ca_cert
 from segue.controller.config import AUDIT_PRUNE_INTERVAL, AuditConfig, ControllerConfig
@@ -130,6 +131,7 @@ def create_app(config: ControllerConfig, agents: AgentPool | None = None) -> Fas
     app.include_router(cluster_router)
     app.include_router(access_router)
     app.include_router(join_router)
+    app.include_router(policies_router)
 
     @app.get("/health", response_model=ControllerHealth, dependencies=[public()])
     async def health() -> ControllerHealth:

@@ -10,7 +10,9 @@ Errors: those of ``segue.controller.inventory`` and ``segue.controller.cluster``
 agents' own (passed through with their codes); ``Unavailable`` (``HOST_DISCONNECTED``) for an
 action on a host whose heartbeats stopped; ``InvalidRequest`` (``VM_SPEC_INVALID``, ``field``
 naming the spec's field) for a spec no host could run, refused before any agent is asked;
-``Conflict`` (``HOST_BELOW_BASELINE``) for the heartbeat of a new host below the CPU baseline.
+``Conflict`` (``HOST_BELOW_BASELINE``) for the heartbeat of a new host below the CPU baseline;
+``PolicyDenied`` (``POLICY_DENIED``, 403) when a user-defined policy refuses a create, start
+or stop (``segue.controller.policy_gate``). Views carry the objects' tags.
 """
 
 from __future__ import annotations
@@ -36,11 +38,13 @@ from segue.api.inventory import (
     VMView,
 )
 from segue.api.vm import VMInfo, VMSpecBody
-from segue.controller import cluster, inventory, reconcile
+from segue.controller import cluster, inventory, policy_store, reconcile
 from segue.controller.db import Database
 from segue.controller.models import VM, Host, utcnow
+from segue.controller.policy_gate import PolicyGate
 from segue.domain.errors import InvalidRequest, NotFound, SegueError, Unavailable
 from segue.domain.vm import validate_vm_spec
+from segue.security.actors import Actor
 
 
 class InventoryAgent(Protocol):
@@ -100,6 +104,7 @@ class InventoryService:
         self.agents = agents
         self.heartbeat_timeout = heartbeat_timeout
         self.now = now
+        self.policies = PolicyGate(db, now)
 
     # ---- hosts ----
     async def heartbeat(self, beat: Heartbeat) -> HeartbeatAnswer:
@@ -115,19 +120,21 @@ class InventoryService:
                                state=inventory.host_state(host, self.now(),
                                                           self.heartbeat_timeout))
 
-    def _host_views(self, hosts: list[Host], vms: Iterable[VM]) -> list[HostView]:
-        """The hosts' views, each listing its VMs (from ``vms``)."""
+    def _host_views(self, s: Session, hosts: list[Host], vms: Iterable[VM]) -> list[HostView]:
+        """The hosts' views, each listing its VMs (from ``vms``) and its tags."""
         names: dict[str, list[str]] = {}
         for vm in vms:
             names.setdefault(vm.host, []).append(vm.name)
+        tags = policy_store.tags_of(s, policy_store.HOST, [h.name for h in hosts])
         return [inventory.host_view(h, names.get(h.name, []), self.now(),
-                                    self.heartbeat_timeout) for h in hosts]
+                                    self.heartbeat_timeout).model_copy(
+                                        update={"tags": tags.get(h.name, [])}) for h in hosts]
 
     async def list_hosts(self) -> list[HostView]:
         return await self.db.run(self._list_hosts)
 
     def _list_hosts(self, s: Session) -> list[HostView]:
-        return self._host_views(inventory.list_hosts(s), inventory.list_vms(s))
+        return self._host_views(s, inventory.list_hosts(s), inventory.list_vms(s))
 
     async def show_host(self, name: str) -> HostDetail:
         """The host's view and its last facts; raises NotFound (HOST_NOT_FOUND)."""
@@ -136,7 +143,9 @@ class InventoryService:
     def _show_host(self, s: Session, name: str) -> HostDetail:
         host = inventory.get_host(s, name)
         vms = [vm.name for vm in inventory.list_vms(s, host=name)]
-        return inventory.host_detail(host, vms, self.now(), self.heartbeat_timeout)
+        tags = policy_store.tags_of(s, policy_store.HOST, [name]).get(name, [])
+        return inventory.host_detail(host, vms, self.now(), self.heartbeat_timeout
+                                     ).model_copy(update={"tags": tags})
 
     async def set_migration_enabled(self, name: str, enabled: bool) -> HostView:
         """Allow (or forbid) migrations to the host; raises NotFound (HOST_NOT_FOUND)."""
@@ -145,7 +154,7 @@ class InventoryService:
     def _set_migration_enabled(self, s: Session, name: str, enabled: bool) -> HostView:
         host = inventory.get_host(s, name)
         inventory.set_migration_enabled(host, enabled)
-        return self._host_views([host], inventory.list_vms(s, host=name))[0]
+        return self._host_views(s, [host], inventory.list_vms(s, host=name))[0]
 
     # ---- VMs ----
     async def list_vms(self, host: str | None = None) -> list[VMView]:
@@ -173,11 +182,14 @@ class InventoryService:
     def _vm_host(self, s: Session, name: str) -> HostAgent:
         return self._host_agent(inventory.get_host(s, inventory.get_vm(s, name).host))
 
-    async def create_vm(self, body: CreateVMBody) -> VMDetail:
-        """Define (and with ``body.start``, start) a VM on the host; refused (VM_EXISTS) if
-        the name is taken. A ``cpu_model`` of ``baseline`` or ``qemu64`` becomes the
-        cluster's CPU baseline."""
+    async def create_vm(self, body: CreateVMBody, actor: Actor | None = None) -> VMDetail:
+        """Define (and with ``body.start``, start) a VM on the host, with ``body.tags``;
+        refused (VM_EXISTS) if the name is taken, (POLICY_DENIED) if a policy refuses it
+        there. A ``cpu_model`` of ``baseline`` or ``qemu64`` becomes the cluster's CPU
+        baseline."""
         host, cpu_model = await self.db.run(self._creation, body)
+        await self.policies.require("create", body.spec.name, body.host, actor,
+                                    vm_tags=body.tags)
         spec = body.spec.model_copy(update={"cpu_model": cpu_model})
         checked_spec(spec)
         info = await self._agent_of(host).define_vm(spec, start=body.start)
@@ -199,7 +211,9 @@ class InventoryService:
         vm = inventory.add_vm(s, info, inventory.get_host(s, body.host), self.now())
         if body.start:
             inventory.record_vm_event(s, vm.name, "started", {"pid": info.pid})
-        return VMDetail(**dict(inventory.vm_view(vm)), live=info)
+        if body.tags:
+            policy_store.set_tags(s, policy_store.VM, vm.name, body.tags)
+        return VMDetail(**dict(_vm_view(s, vm)), live=info)
 
     async def show_vm(self, name: str) -> VMDetail:
         """The inventory's record plus the agent's live view (``live`` None, ``live_error``
@@ -213,25 +227,31 @@ class InventoryService:
 
     def _vm_and_host(self, s: Session, name: str) -> tuple[VMView, HostAgent]:
         vm = inventory.get_vm(s, name)
-        return inventory.vm_view(vm), self._host_agent(inventory.get_host(s, vm.host))
+        return _vm_view(s, vm), self._host_agent(inventory.get_host(s, vm.host))
 
     async def _store_live(self, name: str, info: VMInfo, kind: str,
                           detail: dict[str, str | int | bool | None]) -> VMDetail:
         """Record an action's event and the state the agent answered; the VM with ``live``."""
         return await self.db.run(_store_live, name, info, kind, detail)
 
-    async def start_vm(self, name: str) -> VMDetail:
+    async def start_vm(self, name: str, actor: Actor | None = None) -> VMDetail:
         """Start the VM on its host, with the lease generation the inventory knows as the
-        fencing token (``VM_NOT_OWNED`` if the VM was claimed elsewhere since)."""
+        fencing token (``VM_NOT_OWNED`` if the VM was claimed elsewhere since); refused
+        (POLICY_DENIED) if a policy refuses it."""
         generation = await self.db.run(_generation, name)
-        info = await (await self._agent_of_vm(name)).start_vm(name, generation=generation)
+        host = await self.db.run(self._vm_host, name)
+        await self.policies.require("start", name, host.name, actor)
+        info = await self._agent_of(host).start_vm(name, generation=generation)
         return await self._store_live(name, info, "started", {"pid": info.pid})
 
-    async def stop_vm(self, name: str, force: bool = False, timeout: float = 30.0) -> VMDetail:
+    async def stop_vm(self, name: str, force: bool = False, timeout: float = 30.0,
+                      actor: Actor | None = None) -> VMDetail:
         """ACPI power-off (hard after ``timeout`` s, or at once with ``force``), with the
         lease generation on record as the fencing token (``VM_NOT_OWNED`` if the host holds
-        the VM at another: it was claimed since)."""
+        the VM at another: it was claimed since); refused (POLICY_DENIED) if a policy
+        refuses it."""
         generation = await self.db.run(_generation, name)
+        await self.policies.require("stop", name, None, actor)
         agent = await self._agent_of_vm(name)
         info = await agent.stop_vm(name, timeout=timeout, force=force, generation=generation)
         return await self._store_live(name, info, "stopped",
@@ -246,7 +266,7 @@ class InventoryService:
             if err.code != "VM_NOT_FOUND":
                 raise
             # the agent no longer has it: forgetting it is all that is left to do
-        await self.db.run(inventory.remove_vm, name)
+        await self.db.run(_forget_vm, name)
 
     # ---- reconciliation (``segue.controller.reconcile``) ----
     async def pending_releases(self) -> list[tuple[str, str, str, str]]:
@@ -281,8 +301,20 @@ class InventoryService:
 
 
 # ---- transactions that need nothing of the service (each in the database's thread) ----
+def _vm_view(s: Session, vm: VM) -> VMView:
+    tags = policy_store.tags_of(s, policy_store.VM, [vm.name]).get(vm.name, [])
+    return inventory.vm_view(vm).model_copy(update={"tags": tags})
+
+
 def _list_vms(s: Session, host: str | None) -> list[VMView]:
-    return [inventory.vm_view(vm) for vm in inventory.list_vms(s, host=host)]
+    tags = policy_store.tags_of(s, policy_store.VM)
+    return [inventory.vm_view(vm).model_copy(update={"tags": tags.get(vm.name, [])})
+            for vm in inventory.list_vms(s, host=host)]
+
+
+def _forget_vm(s: Session, name: str) -> None:
+    inventory.remove_vm(s, name)
+    policy_store.drop_tags(s, policy_store.VM, name)
 
 
 def _vm_events(s: Session, name: str) -> list[VMEventView]:
@@ -303,7 +335,7 @@ def _store_live(s: Session, name: str, info: VMInfo, kind: str,
     inventory.update_vm_state(s, vm, info.state, info.pid)
     if info.generation is not None:
         vm.generation = info.generation
-    return VMDetail(**dict(inventory.vm_view(vm)), live=info)
+    return VMDetail(**dict(_vm_view(s, vm)), live=info)
 
 
 def _released(s: Session, vm: str, host: str, action: str, error: str | None) -> None:

@@ -1,7 +1,8 @@
 """Whether a migration request is accepted: the checks that run before any job exists.
 
 A request is refused at once when the VM or host is unknown, the destination is the VM's own
-host, the VM already migrates (one active job per VM, queued ones included), a bandwidth cap
+host, the VM already migrates (one active job per VM, queued ones included), a user-defined
+policy refuses it (``segue.controller.policy_gate``: 403 ``POLICY_DENIED``), a bandwidth cap
 would corrupt the guest (``refuse_unsafe_cap``), an agent does not answer or the VM is not
 running; then every pre-migration check runs (``segue.controller.precheck``,
 ``segue.checks``) and any error refuses it with ``MIGRATION_CHECKS_FAILED``, whose
@@ -9,7 +10,8 @@ running; then every pre-migration check runs (``segue.controller.precheck``,
 are the request body's (``segue.api.migration.MigrationOptionsBody``). A queued job's checks
 run again when it leaves the queue (``recheck``).
 
-Errors: ``NotFound`` (``VM_NOT_FOUND``, ``HOST_NOT_FOUND``), ``Conflict``
+Errors: ``NotFound`` (``VM_NOT_FOUND``, ``HOST_NOT_FOUND``), ``PolicyDenied``
+(``POLICY_DENIED``), ``Conflict``
 (``MIGRATION_SAME_HOST``, ``MIGRATION_IN_PROGRESS``, ``VM_NOT_RUNNING``,
 ``MIGRATION_CHECKS_FAILED``, ``MIGRATION_SOURCE_CHANGED``), ``InvalidRequest``
 (``BANDWIDTH_CAP_UNSAFE``), ``Unavailable`` (``AGENT_UNREACHABLE``).
@@ -27,10 +29,12 @@ from segue.checks import errors_of, run_checks
 from segue.controller import inventory
 from segue.controller.db import Database
 from segue.controller.migration_store import ActiveJob, InventoryFacts, SqlJobStore
+from segue.controller.policy_gate import PolicyGate, encrypted_of
 from segue.controller.precheck import Prechecker
 from segue.domain.errors import Conflict, InvalidRequest
 from segue.engine import policy
 from segue.engine.context import JobSpec
+from segue.security.actors import Actor
 
 
 class Admission:
@@ -42,13 +46,18 @@ class Admission:
         self.store = store
         self.facts = facts
         self.prechecks = prechecks
+        self.policies = PolicyGate(db)
 
-    async def admit(self, vm: str, dest: str, options: MigrationOptionsBody
+    async def admit(self, vm: str, dest: str, options: MigrationOptionsBody,
+                    actor: Actor | None = None, initiator: str = "user"
                     ) -> tuple[JobSpec, list[str]]:
         """The new job's spec (with the VM's lease generation on record, the fencing token
         of the job's calls to the source) and the checks' warning codes; raises to refuse
-        (module doc). Nothing is stored."""
+        (module doc). ``actor``: the user who asked (None: root or the controller's own
+        automation); ``initiator``: user, maintenance, drs or ha. Nothing is stored."""
         source, generation = await self.check_inventory(vm, dest)
+        await self.policies.require("migrate", vm, dest, actor, initiator,
+                                    encrypted_of(options))
         await self.refuse_unsafe_cap(options, source)
         warnings = await self.check_all(vm, dest)
         return JobSpec(str(uuid.uuid4()), vm, source, dest, options, generation), warnings

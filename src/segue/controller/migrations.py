@@ -35,6 +35,7 @@ from segue.engine.control import cancel_queued, refuse_cancel, refuse_postcopy
 from segue.engine.phases import Phase
 from segue.engine.policy import DEFAULT_MAX_AUTO_DOWNTIME_MS
 from segue.engine.ports import Clock, MonotonicClock
+from segue.security.actors import Actor
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class MigrationService:
         self.facts = InventoryFacts(db)
         self.prechecks = Prechecker(db, agents, heartbeat_timeout)
         self.admission = Admission(db, self.store, self.facts, self.prechecks)
+        self.policies = self.admission.policies  # user-defined policies: one gate for all
         self.runner = JobRunner(self.store, self.facts, agents, tg, clock,
                                 self.admission.recheck, on_end=lambda: self.queue.kick(),
                                 max_auto_downtime_ms=max_auto_downtime_ms)
@@ -68,20 +70,25 @@ class MigrationService:
     async def samples(self, job_id: str) -> list[ProgressSample]:
         return await self.store.samples(job_id)
 
-    async def check(self, vm: str, dest: str) -> CheckAnswer:
-        """Every pre-migration check for one destination; nothing starts."""
-        return await self.prechecks.check(vm, dest)
+    async def check(self, vm: str, dest: str, actor: Actor | None = None,
+                    encrypted: bool = True) -> CheckAnswer:
+        """Every pre-migration check for one destination, and the policies' verdict for
+        ``actor``; nothing starts."""
+        return await self.prechecks.check(vm, dest, actor, encrypted)
 
-    async def where(self, vm: str) -> WhereAnswer:
-        """Every other host with its check results."""
-        return await self.prechecks.where(vm)
+    async def where(self, vm: str, actor: Actor | None = None) -> WhereAnswer:
+        """Every other host with its check results and the policies' verdict."""
+        return await self.prechecks.where(vm, actor)
 
     # ---- requests ----
-    async def request(self, vm: str, dest: str, options: MigrationOptionsBody
+    async def request(self, vm: str, dest: str, options: MigrationOptionsBody,
+                      actor: Actor | None = None, initiator: str = "user"
                       ) -> MigrationJobView:
         """Admit the request, then store the job and start it, or queue it when the per-host
-        limits hold it back; raises (admission's errors) before storing anything."""
-        spec, warnings = await self.admission.admit(vm, dest, options)
+        limits hold it back; raises (admission's errors) before storing anything.
+        ``actor`` and ``initiator`` are what user-defined policies decide on: maintenance,
+        DRS and HA call this with their initiator (and no actor)."""
+        spec, warnings = await self.admission.admit(vm, dest, options, actor, initiator)
         candidate = Waiting(spec.id, spec.source, spec.dest)
 
         def decide(queue: Sequence[Waiting], running: Running, active: ActiveJob | None

@@ -8,6 +8,9 @@ and a test of the migration path: a one-shot listener on the destination's migra
 connected to from the source's (only when both migration interfaces are usable). Every agent
 call is bounded by ``AGENT_CALL_TIMEOUT_S``.
 
+User-defined policies (``segue.controller.policy_gate``) add the results of a ``policy``
+check to ``check`` and ``where``: ``POLICY_DENIED`` per refusing policy, else ``POLICY_OK``.
+
 A destination whose agent does not answer is checked on its last heartbeat's facts, with an
 ``AGENT_UNREACHABLE`` result; with ``strict`` (a migration request) that raises instead.
 
@@ -50,12 +53,15 @@ from segue.controller.agents import AgentPool
 from segue.controller.db import Database
 from segue.controller.migration_models import MigrationRow
 from segue.controller.models import Host, utcnow
+from segue.controller.policy_gate import POLICY_CHECK, PolicyGate, check_results
 from segue.domain.errors import SegueError, Unavailable
 from segue.domain.host import HostFacts
 from segue.domain.vm import VMSpec, vm_spec_from_dict
 from segue.engine.phases import ACTIVE, RUNNING, Phase
+from segue.security.actors import Actor
 
 AGENT_CALL_TIMEOUT_S = 10.0
+COLUMNS = (*CHECKS, POLICY_CHECK)  # every check of where's matrix: the pure ones, policies
 T = TypeVar("T")
 
 
@@ -119,7 +125,7 @@ def result_views(results: list[CheckResult]) -> list[CheckResultView]:
 
 def matrix_row(host: str, results: list[CheckResult]) -> WhereRow:
     """One destination of ``where``: the worst severity per check, and every result."""
-    per_check = {check: worst(r for r in results if r.check == check) for check in CHECKS}
+    per_check = {check: worst(r for r in results if r.check == check) for check in COLUMNS}
     return WhereRow(host=host, checks=per_check, ok=not errors_of(results),
                     results=result_views(results))
 
@@ -131,6 +137,7 @@ class Prechecker:
         self.db = db
         self.agents = agents
         self.heartbeat_timeout = heartbeat_timeout
+        self.policies = PolicyGate(db)
 
     # ---- the database's part ----
     def _row(self, host: Host) -> HostRow:
@@ -248,20 +255,28 @@ class Prechecker:
         plan = await self.plan(vm_name, dest)
         return await self.context(plan, await self.source(plan), plan.dests[0], strict=True)
 
-    async def check(self, vm_name: str, dest: str) -> CheckAnswer:
-        """Every check for one destination."""
+    async def check(self, vm_name: str, dest: str, actor: Actor | None = None,
+                    encrypted: bool = True) -> CheckAnswer:
+        """Every check for one destination, and the policies' verdict on ``actor``'s
+        migration (``policy`` results)."""
         plan = await self.plan(vm_name, dest)
         ctx = await self.context(plan, await self.source(plan), plan.dests[0])
-        results = run_checks(ctx)
+        denials = await self.policies.decide("migrate", vm_name, dest, actor,
+                                             encrypted=encrypted)
+        results = run_checks(ctx) + check_results(denials)
         return CheckAnswer(vm=vm_name, source=plan.source.name, destination=dest,
                            ok=not errors_of(results), results=result_views(results))
 
-    async def where(self, vm_name: str) -> WhereAnswer:
-        """Every other host of the cluster with its results (checked concurrently)."""
+    async def where(self, vm_name: str, actor: Actor | None = None) -> WhereAnswer:
+        """Every other host of the cluster with its results (checked concurrently) and
+        the policies' verdict on ``actor`` moving the VM there."""
         plan = await self.plan(vm_name, None)
         source = await self.source(plan)
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(self.context(plan, source, row)) for row in plan.dests]
-        rows = [matrix_row(t.result().dest.name, run_checks(t.result())) for t in tasks]
-        return WhereAnswer(vm=vm_name, source=plan.source.name, checks=list(CHECKS),
+        denials = await self.policies.decide_many("migrate", vm_name,
+                                                  [row.name for row in plan.dests], actor)
+        rows = [matrix_row(t.result().dest.name, run_checks(t.result())
+                           + check_results(denials[t.result().dest.name])) for t in tasks]
+        return WhereAnswer(vm=vm_name, source=plan.source.name, checks=list(COLUMNS),
                            hosts=rows)

@@ -8,6 +8,7 @@ from segue.controller import (  # noqa: F401 - their tables join Base.metadata
     access_models,
     cluster_models,
     migration_models,
+    policy_models,
 )
 from segue.controller.models import Base
 

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from segue.api.access import TokenView, UserView
 from segue.controller.access_models import ApiToken, User
+from segue.controller.policy_models import Tag
 from segue.domain.errors import Conflict, NotFound
 from segue.security import apitokens
 from segue.security.actors import Actor, user_actor
@@ -66,9 +67,10 @@ def update_user(session: Session, name: str, now: datetime, role: str | None = N
 
 
 def delete_user(session: Session, name: str) -> None:
-    """Delete user ``name`` and its tokens; raises NotFound (``USER_NOT_FOUND``)."""
+    """Delete user ``name``, its tokens and tags; raises NotFound (``USER_NOT_FOUND``)."""
     user = _get_user(session, name)
     session.execute(delete(ApiToken).where(ApiToken.user_name == name))
+    session.execute(delete(Tag).where(Tag.kind == "user", Tag.name == name))
     session.delete(user)
 
 
@@ -137,8 +139,10 @@ def _user_view(session: Session, user: User, now: datetime) -> UserView:
     live = session.scalar(select(func.count()).select_from(ApiToken).where(
         ApiToken.user_name == user.name, ApiToken.revoked_at.is_(None),
         (ApiToken.expires_at.is_(None)) | (ApiToken.expires_at > now)))
+    tags = session.scalars(select(Tag.tag).where(Tag.kind == "user", Tag.name == user.name)
+                           .order_by(Tag.tag)).all()
     return UserView(name=user.name, role=user.role, created_at=user.created_at,
-                    disabled=user.disabled, tokens=live or 0)
+                    disabled=user.disabled, tokens=live or 0, tags=list(tags))
 
 
 def _record(row: ApiToken) -> ApiTokenRecord:

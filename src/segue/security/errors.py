@@ -29,6 +29,11 @@ Every error is one of the project's kinds (``segue.domain.errors``) with a stabl
   not allow the action on the object; the message names role, action and object).
 - ``RoleInvalid`` (``invalid``): ``ROLE_INVALID`` (not a role users may have),
   ``TOKEN_ROLE_EXCEEDS_USER`` (a token may only narrow its user's role).
+- ``PolicyDenied`` (``forbidden``): ``POLICY_DENIED`` (a user-defined policy refuses the
+  action; ``details["denials"]`` names each policy, ``segue.security.policies``).
+- ``PolicyInvalid`` (``invalid``): ``POLICY_INVALID`` (a policy entry that cannot be
+  applied: the message names the entry and the field), ``POLICY_FILE_INVALID`` (a policy
+  file that is not TOML, or has keys other than ``policy``), ``TAG_INVALID``.
 - ``CredentialsMissing`` (``not_found``): ``CA_MISSING``, ``CREDENTIALS_MISSING`` (nothing
   installed in a credential directory yet).
 - ``CAExists`` (``conflict``): ``CA_EXISTS`` (a cluster CA is already there).
@@ -70,6 +75,10 @@ USER_DISABLED = "USER_DISABLED"
 PERMISSION_DENIED = "PERMISSION_DENIED"
 ROLE_INVALID = "ROLE_INVALID"
 TOKEN_ROLE_EXCEEDS_USER = "TOKEN_ROLE_EXCEEDS_USER"
+POLICY_DENIED = "POLICY_DENIED"
+POLICY_INVALID = "POLICY_INVALID"
+POLICY_FILE_INVALID = "POLICY_FILE_INVALID"
+TAG_INVALID = "TAG_INVALID"
 CA_MISSING = "CA_MISSING"
 CREDENTIALS_MISSING = "CREDENTIALS_MISSING"
 CA_EXISTS = "CA_EXISTS"
@@ -115,6 +124,14 @@ class PermissionDenied(Forbidden):
 
 class RoleInvalid(InvalidRequest):
     """A role that does not exist, or a token role beyond its user's."""
+
+
+class PolicyDenied(Forbidden):
+    """A user-defined policy refuses the action (every refusing policy in ``details``)."""
+
+
+class PolicyInvalid(InvalidRequest):
+    """A policy set, policy file or tag that cannot be applied."""
 
 
 class CredentialsMissing(NotFound):

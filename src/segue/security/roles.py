@@ -7,25 +7,24 @@ on objects to roles; ``docs/security.md`` shows it as a table.
 - Roles users may have (``USER_ROLES``): ``viewer`` (reads), ``operator`` (a viewer who
   starts, stops and migrates VMs, cancels migrations, switches hosts' maintenance),
   ``admin`` (an operator who also defines and deletes VMs, changes cluster settings,
-  manages users and tokens, admits hosts (makes their join tokens) and reads the audit
-  log).
+  manages users and tokens, admits hosts (makes their join tokens), reads the audit log,
+  tags VMs and hosts and applies the user-defined policies, ``segue.security.policies``).
 - Roles no user may have: ``host`` (a host agent proven by its certificate: heartbeat,
   join), ``controller`` (the controller's own certificate: nothing yet), ``local`` (root
   through the controller's unix socket: every role above).
 - Objects: ``vm``, ``host``, ``migration``, ``cluster``, ``user``, ``token``, ``audit``,
-  ``self`` (the caller itself). Actions: ``read``, ``create``, ``update``, ``delete``,
-  ``start``, ``stop``, ``migrate``, ``cancel``, ``maintenance``, ``admin``, ``revoke``,
-  ``heartbeat``, ``join``, ``admit``.
+  ``policy``, ``self`` (the caller itself). Actions: ``read``, ``create``, ``update``,
+  ``delete``, ``start``, ``stop``, ``migrate``, ``cancel``, ``maintenance``, ``admin``,
+  ``revoke``, ``heartbeat``, ``join``, ``admit``, ``tag``.
 
 A caller may hold several roles at once (``Actor.roles``: a user's role and the narrower
 role its token carries); a request is allowed only if every one of them allows it.
 
-The scope is the door for per-tag permissions ("an operator may migrate the VMs of their own
-tag only"): the API sends ``"*"`` (the whole cluster) today; once VMs carry tags, a route
-acting on one VM sends ``"tag:<its tag>"``, and a role limited to a tag gets policy lines
-with that scope (``p, operator@web, tag:web, vm, migrate``, inheriting ``viewer``) while
-``"*"`` lines keep matching every scope. No code changes but the scope a route sends and
-the lines of the policy.
+The scope is the door for per-tag permissions: routes send ``"*"`` (the whole cluster)
+and the shipped lines grant every scope. A ``role-tags`` policy (``segue.security.policies``)
+narrows a role to its users' tags with lines of scope ``"tag:<tag>"``
+(``p, operator@alice, tag:web, vm, migrate``) in an authorizer of its own, asked for the
+scopes of the VM's tags.
 
 Errors (``segue.security.errors``): ``PermissionDenied`` (``PERMISSION_DENIED``, naming the
 role, the action and the object), ``RoleInvalid`` (``ROLE_INVALID``,
@@ -85,7 +84,8 @@ class Authorizer:
         files = resources.files("segue.security") / "policy"
         model = casbin.Enforcer.new_model(text=model_text or (files / MODEL_FILE).read_text())
         self._enforcer = casbin.Enforcer(model)  # no adapter: lines are added below
-        for line in (policy_text or (files / POLICY_FILE).read_text()).splitlines():
+        text = (files / POLICY_FILE).read_text() if policy_text is None else policy_text
+        for line in text.splitlines():
             _load_line(self._enforcer, line)
         self._enforcer.build_role_links()
         self._answers: dict[tuple[str, str, str, str], bool] = {}
