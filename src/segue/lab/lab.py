@@ -33,8 +33,7 @@ from segue.clients.base import Blocking, ServiceClient
 from segue.clients.controller import ControllerClient
 from segue.domain.errors import Conflict, NotFound, SegueError, Unavailable
 from segue.files import log_tail, write_json_atomic
-from segue.lab import netns
-from segue.lab.credentials import make_credentials
+from segue.lab import credentials, netns
 from segue.lab.topology import (
     DATASTORE_NAME,
     HostPlan,
@@ -288,7 +287,7 @@ def _build(plan: LabPlan, agent_argv: AgentArgv, health_timeout: float,
            controller_argv: AgentArgv | None) -> LabState:
     netns.create_fabric(plan)
     _write_host_files(plan)
-    make_credentials(plan)
+    ca = credentials.init_cluster(plan)
     controller_pid = None
     if controller_argv is not None:
         # a new lab is a new cluster: its empty database is created on this first start
@@ -296,6 +295,9 @@ def _build(plan: LabPlan, agent_argv: AgentArgv, health_timeout: float,
         controller_pid = _start_controller(
             plan, [*controller_argv(plan.controller.config_path), "--create-database"],
             time.monotonic() + health_timeout)
+        credentials.join_hosts(plan)
+    else:
+        credentials.issue_host_credentials(plan, ca)
     argvs = {h.name: agent_argv(h.agent_config_path) for h in plan.hosts}
     pids: dict[str, int | None] = {h.name: _spawn_agent(h, argvs[h.name]) for h in plan.hosts}
     deadline = time.monotonic() + health_timeout

@@ -227,10 +227,11 @@ def spawn_in_netns(
 
 
 def run_in_netns(
-    ns: str, argv: Sequence[str], timeout: float = 60.0
+    ns: str, argv: Sequence[str], timeout: float = 60.0, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` inside ``ns`` to completion, capturing text output (not checked).
     Raises NotFound (``NETNS_NOT_FOUND``) or subprocess.TimeoutExpired."""
     return subprocess.run(
-        _netns_argv(ns, argv), capture_output=True, text=True, timeout=timeout, check=False
+        _netns_argv(ns, argv), capture_output=True, text=True, timeout=timeout, check=False,
+        env=env,
     )
