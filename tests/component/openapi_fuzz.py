@@ -101,6 +101,9 @@ class Fuzzer:
             if response.status_code >= 400 and isinstance(answer := body(response), dict):
                 code = (answer.get("error") or {}).get("code")
                 self.codes[f"{mode.value} {response.status_code} {code}"] += 1
+                if mode is GenerationMode.POSITIVE and str(code).startswith("REQUEST_"):
+                    # the edge refused what the schema allows: the schema says too little
+                    self.codes[f"  {operation.label}: {answer['error'].get('message')}"] += 1
             try:
                 check(case, response)
             except AssertionError as err:
