@@ -161,3 +161,18 @@ def test_an_admins_fuzzed_requests_never_fail_the_controller(controller: Control
     assert fuzzer.requests > 20 * len(fuzzer.operations())
     assert fuzzer.statuses[401] == 0, "the admin's token stopped working"
     assert fuzzer.statuses[200] + fuzzer.statuses[201] >= 30, fuzzer.statuses
+
+
+def test_a_migration_id_in_a_path_is_bounded(controller: Controller) -> None:
+    """Found by the fuzzer: the id was any text (nothing to negate); now as bounded as a name."""
+    admin = {"Authorization": f"Bearer {controller.admin_token}"}
+    with get_client(controller.scopes) as http:
+        for bad in ("x" * 65, "-x", "a b"):
+            resp = http.get(f"/migrations/{bad}", headers=admin)
+            assert resp.status_code == 400, resp.text
+            error = resp.json()["error"]
+            assert (error["code"], error["field"]) == ("REQUEST_INVALID", "migration_id")
+        resp = http.post(f"/migrations/{'y' * 65}/cancel", headers=admin)
+        assert resp.status_code == 400, resp.text
+        resp = http.get("/migrations/6f1c2a3b-4d5e-4f60-8a9b-0c1d2e3f4a5b", headers=admin)
+        assert resp.json()["error"]["code"] == "MIGRATION_NOT_FOUND"
