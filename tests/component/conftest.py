@@ -1,7 +1,8 @@
 """Fixtures for component tests: the agent app, driven over httpx, with a fake QEMU.
 
-The fake (``fake_qemu.py``) daemonizes and serves real QMP on a unix socket like
-``qemu-system-x86_64 -daemonize`` does; no real QEMU, root or namespace is needed.
+The fake (``fake_qemu.py``) runs in the foreground, as the agent starts QEMU, and serves real
+QMP on a unix socket like ``qemu-system-x86_64`` does; no real QEMU, root or namespace is
+needed.
 """
 
 from __future__ import annotations

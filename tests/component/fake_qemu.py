@@ -4,6 +4,9 @@ It understands the options Segue's argv uses to manage a QEMU process
 (``-daemonize -pidfile P -qmp unix:S,server=on,wait=off -uuid U -S -incoming X``) and ignores
 the device model. Behaviour, as QEMU 7.2 does it:
 
+- ``-sandbox on,...spawn=deny`` with ``-daemonize``: exit 1 with nothing said, as QEMU's
+  seccomp filter kills its daemonizing fork. Without ``-daemonize`` the fake stays in the
+  foreground, as QEMU does.
 - ``-daemonize``: double fork; the first process exits 0 only after the daemon wrote the
   pidfile and listens on the QMP socket (1, with a message on stderr, if the daemon failed).
 - QMP: greeting (with "oob"; ``exec-oob`` for migrate-pause/migrate-recover), ``qmp_capabilities``
@@ -46,7 +49,7 @@ from fake_migration import FakeMigration  # beside this file: on sys.path when r
 
 REEXEC_FLAG = "FAKE_QEMU_REEXECUTED"
 PROGRAM = "qemu-system-fake"
-VALUE_OPTIONS = ("-pidfile", "-qmp", "-uuid", "-incoming", "-name", "-m")
+VALUE_OPTIONS = ("-pidfile", "-qmp", "-uuid", "-incoming", "-name", "-m", "-sandbox")
 VERSION: dict[str, Any] = {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": ""}
 GREETING: dict[str, Any] = {"QMP": {"version": VERSION, "capabilities": ["oob"]}}
 OOB_COMMANDS = frozenset({"migrate-pause", "migrate-recover"})  # QEMU's allow-oob ones used
@@ -348,6 +351,8 @@ def main(args: list[str]) -> None:
         die("-machine pc: simulated launch failure (FAKE_QEMU_FAIL_START)")
     opts = parse_args(args)
     sock_path = qmp_socket_path(opts.get("qmp"))
+    if opts["daemonize"] and "spawn=deny" in opts.get("sandbox", "").split(","):
+        sys.exit(1)
     if opts["daemonize"] and not opts.get("pidfile"):
         die("-daemonize without -pidfile is not supported by the fake")
     if opts["daemonize"]:
@@ -365,5 +370,8 @@ def main(args: list[str]) -> None:
 if __name__ == "__main__":
     if os.environ.get(REEXEC_FLAG) != "1":
         os.environ[REEXEC_FLAG] = "1"
+        # argv[0] is no path: Python would look for its library from the working directory
+        # (``/``, where Segue starts QEMU) and could take /lib/python3.x for its own
+        os.environ.setdefault("PYTHONHOME", f"{sys.base_prefix}:{sys.base_exec_prefix}")
         os.execv(sys.executable, [PROGRAM, os.path.abspath(__file__), *sys.argv[1:]])
     main(sys.argv[1:])

@@ -1,4 +1,4 @@
-"""The agent's HTTP API against a fake QEMU that daemonizes and speaks real QMP."""
+"""The agent's HTTP API against a fake QEMU that runs detached and speaks real QMP."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ async def test_define_start_acpi_stop(lab: Lab, agent: AgentFactory) -> None:
         assert started["accel"] == "tcg" and started["adopted"] is False
         assert process.is_qemu_of(pid, vm_uuid)
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        assert b"-S" in cmdline and b"-daemonize" in cmdline
+        assert b"-S" in cmdline and b"-sandbox" in cmdline and b"-daemonize" not in cmdline
         assert str(lab.kernel).encode() in cmdline
         assert (vm_dir(lab, "web1") / "qmp.sock").exists()
         assert process.read_pid(vm_dir(lab, "web1") / "qemu.pid") == pid
@@ -568,7 +568,8 @@ async def launch_fake(lab: Lab, name: str = "probe") -> tuple[int, RuntimePaths,
     spec = VMSpec(name=name, datastore="shared", uuid=vm_uuid, kernel=str(lab.kernel))
     argv = build_argv(spec, LaunchPlan(binary=str(lab.qemu_binary), accel="tcg",
                                        runtime=runtime, disk_files=()))
-    pid = await process.launch_daemon(argv, runtime.qemu_log, runtime.pidfile, timeout=20)
+    pid = await process.launch_daemon(argv, runtime.qemu_log, runtime.pidfile,
+                                      runtime.qmp_socket, timeout=20)
     return pid, runtime, vm_uuid
 
 

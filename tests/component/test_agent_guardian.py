@@ -205,9 +205,9 @@ async def test_a_lease_file_that_cannot_be_read_counts_as_its_last_record(
     leases = Leases("host1", {"shared": lab.datastore}, 3.0)
     generation = leases.acquire(spec)
     pid = await process.launch_daemon(
-        [str(lab.qemu_binary), "-daemonize", "-pidfile", str(rt / "qemu.pid"), "-uuid",
+        [str(lab.qemu_binary), "-pidfile", str(rt / "qemu.pid"), "-uuid",
          spec.uuid, "-qmp", f"unix:{rt / 'qmp.sock'},server=on,wait=off"],
-        rt / "qemu.log", rt / "qemu.pid")
+        rt / "qemu.log", rt / "qemu.pid", rt / "qmp.sock")
     argv = guardian_argv(lab, rt, spec, pid, generation)
     assert await launch(argv, rt / LOG) == 0  # guarding once it returns
     assert await launch(argv, rt / LOG) == 1  # one per VM

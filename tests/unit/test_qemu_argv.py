@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from segue.domain.vm import DiskSpec, NicSpec, VMSpec, validate_vm_spec, vm_spec_from_dict
-from segue.qemu.argv import LaunchPlan, RuntimePaths, build_argv, tap_name
+from segue.qemu.argv import SANDBOX, LaunchPlan, RuntimePaths, build_argv, tap_name
 
 UUID = "6f1c2a3b-4d5e-4f60-8a9b-0c1d2e3f4a5b"
 RUN = Path("/run/segue/vms/web1")
@@ -56,7 +56,8 @@ def kv(arg: str) -> dict[str, str]:
 def test_process_management_options() -> None:
     argv = build_argv(kernel_spec(), plan())
     assert argv[0] == "/usr/bin/qemu-system-x86_64"
-    assert "-daemonize" in argv and "-S" in argv
+    assert "-S" in argv
+    assert "-daemonize" not in argv  # the sandbox forbids its fork (segue.qemu.process)
     assert "-nodefaults" in argv and "-no-user-config" in argv
     assert values(argv, "-pidfile") == [str(RUN / "qemu.pid")]
     assert values(argv, "-qmp") == [f"unix:{RUN / 'qmp.sock'},server=on,wait=off"]
@@ -259,3 +260,15 @@ def test_a_comma_in_a_valid_disk_path_cannot_inject_blockdev_options() -> None:
     path = Path("/srv/ds/shared/web1/a,read-only=off.qcow2")
     (file_arg, _) = values(build_argv(spec, plan(disks=(path,))), "-blockdev")
     assert "filename=/srv/ds/shared/web1/a,,read-only=off.qcow2," in file_arg
+
+
+def test_qemu_runs_under_its_seccomp_filter_with_every_deny() -> None:
+    (sandbox,) = values(build_argv(kernel_spec(), plan()), "-sandbox")
+    assert sandbox == SANDBOX
+    assert kv(sandbox) == {"driver": "on", "obsolete": "deny", "elevateprivileges": "deny",
+                           "spawn": "deny", "resourcecontrol": "deny"}
+
+
+def test_the_sandbox_can_be_turned_off() -> None:
+    argv = build_argv(kernel_spec(), replace(plan(), sandbox=False))
+    assert "-sandbox" not in argv and "-daemonize" not in argv

@@ -49,10 +49,11 @@ async def launch() -> AsyncIterator[Launch]:
     async def start(name: str, incoming: bool = False) -> Fake:
         run = root / name
         run.mkdir()
-        argv = [sys.executable, str(FAKE_QEMU), "-daemonize", "-pidfile", str(run / "qemu.pid"),
+        argv = [sys.executable, str(FAKE_QEMU), "-pidfile", str(run / "qemu.pid"),
                 "-qmp", f"unix:{run / 'qmp.sock'},server=on,wait=off", "-uuid", VM_UUID,
                 "-m", "64M", "-S", *(["-incoming", "defer"] if incoming else [])]
-        pid = await process.launch_daemon(argv, run / "qemu.log", run / "qemu.pid", timeout=20)
+        pid = await process.launch_daemon(argv, run / "qemu.log", run / "qemu.pid",
+                                          run / "qmp.sock", timeout=20)
         qmp = QMPSession(name)
         await qmp.connect(run / "qmp.sock", timeout=5)
         fake = Fake(pid, qmp, QemuMigration(qmp), QemuMachine(qmp))

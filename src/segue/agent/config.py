@@ -29,6 +29,8 @@ datastores (default: the image cache ``segue image build`` writes, ``<SEGUE_HOME
 ``/var/lib/segue/images`` unless ``$SEGUE_HOME`` says otherwise); the agent refuses any VM
 file outside them (``segue.agent.confine``);
 ``accel`` is ``auto`` (KVM where it can run a stock guest, else TCG), ``kvm`` or ``tcg``.
+``qemu_sandbox`` (true) starts every QEMU under its seccomp filter (``segue.qemu.argv``,
+docs/security.md); turn it off only to debug a QEMU that the filter kills.
 With ``controller_url`` (``http(s)://...`` or ``unix:PATH``) the agent sends the controller
 a heartbeat every ``heartbeat_interval`` seconds, saying it is reachable at
 ``advertise_url`` (default: ``https://<listen.address>:<listen.port>`` with ``pki_dir``,
@@ -100,6 +102,9 @@ class AgentConfig(ServiceSettings):
     migration_interface: str | None = None
     accel: Literal["auto", "kvm", "tcg"] = Field("auto", description="use auto, kvm or tcg")
     qemu_binary: str = "qemu-system-x86_64"
+    qemu_sandbox: bool = Field(
+        True, description="confine every QEMU by its seccomp filter (-sandbox): no fork, "
+        "exec, set*uid or obsolete system calls")
     controller_url: str | None = None
     advertise_url: str | None = None
     pki_dir: ConfigPath | None = Field(None, description=(

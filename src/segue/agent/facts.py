@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -163,7 +163,7 @@ def host_facts(config: AgentConfig, caps: QemuCapabilities, vms: int) -> HostFac
             logical_cpus=len(os.sched_getaffinity(0)),
             features=offered_features(caps.features, config.cpu_exclude_features),
         ),
-        memory=memory_facts(), qemu=caps.qemu,
+        memory=memory_facts(), qemu=replace(caps.qemu, sandbox=config.qemu_sandbox),
         migration=migration_nic_facts(config.migration_interface),
         port_groups=port_group_facts(config), datastores=datastore_facts(config), vms=vms,
     )

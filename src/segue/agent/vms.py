@@ -371,9 +371,10 @@ class VMManager:
                 disk_files=disks, incoming=incoming,
                 cpu_exclude=tuple(self.config.cpu_exclude_features),
                 disk_cache_direct=await asyncio.to_thread(disk_cache_direct, disks),
-                kernel_file=files.get("kernel"), initrd_file=files.get("initrd"))
+                kernel_file=files.get("kernel"), initrd_file=files.get("initrd"),
+                sandbox=self.config.qemu_sandbox)
             vm.pid = await process.launch_daemon(build_argv(vm.spec, plan), vm.runtime.qemu_log,
-                                                 vm.runtime.pidfile)
+                                                 vm.runtime.pidfile, vm.runtime.qmp_socket)
             vm.qmp = qmp = QMPSession(vm.spec.name)
             await qmp.connect(vm.runtime.qmp_socket)
             for i, nic in enumerate(vm.spec.nics):

@@ -59,6 +59,7 @@ class QemuFactsBody(RequestModel):
     machine_aliases: Annotated[dict[Annotated[str, Field(max_length=64)],
                                     Annotated[str, Field(max_length=64)]],
                                Field(max_length=512)] = {}
+    sandbox: bool = False
 
 
 class MigrationNicFactsBody(RequestModel):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 
 from segue.api.checks import CheckAnswer, WhereAnswer
 from segue.api.migration import (
@@ -36,6 +36,9 @@ from segue.controller.authz import requires
 from segue.controller.migrations import MigrationService
 from segue.security.actors import Actor
 
+# A job's id (a uuid); bounded like every name, so a path carries no arbitrary text.
+MigrationIdPath = Annotated[str, Path(min_length=1, max_length=64,
+                                      pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 router = APIRouter()
 
 
@@ -76,13 +79,14 @@ async def list_migrations(request: Request, vm: str | None = None) -> list[Migra
 
 @router.get("/migrations/{migration_id}", response_model=MigrationJobView,
             dependencies=[requires("migration", "read")])
-async def show_migration(request: Request, migration_id: str) -> MigrationJobView:
+async def show_migration(request: Request, migration_id: MigrationIdPath) -> MigrationJobView:
     return await _service(request).get(migration_id)
 
 
 @router.get("/migrations/{migration_id}/samples", response_model=list[ProgressSample],
             dependencies=[requires("migration", "read")])
-async def migration_samples(request: Request, migration_id: str) -> list[ProgressSample]:
+async def migration_samples(request: Request, migration_id: MigrationIdPath
+                            ) -> list[ProgressSample]:
     return await _service(request).samples(migration_id)
 
 
@@ -90,11 +94,11 @@ async def migration_samples(request: Request, migration_id: str) -> list[Progres
 # their database work runs in the database's thread like every route's.
 @router.post("/migrations/{migration_id}/postcopy", response_model=MigrationJobView,
              dependencies=[requires("migration", "migrate")])
-async def start_postcopy(request: Request, migration_id: str) -> MigrationJobView:
+async def start_postcopy(request: Request, migration_id: MigrationIdPath) -> MigrationJobView:
     return await _service(request).request_postcopy(migration_id)
 
 
 @router.post("/migrations/{migration_id}/cancel", response_model=MigrationJobView,
              dependencies=[requires("migration", "cancel")])
-async def cancel_migration(request: Request, migration_id: str) -> MigrationJobView:
+async def cancel_migration(request: Request, migration_id: MigrationIdPath) -> MigrationJobView:
     return await _service(request).cancel(migration_id)

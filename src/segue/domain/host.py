@@ -67,6 +67,7 @@ class QemuFacts:
     version: str = ""
     machines: list[str] = field(default_factory=list)
     machine_aliases: dict[str, str] = field(default_factory=dict)
+    sandbox: bool = False  # the host's QEMUs run under QEMU's seccomp filter
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,13 @@ instead (``LaunchPlan.disk_cache_direct``, probed by ``segue.qemu.direct_io``, w
 warning), since QEMU would not start otherwise. ``cache.no-flush=off`` either way: the guest's
 flushes reach the storage. The cache mode is the host's business, not the device model's,
 so the two ends of a migration may differ in it.
+
+QEMU runs confined by its seccomp filter (``-sandbox``, ``SANDBOX``; ``LaunchPlan.sandbox``):
+no obsolete system calls, no set*uid/gid, no fork or exec, no scheduler or CPU-affinity
+changes. The filter is in place before QEMU opens a device or a socket, and it forbids the
+fork and setsid that ``-daemonize`` needs: QEMU runs in the foreground and
+``segue.qemu.process.launch_daemon`` detaches it (own session, no controlling terminal).
+Post-copy's userfaultfd is not among the calls the filter denies.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from segue.qemu.cpu_model import cpu_option
 # Guest PCI slots: NICs from 0x3, disks after them; fixed so every host builds the same layout.
 FIRST_NIC_SLOT = 3
 FIRST_DISK_SLOT = 16
+# QEMU's seccomp filter with every optional deny (QEMU >= 2.11; libvirt's choice too).
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,7 @@ class LaunchPlan:
     # the spec's kernel and initrd as the host checked them (resolved); None: as the spec says
     kernel_file: Path | None = None
     initrd_file: Path | None = None
+    sandbox: bool = True  # QEMU's seccomp filter (``SANDBOX``)
 
 
 def tap_name(vm_uuid: str, index: int) -> str:
@@ -90,7 +100,9 @@ def tap_name(vm_uuid: str, index: int) -> str:
 
 
 def build_argv(spec: VMSpec, plan: LaunchPlan) -> list[str]:
-    """The full QEMU argv: daemonized, paused (-S), QMP on a unix socket.
+    """The full QEMU argv: in the foreground (never ``-daemonize``: see the module doc),
+    paused (-S), QMP on a unix socket, its pid in the runtime dir's pidfile, confined by
+    ``-sandbox`` unless ``plan.sandbox`` is off.
 
     A destination (``incoming``) stays paused after the migration too: its agent resumes it.
     The console goes to the runtime dir's ``serial.log`` (a spec's ``serial_log`` is ignored).
@@ -111,7 +123,7 @@ def build_argv(spec: VMSpec, plan: LaunchPlan) -> list[str]:
         "-smp", str(spec.vcpus),
         "-nodefaults", "-no-user-config", "-display", "none",
         "-msg", "timestamp=on",
-        "-daemonize", "-pidfile", str(rt.pidfile),
+        "-pidfile", str(rt.pidfile),
         "-qmp", f"unix:{rt.qmp_socket},server=on,wait=off",
         "-chardev",
         f"socket,id=serial0,path={rt.serial_socket},server=on,wait=off,"
@@ -119,6 +131,8 @@ def build_argv(spec: VMSpec, plan: LaunchPlan) -> list[str]:
         "-serial", "chardev:serial0",
         "-S",
     ]
+    if plan.sandbox:
+        argv += ["-sandbox", SANDBOX]
     argv += _nic_args(spec)
     argv += _disk_args(spec, plan.disk_files, plan.disk_cache_direct)
     argv += _boot_args(spec, plan)

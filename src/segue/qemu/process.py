@@ -1,14 +1,20 @@
-"""QEMU processes: launch daemonized, find by pidfile, check identity, terminate.
+"""QEMU processes: launch detached, find by pidfile, check identity, terminate.
 
-A QEMU started here outlives its parent (``-daemonize``), so a restarted agent finds it
-again through its pidfile and checks with ``/proc/<pid>/cmdline`` that the pid is still
-that VM's QEMU, never a recycled pid. Errors: ``QEMULaunchFailed`` (Unavailable).
+A QEMU started here outlives the agent: it runs in its own session, with no terminal, its
+working directory ``/`` and umask 027, as ``-daemonize`` would leave it; ``-daemonize``
+itself cannot be used, because QEMU's seccomp filter (``-sandbox ...,spawn=deny,
+elevateprivileges=deny``, see ``segue.qemu.argv``) is in place before it would fork and call
+setsid. QEMU is ready when its QMP socket greets. A restarted agent finds it again through
+its pidfile and checks with ``/proc/<pid>/cmdline`` that the pid is still that VM's QEMU,
+never a recycled pid. Errors: ``QEMULaunchFailed`` (Unavailable).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -17,37 +23,76 @@ from segue.domain.errors import Unavailable
 from segue.files import log_tail
 from segue.procs import pid_alive as pid_alive  # the one liveness test, re-exported
 
+# Runs QEMU as -daemonize would leave it (umask, directory); exec keeps the pid.
+_DETACH = 'umask 027 && cd / && exec "$@"'
+
 
 class QEMULaunchFailed(Unavailable):
-    """QEMU exited with an error before it daemonized."""
+    """QEMU exited with an error, or did not greet on its QMP socket in time."""
 
 
-async def launch_daemon(argv: list[str], log_path: Path, pidfile: Path,
+async def launch_daemon(argv: list[str], log_path: Path, pidfile: Path, qmp_socket: Path,
                         timeout: float = 60.0) -> int:
-    """Run a ``-daemonize`` QEMU argv; returns the daemon's pid.
+    """Start a QEMU argv (``-pidfile pidfile``, ``-qmp unix:qmp_socket,server=on,wait=off``,
+    no ``-daemonize``) detached from the agent, its output appended to ``log_path``; returns
+    its pid once its QMP socket greets.
 
-    Raises QEMULaunchFailed with QEMU's own message if it exits non-zero or has no pidfile.
+    Raises QEMULaunchFailed with QEMU's own message if it exits first, or if it does not
+    greet within ``timeout`` s (it is then killed).
     """
     pidfile.unlink(missing_ok=True)
-    with log_path.open("ab") as log:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-            start_new_session=True,
-        )
-        try:
-            async with asyncio.timeout(timeout):
-                rc = await proc.wait()
-        except TimeoutError as err:
-            proc.kill()
-            raise QEMULaunchFailed("QEMU_LAUNCH_FAILED", f"QEMU did not start in {timeout:.0f} s",
-                                   "see the VM's qemu.log") from err
-    pid = read_pid(pidfile)
-    if rc != 0 or pid is None:
-        raise QEMULaunchFailed(
-            "QEMU_LAUNCH_FAILED", f"QEMU failed to start (exit {rc}): {log_tail(log_path)}",
-            "fix the cause QEMU names; the VM was not started",
-        )
+    qmp_socket.unlink(missing_ok=True)  # a stale socket of an earlier QEMU would refuse
+    pid = _spawn_detached(argv, log_path)
+    try:
+        async with asyncio.timeout(timeout):
+            while not await _greets(qmp_socket):
+                if (rc := _exit_status(pid)) is not None:
+                    raise QEMULaunchFailed(
+                        "QEMU_LAUNCH_FAILED",
+                        f"QEMU failed to start (exit {rc}): {log_tail(log_path)}",
+                        "fix the cause QEMU names; the VM was not started")
+                await asyncio.sleep(0.02)
+    except TimeoutError as err:
+        await kill_hard(pid)
+        raise QEMULaunchFailed("QEMU_LAUNCH_FAILED", f"QEMU did not start in {timeout:.0f} s",
+                               "see the VM's qemu.log") from err
     return pid
+
+
+def _spawn_detached(argv: list[str], log_path: Path) -> int:
+    sh = shutil.which("sh") or "/bin/sh"
+    with log_path.open("ab") as log:
+        return os.posix_spawn(
+            sh, [sh, "-c", _DETACH, "qemu", *argv], os.environ, setsid=True,
+            file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                          (os.POSIX_SPAWN_DUP2, log.fileno(), 1),
+                          (os.POSIX_SPAWN_DUP2, log.fileno(), 2)])
+
+
+async def _greets(qmp_socket: Path) -> bool:
+    """True once a QMP server on the socket sends its greeting (QEMU is initialised then)."""
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(qmp_socket))
+    except (FileNotFoundError, ConnectionRefusedError):
+        return False
+    try:
+        line = await reader.readline()
+    except ConnectionError:
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    return line.startswith(b'{"QMP"')
+
+
+def _exit_status(pid: int) -> int | None:
+    """The exit code of our child ``pid`` once it has exited (reaping it), else None."""
+    try:
+        reaped, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # reaped elsewhere (pid_alive reaps our zombies)
+        return None if pid_alive(pid) else -1
+    return os.waitstatus_to_exitcode(status) if reaped == pid else None
 
 
 def read_pid(pidfile: Path) -> int | None:
