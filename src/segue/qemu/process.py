@@ -35,7 +35,7 @@ async def launch_daemon(argv: list[str], log_path: Path, pidfile: Path, qmp_sock
                         timeout: float = 60.0) -> int:
     """Start a QEMU argv (``-pidfile pidfile``, ``-qmp unix:qmp_socket,server=on,wait=off``,
     no ``-daemonize``) detached from the agent, its output appended to ``log_path``; returns
-    its pid once its QMP socket greets.
+    its pid once its QMP socket greets and answers.
 
     Raises QEMULaunchFailed with QEMU's own message if it exits first, or if it does not
     greet within ``timeout`` s (it is then killed).
@@ -70,20 +70,25 @@ def _spawn_detached(argv: list[str], log_path: Path) -> int:
 
 
 async def _greets(qmp_socket: Path) -> bool:
-    """True once a QMP server on the socket sends its greeting (QEMU is initialised then)."""
+    """True once a QMP server on the socket greets and answers a command: QEMU has then
+    finished its start (a greeting alone can come before QEMU has loaded the kernel and
+    given up on it: commands are answered only from its main loop)."""
     try:
         reader, writer = await asyncio.open_unix_connection(str(qmp_socket))
     except (FileNotFoundError, ConnectionRefusedError):
         return False
     try:
-        line = await reader.readline()
+        if not (await reader.readline()).startswith(b'{"QMP"'):
+            return False
+        writer.write(b'{"execute": "qmp_capabilities"}\n')
+        await writer.drain()
+        return b'"return"' in await reader.readline()
     except ConnectionError:
         return False
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
-    return line.startswith(b'{"QMP"')
 
 
 def _exit_status(pid: int) -> int | None:
