@@ -137,7 +137,8 @@ class FakeAgent:
         return VMInfo.model_validate({**info, "host": self.name, "role": "owner"})
 
     async def prepare_incoming(self, spec: dict[str, Any], migration_id: str,
-                               capabilities: Any = None, parameters: Any = None) -> Any:
+                               capabilities: Any = None, parameters: Any = None,
+                               tls_peer: str | None = None) -> Any:
         self._answer("prepare_incoming")
         raise Unavailable("FAKE_PREPARE_FAILED", "this fake starts no QEMU", "")
 

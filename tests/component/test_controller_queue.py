@@ -61,8 +61,8 @@ class MovingAgent(FakeAgent):
     sent: int = 0
 
     async def prepare_incoming(self, spec: VMSpecBody, migration_id: str,
-                               capabilities: Any = None, parameters: Any = None
-                               ) -> IncomingAnswer:
+                               capabilities: Any = None, parameters: Any = None,
+                               tls_peer: str | None = None) -> IncomingAnswer:
         self._answer(f"prepare_incoming {spec.name}")
         self.vms[spec.name] = {**running(spec.model_dump()), "state": "inmigrate"}
         self.moves.agents[spec.name] = self
@@ -81,8 +81,8 @@ class MovingAgent(FakeAgent):
 
     async def start_migration(self, name: str, uri: str, capabilities: Any = None,
                               parameters: Any = None, *, migration_id: str = "",
-                              destination: str = "", generation: int | None = None
-                              ) -> MigrationView:
+                              destination: str = "", generation: int | None = None,
+                              tls: bool = False) -> MigrationView:
         self._answer(f"start_migration {name}")
         held = self.vms[name].get("generation")
         if generation is not None and generation != held:
@@ -92,7 +92,7 @@ class MovingAgent(FakeAgent):
         self.moves.started.append(name)
         self.moves.done[name] = asyncio.Event()
         self.vms[name]["migration"] = "active"
-        return self._view(name)
+        return self._view(name).model_copy(update={"tls": tls})
 
     async def migration_status(self, name: str) -> MigrationView:
         self._answer("migration_status")

@@ -234,9 +234,9 @@ class ControllerClient(ServiceClient):
         ``details.results``) when a pre-migration check fails."""
         return await self.call(MigrationJobView, "POST", f"/vms/{vm}/migrations", json=body)
 
-    async def check_migration(self, vm: str, to: str) -> CheckAnswer:
+    async def check_migration(self, vm: str, to: str, tls: bool = True) -> CheckAnswer:
         return await self.call(CheckAnswer, "POST", f"/vms/{vm}/migrations/check",
-                               json=CheckRequestBody(to=to))
+                               json=CheckRequestBody(to=to, tls=tls))
 
     async def where(self, vm: str) -> WhereAnswer:
         return await self.call(WhereAnswer, "GET", f"/vms/{vm}/where")

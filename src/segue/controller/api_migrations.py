@@ -51,7 +51,7 @@ async def migrate_vm(request: Request, name: str, body: MigrationRequestBody
              dependencies=[requires("migration", "read")])
 async def check_migration(request: Request, name: str, body: CheckRequestBody) -> CheckAnswer:
     """Every pre-migration check for one destination; nothing starts."""
-    return await _service(request).check(name, body.to)
+    return await _service(request).check(name, body.to, body.tls)
 
 
 @router.get("/vms/{name}/where", response_model=WhereAnswer,

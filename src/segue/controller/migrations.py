@@ -68,9 +68,9 @@ class MigrationService:
     async def samples(self, job_id: str) -> list[ProgressSample]:
         return await self.store.samples(job_id)
 
-    async def check(self, vm: str, dest: str) -> CheckAnswer:
+    async def check(self, vm: str, dest: str, tls: bool = True) -> CheckAnswer:
         """Every pre-migration check for one destination; nothing starts."""
-        return await self.prechecks.check(vm, dest)
+        return await self.prechecks.check(vm, dest, tls)
 
     async def where(self, vm: str) -> WhereAnswer:
         """Every other host with its check results."""
