@@ -38,3 +38,19 @@ async def test_a_source_that_does_not_encrypt_fails_the_move_and_keeps_the_vm() 
     assert w.store.summary["encrypted"] is False
     assert w.running_on() == ["host1"] and VM not in w.dst.vms
     assert w.src.vms[VM] == VMState.RUNNING
+
+
+async def test_a_destination_that_listens_plain_fails_the_move_before_the_start() -> None:
+    w = World()
+    real = w.dst.prepare_incoming
+
+    async def plain(*args: object, **kwargs: object) -> object:
+        answer = await real(*args, **kwargs)  # type: ignore[arg-type]
+        return answer.model_copy(update={"tls": False})
+
+    w.dst.prepare_incoming = plain  # type: ignore[method-assign]
+    await w.job().run()
+    assert w.store.phase == Phase.FAILED
+    assert w.store.error_code == "MIGRATION_TLS_UNAVAILABLE"
+    assert w.src.count("start_migration") == 0  # nothing was sent
+    assert w.running_on() == ["host1"] and VM not in w.dst.vms

@@ -139,7 +139,13 @@ class MigrationJob(JobBase):
         self.push_teardown()  # a destination that failed to start may still have a QEMU
         incoming, (link, dirty) = await _first_error(self._start_destination(spec))
         self.uri = incoming.uri
-        await self.note(f"destination QEMU (pid {incoming.pid}) listens on {self.uri}")
+        await self.note(f"destination QEMU (pid {incoming.pid}) listens on {self.uri}"
+                        + (f" for TLS from {self.spec.source} alone" if incoming.tls else ""))
+        if self.options.tls and not incoming.tls:
+            raise MigrationFailed("MIGRATION_TLS_UNAVAILABLE",
+                                  f"{self.spec.dest} prepared a plain stream, not TLS",
+                                  f"run the same Segue version on {self.spec.dest}, or "
+                                  "migrate with --no-tls")
         plan = self.policy.plan(spec.memory_mib * 1024**2, link, dirty, source_facts)
         self.prediction = dict(plan.summary)
         await self.store.set_summary(self.id, dict(plan.summary))
