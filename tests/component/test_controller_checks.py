@@ -52,7 +52,7 @@ def host_facts(name: str, features: list[str] = FULL, port_groups: tuple[str, ..
         "qemu": {"binary": "qemu", "version": "7.2.0", "machines": ["pc-i440fx-7.2"],
                  "machine_aliases": {"pc": "pc-i440fx-7.2"}},
         "migration": {"interface": "mig0", "present": True, "up": True,
-                      "addresses": [f"10.0.1.{n}/24"], "speed_mbps": 10000},
+                      "addresses": [f"10.0.1.{n}/24"], "speed_mbps": 10000, "tls": True},
         "port_groups": [{"name": pg, "bridge": f"br-{pg}", "exists": True, "up": True}
                         for pg in port_groups],
         "datastores": [{"name": "shared", "path": "/srv/shared", "present": True,

@@ -66,7 +66,8 @@ class MovingAgent(FakeAgent):
         self._answer(f"prepare_incoming {spec.name}")
         self.vms[spec.name] = {**running(spec.model_dump()), "state": "inmigrate"}
         self.moves.agents[spec.name] = self
-        return IncomingAnswer(uri=f"tcp:10.0.1.{self.name[-1]}:4444", pid=99, state="inmigrate")
+        return IncomingAnswer(uri=f"tcp:10.0.1.{self.name[-1]}:4444", pid=99, state="inmigrate",
+                              tls=tls_peer is not None)
 
     async def abort_incoming(self, name: str) -> None:
         self._answer(f"abort_incoming {name}")
