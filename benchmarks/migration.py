@@ -2,6 +2,7 @@
 
     python benchmarks/migration.py [--reps 5] [--link-mbit 400] [--deadline 30] [--out DIR]
                                    [--policies segue,qemu,...] [--scenarios idle,pair,...]
+    python benchmarks/migration.py --tls-compare [--reps 3] [--scenarios idle,dirty-75]
     python benchmarks/migration.py --summarize results.json [--out DIR]
 
 A fresh 2-host lab; the migration link is shaped to ``--link-mbit`` (tc tbf on both hosts'
@@ -22,6 +23,12 @@ each measured run the guests are moved back unmeasured. Judged by the worst run 
 the typical one: prints the median, p95 and maximum of the blackout, QEMU's downtime and the
 copy time per scenario and policy (``stats.py`` says how), Segue's prediction error and, for
 *pair*, each guest's blackout; writes ``results.json`` and ``migration.png`` to ``--out``.
+``--tls-compare`` runs Segue's policy encrypted (``segue``, the default since migrations
+are TLS) against the same with ``--no-tls`` (``no-tls``), interleaved, and adds the TLS
+table: per scenario the median and worst copy time, blackout, QEMU downtime and the source
+QEMU's CPU seconds during the move, encrypted against plain; it writes ``tls.json`` and
+``tls.png``. (Peers' runs are plain, as their managers migrate by default.) The source
+QEMU's CPU time is sampled from ``/proc`` during every run (``qemucpu.py``).
 ``--summarize`` prints the tables again from an earlier ``results.json`` (and, with
 ``--out``, writes its chart there), without a lab.
 
@@ -60,6 +67,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from benchlab import fresh_lab
 from moves import agent_url, move_all
 from peers import PEERS
+from qemucpu import QemuCpu
 from report import plot, print_report
 from scenarios import GUEST_MEMORY_MIB, GUESTS, MAIN, SCENARIOS, guests_needed, limits_s
 from stats import spread, summarize, worse_of
@@ -168,19 +176,30 @@ def one_run(plan: LabPlan, lab: LabGuests, policy: str, scenario: str, rate: int
         set_dirty_rate(plan, lab.ips[vm], rate)
         boots[vm] = guests.verify_ip(plan, lab.ips[vm]).split()[1]
     time.sleep(SETTLE_S)
+    cpus = {vm: QemuCpu(pid) for vm, pid in source_pids(plan, vms).items()}
     probes = {vm: guests.BackgroundProbe(plan, lab.ips[vm]) for vm in vms}
     try:
         moved = asyncio.run(move_all(plan, policy, vms, "host1", "host2", deadline))
     finally:
         seen = {vm: probe.stop() for vm, probe in probes.items()}
+        for vm, cpu in cpus.items():
+            if vm in moved:
+                moved[vm]["source_cpu_s"] = cpu.stop()
     alive = [vm for vm in vms if check_guest(plan, lab, vm, moved[vm], seen[vm], boots[vm])]
     result = moved[vms[0]] if len(vms) == 1 else worse_of(moved)
     result.update(policy=policy, scenario=scenario, dirty_mibs=rate)
     for vm in alive:
         if where(plan, vm) == "host2":
-            back = "segue" if policy == "segue" else "libvirt"
+            back = "segue" if policy in ("segue", "no-tls") else "libvirt"
             asyncio.run(move_all(plan, back, [vm], "host2", "host1", BACK_DEADLINE_S))
     return result
+
+
+def source_pids(plan: LabPlan, vms: tuple[str, ...]) -> dict[str, int]:
+    """The pids of the guests' QEMUs on host1 (the moves' source)."""
+    with Blocking(AgentClient(agent_url(plan, "host1"))) as agent:
+        listed = agent.run(agent.client.list_vms())
+    return {v.name: v.pid for v in listed if v.name in vms and v.pid is not None}
 
 
 def check_guest(plan: LabPlan, lab: LabGuests, vm: str, result: dict[str, Any],
@@ -210,17 +229,23 @@ def main() -> int:
                              "benchmarks/results; with --summarize: the chart only if given)")
     parser.add_argument("--policies", default=",".join(["segue", *PEERS]))
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--lab", default=LAB, help="the lab's name (its namespaces' prefix)")
+    parser.add_argument("--tls-compare", action="store_true",
+                        help="Segue's policy encrypted (segue, the default) against the same "
+                             "with --no-tls (no-tls), interleaved; replaces --policies")
     parser.add_argument("--summarize", type=Path, default=None, metavar="RESULTS_JSON",
                         help="print the tables of an earlier run's results.json; no lab")
     args = parser.parse_args()
     if args.summarize is not None:
         return resummarize(args.summarize, args.out)
+    if args.tls_compare:
+        args.policies = "segue,no-tls"
     args.out = args.out or Path("benchmarks/results")
     args.out.mkdir(parents=True, exist_ok=True)
     unknown = set(args.scenarios.split(",")) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}: choose from {list(SCENARIOS)}")
-    with fresh_lab(LAB) as plan:
+    with fresh_lab(args.lab) as plan:
         return bench(plan, args)
 
 
@@ -247,8 +272,9 @@ def bench(plan: LabPlan, args: argparse.Namespace) -> int:
                "scenarios": {name: SCENARIOS[name].to_json() for name in scenarios}}
     rows = summarize_results(results, scenarios, policies)
     print_report(rows)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    plot(rows, policies, args.out / "migration.png")
+    name = "tls" if args.tls_compare else "results"
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=2))
+    plot(rows, policies, args.out / ("tls.png" if args.tls_compare else "migration.png"))
     return 0
 
 
@@ -274,7 +300,7 @@ def resummarize(path: Path, out: Path | None) -> int:
     results = json.loads(path.read_text())
     runs = results["runs"]
     scenarios = [s for s in SCENARIOS if any(r["scenario"] == s for r in runs)]
-    policies = [p for p in ["segue", *PEERS] if any(r["policy"] == p for r in runs)]
+    policies = [p for p in ["segue", "no-tls", *PEERS] if any(r["policy"] == p for r in runs)]
     rows = summarize_results(results, scenarios, policies)
     print_report(rows)
     if out is not None:

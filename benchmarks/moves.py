@@ -90,6 +90,8 @@ class KnownFacts:
         return self.facts[host]
 
 
+SEGUE_POLICIES = ("segue", "no-tls")  # through the controller: encrypted, plain
+
 async def run_job(plan: LabPlan, policy: MigrationPolicy, vm: str, src_host: str, dest: str,
                   options: MigrationOptionsBody) -> BenchStore:
     """One migration of ``vm`` by Segue's job with ``policy``, outside the controller (its
@@ -111,8 +113,9 @@ async def run_job(plan: LabPlan, policy: MigrationPolicy, vm: str, src_host: str
 async def run_peer_job(plan: LabPlan, peer: Peer, vm: str, src_host: str, dest: str,
                        deadline: float) -> BenchStore:
     """One migration of ``vm`` by Segue's job with the peer's policy; the job's record."""
+    # plain, as the peers' managers migrate by default (libvirt without VIR_MIGRATE_TLS)
     options = MigrationOptionsBody(deadline_s=deadline, stall_timeout_s=NO_STALL_LIMIT_S,
-                                   allow_postcopy=False)
+                                   allow_postcopy=False, tls=False)
     return await run_job(plan, PeerPolicy(peer, RAM_BYTES), vm, src_host, dest, options)
 
 
@@ -128,12 +131,14 @@ async def peer_move(plan: LabPlan, peer: Peer, vm: str, src_host: str, dest: str
     return result
 
 
-async def segue_move(client: ControllerClient, vm: str, dest: str, deadline: float
-                     ) -> dict[str, Any]:
-    """One move through the controller with Segue's policy; its numbers. A request the
-    controller refuses is a move that did not converge (its error as the reason). Raises
-    TimeoutError if the job has not ended ``WAIT_MARGIN_S`` after its deadline."""
-    body = MigrationRequestBody.model_validate({"to": dest, "deadline_s": deadline})
+async def segue_move(client: ControllerClient, vm: str, dest: str, deadline: float,
+                     tls: bool = True) -> dict[str, Any]:
+    """One move through the controller with Segue's policy (``tls``: encrypted, the
+    default; False: ``--no-tls``); its numbers. A request the controller refuses is a move
+    that did not converge (its error as the reason). Raises TimeoutError if the job has not
+    ended ``WAIT_MARGIN_S`` after its deadline."""
+    body = MigrationRequestBody.model_validate({"to": dest, "deadline_s": deadline,
+                                                "tls": tls})
     try:
         job = await client.request_migration(vm, body)
         async with asyncio.timeout(deadline + WAIT_MARGIN_S):
@@ -145,6 +150,7 @@ async def segue_move(client: ControllerClient, vm: str, dest: str, deadline: flo
     s = job.summary
     result = run_result(job.phase == Phase.COMPLETED, job.reason, s)
     result.update(downtime_target_ms=s.get("downtime_target_ms"), postcopy=s.get("postcopy"),
+                  encrypted=job.encrypted,
                   downtime_limit_ms=s.get("downtime_limit_ms"),
                   # the policy's decisions with their reasons (why a run went as it did)
                   decisions=[t.message for t in job.transitions or [] if t.message])
@@ -154,12 +160,14 @@ async def segue_move(client: ControllerClient, vm: str, dest: str, deadline: flo
 async def move_all(plan: LabPlan, policy: str, vms: Sequence[str], src_host: str, dest: str,
                    deadline: float) -> dict[str, dict[str, Any]]:
     """Move every guest of ``vms`` from ``src_host`` to ``dest`` at the same time with
-    ``policy`` ("segue" or a name in ``PEERS``); each guest's numbers."""
+    ``policy`` ("segue", "no-tls": Segue's with ``--no-tls``, or a name in ``PEERS``); each
+    guest's numbers."""
     client = ControllerClient(controller_url(plan))
     try:
         async with asyncio.TaskGroup() as group:  # one fails: the others are cancelled
             tasks = [group.create_task(
-                segue_move(client, vm, dest, deadline) if policy == "segue"
+                segue_move(client, vm, dest, deadline, tls=policy == "segue")
+                if policy in SEGUE_POLICIES
                 else peer_move(plan, PEERS[policy], vm, src_host, dest, deadline))
                 for vm in vms]
     finally:

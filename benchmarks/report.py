@@ -104,10 +104,40 @@ def print_report(rows: Sequence[dict[str, Any]]) -> None:
     for title, table in (("prediction error, predicted - actual (relative: over actual); "
                           "bias: median signed error, p95 and max: of its size",
                           prediction_table(rows)),
-                         ("each guest's blackout (ms)", guests_table(rows))):
+                         ("each guest's blackout (ms)", guests_table(rows)),
+                         ("encrypted (segue) against plain (no-tls): median and max of the "
+                          "runs", tls_table(rows))):
         if table:
             print(f"\n{title}")
             print("\n".join(table))
+
+
+TLS_KEYS = (("copy_s", "copy s", "s"), ("blackout_ms", "blackout ms", "ms"),
+            ("qemu_downtime_ms", "QEMU downtime ms", "ms"),
+            ("source_cpu_s", "source QEMU CPU s", "s"))
+
+
+def tls_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Per scenario run both encrypted (policy ``segue``) and plain (``no-tls``): the
+    median and maximum of each of ``TLS_KEYS``, TLS then plain, and the ratio of the
+    medians; empty when no scenario has both."""
+    head = f"{'scenario':<10} {'':<22} {'TLS med':>8} {'max':>8} {'plain med':>9} " \
+           f"{'max':>8} {'TLS/plain':>9}"
+    lines = [head, "-" * len(head)]
+    for scenario in dict.fromkeys(r["scenario"] for r in rows):
+        tls = next((r for r in rows if r["scenario"] == scenario and r["policy"] == "segue"),
+                   None)
+        plain = next((r for r in rows
+                      if r["scenario"] == scenario and r["policy"] == "no-tls"), None)
+        if tls is None or plain is None:
+            continue
+        for key, label, unit in TLS_KEYS:
+            a, b = tls.get(key), plain.get(key)
+            ratio = f"{a / b:.2f}" if a and b else "-"
+            lines.append(f"{scenario:<10} {label:<22} {fmt(a, unit):>8} "
+                         f"{fmt(tls.get(f'{key}_max'), unit):>8} {fmt(b, unit):>9} "
+                         f"{fmt(plain.get(f'{key}_max'), unit):>8} {ratio:>9}")
+    return lines if len(lines) > 2 else []
 
 
 def plot(rows: Sequence[dict[str, Any]], policies: Sequence[str], path: Path) -> None:

@@ -39,7 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 P95 = 95.0
-SPREAD_KEYS = ("blackout_ms", "qemu_downtime_ms", "copy_s", "total_s")
+SPREAD_KEYS = ("blackout_ms", "qemu_downtime_ms", "copy_s", "total_s", "source_cpu_s")
 ERROR_KEYS = ("total_error", "downtime_error", "downtime_error_ms")
 
 

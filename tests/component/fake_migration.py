@@ -23,6 +23,12 @@ As QEMU 7.2 does it, in miniature:
   ``$FAKE_QEMU_DIRTY_RATE_STUCK`` it stays ``measuring``.
 - ``announce-self`` (``initial``, ``max``, ``rounds``, ``step``, unsigned): accepted; nothing
   is sent (the fake has no NICs).
+- TLS: ``object-add`` of ``tls-creds-x509`` (``dir`` must exist) and ``authz-simple``,
+  ``object-del`` (refused for an unknown id), ``qom-list /objects``; ``tls-creds`` and
+  ``tls-authz`` must name such objects when set. A source with ``tls-creds`` says ``TLS``
+  and its ``tls-hostname`` in its stream's header; a destination refuses a stream whose
+  TLS does not match its own ``tls-creds`` (failed, as a failed handshake), so both sides
+  must be set up alike. Nothing is encrypted: the fake checks the setup, not the crypto.
 - post-copy (needs ``postcopy-ram`` before ``migrate``): ``migrate-start-postcopy`` stops
   the source and sends ``POSTCOPY``: both sides ``postcopy-active``, the destination's run
   state ``paused`` (``-S``) until a ``cont``. ``migrate-pause`` (or a broken stream) in
@@ -52,8 +58,10 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     "cpu-throttle-increment": 10, "max-cpu-throttle": 99, "throttle-trigger-threshold": 50,
     "multifd-channels": 2,
     "xbzrle-cache-size": 67108864, "max-postcopy-bandwidth": 0, "tls-creds": "",
-    "tls-hostname": "",
+    "tls-hostname": "", "tls-authz": "",
 }
+OBJECT_TYPES = {"tls-creds-x509": ("endpoint", "dir", "verify-peer"),
+                "authz-simple": ("identity",)}
 ACTIVE = ("setup", "active", "device", "cancelling", "postcopy-active", "postcopy-paused",
           "postcopy-recover")
 TCP_URI = re.compile(r"tcp:([^:]+):(\d+)")
@@ -101,6 +109,7 @@ class FakeMigration:
         self.postcopy_requested = False
         self.reconnected = asyncio.Event()
         self.writer: asyncio.StreamWriter | None = None
+        self.objects: dict[str, dict[str, Any]] = {}
 
     def command(self, name: str, args: dict[str, Any]) -> dict[str, Any] | None:
         """The reply to a migration command, or None if ``name`` is none."""
@@ -120,6 +129,9 @@ class FakeMigration:
             "migrate-pause": self.pause,
             "migrate-recover": self.recover,
             "announce-self": self.announce_self,
+            "object-add": self.object_add,
+            "object-del": self.object_del,
+            "qom-list": self.qom_list,
         }.get(name)
         return handler(args) if handler else None
 
@@ -154,11 +166,46 @@ class FakeMigration:
         for key, value in args.items():
             if key not in self.params:
                 return error("GenericError", f"Parameter '{key}' is unexpected")
+            if key in ("tls-creds", "tls-authz") and value and value not in self.objects:
+                return error("GenericError", f"No object with id '{value}'")
             if key == "announce-initial" and not 0 <= int(value) <= 100000:
                 return error("GenericError",
                              "Option announce_initial expects a value between 0 and 100000")
         self.params.update(args)
         return {"return": {}}
+
+    # ---- objects ----
+    def object_add(self, args: dict[str, Any]) -> dict[str, Any]:
+        kind, oid = args.get("qom-type"), args.get("id")
+        if kind not in OBJECT_TYPES:
+            return error("GenericError", f"invalid object type: {kind}")
+        if not isinstance(oid, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9._-]*", oid):
+            return error("GenericError", f"Parameter 'id' expects an identifier: {oid}")
+        if oid in self.objects:
+            return error("GenericError", f"attempt to add duplicate property '{oid}' to "
+                                         "object (type 'container')")
+        extra = set(args) - {"qom-type", "id", *OBJECT_TYPES[kind]}
+        if extra:
+            return error("GenericError", f"Property '{sorted(extra)[0]}' not found")
+        if kind == "tls-creds-x509" and not os.path.isdir(str(args.get("dir"))):
+            return error("GenericError", f"Unable to access credentials {args.get('dir')}")
+        self.objects[oid] = dict(args)
+        return {"return": {}}
+
+    def object_del(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.objects.pop(str(args.get("id")), None) is None:
+            return error("GenericError", f"object '{args.get('id')}' not found")
+        return {"return": {}}
+
+    def qom_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        if args.get("path") != "/objects":
+            return error("GenericError", f"Device '{args.get('path')}' not found")
+        return {"return": [{"name": oid, "type": f"child<{o['qom-type']}>"}
+                           for oid, o in self.objects.items()]}
+
+    def tls_header(self) -> str:
+        """What the source's header says of TLS: ``TLS <hostname>`` or ``PLAIN``."""
+        return f"TLS {self.params['tls-hostname']}" if self.params["tls-creds"] else "PLAIN"
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -193,8 +240,10 @@ class FakeMigration:
     async def receive(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self.server is not None
         self.server.close()  # one migration stream, as QEMU accepts
-        header = await reader.readline()
-        ok = header.decode().split() == ["SEGUE-FAKE-MIGRATION", self.vm.opts.get("uuid", "")]
+        header = (await reader.readline()).decode().split()
+        tls = bool(self.params["tls-creds"])
+        ok = header[:2] == ["SEGUE-FAKE-MIGRATION", self.vm.opts.get("uuid", "")] \
+            and (header[2:3] == ["TLS"]) == tls
         if ok:
             self.set_status("active")
             await self.read_stream(reader, writer)
@@ -329,7 +378,8 @@ class FakeMigration:
                                                        f"{err.strerror}"})
             return
         self.writer = writer
-        writer.write(f"SEGUE-FAKE-MIGRATION {self.vm.opts.get('uuid', '')}\n".encode())
+        writer.write(f"SEGUE-FAKE-MIGRATION {self.vm.opts.get('uuid', '')} "
+                     f"{self.tls_header()}\n".encode())
         self.set_status("active")
         if not await self.transfer(start):
             self.set_status("cancelling")

@@ -21,6 +21,8 @@ the device model. Behaviour, as QEMU 7.2 does it:
   the given props applied over them; an unknown model is a GenericError), anything else:
   ``CommandNotFound``. ``cont`` also resumes a ``postmigrate`` source. Replies echo
   ``id``. A new client is accepted after one disconnects. SIGTERM: SHUTDOWN host-signal, exit.
+- Every command after the negotiation is appended to ``qmp-journal.jsonl`` beside the
+  pidfile (``{"execute", "arguments"}`` per line), so tests can read what was sent, in order.
 - On a clean exit the pidfile is removed (QEMU does); the QMP socket file is left behind.
 
 The process re-executes itself with ``argv[0] = "qemu-system-fake"`` so that
@@ -47,6 +49,7 @@ from typing import Any, NoReturn
 
 from fake_migration import FakeMigration  # beside this file: on sys.path when run as a script
 
+JOURNAL = "qmp-journal.jsonl"
 REEXEC_FLAG = "FAKE_QEMU_REEXECUTED"
 PROGRAM = "qemu-system-fake"
 VALUE_OPTIONS = ("-pidfile", "-qmp", "-uuid", "-incoming", "-name", "-m", "-sandbox")
@@ -230,6 +233,7 @@ class FakeQemu:
         if name == "qmp_capabilities":
             return error("CommandNotFound",
                          "Capabilities negotiation is already complete, command ignored")
+        self.journal(name, msg.get("arguments") or {})
         if name == "query-status":
             return {"return": {"status": self.status, "running": self.status == "running",
                                "singlestep": False}}
@@ -255,6 +259,13 @@ class FakeQemu:
         if reply is not None:
             return reply
         return error("CommandNotFound", f"The command {name} has not been found")
+
+    def journal(self, name: str, arguments: dict[str, Any]) -> None:
+        """Note a command in ``qmp-journal.jsonl`` beside the pidfile (tests read the
+        order of what the agent sent)."""
+        if self.pidfile is not None and self.pidfile.parent.is_dir():
+            with (self.pidfile.parent / JOURNAL).open("a") as out:
+                out.write(json.dumps({"execute": name, "arguments": arguments}) + "\n")
 
     async def after(self, name: object) -> None:
         """What happens after a command was answered."""

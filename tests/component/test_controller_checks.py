@@ -52,7 +52,7 @@ def host_facts(name: str, features: list[str] = FULL, port_groups: tuple[str, ..
         "qemu": {"binary": "qemu", "version": "7.2.0", "machines": ["pc-i440fx-7.2"],
                  "machine_aliases": {"pc": "pc-i440fx-7.2"}},
         "migration": {"interface": "mig0", "present": True, "up": True,
-                      "addresses": [f"10.0.1.{n}/24"], "speed_mbps": 10000},
+                      "addresses": [f"10.0.1.{n}/24"], "speed_mbps": 10000, "tls": True},
         "port_groups": [{"name": pg, "bridge": f"br-{pg}", "exists": True, "up": True}
                         for pg in port_groups],
         "datastores": [{"name": "shared", "path": "/srv/shared", "present": True,
@@ -137,7 +137,8 @@ class FakeAgent:
         return VMInfo.model_validate({**info, "host": self.name, "role": "owner"})
 
     async def prepare_incoming(self, spec: dict[str, Any], migration_id: str,
-                               capabilities: Any = None, parameters: Any = None) -> Any:
+                               capabilities: Any = None, parameters: Any = None,
+                               tls_peer: str | None = None) -> Any:
         self._answer("prepare_incoming")
         raise Unavailable("FAKE_PREPARE_FAILED", "this fake starts no QEMU", "")
 

@@ -196,13 +196,8 @@ async def test_encryption_required_refuses_an_unencrypted_migration(
         assert (result["code"], result["facts"]["policy"]) == ("POLICY_DENIED", "secret-tls")
         assert [r["code"] for r in policy_results(await check(c.http, "host3"))] == [
             "POLICY_OK"]
-
-        class WithTls(MigrationOptionsBody):  # the migration options' tls flag, once it is
-            tls: bool = False
-
-        with pytest.raises(PolicyDenied) as caught:
-            await c.app.state.migrations.request("web1", "host3", WithTls())
-        assert caught.value.details["denials"][0]["policy"] == "secret-tls"
+        denied(await c.http.post("/vms/web1/migrations", json={"to": "host3", "tls": False}),
+               "secret-tls")
         assert (await c.http.get("/migrations")).json() == []
 
 

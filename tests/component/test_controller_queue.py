@@ -61,12 +61,13 @@ class MovingAgent(FakeAgent):
     sent: int = 0
 
     async def prepare_incoming(self, spec: VMSpecBody, migration_id: str,
-                               capabilities: Any = None, parameters: Any = None
-                               ) -> IncomingAnswer:
+                               capabilities: Any = None, parameters: Any = None,
+                               tls_peer: str | None = None) -> IncomingAnswer:
         self._answer(f"prepare_incoming {spec.name}")
         self.vms[spec.name] = {**running(spec.model_dump()), "state": "inmigrate"}
         self.moves.agents[spec.name] = self
-        return IncomingAnswer(uri=f"tcp:10.0.1.{self.name[-1]}:4444", pid=99, state="inmigrate")
+        return IncomingAnswer(uri=f"tcp:10.0.1.{self.name[-1]}:4444", pid=99, state="inmigrate",
+                              tls=tls_peer is not None)
 
     async def abort_incoming(self, name: str) -> None:
         self._answer(f"abort_incoming {name}")
@@ -81,8 +82,8 @@ class MovingAgent(FakeAgent):
 
     async def start_migration(self, name: str, uri: str, capabilities: Any = None,
                               parameters: Any = None, *, migration_id: str = "",
-                              destination: str = "", generation: int | None = None
-                              ) -> MigrationView:
+                              destination: str = "", generation: int | None = None,
+                              tls: bool = False) -> MigrationView:
         self._answer(f"start_migration {name}")
         held = self.vms[name].get("generation")
         if generation is not None and generation != held:
@@ -92,7 +93,7 @@ class MovingAgent(FakeAgent):
         self.moves.started.append(name)
         self.moves.done[name] = asyncio.Event()
         self.vms[name]["migration"] = "active"
-        return self._view(name)
+        return self._view(name).model_copy(update={"tls": tls})
 
     async def migration_status(self, name: str) -> MigrationView:
         self._answer("migration_status")

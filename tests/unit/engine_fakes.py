@@ -168,6 +168,9 @@ class FakeAgent:
         self.probe_ok = True
         self.migrating = False  # migrate was accepted: the script answers from here
         self.handover: tuple[str, str] | None = None  # (destination, migration) of migrate
+        self.tls_peer: str | None = None  # the host a prepare admitted over TLS
+        self.tls: bool | None = None  # what migrate was asked (None: not asked)
+        self.tls_answer: bool | None = None  # what migrate answers (None: what it was asked)
         self.drives = False  # the source: its statuses move both sides' run states
         self.held: int | None = None  # the lease generation this host holds the VM at
         self.tokens: list[tuple[str, int | None]] = []  # (method, generation it named)
@@ -261,11 +264,13 @@ class FakeAgent:
         return self._info(name)
 
     async def prepare_incoming(self, spec: VMSpecBody, migration_id: str,
-                               capabilities: Capabilities, parameters: Parameters
-                               ) -> IncomingAnswer:
+                               capabilities: Capabilities, parameters: Parameters,
+                               tls_peer: str | None = None) -> IncomingAnswer:
         await self._call("prepare_incoming")
         self.vms[spec.name] = VMState.INMIGRATE
-        return IncomingAnswer(uri="tcp:10.0.1.2:4444", pid=99, state=VMState.INMIGRATE)
+        self.tls_peer = tls_peer
+        return IncomingAnswer(uri="tcp:10.0.1.2:4444", pid=99, state=VMState.INMIGRATE,
+                              tls=tls_peer is not None)
 
     async def abort_incoming(self, name: str) -> None:
         await self._call("abort_incoming")
@@ -289,13 +294,15 @@ class FakeAgent:
 
     async def start_migration(self, name: str, uri: str, capabilities: Capabilities,
                               parameters: Parameters, *, migration_id: str,
-                              destination: str, generation: int | None = None
-                              ) -> MigrationView:
+                              destination: str, generation: int | None = None,
+                              tls: bool = False) -> MigrationView:
         await self._call("start_migration")
         self._fence("start_migration", generation)
         self.handover = (destination, migration_id)
         self.migrating = True
-        return self._view(name)
+        self.tls = tls
+        answer = tls if self.tls_answer is None else self.tls_answer
+        return self._view(name).model_copy(update={"tls": answer})
 
     async def migration_status(self, name: str) -> MigrationView:
         await self._call("migration_status")

@@ -40,3 +40,23 @@ def test_the_downtime_options_sent(monkeypatch: pytest.MonkeyPatch, args: list[s
     assert len(sent) == 1
     assert sent[0].get("max_downtime_ms") == max_downtime
     assert sent[0].get("downtime_limit_ms") == downtime
+
+
+@pytest.mark.parametrize(("args", "tls"), [([], True), (["--no-tls"], False),
+                                           (["--check"], True), (["--check", "--no-tls"], False)])
+def test_tls_is_asked_for_unless_no_tls(monkeypatch: pytest.MonkeyPatch, args: list[str],
+                                        tls: bool) -> None:
+    """A migration (and its --check) is encrypted by default; --no-tls asks for plain."""
+    sent: list[dict[str, Any]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(503, json={"error": {"code": "FAKE", "message": "no",
+                                                   "hint": "", "field": None},
+                                         "kind": "unavailable"})
+
+    monkeypatch.setattr(ControllerClient, "from_env", classmethod(
+        lambda cls, url=None, token=None: cls("http://controller",
+                                              transport=httpx.MockTransport(answer))))
+    CliRunner().invoke(cli, ["vm", "migrate", "web1", "--to", "host2", *args])
+    assert len(sent) == 1 and sent[0]["tls"] is tls

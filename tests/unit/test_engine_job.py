@@ -26,6 +26,7 @@ SUMMARY_KEYS = {
     "postcopy_at_once", "postcopy", "downtime_limit_ms", "qemu_downtime_ms", "qemu_total_ms",
     "setup_ms", "bytes_sent", "ram_total", "iterations", "switchover_ms", "source_stop_at",
     "dest_resume_at", "total_s", "actual_total_s", "downtime_bound_ms", "downtime_bound_reason",
+    "encrypted",
     "sampled_dirty_range_mibs", "predicted_downtime_ms", "predicted_total_error",
     "predicted_downtime_error", "predicted_downtime_error_ms", "corrected_total_error",
     "corrected_downtime_error", "throttle_max_pct", "throttled_s", "postcopy_blocktime_ms"}

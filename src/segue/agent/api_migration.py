@@ -51,7 +51,8 @@ def _outgoing(request: Request) -> Outgoing:
 @router.post("/migrations/incoming", status_code=201, response_model=IncomingAnswer)
 async def prepare_incoming(request: Request, body: IncomingRequest) -> IncomingAnswer:
     return await _incoming(request).prepare(body.spec.to_domain(), body.migration_id,
-                                            body.capabilities, body.parameters)
+                                            body.capabilities, body.parameters,
+                                            body.tls_peer)
 
 
 @router.post("/vms/{name}/incoming/claim", response_model=VMInfo)
@@ -75,7 +76,7 @@ async def start_migration(request: Request, name: VMName, body: MigrateRequest,
                           generation: LeaseGeneration = None) -> MigrationView:
     return await _outgoing(request).migrate(name, body.uri, body.capabilities, body.parameters,
                                             body.migration_id, body.destination,
-                                            generation=generation)
+                                            generation=generation, tls=body.tls)
 
 
 @router.post("/vms/{name}/migration/cancel", response_model=MigrationView)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
+from segue.agent import migtls
 from segue.agent.config import AgentConfig
 from segue.agent.facts_parse import (
     choose_accel,
@@ -27,7 +28,7 @@ from segue.agent.facts_parse import (
     parse_link_speed,
     parse_meminfo,
 )
-from segue.domain.errors import Unavailable
+from segue.domain.errors import SegueError, Unavailable
 from segue.domain.host import (
     CpuFacts,
     DatastoreFacts,
@@ -152,6 +153,15 @@ def migration_nic_facts(ifname: str | None) -> MigrationNicFacts:
     )
 
 
+def migration_tls_ready(config: AgentConfig) -> bool:
+    """Whether this host has a credential set for encrypted migrations."""
+    try:
+        migtls.credentials_dir(config)
+    except SegueError:
+        return False
+    return True
+
+
 def host_facts(config: AgentConfig, caps: QemuCapabilities, vms: int) -> HostFacts:
     """All facts of this host now (QEMU capabilities as probed at agent start); the CPU
     features are those QEMU offers minus the configured ``cpu_exclude_features``."""
@@ -164,6 +174,7 @@ def host_facts(config: AgentConfig, caps: QemuCapabilities, vms: int) -> HostFac
             features=offered_features(caps.features, config.cpu_exclude_features),
         ),
         memory=memory_facts(), qemu=replace(caps.qemu, sandbox=config.qemu_sandbox),
-        migration=migration_nic_facts(config.migration_interface),
+        migration=replace(migration_nic_facts(config.migration_interface),
+                          tls=migration_tls_ready(config)),
         port_groups=port_group_facts(config), datastores=datastore_facts(config), vms=vms,
     )

@@ -2,7 +2,8 @@
 
 - ``prepare``: check the host as a start does, start QEMU with the same argv plus
   ``-incoming defer``, plug its taps, set the capabilities and parameters (with a 1 ms
-  announce delay, so the VM's MACs are announced by RARP right at completion), and listen
+  announce delay, so the VM's MACs are announced by RARP right at completion), with
+  ``tls_peer`` set up TLS admitting that host alone (``segue.agent.migtls``), and listen
   on this host's migration interface (port chosen by the kernel, read back from QEMU).
   The VM is ``incoming`` here (a role file in its runtime dir says so across agent
   restarts) until it is claimed.
@@ -30,7 +31,8 @@ generation it then holds (one above) is the lease's to give, not the caller's to
 the migration id fences the takeover, ``claim`` acts only on a VM that runs here (it took
 the VM over), and ``abort`` never on one that runs. Errors: ``NotFound`` (``VM_NOT_FOUND``);
 ``Conflict`` (``VM_EXISTS``, ``MAC_IN_USE``, ``VM_NOT_INCOMING``, ``VM_NOT_RUNNING``);
-``InvalidRequest`` (``VM_SPEC_INVALID``); ``Unavailable`` (``MIGRATION_NIC_UNAVAILABLE``,
+``InvalidRequest`` (``VM_SPEC_INVALID``, ``MIGRATION_ID_INVALID``); ``Unavailable``
+(``MIGRATION_TLS_UNAVAILABLE``, ``MIGRATION_NIC_UNAVAILABLE``,
 ``MIGRATION_LISTEN_FAILED``, QEMU's ``QEMU_LAUNCH_FAILED``, ``QMP_COMMAND_FAILED``,
 ``QMP_UNAVAILABLE``); the admission errors of ``segue.agent.admission`` and the confinement
 errors of ``segue.agent.confine`` (``PATH_OUTSIDE_DATASTORE``, ``PATH_RESERVED``): a
@@ -45,7 +47,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import replace
 
-from segue.agent import admission, confine
+from segue.agent import admission, confine, migtls
 from segue.agent.guards import ANY_STATE, INCOMING, LIVE, qmp_of, requires
 from segue.agent.managed import ManagedVM
 from segue.agent.migpath import migration_address
@@ -60,6 +62,7 @@ from segue.files import write_json_atomic
 from segue.qemu.argv import RuntimePaths
 from segue.qemu.machine import QemuMachine
 from segue.qemu.migration import ParameterValue, QemuMigration, migration_event_status
+from segue.qemu.migration_tls import Command
 from segue.qemu.qmp import QMPEvent
 
 log = logging.getLogger(__name__)
@@ -89,12 +92,18 @@ class Incoming:
 
     # ---- prepare ----
     async def prepare(self, spec: VMSpec, migration_id: str, capabilities: Mapping[str, bool],
-                      parameters: Mapping[str, ParameterValue]) -> IncomingAnswer:
+                      parameters: Mapping[str, ParameterValue], tls_peer: str | None = None
+                      ) -> IncomingAnswer:
         """Check the host like a start does, launch the incoming QEMU and listen; where.
+        ``tls_peer``: listen for TLS, admitting that host's certificate alone
+        (``segue.agent.migtls``; ``MIGRATION_TLS_UNAVAILABLE`` without credentials, checked
+        before QEMU starts).
 
         On any failure the QEMU is killed and the local definition removed before the error
         is raised."""
         address = await migration_address(self.m.config)
+        tls = (migtls.destination_setup(self.m.config, migration_id, tls_peer)
+               if tls_peer is not None else [])
         if spec.serial_log is not None:  # an older source's; the console log is the runtime dir's
             log.warning("%r: ignoring the source's serial_log %r", spec.name, spec.serial_log)
             spec = confine.without_serial_log(spec)
@@ -108,7 +117,7 @@ class Incoming:
                 write_json_atomic(vm.runtime.role_file,
                                   {"role": "incoming", "migration_id": migration_id})
                 await self.m.launch(vm, incoming="defer")
-                answer = await self._listen(vm, address, capabilities, parameters)
+                answer = await self._listen(vm, address, capabilities, parameters, tls)
         except BaseException:
             await asyncio.shield(self._discard(vm, "incoming migration not prepared"))
             raise
@@ -136,16 +145,19 @@ class Incoming:
         admission.check_fits(spec, view, starting=True)
 
     async def _listen(self, vm: ManagedVM, address: str, capabilities: Mapping[str, bool],
-                      parameters: Mapping[str, ParameterValue]) -> IncomingAnswer:
+                      parameters: Mapping[str, ParameterValue], tls: list[Command]
+                      ) -> IncomingAnswer:
         qemu = QemuMigration(qmp_of(vm))
         await qemu.set_capabilities(capabilities)
         await qemu.set_parameters({**ANNOUNCE_PARAMETERS, **parameters})
+        await qemu.run(tls)
         await qemu.incoming(f"tcp:{address}:0")
         port = await qemu.listening_port()
         announce = await qemu.announce_parameters()
         await vm.refresh_state()
         return IncomingAnswer(uri=f"tcp:{address}:{port}", pid=vm.pid, state=vm.state,
-                              migration_id=vm.incoming, announce=announce)
+                              migration_id=vm.incoming, announce=announce,
+                              tls=await qemu.uses_tls())
 
     # ---- as it arrives (the manager's MigrationHook) ----
     async def event(self, vm: ManagedVM, event: QMPEvent) -> None:
@@ -228,8 +240,10 @@ class Incoming:
     async def claim(self, vm: ManagedVM) -> VMInfo:
         """The incoming VM runs here: write the datastore's vm.json naming this host (and
         the lease generation it took the VM over at) and clear the incoming role; the VM as
-        this host now owns it."""
+        this host now owns it. The migration's TLS objects and parameters are removed
+        (a later migration from here sets up its own)."""
         self.m.store.save_generation(vm.spec, vm.generation)
+        await self._clear_tls(vm)
         vm.runtime.role_file.unlink(missing_ok=True)
         log.info("%s: claimed (migration %s)", vm.name, vm.incoming)
         vm.incoming = None
@@ -244,6 +258,17 @@ class Incoming:
         guest code already (``VM_RUNNING``): the guest would lose what it did here."""
         await self._discard(vm, "incoming migration aborted")
         log.info("%s: incoming migration %s aborted", vm.name, vm.incoming)
+
+    @staticmethod
+    async def _clear_tls(vm: ManagedVM) -> None:
+        """Remove the arrived migration's TLS objects and parameters, once it has ended
+        (logged, not raised: the VM runs here whatever this costs)."""
+        try:
+            qemu = QemuMigration(qmp_of(vm))
+            if not (await qemu.query()).status.active:
+                await qemu.clear_tls()
+        except SegueError as err:
+            log.warning("%s: migration TLS objects not removed: %s", vm.name, err)
 
     async def _discard(self, vm: ManagedVM, reason: str) -> None:
         await self.m.kill(vm, reason=reason)

@@ -3,11 +3,12 @@
 The controller drives both agents (``segue.clients.agent.AgentClient``); the destination's
 side is ``segue.agent.incoming``.
 
-- ``migrate``: set the capabilities (always with ``events``) and parameters, run
-  ``migrate`` to the uri the destination's prepare returned; ``cancel`` breaks it off
-  (QEMU keeps the VM running); ``release`` quits the QEMU once the destination has claimed
-  the VM; ``resume`` runs a ``paused``/``postmigrate`` VM again, the rollback after a
-  completed migration whose destination then failed.
+- ``migrate``: set the capabilities (always with ``events``) and parameters, with ``tls``
+  the stream's TLS (``segue.agent.migtls``), run ``migrate`` to the uri the destination's
+  prepare returned; ``cancel`` breaks it off (QEMU keeps the VM running) and removes the
+  migration's TLS objects, as ``resume`` does; ``release`` quits the QEMU once the
+  destination has claimed the VM; ``resume`` runs a ``paused``/``postmigrate`` VM again,
+  the rollback after a completed migration whose destination then failed.
 - policy and post-copy: ``dirty_rate`` samples the guest before a start;
   ``set_parameters`` mid-flight; ``start_postcopy``; ``resume_migration`` reconnects a paused
   post-copy to the destination's recovery uri.
@@ -25,7 +26,8 @@ lease any more.
 Errors: ``NotFound`` (``VM_NOT_FOUND``); ``Conflict`` (``VM_INCOMING``, ``VM_NOT_RUNNING``,
 ``MIGRATION_IN_PROGRESS``, ``VM_NOT_MIGRATED``, ``VM_NOT_PAUSED``, ``VM_NOT_OWNED``,
 ``VM_FENCED``, the leases' ``VM_LOCKED``); ``InvalidRequest``
-(``MIGRATION_URI_INVALID``); ``Unavailable`` (``DIRTY_RATE_UNAVAILABLE``, and QEMU's
+(``MIGRATION_URI_INVALID``, ``MIGRATION_ID_INVALID``); ``Unavailable``
+(``MIGRATION_TLS_UNAVAILABLE``, ``DIRTY_RATE_UNAVAILABLE``, and QEMU's
 ``QMP_COMMAND_FAILED``, ``QMP_UNAVAILABLE``, ``QMP_ANSWER_INVALID``).
 """
 
@@ -37,6 +39,7 @@ import logging
 import re
 from collections.abc import Mapping
 
+from segue.agent import migtls
 from segue.agent.guards import ALL_ROLES, LIVE, OWNED, qmp_of, requires
 from segue.agent.managed import ManagedVM
 from segue.agent.roles import VMRole
@@ -96,7 +99,8 @@ class Outgoing:
     @requires(roles={VMRole.OWNER}, states={VMState.RUNNING}, fresh=True, fencing=True)
     async def migrate(self, vm: ManagedVM, uri: str, capabilities: Mapping[str, bool],
                       parameters: Mapping[str, ParameterValue], migration_id: str,
-                      destination: str, *, generation: int | None = None) -> MigrationView:
+                      destination: str, *, generation: int | None = None,
+                      tls: bool = False) -> MigrationView:
         """Hand the VM's lease over to ``destination`` for ``migration_id`` and migrate the
         running VM to ``uri``; the status. ``generation`` (checked by the guard): only if
         this host holds the VM at it, which the handover then carries. Raises InvalidRequest
@@ -107,23 +111,50 @@ class Outgoing:
         The VM's guardian is stopped first: from the handover on, the destination may take
         the lease over, and the source's QEMU must be left for the job to read its end
         (``cancel``, ``resume`` and the guardians' keeper start it again if the source
-        keeps the VM). A migration that does not start gets it back at once."""
+        keeps the VM). A migration that does not start gets it back at once.
+
+        ``tls``: the stream is TLS with this host's credentials, the destination's
+        certificate checked for the name ``destination`` (``segue.agent.migtls``; raises
+        Unavailable ``MIGRATION_TLS_UNAVAILABLE`` without credentials, before anything is
+        changed). Whatever an earlier migration left of TLS is removed first; a migration
+        that does not start removes its own."""
         check_tcp_uri(uri)
         generation = _held(vm)
+        setup = migtls.source_setup(self.m.config, migration_id, destination) if tls else []
         await self.m.guardians.stop(vm)
+        qemu = QemuMigration(qmp_of(vm))
         try:
             await asyncio.to_thread(self.m.leases.hand_over, vm.spec, generation, destination,
                                     migration_id)
-            qemu = QemuMigration(qmp_of(vm))
+            await qemu.clear_tls()
             await qemu.set_capabilities(capabilities)
             if parameters:
                 await qemu.set_parameters(parameters)
+            await qemu.run(setup)
+            encrypted = await qemu.uses_tls()
             await qemu.migrate(uri)
         except BaseException:
-            await asyncio.shield(self.m.guardians.guard(vm))
+            await asyncio.shield(self._not_started(vm, qemu))
             raise
-        log.info("%s: migrating to %s", vm.name, uri)
-        return await self.m.migration_view(vm.name)
+        log.info("%s: migrating to %s%s", vm.name, uri, " over TLS" if encrypted else "")
+        view = await self.m.migration_view(vm.name)
+        return view.model_copy(update={"tls": encrypted})
+
+    async def _not_started(self, vm: ManagedVM, qemu: QemuMigration) -> None:
+        """A migrate that failed: the VM's guardian back, its TLS objects gone (unless a
+        migration runs after all: the job's cancel removes them then)."""
+        await self.m.guardians.guard(vm)
+        await self._clear_tls(vm, qemu)
+
+    @staticmethod
+    async def _clear_tls(vm: ManagedVM, qemu: QemuMigration) -> None:
+        """Remove the migration's TLS objects and parameters once nothing migrates; logged,
+        not raised (the next migration removes them first anyway)."""
+        try:
+            if not (await qemu.query()).status.active:
+                await qemu.clear_tls()
+        except SegueError as err:
+            log.warning("%s: migration TLS objects not removed: %s", vm.name, err)
 
     @requires(roles=OWNED, states=LIVE, hint="nothing to cancel", fencing=True)
     async def cancel(self, vm: ManagedVM, *, generation: int | None = None) -> MigrationView:
@@ -142,6 +173,7 @@ class Outgoing:
                 vm.generation = await asyncio.to_thread(self.m.leases.ensure, vm.spec,
                                                         vm.generation)
             await self.m.guardians.guard(vm)  # stopped at the handover
+        await self._clear_tls(vm, QemuMigration(qmp_of(vm)))
         log.info("%s: migration cancelled", vm.name)
         return await self.m.migration_view(vm.name)
 
@@ -222,6 +254,7 @@ class Outgoing:
             raise _fenced(vm)
         self.m.hold(vm, await asyncio.to_thread(self.m.leases.ensure, vm.spec, vm.generation))
         await self.m.guardians.guard(vm)  # stopped at the handover; before the guest runs
+        await self._clear_tls(vm, QemuMigration(qmp_of(vm)))
         await QemuMachine(qmp_of(vm)).cont()
         log.info("%s: resumed on its source", vm.name)
         return await self.m.info(vm.name)

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from pydantic import Field, JsonValue
 
-from segue.api.base import NonNegFloat, Port, RequestModel, ResponseModel, ShortText
+from segue.api.base import Name, NonNegFloat, Port, RequestModel, ResponseModel, ShortText
 from segue.api.qemu import QueryMigrate
 from segue.api.vm import VMSpecBody
 from segue.domain.vm import VMState
@@ -24,22 +24,27 @@ MigrationUri = Annotated[str, Field(min_length=5, max_length=300)]
 
 
 class IncomingRequest(RequestModel):
-    """Destination: start QEMU for ``spec`` with ``-incoming defer`` and listen."""
+    """Destination: start QEMU for ``spec`` with ``-incoming defer`` and listen.
+    ``tls_peer``: listen for TLS only, admitting the certificate of this host alone (the
+    migration's source); None: a plain stream."""
 
     spec: VMSpecBody
     migration_id: Annotated[str, Field(min_length=1, max_length=64)]
     capabilities: Capabilities = {}
     parameters: Parameters = {}
+    tls_peer: Name | None = None
 
 
 class IncomingAnswer(ResponseModel):
-    """Where the destination listens (``tcp:IP:PORT``) and its QEMU."""
+    """Where the destination listens (``tcp:IP:PORT``) and its QEMU; ``tls``: whether it
+    listens for TLS (its QEMU's ``tls-creds`` is set)."""
 
     uri: str
     pid: int | None = None
     state: VMState
     migration_id: str | None = None
     announce: dict[str, JsonValue] = {}
+    tls: bool = False
 
 
 class MigrateRequest(RequestModel):
@@ -52,6 +57,8 @@ class MigrateRequest(RequestModel):
     parameters: Parameters = {}
     migration_id: Annotated[str, Field(min_length=1, max_length=64)]
     destination: Annotated[str, Field(min_length=1, max_length=64)]
+    # TLS, the destination's certificate checked for its host name (False: a plain stream)
+    tls: bool = False
 
 
 class ParametersRequest(RequestModel):
@@ -73,13 +80,16 @@ class RecoverAnswer(ResponseModel):
 
 
 class MigrationView(ResponseModel):
-    """A VM's migration as its host sees it: role, run state and QEMU's own answer."""
+    """A VM's migration as its host sees it: role, run state and QEMU's own answer.
+    ``tls``: whether QEMU's ``tls-creds`` was set as the migration started (the answer to
+    ``migrate`` only; None elsewhere)."""
 
     name: str
     role: str
     state: VMState
     migration_id: str | None = None
     migration: QueryMigrate = Field(default_factory=QueryMigrate)
+    tls: bool | None = None
 
 
 class DirtyRateAnswer(ResponseModel):

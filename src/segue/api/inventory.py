@@ -68,6 +68,7 @@ class MigrationNicFactsBody(RequestModel):
     up: bool
     addresses: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=64)] = []
     speed_mbps: Annotated[int, Field(ge=0, le=10**7)] | None = None
+    tls: bool = False  # credentials for encrypted migrations
 
 
 class PortGroupFactsBody(RequestModel):

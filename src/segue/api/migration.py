@@ -29,6 +29,8 @@ class MigrationOptionsBody(RequestModel):
     # None: the cluster's bound (the controller's max_auto_downtime_ms, 300 ms by default);
     # the policy never chooses nor escalates to a target above it by itself
     max_downtime_ms: DowntimeMs | None = None
+    # the stream is TLS with the cluster's certificates (False: plain, readable on the link)
+    tls: bool = True
 
 
 class MigrationRequestBody(MigrationOptionsBody):
@@ -38,8 +40,8 @@ class MigrationRequestBody(MigrationOptionsBody):
 
 
 class CheckRequestBody(RequestModel):
-    """``POST /vms/{name}/migrations/check``: the destination host, and whether the
-    migration would be encrypted (for policies that require it)."""
+    """``POST /vms/{name}/migrations/check``: the destination host; ``tls``: check for an
+    encrypted migration (the default, as a migration's; policies may require it)."""
 
     to: Name
     tls: bool = True
@@ -80,7 +82,8 @@ class TransitionView(ResponseModel):
 class MigrationJobView(ResponseModel):
     """A migration job as the API shows it. ``queue_position`` (1: next) only while queued;
     ``summary``: prediction and outcome (``segue.engine.job``), keys as documented there;
-    ``transitions`` only on a single job's view."""
+    ``transitions`` only on a single job's view; ``encrypted``: whether the stream is TLS,
+    as the source's QEMU reported at the start (None before it)."""
 
     id: str
     vm: str
@@ -96,5 +99,6 @@ class MigrationJobView(ResponseModel):
     cancel_requested: bool = False
     options: MigrationOptionsBody
     summary: dict[str, JsonValue] = {}
+    encrypted: bool | None = None
     progress: ProgressSample | None = None
     transitions: list[TransitionView] | None = None

@@ -71,6 +71,7 @@ class MigrationContext:
     ``in_flight``: the id of another active migration of this VM, if any.
     ``files_visible``: ``"datastore:path"`` of each VM file -> whether the destination sees it
     (None: not asked, as the destination did not answer).
+    ``tls``: the migration is to be encrypted (both hosts need credentials).
     """
 
     vm: VMSpec
@@ -82,3 +83,4 @@ class MigrationContext:
     probe: PathProbe | None = None
     in_flight: str | None = None
     files_visible: dict[str, bool] | None = None
+    tls: bool = False

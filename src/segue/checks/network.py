@@ -3,7 +3,8 @@
 ``check_migration_network``: on both hosts the migration interface exists, is up and has an
 address; its link speed is at least ``MIN_SPEED_MBPS`` (an error below, a warning below
 ``GOOD_SPEED_MBPS`` or when the kernel does not say); the destination's migration address was
-reached from the source's over it (``MigrationContext.probe``).
+reached from the source's over it (``MigrationContext.probe``); for an encrypted migration
+(``MigrationContext.tls``) both hosts have credentials (``MIGRATION_TLS_UNAVAILABLE``).
 ``check_port_groups``: every NIC's port group exists on the destination with its bridge up.
 """
 
@@ -76,10 +77,22 @@ def _probe_problem(ctx: MigrationContext, probe: PathProbe) -> CheckResult | Non
                  source_address=probe.source_address, error=probe.error)
 
 
+def _tls_problems(ctx: MigrationContext) -> list[CheckResult]:
+    if not ctx.tls:
+        return []
+    return [error("network", "MIGRATION_TLS_UNAVAILABLE",
+                  f"{host.name} has no credentials for an encrypted migration",
+                  f"join {host.name} to the cluster (segue host token {host.name}, then "
+                  f"segue agent join on it), or migrate without encryption (--no-tls)",
+                  host=host.name)
+            for host in (ctx.source, ctx.dest) if not host.facts.migration.tls]
+
+
 def check_migration_network(ctx: MigrationContext) -> list[CheckResult]:
     """MIGRATION_NIC_MISSING/_DOWN/_NO_ADDRESS, MIGRATION_LINK_SLOW (error),
     MIGRATION_LINK_UNDER_10G / MIGRATION_LINK_SPEED_UNKNOWN (warnings),
-    MIGRATION_PATH_UNREACHABLE or MIGRATION_PATH_UNTESTED; else NETWORK_OK."""
+    MIGRATION_PATH_UNREACHABLE or MIGRATION_PATH_UNTESTED, MIGRATION_TLS_UNAVAILABLE;
+    else NETWORK_OK."""
     problems: list[CheckResult] = []
     for host in (ctx.source, ctx.dest):
         nic = _nic_problem(host)
@@ -91,10 +104,12 @@ def check_migration_network(ctx: MigrationContext) -> list[CheckResult]:
         problems.append(error("network", "MIGRATION_PATH_UNTESTED",
                               f"the migration path to {ctx.dest.name} was not tested",
                               "make sure both agents answer, then check again"))
+    problems += _tls_problems(ctx)
     probe = ctx.probe
     return passed("network", problems,
                   f"{ctx.dest.name} is reachable over the migration network"
-                  + (f" (rtt {probe.rtt_ms:.2f} ms)" if probe and probe.rtt_ms is not None else ""),
+                  + (f" (rtt {probe.rtt_ms:.2f} ms)" if probe and probe.rtt_ms is not None else "")
+                  + (", both hosts can encrypt the stream" if ctx.tls else ""), tls=ctx.tls,
                   dest_address=probe.dest_address if probe else None,
                   source_address=probe.source_address if probe else None,
                   rtt_ms=probe.rtt_ms if probe else None,

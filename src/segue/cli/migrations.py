@@ -54,18 +54,23 @@ def migrate(vm: str, to: str = typer.Option(..., "--to", help="Destination host.
                            "by itself; default: the cluster's bound (the controller's "
                            "max_auto_downtime_ms, 300 ms unless set). Past it the policy "
                            "goes to post-copy, or throttles the guest with --no-postcopy."),
+            tls: bool = typer.Option(True, help="Encrypt the migration stream with the "
+                                                "cluster's certificates (--no-tls: plain, "
+                                                "the guest's memory readable on the "
+                                                "migration link)."),
             url: str | None = URL, as_json: bool = typer.Option(False, "--json")) -> None:
     """Live-migrate a running VM to another host, with live progress and a final summary.
 
     The controller runs every pre-migration check first and refuses on an error; the
     refusal prints the table of results (``--json``: the error as JSON on stdout)."""
     if check:
-        run_check(vm, to, url, as_json)
+        run_check(vm, to, url, as_json, tls)
         return
     body = MigrationRequestBody(to=to, downtime_limit_ms=downtime_ms, deadline_s=deadline,
                                 stall_timeout_s=stall_timeout,
                                 max_bandwidth_mibs=max_bandwidth or None,
-                                allow_postcopy=postcopy, max_downtime_ms=max_downtime)
+                                allow_postcopy=postcopy, max_downtime_ms=max_downtime,
+                                tls=tls)
     with controller(url) as c:
         job = request_migration(c, vm, body, as_json)
         if not wait:
@@ -99,10 +104,10 @@ def _accepted(job: MigrationJobView) -> str:
     return f"started ({job.phase})"
 
 
-def run_check(vm: str, to: str, url: str | None, as_json: bool) -> None:
+def run_check(vm: str, to: str, url: str | None, as_json: bool, tls: bool = True) -> None:
     """``--check``: the results as a table (or JSON); exit 1 if any is an error."""
     with controller(url) as c:
-        answer = c.run(c.client.check_migration(vm, to))
+        answer = c.run(c.client.check_migration(vm, to, tls))
     if as_json:
         print_json(answer)
     else:
@@ -172,15 +177,22 @@ def _convergence(p: ProgressSample) -> str:
     return verdict if p.dirty_ratio is None else f"{verdict} (dirty/sent {p.dirty_ratio:.2f})"
 
 
+def encryption_label(job: MigrationJobView) -> str:
+    """``TLS``, ``plain`` or ``-`` (not started) for the job's stream."""
+    return "-" if job.encrypted is None else "TLS" if job.encrypted else "plain"
+
+
 def print_summary(job: MigrationJobView) -> None:
     s = job.summary
     if job.phase != "completed":
         console.print(f"[bold red]{job.phase}[/]: migration {job.id} of {job.vm} "
-                      f"{job.source} -> {job.destination}: {job.reason}", highlight=False)
+                      f"{job.source} -> {job.destination} ({encryption_label(job)}): "
+                      f"{job.reason}", highlight=False)
         return
-    table = Table("vm", "from", "to", "total", "QEMU downtime", "switchover", "sent",
+    table = Table("vm", "from", "to", "stream", "total", "QEMU downtime", "switchover", "sent",
                   "RAM", "iterations", title=f"migration {job.id}")
-    table.add_row(job.vm, job.source, job.destination, f"{s.get('total_s')} s",
+    table.add_row(job.vm, job.source, job.destination, encryption_label(job),
+                  f"{s.get('total_s')} s",
                   f"{s.get('qemu_downtime_ms')} ms", f"{s.get('switchover_ms')} ms",
                   _mib(s.get("bytes_sent")), _mib(s.get("ram_total")), str(s.get("iterations")))
     console.print(table)
@@ -215,7 +227,8 @@ def show_migration(migration_id: str, url: str | None = URL,
         print_json(job)
         return
     console.print(f"migration {job.id}: {job.vm} {job.source} -> "
-                  f"{job.destination}, {job.phase}", highlight=False)
+                  f"{job.destination}, {job.phase}, stream {encryption_label(job)}",
+                  highlight=False)
     table = Table("at", "from", "to", "message")
     for t in job.transitions or []:
         table.add_row(t.at.isoformat()[11:23], t.from_ or "", t.to, t.message)

@@ -121,10 +121,11 @@ class AgentClient(ServiceClient):
 
     # ---- destination ----
     async def prepare_incoming(self, spec: VMSpecBody, migration_id: str,
-                               capabilities: Capabilities, parameters: Parameters
-                               ) -> IncomingAnswer:
+                               capabilities: Capabilities, parameters: Parameters,
+                               tls_peer: str | None = None) -> IncomingAnswer:
         body = IncomingRequest(spec=spec, migration_id=migration_id,
-                               capabilities=capabilities, parameters=parameters)
+                               capabilities=capabilities, parameters=parameters,
+                               tls_peer=tls_peer)
         return await self.call(IncomingAnswer, "POST", "/migrations/incoming", json=body)
 
     async def abort_incoming(self, name: str) -> None:
@@ -139,10 +140,10 @@ class AgentClient(ServiceClient):
     # ---- source ----
     async def start_migration(self, name: str, uri: str, capabilities: Capabilities,
                               parameters: Parameters, *, migration_id: str,
-                              destination: str, generation: int | None = None
-                              ) -> MigrationView:
+                              destination: str, generation: int | None = None,
+                              tls: bool = False) -> MigrationView:
         body = MigrateRequest(uri=uri, capabilities=capabilities, parameters=parameters,
-                              migration_id=migration_id, destination=destination)
+                              migration_id=migration_id, destination=destination, tls=tls)
         return await self.call(MigrationView, "POST", f"/vms/{name}/migrate", json=body,
                                params=_generation(generation))
 

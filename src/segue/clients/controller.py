@@ -236,9 +236,9 @@ class ControllerClient(ServiceClient):
         ``details.results``) when a pre-migration check fails."""
         return await self.call(MigrationJobView, "POST", f"/vms/{vm}/migrations", json=body)
 
-    async def check_migration(self, vm: str, to: str) -> CheckAnswer:
+    async def check_migration(self, vm: str, to: str, tls: bool = True) -> CheckAnswer:
         return await self.call(CheckAnswer, "POST", f"/vms/{vm}/migrations/check",
-                               json=CheckRequestBody(to=to))
+                               json=CheckRequestBody(to=to, tls=tls))
 
     # ---- tags and policies ----
     async def change_tags(self, kind: str, name: str, add: list[str] | None = None,

@@ -29,7 +29,7 @@ from segue.checks import errors_of, run_checks
 from segue.controller import inventory
 from segue.controller.db import Database
 from segue.controller.migration_store import ActiveJob, InventoryFacts, SqlJobStore
-from segue.controller.policy_gate import PolicyGate, encrypted_of
+from segue.controller.policy_gate import PolicyGate
 from segue.controller.precheck import Prechecker
 from segue.domain.errors import Conflict, InvalidRequest
 from segue.engine import policy
@@ -57,9 +57,9 @@ class Admission:
         automation); ``initiator``: user, maintenance, drs or ha. Nothing is stored."""
         source, generation = await self.check_inventory(vm, dest)
         await self.policies.require("migrate", vm, dest, actor, initiator,
-                                    encrypted_of(options))
+                                    options.tls)
         await self.refuse_unsafe_cap(options, source)
-        warnings = await self.check_all(vm, dest)
+        warnings = await self.check_all(vm, dest, tls=options.tls)
         return JobSpec(str(uuid.uuid4()), vm, source, dest, options, generation), warnings
 
     async def check_inventory(self, vm_name: str, dest: str) -> tuple[str, int | None]:
@@ -101,11 +101,13 @@ class Admission:
                 "when it rate-limits a migration",
                 "migrate without --max-bandwidth, or allow post-copy")
 
-    async def check_all(self, vm_name: str, dest: str, own: str | None = None) -> list[str]:
+    async def check_all(self, vm_name: str, dest: str, own: str | None = None,
+                        tls: bool = True) -> list[str]:
         """Run every pre-migration check; the warnings' codes. Raises VM_NOT_RUNNING alone
         (as before the checks existed), else MIGRATION_CHECKS_FAILED with every result.
-        ``own``: the job being checked, which is not "another migration of the VM"."""
-        ctx = await self.prechecks.for_request(vm_name, dest)
+        ``own``: the job being checked, which is not "another migration of the VM";
+        ``tls``: the migration is to be encrypted (both hosts need credentials)."""
+        ctx = await self.prechecks.for_request(vm_name, dest, tls)
         if own is not None and ctx.in_flight == own:
             ctx = replace(ctx, in_flight=None)
         if ctx.vm_state != "running":
@@ -136,7 +138,8 @@ class Admission:
                            f"{spec.vm} was claimed again on {host} (lease generation "
                            f"{spec.generation}, now {generation}) while its migration was "
                            "queued", "request the migration again")
-        warnings = await self.check_all(spec.vm, spec.dest, own=spec.id)
+        warnings = await self.check_all(spec.vm, spec.dest, own=spec.id,
+                                        tls=spec.options.tls)
         await self.store.note(spec.id, "pre-migration checks passed again at start"
                               + (f" (warnings: {', '.join(warnings)})" if warnings else ""))
 

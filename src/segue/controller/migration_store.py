@@ -291,6 +291,11 @@ def _options(row: MigrationRow) -> MigrationOptionsBody:
     return MigrationOptionsBody.model_validate(row.options or {})
 
 
+def _encrypted(summary: dict[str, JsonValue]) -> bool | None:
+    value = summary.get("encrypted")
+    return value if isinstance(value, bool) else None
+
+
 def job_view(row: MigrationRow, queue_position: int | None,
              transitions: bool = False) -> MigrationJobView:
     """The API's view of a job; ``queue_position`` (1: next) only while it is queued."""
@@ -300,6 +305,7 @@ def job_view(row: MigrationRow, queue_position: int | None,
         updated_at=row.updated_at, finished_at=row.finished_at, reason=row.reason,
         error_code=row.error_code, cancel_requested=row.cancel_requested,
         options=_options(row), summary=dict(row.summary or {}),
+        encrypted=_encrypted(row.summary or {}),
         progress=ProgressSample.model_validate(row.last_progress) if row.last_progress
         else None,
         transitions=[TransitionView.model_validate(

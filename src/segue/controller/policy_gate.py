@@ -8,9 +8,7 @@ Callers: migration admission (``initiator`` ``user`` for a request through the A
 maintenance, DRS and HA loops pass their own), ``--check`` and ``where``
 (``check_results``: a ``policy`` check's results), VM create, start and stop.
 
-``encrypted_of(options)``: whether a migration's stream is encrypted. Until the migration
-options carry a ``tls`` flag every migration counts as encrypted; a request whose ``tls``
-is false counts as not.
+A migration counts as encrypted unless its options say ``tls`` false (``--no-tls``).
 """
 
 from __future__ import annotations
@@ -34,10 +32,6 @@ from segue.security.policies import (
 
 POLICY_CHECK = "policy"  # the check name of policy results in --check and where
 
-
-def encrypted_of(options: object) -> bool:
-    """False only if ``options`` has a ``tls`` attribute that is False."""
-    return getattr(options, "tls", True) is not False
 
 
 def check_results(denials: list[Denial]) -> list[CheckResult]:

@@ -226,15 +226,16 @@ class Prechecker:
                          error=answer.error)
 
     # ---- questions ----
-    async def context(self, plan: Plan, source: Source, row: HostRow, strict: bool = False
-                      ) -> MigrationContext:
-        """The full context for one destination (see the module doc for ``strict``)."""
+    async def context(self, plan: Plan, source: Source, row: HostRow, strict: bool = False,
+                      tls: bool = True) -> MigrationContext:
+        """The full context for one destination (see the module doc for ``strict``);
+        ``tls``: the migration is to be encrypted."""
         dest, client = await self.dest(row, strict)
         return MigrationContext(
             vm=source.vm, vm_state=source.state, vm_cpu_features=source.cpu_features,
             source=source.host, dest=dest, reserved_mib=plan.reserved_mib.get(row.name, 0),
             probe=await self.probe(source, dest, client), in_flight=plan.in_flight,
-            files_visible=await self.files(source.vm, dest, client))
+            files_visible=await self.files(source.vm, dest, client), tls=tls)
 
     @staticmethod
     async def files(vm: VMSpec, dest: HostRecord, client: AgentClient
@@ -250,17 +251,20 @@ class Prechecker:
             return None
         return {f"{f.datastore}:{f.path}": f.visible for f in answer}
 
-    async def for_request(self, vm_name: str, dest: str) -> MigrationContext:
+    async def for_request(self, vm_name: str, dest: str, tls: bool = True
+                          ) -> MigrationContext:
         """The context of a migration request: both agents must answer (strict)."""
         plan = await self.plan(vm_name, dest)
-        return await self.context(plan, await self.source(plan), plan.dests[0], strict=True)
+        return await self.context(plan, await self.source(plan), plan.dests[0], strict=True,
+                                  tls=tls)
 
     async def check(self, vm_name: str, dest: str, actor: Actor | None = None,
                     encrypted: bool = True) -> CheckAnswer:
         """Every check for one destination, and the policies' verdict on ``actor``'s
         migration (``policy`` results)."""
         plan = await self.plan(vm_name, dest)
-        ctx = await self.context(plan, await self.source(plan), plan.dests[0])
+        ctx = await self.context(plan, await self.source(plan), plan.dests[0],
+                                 tls=encrypted)
         denials = await self.policies.decide("migrate", vm_name, dest, actor,
                                              encrypted=encrypted)
         results = run_checks(ctx) + check_results(denials)

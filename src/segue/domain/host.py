@@ -59,6 +59,7 @@ class MigrationNicFacts:
     up: bool = False
     addresses: list[str] = field(default_factory=list)
     speed_mbps: int | None = None
+    tls: bool = False  # the host has a credential set its QEMU can encrypt migrations with
 
 
 @dataclass(frozen=True)

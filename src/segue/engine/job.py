@@ -32,7 +32,9 @@ each progress sample goes through ``policy.decide`` and every action is applied 
 with its reason. A post-copy is watched by ``segue.engine.postcopy``; a job a previous
 controller left is picked up by ``segue.engine.recovery``.
 
-The summary (``set_summary``) holds the policy's plan (``link_measured_mibs``,
+The summary (``set_summary``) holds whether the stream is TLS (``encrypted``, as the
+source's QEMU reported at the start; a migration asked for TLS that the source does not
+encrypt fails), the policy's plan (``link_measured_mibs``,
 ``downtime_target_ms``, ``downtime_bound_ms``, ``predicted_*`` with ``predicted_total_s`` and
 ``predicted_downtime_ms``, ...), the last correction of its prediction from the passes
 (``corrected_*``, carried by the policy's actions) and, once completed: ``postcopy``,
@@ -137,7 +139,13 @@ class MigrationJob(JobBase):
         self.push_teardown()  # a destination that failed to start may still have a QEMU
         incoming, (link, dirty) = await _first_error(self._start_destination(spec))
         self.uri = incoming.uri
-        await self.note(f"destination QEMU (pid {incoming.pid}) listens on {self.uri}")
+        await self.note(f"destination QEMU (pid {incoming.pid}) listens on {self.uri}"
+                        + (f" for TLS from {self.spec.source} alone" if incoming.tls else ""))
+        if self.options.tls and not incoming.tls:
+            raise MigrationFailed("MIGRATION_TLS_UNAVAILABLE",
+                                  f"{self.spec.dest} prepared a plain stream, not TLS",
+                                  f"run the same Segue version on {self.spec.dest}, or "
+                                  "migrate with --no-tls")
         plan = self.policy.plan(spec.memory_mib * 1024**2, link, dirty, source_facts)
         self.prediction = dict(plan.summary)
         await self.store.set_summary(self.id, dict(plan.summary))
@@ -150,7 +158,8 @@ class MigrationJob(JobBase):
         async with asyncio.TaskGroup() as tg:
             measured = tg.create_task(self._measure())
             incoming = tg.create_task(self.dst.prepare_incoming(
-                spec, self.id, dict(settings.capabilities), dict(settings.parameters)))
+                spec, self.id, dict(settings.capabilities), dict(settings.parameters),
+                tls_peer=self.spec.source if self.options.tls else None))
         return incoming.result(), measured.result()
 
     async def _measure(self) -> tuple[float | None, float | None]:
@@ -193,10 +202,26 @@ class MigrationJob(JobBase):
         settings = self.policy.settings()
         caps, params = dict(settings.capabilities), dict(settings.parameters)
         self.push_cancel_source()  # a migrate that failed midway may have started
-        await self.src.start_migration(self.vm, self.uri, caps, params,
-                                       migration_id=self.id, destination=self.spec.dest,
-                                       generation=self.spec.generation)
+        view = await self.src.start_migration(self.vm, self.uri, caps, params,
+                                              migration_id=self.id, destination=self.spec.dest,
+                                              generation=self.spec.generation,
+                                              tls=self.options.tls)
         await self.note(f"capabilities {caps}, parameters {params}: " + "; ".join(settings.reasons))
+        await self._record_encryption(view.tls is True)
+
+    async def _record_encryption(self, encrypted: bool) -> None:
+        """Note and keep (summary ``encrypted``) whether the source's QEMU sends over TLS;
+        a migration asked to be encrypted that is not fails (and rolls back)."""
+        self.prediction["encrypted"] = encrypted
+        await self.store.set_summary(self.id, dict(self.prediction))
+        if self.options.tls and not encrypted:
+            raise MigrationFailed("MIGRATION_TLS_UNAVAILABLE",
+                                  f"{self.spec.source} started the migration without TLS",
+                                  f"run the same Segue version on {self.spec.source}, or "
+                                  "migrate with --no-tls")
+        await self.note(f"the stream is TLS: {self.spec.dest} admits {self.spec.source}'s "
+                        f"certificate alone, {self.spec.source} checks {self.spec.dest}'s name"
+                        if encrypted else "the stream is plain (--no-tls): readable on the link")
 
     async def _monitor(self) -> None:
         """Pre-copy until QEMU completes it or switches to post-copy (then the post-copy is

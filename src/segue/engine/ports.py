@@ -5,7 +5,10 @@
   for an unknown VM, ``Unavailable`` (``AGENT_UNREACHABLE``) when the agent does not answer,
   the agent's own error otherwise. ``generation`` (migrate, cancel, resume): the lease
   generation the job expects the source to hold the VM at, its fencing token (the agent
-  refuses another with ``VM_NOT_OWNED``); None sends none.
+  refuses another with ``VM_NOT_OWNED``); None sends none. ``tls_peer`` (prepare) and
+  ``tls`` (migrate): the stream is TLS, the destination admitting the source host alone and
+  the source checking the destination's name (``MIGRATION_TLS_UNAVAILABLE`` from a host
+  without credentials).
 - ``JobStore``: where the job's record lives (phase transitions, notes, samples, summary) and
   where the VM's location is committed.
 - ``FactsSource``: the hosts' last facts.
@@ -47,8 +50,8 @@ class AgentPort(Protocol):
 
     # destination
     async def prepare_incoming(self, spec: VMSpecBody, migration_id: str,
-                               capabilities: Capabilities, parameters: Parameters
-                               ) -> IncomingAnswer: ...
+                               capabilities: Capabilities, parameters: Parameters,
+                               tls_peer: str | None = None) -> IncomingAnswer: ...
     async def abort_incoming(self, name: str) -> None: ...
     async def claim(self, name: str) -> VMInfo: ...
     async def recover_incoming(self, name: str) -> RecoverAnswer: ...
@@ -57,8 +60,8 @@ class AgentPort(Protocol):
     # source
     async def start_migration(self, name: str, uri: str, capabilities: Capabilities,
                               parameters: Parameters, *, migration_id: str,
-                              destination: str, generation: int | None = None
-                              ) -> MigrationView: ...
+                              destination: str, generation: int | None = None,
+                              tls: bool = False) -> MigrationView: ...
     async def migration_status(self, name: str) -> MigrationView: ...
     async def cancel_migration(self, name: str, generation: int | None = None
                                ) -> MigrationView: ...

@@ -10,7 +10,10 @@ wraps every answer into a model right here: ``query-migrate`` into
 - source: ``migrate``, ``cancel``, ``start_postcopy``, ``resume`` (a paused post-copy);
 - destination: ``incoming`` and ``listening_port``, ``recover`` (a paused post-copy);
 - either side: ``query``, ``pause``;
-- before a start: ``sample_dirty_rate``.
+- before a start: ``sample_dirty_rate``;
+- TLS on the stream (``segue.qemu.migration_tls`` spells the commands): ``run`` sends a
+  side's setup commands in order; ``clear_tls`` clears the TLS parameters and deletes the
+  migrations' TLS objects; ``uses_tls`` reads back whether ``tls-creds`` is set.
 
 ``pause`` and ``recover`` go out of band (``exec-oob``): a post-copy destination whose
 stream is down has its main thread waiting for a page and answers nothing in band.
@@ -31,6 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from segue.api.qemu import MigrationStatus, QueryMigrate
 from segue.domain.errors import Unavailable
+from segue.qemu import migration_tls
+from segue.qemu.migration_tls import Command
 from segue.qemu.qmp import QMPCommandFailed, QMPEvent, QMPSession, validated
 
 ParameterValue = int | bool | str
@@ -39,6 +44,19 @@ ANNOUNCE_PREFIX = "announce-"
 # 8 MiB/s of a 16 MiB hot set as 0 MiB/s over 300 ms)
 DIRTY_RATE_SAMPLE_PAGES = 4096
 DIRTY_RATE_GRACE_S = 5.0
+
+
+class QomChild(BaseModel):
+    """One child of a QOM path (``qom-list``)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str
+    type: str = ""
+
+
+class QomChildren(BaseModel):
+    children: list[QomChild]
 
 
 class DirtyRateInfo(BaseModel):
@@ -110,6 +128,23 @@ class QemuMigration:
         first after ``initial_ms``, spaced by ``step_ms`` growing up to ``max_ms``)."""
         await self.qmp.execute("announce-self", {"initial": initial_ms, "max": max_ms,
                                                  "rounds": rounds, "step": step_ms})
+
+    # ---- TLS ----
+    async def run(self, commands: list[Command]) -> None:
+        """Send ``commands`` (``migration_tls``'s) in order; the first refusal raises."""
+        for name, arguments in commands:
+            await self.qmp.execute(name, dict(arguments))
+
+    async def clear_tls(self) -> None:
+        """Clear the TLS parameters and delete every migration TLS object of this QEMU
+        (``migration_tls.teardown_commands``); idempotent."""
+        raw = await self.qmp.execute("qom-list", {"path": "/objects"})
+        children = validated(QomChildren, {"children": raw}, "qom-list", self.qmp.name).children
+        await self.run(migration_tls.teardown_commands(c.model_dump() for c in children))
+
+    async def uses_tls(self) -> bool:
+        """Whether the migration parameters name TLS credentials now."""
+        return migration_tls.uses_tls(await self.parameters())
 
     # ---- status ----
     async def query(self, timeout: float = 10.0) -> QueryMigrate:

@@ -144,7 +144,13 @@ class CertificateAuthority:
     @property
     def cluster(self) -> str:
         """The cluster's name (the organization of the CA's subject)."""
-        return _name_attribute(self.cert.subject, NameOID.ORGANIZATION_NAME)
+        return cluster_name(self.cert)
+
+
+def cluster_name(ca_cert: x509.Certificate) -> str:
+    """The name of the cluster whose CA ``ca_cert`` is (its subject's organization; "" if
+    it names none)."""
+    return _name_attribute(ca_cert.subject, NameOID.ORGANIZATION_NAME)
 
 
 def check_host_name(name: str) -> None:
