@@ -3,8 +3,9 @@
 
 ``RuleBody``: ``POST /rules`` (one rule; refused when malformed, ``RULE_INVALID``, or when
 the set it would join cannot be met, with the conflict's code); ``RuleView`` answers it and
-``GET /rules``. ``PlacementAnswer``: ``GET /vms/{name}/placement`` and the choice of a
-create without a host or a migration without a destination: every host, scored or excluded
+``GET /rules``. ``PlacementAnswer``: ``GET /vms/{name}/placement`` (a VM that runs) and
+``POST /placement`` (``PlacementBody``: a VM not defined yet), the choice of a create without
+a host or a migration without a destination: every host, scored or excluded
 with its reasons.
 """
 
@@ -16,6 +17,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from segue.api.base import Name, RequestModel, ResponseModel
+from segue.api.vm import VMSpecBody
 
 RuleKind = Literal["affinity", "anti-affinity", "vm-host"]
 Strength = Literal["must", "should"]
@@ -42,6 +44,13 @@ class RuleView(ResponseModel):
     host_tag: str | None = None
     created_at: datetime
     created_by: str
+
+
+class PlacementBody(RequestModel):
+    """``POST /placement``: where would a new VM of ``spec``, tagged ``tags``, go?"""
+
+    spec: VMSpecBody
+    tags: Annotated[list[Name], Field(max_length=64)] = []
 
 
 class ReasonView(ResponseModel):
