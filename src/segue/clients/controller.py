@@ -64,7 +64,7 @@ from segue.api.migration import (
     ProgressSample,
 )
 from segue.api.policies import PolicySetBody, PolicySetView, SetTagsBody, TagsBody, TagsView
-from segue.api.rules import PlacementAnswer, RuleBody, RuleView
+from segue.api.rules import PlacementAnswer, PlacementBody, RuleBody, RuleView
 from segue.api.vm import VMSpecBody
 from segue.clients.base import UNIX_PREFIX, QueryParams, ServiceClient
 from segue.domain.errors import InvalidRequest, Unavailable
@@ -276,6 +276,12 @@ class ControllerClient(ServiceClient):
     async def placement(self, vm: str) -> PlacementAnswer:
         """Every host for ``vm``, scored or excluded with its reasons."""
         return await self.call(PlacementAnswer, "GET", f"/vms/{vm}/placement")
+
+    async def place_new_vm(self, spec: VMSpecBody, tags: list[str] | None = None
+                           ) -> PlacementAnswer:
+        """Every host for a VM not defined yet (nothing is stored)."""
+        return await self.call(PlacementAnswer, "POST", "/placement",
+                               json=PlacementBody(spec=spec, tags=tags or []))
 
     async def where(self, vm: str) -> WhereAnswer:
         return await self.call(WhereAnswer, "GET", f"/vms/{vm}/where")
