@@ -26,12 +26,14 @@ from segue.security.roles import (
     default_authorizer,
 )
 
-READS = {"read vm", "read host", "read migration", "read cluster", "read self", "read policy"}
+READS = {"read vm", "read host", "read migration", "read cluster", "read self", "read policy",
+         "read rule"}
 OPERATES = {"start vm", "stop vm", "migrate vm", "cancel migration", "migrate migration",
             "maintenance host"}
 ADMINISTERS = {"create vm", "delete vm", "admin cluster", "read user", "create user",
                "update user", "delete user", "read token", "create token", "revoke token",
-               "read audit", "admit host", "tag vm", "tag host", "update policy"}
+               "read audit", "admit host", "tag vm", "tag host", "update policy",
+               "create rule", "delete rule"}
 HOSTS = {"heartbeat host", "join host", "read self"}
 EXPECTED = {
     "viewer": READS,

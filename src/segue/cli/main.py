@@ -21,6 +21,7 @@ from segue.cli.lab import lab_app
 from segue.cli.migrations import migration_app  # also adds `segue vm migrate`
 from segue.cli.output import console, handles_errors, print_json
 from segue.cli.policies import policy_app  # also adds vm/host tag commands, user set-tags
+from segue.cli.rules import rule_app
 from segue.cli.vms import vm_app
 
 app = typer.Typer(help="Segue: live migration and cluster management for QEMU/KVM.",
@@ -129,6 +130,7 @@ app.add_typer(cluster_app, name="cluster")
 app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
 app.add_typer(policy_app, name="policy")
+app.add_typer(rule_app, name="rule")
 app.command("events")(audit_events)
 app.command("whoami")(show_whoami)
 

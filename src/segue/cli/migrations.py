@@ -16,6 +16,7 @@ from segue.api.migration import MigrationJobView, MigrationRequestBody, Progress
 from segue.cli.checks import results_table
 from segue.cli.connect import URL, controller
 from segue.cli.output import console, handles_errors, print_json
+from segue.cli.placement import RUNNERS_UP, choice_of, print_placement
 from segue.cli.vms import vm_app
 from segue.clients.base import Blocking
 from segue.clients.controller import ControllerClient
@@ -35,7 +36,9 @@ def _rate(n: float | None) -> str:
 
 @vm_app.command("migrate")
 @handles_errors
-def migrate(vm: str, to: str = typer.Option(..., "--to", help="Destination host."),
+def migrate(vm: str, to: str | None = typer.Option(
+                None, "--to", help="Destination host; default: the best by placement "
+                "(printed with the runners-up and why others are excluded)."),
             check: bool = typer.Option(False, "--check", help="Only run the pre-migration "
                                        "checks and show them (exit 1 on an error)."),
             wait: bool = typer.Option(True, help="Follow the migration until it ends."),
@@ -62,7 +65,17 @@ def migrate(vm: str, to: str = typer.Option(..., "--to", help="Destination host.
     """Live-migrate a running VM to another host, with live progress and a final summary.
 
     The controller runs every pre-migration check first and refuses on an error; the
-    refusal prints the table of results (``--json``: the error as JSON on stdout)."""
+    refusal prints the table of results (``--json``: the error as JSON on stdout). Without
+    --to the destination is placement's choice (--json: {"placement": ..., "job": ...})."""
+    answer = None
+    if to is None:
+        with controller(url) as c:
+            answer = c.run(c.client.placement(vm))
+        if not as_json:
+            print_placement(answer, RUNNERS_UP)
+        elif check:
+            print_json(answer)
+        to = choice_of(answer)
     if check:
         run_check(vm, to, url, as_json, tls)
         return
@@ -74,12 +87,13 @@ def migrate(vm: str, to: str = typer.Option(..., "--to", help="Destination host.
     with controller(url) as c:
         job = request_migration(c, vm, body, as_json)
         if not wait:
-            print_json(job) if as_json else console.print(
-                f"migration {job.id} of {vm} to {to} {_accepted(job)}")
+            print_json(job if answer is None else {"placement": answer, "job": job}) \
+                if as_json else console.print(
+                    f"migration {job.id} of {vm} to {to} {_accepted(job)}")
             return
         job = follow(c, job, quiet=as_json)
     if as_json:
-        print_json(job)
+        print_json(job if answer is None else {"placement": answer, "job": job})
     else:
         print_summary(job)
     if job.phase != "completed":

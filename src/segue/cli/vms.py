@@ -12,13 +12,16 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from segue.api.rules import PlacementAnswer
 from segue.api.vm import DiskBody, NicBody, VMSpecBody
 from segue.cli.connect import URL, controller
 from segue.cli.output import console, handles_errors, print_json
+from segue.cli.placement import RUNNERS_UP, choice_of, print_placement, register
 from segue.domain.errors import InvalidRequest
 from segue.domain.vm import DISK_FORMATS
 
 vm_app = typer.Typer(help="VMs of the cluster (via the controller).", no_args_is_help=True)
+register(vm_app)  # segue vm placement
 
 
 def random_mac(rng: random.Random | None = None) -> str:
@@ -58,7 +61,9 @@ def _absolute(path: str | None) -> str | None:
 @handles_errors
 def create(
     name: str,
-    host: str = typer.Option(..., "--host", help="Host to define the VM on."),
+    host: str | None = typer.Option(None, "--host", help="Host to define the VM on; "
+                                    "default: the best by placement (printed with the "
+                                    "runners-up and why others are excluded)."),
     memory: int = typer.Option(256, help="Memory in MiB."),
     vcpus: int = typer.Option(1, help="Number of vCPUs."),
     kernel: str | None = typer.Option(None, help="Kernel for direct boot: a path under one "
@@ -73,14 +78,21 @@ def create(
     url: str | None = URL,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Define a VM on a host (and start it, unless --no-start)."""
+    """Define a VM on a host (and start it, unless --no-start); without --host, on the
+    host placement chooses (--json: {"placement": ..., "vm": ...})."""
     spec = VMSpecBody(name=name, datastore=datastore, memory_mib=memory, vcpus=vcpus,
                       kernel=_absolute(kernel), initrd=_absolute(initrd), cmdline=append,
                       disks=[parse_disk(d) for d in disk], nics=[parse_nic(n) for n in nic])
+    answer: PlacementAnswer | None = None
     with controller(url) as c:
+        if host is None:
+            answer = c.run(c.client.place_new_vm(spec))
+            if not as_json:
+                print_placement(answer, RUNNERS_UP)
+            host = choice_of(answer)
         vm = c.run(c.client.create_vm(host, spec, start=start))
     if as_json:
-        print_json(vm)
+        print_json(vm if answer is None else {"placement": answer, "vm": vm})
     else:
         console.print(f"VM {vm.name} ({vm.uuid}) on {vm.host}: {vm.state}")
 

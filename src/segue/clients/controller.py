@@ -64,6 +64,7 @@ from segue.api.migration import (
     ProgressSample,
 )
 from segue.api.policies import PolicySetBody, PolicySetView, SetTagsBody, TagsBody, TagsView
+from segue.api.rules import PlacementAnswer, PlacementBody, RuleBody, RuleView
 from segue.api.vm import VMSpecBody
 from segue.clients.base import UNIX_PREFIX, QueryParams, ServiceClient
 from segue.domain.errors import InvalidRequest, Unavailable
@@ -259,6 +260,28 @@ class ControllerClient(ServiceClient):
         when an entry is bad)."""
         return await self.call(PolicySetView, "PUT", "/policies",
                                json=PolicySetBody(policies=entries))
+
+    # ---- placement rules, placement ----
+    async def list_rules(self) -> list[RuleView]:
+        return await self.call_list(RuleView, "GET", "/rules")
+
+    async def create_rule(self, body: RuleBody) -> RuleView:
+        """Add a rule; Conflict with the conflict's code (``RULES_CONTRADICT``, ...) when
+        the set with it cannot be met."""
+        return await self.call(RuleView, "POST", "/rules", json=body)
+
+    async def delete_rule(self, name: str) -> None:
+        await self.request("DELETE", f"/rules/{name}")
+
+    async def placement(self, vm: str) -> PlacementAnswer:
+        """Every host for ``vm``, scored or excluded with its reasons."""
+        return await self.call(PlacementAnswer, "GET", f"/vms/{vm}/placement")
+
+    async def place_new_vm(self, spec: VMSpecBody, tags: list[str] | None = None
+                           ) -> PlacementAnswer:
+        """Every host for a VM not defined yet (nothing is stored)."""
+        return await self.call(PlacementAnswer, "POST", "/placement",
+                               json=PlacementBody(spec=spec, tags=tags or []))
 
     async def where(self, vm: str) -> WhereAnswer:
         return await self.call(WhereAnswer, "GET", f"/vms/{vm}/where")

@@ -13,7 +13,8 @@ refused with 400 ``REQUEST_INVALID`` like any other bad input.
 Each route declares what it requires (``segue.controller.authz``: reading hosts and VMs,
 ``host maintenance`` for the migration switch, ``vm create/start/stop/delete``); a heartbeat
 needs a host's certificate (or root) and speaks for that host only (403 ``CERT_WRONG_HOST``).
-User-defined policies may refuse a create, start or stop (403 ``POLICY_DENIED``).
+User-defined policies may refuse a create, start or stop (403 ``POLICY_DENIED``); a create
+on a host that breaks a must placement rule is refused (409 ``RULE_VIOLATION``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from segue.controller.agents import AgentPool
 from segue.controller.authz import requires
 from segue.controller.config import ControllerConfig
 from segue.controller.inventory_service import InventoryService
+from segue.controller.migrations import MigrationService
 from segue.security.actors import Actor, require_self
 
 router = APIRouter()
@@ -101,7 +103,10 @@ async def create_vm(request: Request, body: CreateVMBody, actor: Annotated[
         Actor, requires("vm", "create", target="vm:spec.name")]) -> VMDetail:
     """Define (and by default start) a VM on the given host; refused if the name is taken.
 
-    A ``cpu_model`` of ``baseline`` or ``qemu64`` becomes the cluster's CPU baseline."""
+    A ``cpu_model`` of ``baseline`` or ``qemu64`` becomes the cluster's CPU baseline. A host
+    that breaks a must placement rule is refused (409 ``RULE_VIOLATION``)."""
+    migrations: MigrationService = request.app.state.migrations
+    await migrations.placement.require_rules(body.spec.name, body.host, body.tags)
     return await service(request).create_vm(body, actor)
 
 

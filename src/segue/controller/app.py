@@ -35,7 +35,9 @@ from segue.controller.api_cluster import router as cluster_router
 from segue.controller.api_inventory import router as inventory_router
 from segue.controller.api_join import router as join_router
 from segue.controller.api_migrations import router as migrations_router
+from segue.controller.api_placement import router as placement_router
 from segue.controller.api_policies import router as policies_router
+from segue.controller.api_rules import router as rules_router
 from segue.controller.authz import check_routes_declared, public
 from segue.controller.callers import load_ca_cert
 from segue.controller.config import AUDIT_PRUNE_INTERVAL, AuditConfig, ControllerConfig
@@ -132,6 +134,8 @@ def create_app(config: ControllerConfig, agents: AgentPool | None = None) -> Fas
     app.include_router(access_router)
     app.include_router(join_router)
     app.include_router(policies_router)
+    app.include_router(rules_router)
+    app.include_router(placement_router)
 
     @app.get("/health", response_model=ControllerHealth, dependencies=[public()])
     async def health() -> ControllerHealth:

@@ -2,7 +2,10 @@
 
 A request is refused at once when the VM or host is unknown, the destination is the VM's own
 host, the VM already migrates (one active job per VM, queued ones included), a user-defined
-policy refuses it (``segue.controller.policy_gate``: 403 ``POLICY_DENIED``), a bandwidth cap
+policy refuses it (``segue.controller.policy_gate``: 403 ``POLICY_DENIED``), the destination
+breaks a must placement rule (``segue.controller.placement_service``: 409 ``RULE_VIOLATION``
+naming the rule; a broken should rule is accepted and its reason recorded among the
+warnings, ``RULE_SHOULD_BROKEN``), a bandwidth cap
 would corrupt the guest (``refuse_unsafe_cap``), an agent does not answer or the VM is not
 running; then every pre-migration check runs (``segue.controller.precheck``,
 ``segue.checks``) and any error refuses it with ``MIGRATION_CHECKS_FAILED``, whose
@@ -12,7 +15,7 @@ run again when it leaves the queue (``recheck``).
 
 Errors: ``NotFound`` (``VM_NOT_FOUND``, ``HOST_NOT_FOUND``), ``PolicyDenied``
 (``POLICY_DENIED``), ``Conflict``
-(``MIGRATION_SAME_HOST``, ``MIGRATION_IN_PROGRESS``, ``VM_NOT_RUNNING``,
+(``RULE_VIOLATION``, ``MIGRATION_SAME_HOST``, ``MIGRATION_IN_PROGRESS``, ``VM_NOT_RUNNING``,
 ``MIGRATION_CHECKS_FAILED``, ``MIGRATION_SOURCE_CHANGED``), ``InvalidRequest``
 (``BANDWIDTH_CAP_UNSAFE``), ``Unavailable`` (``AGENT_UNREACHABLE``).
 """
@@ -29,6 +32,7 @@ from segue.checks import errors_of, run_checks
 from segue.controller import inventory
 from segue.controller.db import Database
 from segue.controller.migration_store import ActiveJob, InventoryFacts, SqlJobStore
+from segue.controller.placement_service import PlacementService
 from segue.controller.policy_gate import PolicyGate
 from segue.controller.precheck import Prechecker
 from segue.domain.errors import Conflict, InvalidRequest
@@ -47,6 +51,7 @@ class Admission:
         self.facts = facts
         self.prechecks = prechecks
         self.policies = PolicyGate(db)
+        self.placement = PlacementService(prechecks)
 
     async def admit(self, vm: str, dest: str, options: MigrationOptionsBody,
                     actor: Actor | None = None, initiator: str = "user"
@@ -58,8 +63,10 @@ class Admission:
         source, generation = await self.check_inventory(vm, dest)
         await self.policies.require("migrate", vm, dest, actor, initiator,
                                     options.tls)
+        should = await self.placement.require_rules(vm, dest)
         await self.refuse_unsafe_cap(options, source)
-        warnings = await self.check_all(vm, dest, tls=options.tls)
+        warnings = await self.check_all(vm, dest, tls=options.tls) + [
+            f"RULE_SHOULD_BROKEN ({why})" for why in should]
         return JobSpec(str(uuid.uuid4()), vm, source, dest, options, generation), warnings
 
     async def check_inventory(self, vm_name: str, dest: str) -> tuple[str, int | None]:
@@ -138,6 +145,7 @@ class Admission:
                            f"{spec.vm} was claimed again on {host} (lease generation "
                            f"{spec.generation}, now {generation}) while its migration was "
                            "queued", "request the migration again")
+        await self.placement.require_rules(spec.vm, spec.dest)
         warnings = await self.check_all(spec.vm, spec.dest, own=spec.id,
                                         tls=spec.options.tls)
         await self.store.note(spec.id, "pre-migration checks passed again at start"

@@ -55,6 +55,7 @@ class MigrationService:
         self.prechecks = Prechecker(db, agents, heartbeat_timeout)
         self.admission = Admission(db, self.store, self.facts, self.prechecks)
         self.policies = self.admission.policies  # user-defined policies: one gate for all
+        self.placement = self.admission.placement  # placement and the rules' enforcement
         self.runner = JobRunner(self.store, self.facts, agents, tg, clock,
                                 self.admission.recheck, on_end=lambda: self.queue.kick(),
                                 max_auto_downtime_ms=max_auto_downtime_ms)

@@ -140,6 +140,10 @@ class Prechecker:
         self.policies = PolicyGate(db)
 
     # ---- the database's part ----
+    def host_row(self, host: Host) -> HostRow:
+        """The host's record, read in a transaction, usable after it."""
+        return self._row(host)
+
     def _row(self, host: Host) -> HostRow:
         return HostRow(host.name, host.url,
                        inventory.host_connected(host, utcnow(), self.heartbeat_timeout),

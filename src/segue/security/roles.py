@@ -8,12 +8,13 @@ on objects to roles; ``docs/security.md`` shows it as a table.
   starts, stops and migrates VMs, cancels migrations, switches hosts' maintenance),
   ``admin`` (an operator who also defines and deletes VMs, changes cluster settings,
   manages users and tokens, admits hosts (makes their join tokens), reads the audit log,
-  tags VMs and hosts and applies the user-defined policies, ``segue.security.policies``).
+  tags VMs and hosts, applies the user-defined policies (``segue.security.policies``) and
+  creates and deletes placement rules (``segue.placement.rules``; a viewer reads them).
 - Roles no user may have: ``host`` (a host agent proven by its certificate: heartbeat,
   join), ``controller`` (the controller's own certificate: nothing yet), ``local`` (root
   through the controller's unix socket: every role above).
 - Objects: ``vm``, ``host``, ``migration``, ``cluster``, ``user``, ``token``, ``audit``,
-  ``policy``, ``self`` (the caller itself). Actions: ``read``, ``create``, ``update``,
+  ``policy``, ``rule``, ``self`` (the caller itself). Actions: ``read``, ``create``, ``update``,
   ``delete``, ``start``, ``stop``, ``migrate``, ``cancel``, ``maintenance``, ``admin``,
   ``revoke``, ``heartbeat``, ``join``, ``admit``, ``tag``.
 
