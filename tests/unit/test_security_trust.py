@@ -17,7 +17,7 @@ from segue.security.errors import (
     CertificateUntrusted,
 )
 from segue.security.pki import CertificateAuthority, Identity
-from segue.security.revocation import RevokedCertificate, Revocations
+from segue.security.revocation import Revocations, RevokedCertificate
 from segue.security.store import Credentials
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from segue.security.errors import (
     CERT_INVALID,
@@ -128,8 +129,7 @@ def check_crls_signed(crls: Iterable[x509.CertificateRevocationList],
     ``trust``: a CRL of another CA is not the cluster's word."""
     anchors = list(trust)
     for crl in crls:
-        if not any(crl.issuer == ca.subject and crl.is_signature_valid(ca.public_key())
-                   for ca in anchors):
+        if not any(_signed_by(crl, ca) for ca in anchors):
             raise CertificateInvalid(CERT_INVALID, f"a CRL of {crl.issuer.rfc4514_string()} "
                                      "is not signed by a CA of the cluster",
                                      "fetch the CRL from the controller: GET /cluster/crl")
@@ -143,8 +143,7 @@ def check_crl(cert: x509.Certificate, crls: Iterable[x509.CertificateRevocationL
     for crl in crls:
         if crl.issuer != cert.issuer:
             continue
-        if not any(ca.subject == crl.issuer and crl.is_signature_valid(ca.public_key())
-                   for ca in anchors):
+        if not any(_signed_by(crl, ca) for ca in anchors):
             continue
         entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
         if entry is not None:
@@ -152,3 +151,9 @@ def check_crl(cert: x509.Certificate, crls: Iterable[x509.CertificateRevocationL
                 CERT_REVOKED, f"the certificate {cert.serial_number:x} of "
                 f"{cert.subject.rfc4514_string()} was revoked at "
                 f"{entry.revocation_date_utc.isoformat()}", _HINT)
+
+
+def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    key = ca.public_key()
+    return (crl.issuer == ca.subject and isinstance(key, ec.EllipticCurvePublicKey)
+            and crl.is_signature_valid(key))
