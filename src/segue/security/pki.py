@@ -173,8 +173,9 @@ def create_ca(cluster: str, now: datetime, validity: timedelta = CA_VALIDITY,
               common_name: str = CA_COMMON_NAME) -> CertificateAuthority:
     """A new cluster CA named ``cluster``, valid from ``now`` for ``validity`` (see the
     module doc); a rotation's new CA gets another ``common_name`` so that the two CAs of a
-    trust bundle (and their CRLs) have distinct names. Raises CertificateInvalid (``CERT_NAME_INVALID``) for a cluster name that is
-    not 1-64 letters, digits, '.', '_' or '-'."""
+    trust bundle (and their CRLs) have distinct names. Raises CertificateInvalid
+    (``CERT_NAME_INVALID``) for a cluster name that is not 1-64 letters, digits, '.', '_'
+    or '-'."""
     require_aware(now)
     if not _CLUSTER_NAME.fullmatch(cluster):
         raise CertificateInvalid(CERT_NAME_INVALID, f"{cluster!r} cannot name a cluster",
