@@ -9,6 +9,7 @@ from segue.controller import (  # noqa: F401 - their tables join Base.metadata
     cluster_models,
     migration_models,
     policy_models,
+    trust_models,
 )
 from segue.controller.models import Base
 
