@@ -49,7 +49,11 @@ from segue.controller.models import utcnow
 from segue.security import ca_rotation, pem, pki, revocation, store
 from segue.security.actors import Actor
 from segue.security.ca_rotation import ClusterCAs
-from segue.security.errors import CA_ROTATION_HOSTS_LAGGING, CARotationRefused
+from segue.security.errors import (
+    CA_ROTATION_HOSTS_LAGGING,
+    CARotationRefused,
+    CredentialsMissing,
+)
 from segue.security.store import Credentials
 
 log = logging.getLogger(__name__)
@@ -121,7 +125,7 @@ async def start_rotation(request: Request) -> RotationStatus:
         cas = await asyncio.to_thread(ca_rotation.start_rotation, root, now)
         await asyncio.to_thread(_reinstall_controller_set, root, cas, now, reissue=False)
         held.cas = cas.trust
-        log.warning("CA rotation started: new CA %x beside %x", _serial(cas.next),
+        log.warning("CA rotation started: new CA %s beside %x", _serial(cas.next),
                     cas.current.cert.serial_number)
     return await _status(request, cas)
 
@@ -166,8 +170,13 @@ async def finish_rotation(request: Request,
 def _reinstall_controller_set(path: Path, cas: ClusterCAs, now: datetime, *,
                               reissue: bool) -> None:
     """The controller's set with the trust bundle (``reissue``: a new key and a
-    certificate of the new CA, with the same names, trusting the new CA only)."""
-    current = store.load_credentials(store.current_credentials(path))
+    certificate of the new CA, with the same names, trusting the new CA only). A controller
+    without its own set (it serves the unix socket only) has nothing to change."""
+    try:
+        current = store.load_credentials(store.current_credentials(path))
+    except CredentialsMissing:
+        log.warning("the controller has no credential set in %s: only the CAs change", path)
+        return
     if not reissue or cas.next is None:
         store.install_credentials(path, Credentials(current.key, current.cert,
                                                     cas.current.cert, tuple(cas.trust)), now)
