@@ -116,3 +116,37 @@ async def test_a_rotation_moves_hosts_to_the_new_ca_and_then_drops_the_old_one(
         async with host_client(a, root) as client:
             await sync_trust(root, client, utcnow())
         assert store.load_trust(store.current_credentials(root)) == [new_ca]
+
+
+async def test_the_cli_revokes_and_rotates(access: AccessFactory, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from test_controller_inventory import LoopBridge
+    from typer.testing import CliRunner
+
+    from segue.cli.main import app as cli
+    from segue.clients.controller import ControllerClient
+
+    async with access(ca_rotation_grace_s=0) as a:
+        root = tmp_path / "h1-pki"
+        await join_cluster(URL, *await ticket(a), "h1", root, transports=Transports(a))
+        bridge = LoopBridge(a.app, asyncio.get_running_loop())
+        monkeypatch.setattr(ControllerClient, "from_env", classmethod(
+            lambda cls, url=None, token=None: cls("unix:/run/segue/controller.sock",
+                                                  transport=bridge)))
+
+        async def segue(*args: str, code: int = 0) -> str:
+            result = await asyncio.to_thread(CliRunner().invoke, cli, list(args))
+            assert result.exit_code == code, result.output
+            return result.output
+
+        assert "CLI_OPTIONS_INVALID" in await segue("cluster", "rotate-ca", "--force", code=1)
+        assert not a.app.state.trust.revocations.is_host_revoked("h1")  # nothing changed
+        assert "rotating" in await segue("cluster", "rotate-ca")
+        assert "h1" in await segue("cluster", "rotate-ca", "--status")
+        assert "CA_ROTATION_HOSTS_LAGGING" in await segue("cluster", "rotate-ca", "--finish",
+                                                          code=1)
+        out = await segue("host", "revoke", "h1", "--reason", "test")
+        assert "revoked" in out
+        assert "no rotation running" in await segue("cluster", "rotate-ca", "--finish")

@@ -14,8 +14,8 @@
   of the old CA, which every host trusts). 409 ``CA_ROTATION_IN_PROGRESS``.
 - ``GET /cluster/ca/rotation`` (``cluster read``): which host is on which CA.
 - ``POST /cluster/ca/rotate/finish?force=false`` (``cluster admin``): 409
-  ``CA_ROTATION_HOSTS_LAGGING`` while a host of the inventory is not on the new CA (unless
-  ``force``), else the controller's certificate is issued again by the new CA, the old CA
+  ``CA_ROTATION_HOSTS_LAGGING`` while a host (of the inventory, or certified and not
+  revoked) is not known to be on the new CA (unless ``force``), else the controller's certificate is issued again by the new CA, the old CA
   is retired and dropped from the trust at once. A step that fails leaves the old CA
   trusted and the cluster talking.
 """
@@ -205,7 +205,7 @@ async def _status(request: Request, cas: ClusterCAs) -> RotationStatus:
         else:
             ca = {_serial(cas.next): "new", _serial(cas.current): "old"}.get(row[1],
                                                                              "unknown")
-        if cas.next is not None and ca != "new" and host in hosts:
+        if cas.next is not None and ca != "new":  # joined, or in the inventory
             lagging.append(host)
         rows.append(HostOnCA(host=host, ca=ca, serial=row[0] if row else None,
                              issued_at=row[2] if row else None))
