@@ -15,8 +15,9 @@
 - ``GET /cluster/ca/rotation`` (``cluster read``): which host is on which CA.
 - ``POST /cluster/ca/rotate/finish?force=false`` (``cluster admin``): 409
   ``CA_ROTATION_HOSTS_LAGGING`` while a host (of the inventory, or certified and not
-  revoked) is not known to be on the new CA (unless ``force``), else the controller's certificate is issued again by the new CA, the old CA
-  is retired and dropped from the trust at once. A step that fails leaves the old CA
+  revoked) is not known to be on the new CA (unless ``force``), else the controller's
+  certificate is issued again by the new CA, the old CA is retired and dropped from the
+  trust at once. A step that fails leaves the old CA
   trusted and the cluster talking.
 """
 
