@@ -13,8 +13,10 @@ not hand the client's certificate to the application, so the HTTP protocol used 
 (``PeerCertProtocol``) puts it in each request's scope as the ASGI TLS extension has it
 (``segue.security.peers``). One uvicorn server runs the app's lifespan on the plain
 sockets; a second, sharing the app, serves the TLS socket once the first has started, and
-both stop together. A renewed certificate (a new ``current`` set) is loaded into the live
-context within ``RELOAD_INTERVAL_S``; connections already open keep the old one.
+both stop together. A new ``current`` set (a renewed certificate, or a new trust bundle
+during a CA rotation) is made into a new context within ``RELOAD_INTERVAL_S`` and swapped
+in for every later handshake (``tls.LiveServerContext``); connections already open keep
+the old one. A set that cannot be loaded leaves the current context serving.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from segue.domain.errors import InvalidRequest
+from segue.domain.errors import InvalidRequest, SegueError
 from segue.security import store, tls
 from segue.security.errors import CredentialsMissing
 from segue.security.peers import tls_extension
@@ -176,7 +178,9 @@ async def serve_async(app: FastAPI, listen: ListenConfig, server_tls: ServerTLS 
     """Serve ``app`` until SIGTERM/SIGINT (or ``stop`` is set): the unix socket plain, the
     TCP address over HTTPS with ``server_tls``, else plain."""
     tcp, uds = tcp_socket(listen), unix_socket(listen)
-    ctx = server_tls.context() if server_tls is not None and tcp is not None else None
+    live = (tls.LiveServerContext(server_tls.context())
+            if server_tls is not None and tcp is not None else None)
+    ctx = live.front if live is not None else None
     plain = [s for s in (uds, None if ctx else tcp) if s is not None]
     secure = [tcp] if ctx is not None and tcp is not None else []
     if not plain:  # TLS only: one server, with the lifespan
@@ -188,8 +192,8 @@ async def serve_async(app: FastAPI, listen: ListenConfig, server_tls: ServerTLS 
     follower: uvicorn.Server | None = None
     if secure:
         follower = _Follower(_config(app, lifespan="off", ctx=ctx))
-    reloader = (asyncio.create_task(_reload_certificates(ctx, server_tls.root), name="tls-reload")
-                if ctx is not None and server_tls is not None else None)
+    reloader = (asyncio.create_task(_reload_credentials(live, server_tls), name="tls-reload")
+                if live is not None and server_tls is not None else None)
     try:
         while (follower is not None or stop is not None) and not tasks[0].done():
             if follower is not None and first.started and len(tasks) == 1:
@@ -207,20 +211,22 @@ async def serve_async(app: FastAPI, listen: ListenConfig, server_tls: ServerTLS 
             reloader.cancel()
 
 
-async def _reload_certificates(ctx: ssl.SSLContext, root: Path) -> None:
-    """Load a new ``current`` set into ``ctx`` when it appears (a renewal or rotation)."""
+async def _reload_credentials(live: tls.LiveServerContext, server_tls: ServerTLS) -> None:
+    """Swap a context of the new ``current`` set in when one appears (a renewal, or a new
+    trust bundle)."""
+    root = server_tls.root
     seen = store.current_credentials(root).dir
     while True:
         await asyncio.sleep(RELOAD_INTERVAL_S)
         try:
             paths = store.current_credentials(root)
             if paths.dir != seen:
-                tls.reload_certificate(ctx, paths)
+                live.swap(server_tls.context())
                 seen = paths.dir
-                log.info("TLS: now presenting the certificate of %s", paths.dir)
-        except (OSError, ssl.SSLError, ValueError) as err:
+                log.info("TLS: now serving the certificate and trust of %s", paths.dir)
+        except (OSError, ssl.SSLError, ValueError, SegueError) as err:
             log.error("TLS: could not load the credentials in %s: %s (keeping the current "
-                      "certificate)", root, err)
+                      "ones)", root, err)
 
 
 def serve(app: FastAPI, listen: ListenConfig, what: str,

@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request
 from test_controller_access import heartbeat
 
 from segue import serving
+from segue.agent import peergate
 from segue.agent.peergate import ControllerOnly
 from segue.api.inventory import Heartbeat
 from segue.clients.agent import AgentClient
@@ -40,7 +41,7 @@ from segue.controller.app import create_app
 from segue.controller.config import ControllerConfig
 from segue.domain.errors import Forbidden, SegueError, Unauthenticated, Unavailable
 from segue.httpapi import install_error_handler
-from segue.security import pki, store
+from segue.security import pem, pki, store
 from segue.security.pki import CertificateAuthority, Identity
 from segue.security.store import Credentials
 from segue.settings import ListenConfig
@@ -232,3 +233,50 @@ async def test_the_controller_takes_a_heartbeat_from_the_host_its_certificate_na
     async with ControllerClient(s.url, tls=user_tls_context(ca)) as nobody:
         with pytest.raises(SegueError):
             await nobody.heartbeat(beat("host1"))
+
+
+def test_a_server_that_never_restarted_follows_a_ca_rotation(
+        cluster: PKI, serve: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Real handshakes: a new CA's certificates are refused until the server's set trusts
+    the bundle, then accepted, the server presents its new certificate, and once the old
+    CA is dropped its certificates are refused, all without a restart."""
+    monkeypatch.setattr(serving, "RELOAD_INTERVAL_S", 0.1)
+    monkeypatch.setattr(peergate, "TRUST_RECHECK_S", 0.0)
+    s = serve(agent_like(cluster.host1), serving.ServerTLS(cluster.host1, require_client=True))
+    url = s.url + "/echo"
+    new = pki.create_ca("lab", NOW, common_name="Segue cluster CA 2")
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(pem.cert_to_pem(cluster.ca.cert) + pem.cert_to_pem(new.cert))
+    controller_new = tmp_path / "controller-new"
+    key = pki.generate_key()
+    cert = pki.issue_controller_certificate(
+        new, pki.create_request(Identity.controller(), key), NOW)
+    store.install_credentials(controller_new, Credentials(key, cert, new.cert,
+                                                          (cluster.ca.cert,)), NOW)
+
+    def status(root: Path) -> int | None:
+        with https(root, bundle, "host1") as client:
+            try:
+                return get(client, url, "host1").status_code
+            except httpx.HTTPError:
+                return None
+
+    assert status(controller_new) is None  # the old trust refuses the new CA
+    assert status(cluster.controller) == 200
+    key1 = pki.generate_key()
+    host1_new = pki.issue_certificate(new, pki.create_request(Identity.host("host1"), key1),
+                                      Identity.host("host1"), NOW)
+    store.install_credentials(cluster.host1, Credentials(key1, host1_new, new.cert,
+                                                         (cluster.ca.cert,)), NOW)
+    deadline = time.monotonic() + 10
+    while peer_serial(s.port, controller_new, "host1") != host1_new.serial_number:
+        assert time.monotonic() < deadline, "the new certificate was never served"
+        time.sleep(0.1)
+    assert status(controller_new) == 200  # the bundle trusts the new CA
+    assert status(cluster.controller) == 200  # and still the old one
+    store.install_credentials(cluster.host1, Credentials(key1, host1_new, new.cert), NOW)
+    deadline = time.monotonic() + 10
+    while status(cluster.controller) is not None:  # the old CA is dropped
+        assert time.monotonic() < deadline, "the old CA was never dropped"
+        time.sleep(0.1)
+    assert status(controller_new) == 200

@@ -18,12 +18,21 @@ got from ``segue host token``:
    installed as the directory's ``current`` set (``store.install_credentials``). Nothing is
    written before this step.
 
+``sync_trust`` follows the cluster's trust: the bundle of ``GET /cluster/trust`` (two CAs
+during a CA rotation) becomes the set's ``ca-cert.pem`` (a new set, same key and
+certificate), and the CRLs of ``GET /cluster/crl`` its ``ca-crl.pem`` (QEMU reads it, so a
+migration refuses a revoked peer). A bundle is taken only over the controller's mutual
+TLS, only if it shares a CA with the one held (the controller cannot swap the cluster's
+trust in one step) and still trusts this host's certificate; CRLs only if a CA of the
+bundle signed them.
+
 ``renew_if_due`` replaces the certificate with one for a new key once less than a third of
-its lifetime is left (``pki.needs_renewal``), through ``POST /hosts/{name}/certificate``
-with the current certificate; the new set becomes ``current`` and the services reload it
-on their own: no VM restarts (a running QEMU keeps the TLS objects it made).
-``run_renewals`` checks every ``interval`` seconds until cancelled; the agent's lifespan
-runs it when the agent has a ``pki_dir``.
+its lifetime is left (``pki.needs_renewal``), or when its CA is not the one that issues now
+(a CA rotation), through ``POST /hosts/{name}/certificate`` with the current certificate;
+the new set becomes ``current`` and the services reload it on their own: no VM restarts (a
+running QEMU keeps the TLS objects it made). ``run_renewals`` runs ``sync_trust`` then
+``renew_if_due`` every ``interval`` seconds until cancelled; the agent's lifespan runs it
+when the agent has a ``pki_dir``.
 
 Errors: ``segue.security.errors`` as ``pki``, ``tokens`` and ``store`` raise them
 (``CA_PIN_MISMATCH``, ``CA_PIN_INVALID``, ``JOIN_TOKEN_*``, ``CERT_*``,
@@ -42,17 +51,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from segue.api.join import IssuedCertificate
 from segue.clients.base import UNIX_PREFIX
 from segue.clients.controller import ControllerClient
 from segue.domain.errors import Conflict
-from segue.security import pem, pki, store, tokens
-from segue.security.errors import PKI_STORAGE_UNAVAILABLE, CredentialStorageUnavailable
+from segue.security import pem, pki, revocation, store, tokens
+from segue.security.errors import (
+    CERT_UNTRUSTED,
+    PKI_STORAGE_UNAVAILABLE,
+    CertificateUntrusted,
+    CredentialStorageUnavailable,
+)
 from segue.security.store import CredentialPaths, Credentials
 
 log = logging.getLogger(__name__)
-RENEWAL_CHECK_INTERVAL = 3600.0  # seconds between two looks at the certificate's age
+RENEWAL_CHECK_INTERVAL = 300.0  # seconds between two looks at the trust and the certificate
 JOIN_TIMEOUT = 30.0  # seconds one request of a join may take
 ALREADY_JOINED = "ALREADY_JOINED"
 ClientFactory = Callable[[], ControllerClient]
@@ -129,29 +145,85 @@ def checked_credentials(issued: IssuedCertificate, key: pki.PrivateKey, host: st
     pin names, a certificate of it for ``host`` valid at ``now``, for ``key``. Raises
     CertificateUntrusted (``CA_PIN_MISMATCH``, ``CERT_UNTRUSTED``), CertificateInvalid,
     CertificateExpired, PeerNotAllowed (``CERT_WRONG_HOST``)."""
+    trust = issued_trust(issued)
+    pinned = next((ca for ca in trust if tokens.ca_pin(ca) == ca_pin), None)
+    tokens.check_ca_pin(pinned or trust[0], ca_pin)
+    return _checked(issued, key, host, trust, now)
+
+
+def issued_trust(issued: IssuedCertificate) -> list[x509.Certificate]:
+    """The CAs the controller says to trust (its CA alone when it names none)."""
     ca_cert = pem.cert_from_pem(issued.ca_cert.encode())
-    tokens.check_ca_pin(ca_cert, ca_pin)
+    return store.unique_certs([ca_cert, *(pem.cert_from_pem(c.encode())
+                                          for c in issued.trust)])
+
+
+def _checked(issued: IssuedCertificate, key: pki.PrivateKey, host: str,
+             trust: list[x509.Certificate], now: datetime) -> Credentials:
     cert = pem.cert_from_pem(issued.cert.encode())
-    pki.require_host(pki.verify_certificate(cert, ca_cert, now), host)
+    pki.require_host(pki.verify_certificate(cert, trust, now), host)
     pki.check_key_matches(cert, key)
-    return Credentials(key, cert, ca_cert)
+    ca_cert = pki.issuer_in(cert, trust) or trust[0]
+    return Credentials(key, cert, ca_cert, tuple(c for c in trust if c is not ca_cert))
+
+
+def check_continuity(held: list[x509.Certificate], offered: list[x509.Certificate]) -> None:
+    """Raise CertificateUntrusted (``CERT_UNTRUSTED``) unless ``offered`` keeps a CA of
+    ``held``: trust moves one CA at a time."""
+    prints = {c.fingerprint(hashes.SHA256()) for c in held}
+    if not any(c.fingerprint(hashes.SHA256()) in prints for c in offered):
+        raise CertificateUntrusted(CERT_UNTRUSTED, "the controller offers a trust bundle "
+                                   "without any CA this host trusts",
+                                   "a CA rotation keeps the old CA until every host has the "
+                                   "new one; join again (--force) if this cluster was made "
+                                   "anew")
+
+
+async def sync_trust(pki_dir: Path, client: ControllerClient,
+                     now: datetime) -> x509.Certificate:
+    """Follow the cluster's trust bundle and CRLs (see the module doc); the CA that issues
+    now. Raises what the controller answers, CertificateUntrusted (a bundle that keeps no
+    CA held, or does not trust this host's certificate), CertificateInvalid (a CRL no CA
+    of the bundle signed); the current set stays then."""
+    bundle = await client.cluster_trust()
+    offered = store.unique_certs([pem.cert_from_pem(c.encode()) for c in bundle.ca_certs])
+    issuing = pem.cert_from_pem(bundle.issuing_ca.encode())
+    current = store.load_credentials(store.current_credentials(pki_dir))
+    check_continuity(current.trust, offered)
+    if store.bundle_digest(offered) != store.bundle_digest(current.trust):
+        ca_cert = pki.issuer_in(current.cert, offered) or offered[0]
+        paths = store.install_credentials(pki_dir, Credentials(
+            current.key, current.cert, ca_cert,
+            tuple(c for c in offered if c is not ca_cert)), now)
+        log.info("this host now trusts %d CA(s) (%s)", len(offered), paths.dir)
+    crl_pem = await client.cluster_crl()
+    revocation.check_crls_signed(revocation.crls_from_pem(crl_pem), offered)
+    if store.install_crl(pki_dir, crl_pem):
+        log.info("this host's CRL was updated")
+    return issuing
 
 
 async def renew_if_due(pki_dir: Path, client: ControllerClient, now: datetime, *,
-                       force: bool = False) -> CredentialPaths | None:
-    """Replace the current set's certificate and key with new ones when it is due (or
-    ``force``): the new set's paths, or None when nothing was due. Raises
+                       force: bool = False, issuing: x509.Certificate | None = None
+                       ) -> CredentialPaths | None:
+    """Replace the current set's certificate and key with new ones when it is due, or its
+    CA is not ``issuing`` (a CA rotation), or ``force``: the new set's paths, or None when
+    nothing was due. The new certificate must chain to the trust the controller sends,
+    which must keep a CA this host trusts. Raises
     CredentialsMissing (``CREDENTIALS_MISSING``: never joined), what the controller
     answers, and what ``checked_credentials`` raises; the current set stays on failure."""
     current = store.load_credentials(store.current_credentials(pki_dir))
-    if not force and not pki.needs_renewal(current.cert, now):
+    if not force and not pki.needs_renewal(current.cert, now) and \
+            (issuing is None or pki.issuer_in(current.cert, [issuing]) is not None):
         return None
     identity = pki.certificate_identity(current.cert)
     host = identity.name
     key = pki.generate_key()
     csr = pem.csr_to_pem(pki.create_request(pki.Identity.host(host), key)).decode()
     issued = await client.renew_certificate(host, csr)
-    creds = checked_credentials(issued, key, host, tokens.ca_pin(current.ca_cert), now)
+    trust = issued_trust(issued)
+    check_continuity(current.trust, trust)
+    creds = _checked(issued, key, host, trust, now)
     paths = store.install_credentials(pki_dir, creds, now)
     log.info("host %s renewed its certificate: now %x, valid until %s (was until %s)", host,
              creds.cert.serial_number, creds.cert.not_valid_after_utc.isoformat(),
@@ -168,7 +240,9 @@ async def run_renewals(pki_dir: Path, client_factory: ClientFactory,
     while True:
         try:
             async with client_factory() as client:
-                await renew_if_due(pki_dir, client, clock())
+                issuing = await sync_trust(pki_dir, client, clock())
+            async with client_factory() as client:  # the set sync_trust may have made
+                await renew_if_due(pki_dir, client, clock(), issuing=issuing)
         except Exception as err:  # the agent goes on serving its VMs with the current set
             log.warning("renewing this host's certificate failed (trying again in %.0f s): "
                         "%s: %s", interval, type(err).__name__, err)

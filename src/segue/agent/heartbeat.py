@@ -80,12 +80,18 @@ async def run_heartbeats(config: AgentConfig, manager: VMManager,
         return
     failures = FailureLog()
     creds = ClientTLS(config.pki_dir) if config.pki_dir is not None else None
-    async with ControllerClient(config.controller_url, transport=transport,
+
+    def client() -> ControllerClient:
+        return ControllerClient(config.controller_url or "", transport=transport,
                                 timeout=HEARTBEAT_TIMEOUT,
-                                tls=creds.context if creds else None) as controller:
+                                tls=creds.context if creds else None)
+
+    controller = client()
+    try:
         while True:
-            if creds is not None:
-                creds.refresh()
+            if creds is not None and creds.refresh():  # a new trust: a new connection
+                await controller.aclose()
+                controller = client()
             try:
                 await send_heartbeat(controller, config, manager)
             except Exception as err:  # whatever went wrong, the agent keeps serving its VMs
@@ -93,3 +99,5 @@ async def run_heartbeats(config: AgentConfig, manager: VMManager,
             else:
                 failures.succeeded()
             await asyncio.sleep(config.heartbeat_interval)
+    finally:
+        await controller.aclose()

@@ -78,9 +78,12 @@ class RenewBody(RequestModel):
 
 
 class IssuedCertificate(ResponseModel):
-    """A host's new certificate and the CA's (both PEM), and when the certificate expires."""
+    """A host's new certificate and its CA's (both PEM), when the certificate expires, and
+    ``trust``: every CA the host should trust (PEM; empty: ``ca_cert`` alone), two during a
+    CA rotation."""
 
     host: str
     cert: str
     ca_cert: str
     not_after: datetime
+    trust: list[str] = Field(default_factory=list)

@@ -17,6 +17,7 @@ import typer
 from rich.table import Table
 
 from segue.api.cluster import BaselineView
+from segue.api.trust import RotationStatus
 from segue.cli.connect import URL, controller
 from segue.cli.output import console, handles_errors, print_json
 from segue.domain.errors import InvalidRequest
@@ -125,3 +126,52 @@ def raise_baseline(url: str | None = URL, as_json: bool = typer.Option(False, "-
         return
     console.print(f"added: {_features(view.added)}", highlight=False)
     print_baseline(view)
+
+
+def print_rotation(status: RotationStatus) -> None:
+    """Which CA issues, and which host is on which CA."""
+    state = (f"rotating: CA {status.current_ca} -> {status.next_ca}" if status.rotating
+             else f"CA {status.current_ca}, no rotation running")
+    console.print(f"{state}; issuing: {status.issuing_ca}", highlight=False)
+    table = Table("host", "CA", "certificate", "issued")
+    for host in status.hosts:
+        issued = host.issued_at.isoformat(timespec="seconds") if host.issued_at else "-"
+        table.add_row(host.host, host.ca, host.serial or "-", issued)
+    console.print(table)
+    if status.rotating:
+        waiting = ", ".join(status.lagging) or "none"
+        console.print(f"hosts not on the new CA yet: {waiting}", highlight=False)
+
+
+@cluster_app.command("rotate-ca")
+@handles_errors
+def rotate_ca(status: bool = typer.Option(False, "--status", help="Show which host is on "
+                                          "which CA; change nothing."),
+              finish: bool = typer.Option(False, "--finish", help="Drop the old CA (refused "
+                                          "while a host is still on it)."),
+              force: bool = typer.Option(False, "--force", help="With --finish: drop it even "
+                                         "so (those hosts must join again)."),
+              url: str | None = URL, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Rotate the cluster's CA without restarting anything: start (a new CA, trusted beside
+    the old one; hosts renew onto it on their own), --status, then --finish."""
+    if status and finish:
+        raise InvalidRequest("CLI_OPTIONS_INVALID", "--status and --finish exclude each other",
+                             "look first (--status), then finish (--finish)")
+    if force and not finish:
+        raise InvalidRequest("CLI_OPTIONS_INVALID", "--force goes with --finish only",
+                             "segue cluster rotate-ca --finish --force")
+    with controller(url) as c:
+        if status:
+            view = c.run(c.client.ca_rotation())
+        elif finish:
+            view = c.run(c.client.finish_ca_rotation(force))
+        else:
+            view = c.run(c.client.start_ca_rotation())
+    if as_json:
+        print_json(view)
+        return
+    print_rotation(view)
+    if not status and not finish:
+        console.print("next: hosts take the new trust within minutes and renew onto the new "
+                      "CA after the grace (ca_rotation_grace_s); watch segue cluster "
+                      "rotate-ca --status, then --finish", highlight=False, soft_wrap=True)

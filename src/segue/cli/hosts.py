@@ -119,3 +119,22 @@ def join_token(name: str = typer.Argument(..., help="The host's name, as it will
     console.print(f"segue agent join --controller {reach} --host {made.host} --token "
                   f"{made.token} --ca-pin {made.ca_pin} --pki-dir {DEFAULT_HOST_PKI_DIR}",
                   highlight=False, soft_wrap=True)
+
+
+@host_app.command("revoke")
+@handles_errors
+def revoke(name: str = typer.Argument(..., help="The host whose certificates to revoke."),
+           reason: str = typer.Option("", "--reason", help="Why (kept in the audit log)."),
+           url: str | None = URL, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Revoke every certificate of a host: the controller refuses it and sends it nothing;
+    the other hosts refuse it in migrations once they fetch the CRL (within minutes). It
+    comes back only by joining again with a new ticket."""
+    with controller(url) as c:
+        done = c.run(c.client.revoke_host(name, reason))
+    if as_json:
+        print_json(done)
+        return
+    console.print(f"host {done.host} revoked at {done.revoked_at.isoformat(timespec='seconds')}"
+                  f" ({len(done.serials)} certificate(s): {', '.join(done.serials) or '-'}); "
+                  f"to let it back: segue host token {done.host}, then segue agent join "
+                  "--force on it", highlight=False, soft_wrap=True)

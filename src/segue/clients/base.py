@@ -57,26 +57,38 @@ def decode_error(resp: httpx.Response, service: str) -> SegueError:
 
 class ClientTLS:
     """This peer's side of mutual TLS from its credential directory
-    (``segue.security.store``): a client context that trusts only the cluster's CA and
-    presents this peer's certificate; ``refresh`` loads a renewed certificate (a new
-    ``current`` set) into the same context. Raises CredentialsMissing without a set."""
+    (``segue.security.store``): a client context that trusts only the cluster's CAs (the
+    set's ``ca-cert.pem``) and presents this peer's certificate. ``refresh`` follows a new
+    ``current`` set: a renewed certificate is loaded into the same context; a changed trust
+    bundle (a CA rotation) needs a new ``context``, and clients made with the old one must
+    be made again (``refresh`` returns True then). Raises CredentialsMissing without a
+    set."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         paths = store.current_credentials(root)
         self.context = tls.client_context(paths)
         self._dir = paths.dir
+        self._trust = paths.ca_cert.read_bytes()
 
-    def refresh(self) -> None:
-        """Present the current set's certificate in later handshakes if it changed."""
+    def refresh(self) -> bool:
+        """Follow the current set if it changed; True when ``context`` is a new one."""
         try:
             paths = store.current_credentials(self.root)
-            if paths.dir != self._dir:
+            if paths.dir == self._dir:
+                return False
+            trust = paths.ca_cert.read_bytes()
+            renewed = trust != self._trust
+            if renewed:
+                self.context = tls.client_context(paths)
+            else:
                 tls.reload_certificate(self.context, paths)
-                self._dir = paths.dir
+            self._dir, self._trust = paths.dir, trust
+            return renewed
         except (OSError, ssl.SSLError, SegueError) as err:
             log.error("TLS: could not load the credentials in %s: %s (keeping the "
-                      "current certificate)", self.root, err)
+                      "current ones)", self.root, err)
+            return False
 
 
 class ServiceClient:

@@ -65,6 +65,7 @@ from segue.api.migration import (
 )
 from segue.api.policies import PolicySetBody, PolicySetView, SetTagsBody, TagsBody, TagsView
 from segue.api.rules import PlacementAnswer, PlacementBody, RuleBody, RuleView
+from segue.api.trust import CRLs, RevokeBody, RevokedHostView, RotationStatus, TrustBundle
 from segue.api.vm import VMSpecBody
 from segue.clients.base import UNIX_PREFIX, QueryParams, ServiceClient
 from segue.domain.errors import InvalidRequest, Unavailable
@@ -204,6 +205,29 @@ class ControllerClient(ServiceClient):
         body = RenewBody.model_validate({"csr": csr_pem})
         return await self.call(IssuedCertificate, "POST", f"/hosts/{host}/certificate",
                                json=body)
+
+    async def revoke_host(self, host: str, reason: str = "") -> RevokedHostView:
+        """Revoke every certificate of ``host`` (an admin's)."""
+        body = RevokeBody.model_validate({"reason": reason})
+        return await self.call(RevokedHostView, "POST", f"/hosts/{host}/revoke", json=body)
+
+    async def cluster_trust(self) -> TrustBundle:
+        """The CAs the cluster trusts and the one that issues now."""
+        return await self.call(TrustBundle, "GET", "/cluster/trust")
+
+    async def cluster_crl(self) -> bytes:
+        """The cluster's CRLs (PEM, one per trusted CA)."""
+        return (await self.call(CRLs, "GET", "/cluster/crl")).crls.encode()
+
+    async def start_ca_rotation(self) -> RotationStatus:
+        return await self.call(RotationStatus, "POST", "/cluster/ca/rotate")
+
+    async def ca_rotation(self) -> RotationStatus:
+        return await self.call(RotationStatus, "GET", "/cluster/ca/rotation")
+
+    async def finish_ca_rotation(self, force: bool = False) -> RotationStatus:
+        return await self.call(RotationStatus, "POST", "/cluster/ca/rotate/finish",
+                               params={"force": force})
 
     # ---- VMs ----
     async def list_vms(self, host: str | None = None) -> list[VMView]:

@@ -13,9 +13,14 @@
   token used: a join refused for another reason than its token leaves the token unused.
   The host enters the inventory with its first heartbeat.
 - ``POST /hosts/{name}/certificate`` (``host join``: a host's certificate, for itself only,
-  403 ``CERT_WRONG_HOST``): a new certificate for a new key (rotation).
+  403 ``CERT_WRONG_HOST``; a revoked one is refused 401 ``CERT_REVOKED`` by the gate): a
+  new certificate for a new key (renewal; during a CA rotation, onto the new CA).
 
-The CA is read from ``pki_dir`` at each request (404 ``CA_MISSING`` without one). Every
+The CAs are read from ``pki_dir`` at each request (404 ``CA_MISSING`` without one): the
+certificates come from the issuing CA (``controller.trust.issuing_ca``), with the trust
+bundle; join tickets pin, and ``GET /cluster/ca`` shows, ``ca/ca-cert.pem`` (the CA the
+controller's own certificate is of until a rotation finishes). Every issued serial is kept
+(``controller.trust``); a join lifts its host's revocation. Every
 state-changing call is in the audit log, its token redacted and its signing request trimmed
 (``security.redaction``); a join's actor is ``anonymous`` and its target the host.
 """
@@ -25,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
@@ -39,13 +44,14 @@ from segue.api.join import (
     JoinTokenCreated,
     RenewBody,
 )
-from segue.controller import join_tokens
+from segue.controller import join_tokens, trust
 from segue.controller.authz import public, requires
 from segue.controller.config import ControllerConfig
 from segue.controller.db import Database
 from segue.controller.models import utcnow
-from segue.security import pem, pki, store, tokens
+from segue.security import ca_rotation, pem, pki, tokens
 from segue.security.actors import Actor, require_self
+from segue.security.ca_rotation import ClusterCAs
 from segue.security.errors import CA_MISSING, CredentialsMissing
 from segue.security.pki import CertificateAuthority
 
@@ -66,13 +72,37 @@ def _db(request: Request) -> Database:
     return db
 
 
-async def _load_ca(config: ControllerConfig) -> CertificateAuthority:
-    """The cluster's CA from ``pki_dir``; CredentialsMissing (``CA_MISSING``, 404)."""
+async def load_cas(config: ControllerConfig) -> ClusterCAs:
+    """The cluster's CAs from ``pki_dir``; CredentialsMissing (``CA_MISSING``, 404)."""
     if config.pki_dir is None:
         raise CredentialsMissing(CA_MISSING, "the controller has no pki_dir: the cluster has "
                                  "no CA", "set pki_dir in controller.toml, then run segue "
                                  "cluster init NAME --config controller.toml")
-    return await asyncio.to_thread(store.load_ca, config.pki_dir)
+    return await asyncio.to_thread(ca_rotation.load_cas, config.pki_dir)
+
+
+async def _load_ca(config: ControllerConfig) -> CertificateAuthority:
+    """The CA join tickets pin (``ca/ca-cert.pem``)."""
+    return (await load_cas(config)).current
+
+
+async def _issue(request: Request, csr_pem: str, host: str) -> IssuedCertificate:
+    """Host ``host``'s certificate from the issuing CA, kept in the records."""
+    config, now = _config(request.app.state), utcnow()
+    cas = await load_cas(config)
+    ca = trust.issuing_ca(cas, now, timedelta(seconds=config.ca_rotation_grace_s))
+    cert = pki.issue_host_certificate(ca, pem.csr_from_pem(csr_pem.encode()), host, now)
+
+    await _db(request).run(trust.record_issued, host, cert, ca.cert, now)
+    return IssuedCertificate(host=host, cert=pem.cert_to_pem(cert).decode(),
+                             ca_cert=pem.cert_to_pem(ca.cert).decode(),
+                             not_after=cert.not_valid_after_utc,
+                             trust=[pem.cert_to_pem(c).decode() for c in cas.trust])
+
+
+def cluster_trust(request: Request) -> trust.ClusterTrust:
+    held: trust.ClusterTrust = request.app.state.trust
+    return held
 
 
 def controller_url(config: ControllerConfig) -> str | None:
@@ -86,12 +116,6 @@ def controller_url(config: ControllerConfig) -> str | None:
     except ValueError:
         host = address  # a DNS name
     return f"https://{host}:{config.listen.port}"
-
-
-def _issued(host: str, cert_pem: bytes, ca: CertificateAuthority,
-            not_after: datetime) -> IssuedCertificate:
-    return IssuedCertificate(host=host, cert=cert_pem.decode(),
-                             ca_cert=pem.cert_to_pem(ca.cert).decode(), not_after=not_after)
 
 
 @router.post("/hosts/{name}/join-token", status_code=201, response_model=JoinTokenCreated,
@@ -125,14 +149,17 @@ async def join(request: Request, body: JoinBody) -> IssuedCertificate:
     """A new host's certificate, for the key of its signing request, once its join token
     admits it (the token is used only when the certificate is issued)."""
     db, now = _db(request), utcnow()
-    ca = await _load_ca(_config(request.app.state))
+    await load_cas(_config(request.app.state))
     await db.run(join_tokens.check, body.token, body.host, now)
-    csr = pem.csr_from_pem(body.csr.encode())
-    cert = pki.issue_host_certificate(ca, csr, body.host, now)
+    pki.check_host_name(body.host)
+    pem.csr_from_pem(body.csr.encode())
+    # certified before the token is used: a bad request leaves the token unused
+    issued = await _issue(request, body.csr, body.host)
     record = await db.run(join_tokens.redeem, body.token, body.host, now)
-    log.info("host %s joined the cluster with join token %s (certificate %x)", body.host,
-             record.id, cert.serial_number)
-    return _issued(body.host, pem.cert_to_pem(cert), ca, cert.not_valid_after_utc)
+    await db.run(trust.readmit, body.host)
+    cluster_trust(request).revocations.readmit_host(body.host)
+    log.info("host %s joined the cluster with join token %s", body.host, record.id)
+    return issued
 
 
 @router.post("/hosts/{name}/certificate", response_model=IssuedCertificate)
@@ -141,9 +168,6 @@ async def renew_certificate(request: Request, name: HostPath, body: RenewBody,
                             ) -> IssuedCertificate:
     """A new certificate of host ``name`` for a new key; a host renews its own only."""
     require_self(actor, name)
-    ca = await _load_ca(_config(request.app.state))
-    csr = pem.csr_from_pem(body.csr.encode())
-    cert = pki.issue_host_certificate(ca, csr, name, utcnow())
-    log.info("host %s renewed its certificate (now %x, until %s)", name, cert.serial_number,
-             cert.not_valid_after_utc.isoformat())
-    return _issued(name, pem.cert_to_pem(cert), ca, cert.not_valid_after_utc)
+    issued = await _issue(request, body.csr, name)
+    log.info("host %s renewed its certificate (until %s)", name, issued.not_after.isoformat())
+    return issued

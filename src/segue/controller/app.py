@@ -2,8 +2,9 @@
 tokens, the audit log, hosts' joins and certificates, tags and policies, health.
 
 The lifespan opens the database and upgrades its schema, then keeps on ``app.state``:
-``config`` (ControllerConfig), ``db`` (Database), ``agents`` (AgentPool), ``ca_cert`` (the
-cluster CA's certificate that client certificates are verified against, or None), ``tg``
+``config`` (ControllerConfig), ``db`` (Database), ``agents`` (AgentPool), ``trust``
+(``controller.trust.ClusterTrust``: the CAs client certificates are verified against and
+the revoked certificates, in memory; the pool sends nothing to a revoked host), ``tg``
 (the asyncio.TaskGroup that owns every background task: the stale-host watcher, the audit
 log's pruning and migration jobs) and ``migrations`` (MigrationService). Leaving the
 lifespan cancels running migration jobs (each rolls back, shielded) and waits for them.
@@ -38,14 +39,15 @@ from segue.controller.api_migrations import router as migrations_router
 from segue.controller.api_placement import router as placement_router
 from segue.controller.api_policies import router as policies_router
 from segue.controller.api_rules import router as rules_router
+from segue.controller.api_trust import router as trust_router
 from segue.controller.authz import check_routes_declared, public
-from segue.controller.callers import load_ca_cert
 from segue.controller.config import AUDIT_PRUNE_INTERVAL, AuditConfig, ControllerConfig
 from segue.controller.db import Database
 from segue.controller.gate import AccessGate
 from segue.controller.inventory_service import InventoryService
 from segue.controller.migrations import MigrationService
 from segue.controller.models import utcnow
+from segue.controller.trust import load_trust
 from segue.domain.errors import SegueError
 from segue.httpapi import install_error_handler
 
@@ -100,7 +102,8 @@ def create_app(config: ControllerConfig, agents: AgentPool | None = None) -> Fas
             await db.call(db.upgrade, create=config.create_database)
             log.info("database %s is up to date", db.safe_url)
             app.state.config, app.state.db, app.state.agents = config, db, pool
-            app.state.ca_cert = load_ca_cert(config.pki_dir)
+            app.state.trust = await db.run(load_trust, config.pki_dir)
+            pool.revoked = app.state.trust.revocations.is_host_revoked
             async with asyncio.TaskGroup() as tg:
                 app.state.tg = tg
                 watcher = tg.create_task(watch_heartbeats(db, config.heartbeat_timeout),
@@ -136,6 +139,7 @@ def create_app(config: ControllerConfig, agents: AgentPool | None = None) -> Fas
     app.include_router(policies_router)
     app.include_router(rules_router)
     app.include_router(placement_router)
+    app.include_router(trust_router)
 
     @app.get("/health", response_model=ControllerHealth, dependencies=[public()])
     async def health() -> ControllerHealth:

@@ -8,8 +8,9 @@ In this order:
 2. A client certificate of the cluster: the TLS transport puts the peer's chain in the
    request scope as the ASGI TLS extension has it,
    ``scope["extensions"]["tls"]["client_cert_chain"]`` (PEM strings, leaf first); the leaf
-   is verified against the cluster CA (``pki.verify_peer``) and proves a host or the
-   controller. Without a CA (the controller's ``pki_dir`` unset, or no CA in it) a
+   is verified against the cluster's CAs (two during a CA rotation) and its revocations
+   (``controller.trust.ClusterTrust``, in memory) and proves a host or the controller.
+   Without a CA (the controller's ``pki_dir`` unset, or no CA in it) a
    certificate is ignored, as if there were none.
 3. The controller's unix socket: root (``LOCAL_ROOT``). uvicorn serves a unix socket with
    no client address and the socket's path as the server (``client`` None, ``server``
@@ -21,7 +22,8 @@ Otherwise: no credentials (None).
 
 Errors: ``ApiTokenRefused`` (``TOKEN_INVALID``, ``TOKEN_EXPIRED``, ``TOKEN_REVOKED``,
 ``USER_DISABLED``), ``CertificateUntrusted``/``CertificateExpired`` (``CERT_UNTRUSTED``,
-``CERT_EXPIRED``, ``CERT_NOT_YET_VALID``) and ``CertificateRefused`` (``CERT_INVALID``),
+``CERT_EXPIRED``, ``CERT_NOT_YET_VALID``), ``CertificateRevoked`` (``CERT_REVOKED``) and
+``CertificateRefused`` (``CERT_INVALID``),
 all ``unauthenticated``; ``Unavailable`` from the database.
 """
 
@@ -29,17 +31,16 @@ from __future__ import annotations
 
 import logging
 import ssl
-from pathlib import Path
 
-from cryptography import x509
 from starlette.datastructures import Headers
 from starlette.types import Scope
 
 from segue.controller.db import Database
 from segue.controller.models import utcnow
+from segue.controller.trust import ClusterTrust
 from segue.controller.users import authenticate
 from segue.domain.errors import Unauthenticated
-from segue.security import apitokens, pem, pki, store
+from segue.security import apitokens, pki
 from segue.security.actors import LOCAL_ROOT, Actor, certificate_actor
 from segue.security.errors import CERT_INVALID, CertificateInvalid
 from segue.security.peers import client_cert_chain, is_unix_socket
@@ -51,20 +52,6 @@ class CertificateRefused(Unauthenticated):
     """A client certificate of the cluster's CA that proves no identity."""
 
 
-def load_ca_cert(pki_dir: Path | None) -> x509.Certificate | None:
-    """The cluster CA's certificate from ``<pki_dir>/ca/ca-cert.pem`` (None without a
-    ``pki_dir``, or, logged, when the file is missing or unreadable)."""
-    if pki_dir is None:
-        return None
-    path = pki_dir / store.CA_DIR / store.CA_CERT
-    try:
-        return pem.cert_from_pem(path.read_bytes())
-    except (OSError, CertificateInvalid) as err:
-        log.warning("no cluster CA at %s (%s): client certificates are not accepted",
-                    path, err)
-        return None
-
-
 def bearer_token_of(scope: Scope) -> str | None:
     """The bearer token of the request (None without an Authorization header); raises
     ApiTokenRefused (``TOKEN_INVALID``) for another scheme."""
@@ -72,25 +59,25 @@ def bearer_token_of(scope: Scope) -> str | None:
     return apitokens.bearer_token(header) if header is not None else None
 
 
-async def identify(scope: Scope, db: Database, ca_cert: x509.Certificate | None
+async def identify(scope: Scope, db: Database, trust: ClusterTrust | None
                    ) -> Actor | None:
     """The actor the request's credentials prove, or None (see the module doc)."""
     token = bearer_token_of(scope)
     if token is not None:
         return await db.run(authenticate, token, utcnow())
     chain = client_cert_chain(scope)
-    if chain and ca_cert is not None:
-        return certificate_actor(verify_client_certificate(chain[0], ca_cert))
+    if chain and trust is not None and trust.cas:
+        return certificate_actor(verify_client_certificate(chain[0], trust))
     if is_unix_socket(scope):
         return LOCAL_ROOT
     return None
 
 
-def verify_client_certificate(leaf_pem: str, ca_cert: x509.Certificate) -> pki.Identity:
+def verify_client_certificate(leaf_pem: str, trust: ClusterTrust) -> pki.Identity:
     """The identity a client certificate (PEM) proves; raises as the module doc says."""
     try:
         der = ssl.PEM_cert_to_DER_cert(leaf_pem)
-        return pki.verify_peer(der, ca_cert, utcnow())
+        return trust.verify(pki.load_der_certificate(der), utcnow())
     except (ValueError, CertificateInvalid) as err:
         code = err.code if isinstance(err, CertificateInvalid) else CERT_INVALID
         raise CertificateRefused(code, f"the client certificate proves no identity: {err}",

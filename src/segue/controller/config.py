@@ -126,6 +126,9 @@ class ControllerConfig(ServiceSettings):
         "heartbeats cross the network in clear (isolated test networks only)"))
     insecure_host_heartbeats: bool = Field(False, description=(
         "take heartbeats without credentials (agents without certificates: the lab only)"))
+    ca_rotation_grace_s: float = Field(900.0, ge=0, le=7 * 86400, description=(
+        "seconds after a CA rotation starts before the new CA issues hosts' certificates: "
+        "every host fetches the new trust bundle first (agents look every 5 minutes)"))
     audit: AuditConfig = AuditConfig()
 
     @property

@@ -79,7 +79,7 @@ class Exchange:
 
 class AccessGate:
     """The middleware (see the module doc); ``scope["app"]`` is the controller app, whose
-    state holds ``config``, ``db`` and ``ca_cert``."""
+    state holds ``config``, ``db`` and ``trust``."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -124,7 +124,7 @@ class AccessGate:
         db: Database = app.state.db
         public = ex.access is not None and ex.access.permission is None
         try:
-            actor = await callers.identify(scope, db, getattr(app.state, "ca_cert", None))
+            actor = await callers.identify(scope, db, getattr(app.state, "trust", None))
         except SegueError:
             if public:
                 return None  # a public route ignores credentials it cannot use

@@ -10,6 +10,7 @@ from segue.controller import (  # noqa: F401 - their tables join Base.metadata
     migration_models,
     policy_models,
     rule_models,
+    trust_models,
 )
 from segue.controller.models import Base
 

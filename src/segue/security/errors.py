@@ -13,6 +13,8 @@ Every error is one of the project's kinds (``segue.domain.errors``) with a stabl
   cluster's CA), ``CA_PIN_MISMATCH`` (the CA offered is not the one the join ticket pins).
 - ``CertificateExpired`` (``unauthenticated``): ``CERT_EXPIRED``, ``CERT_NOT_YET_VALID``
   (a certificate of the cluster, outside its validity).
+- ``CertificateRevoked`` (``unauthenticated``): ``CERT_REVOKED`` (a certificate of the
+  cluster that was revoked: ``segue host revoke``).
 - ``PeerNotAllowed`` (``forbidden``): a valid certificate of the wrong peer:
   ``CERT_WRONG_HOST`` (it names another host), ``CERT_WRONG_ROLE`` (a host where the
   controller is required, or the reverse).
@@ -37,6 +39,9 @@ Every error is one of the project's kinds (``segue.domain.errors``) with a stabl
 - ``CredentialsMissing`` (``not_found``): ``CA_MISSING``, ``CREDENTIALS_MISSING`` (nothing
   installed in a credential directory yet).
 - ``CAExists`` (``conflict``): ``CA_EXISTS`` (a cluster CA is already there).
+- ``CARotationRefused`` (``conflict``): ``CA_ROTATION_IN_PROGRESS`` (a rotation was started
+  and not finished), ``CA_ROTATION_NOT_STARTED`` (nothing to finish),
+  ``CA_ROTATION_HOSTS_LAGGING`` (hosts still hold certificates of the old CA).
 - ``CredentialStorageUnavailable`` (``unavailable``): ``PKI_STORAGE_UNAVAILABLE`` (a
   credential directory cannot be read or written).
 """
@@ -63,6 +68,7 @@ CERT_EXPIRED = "CERT_EXPIRED"
 CERT_NOT_YET_VALID = "CERT_NOT_YET_VALID"
 CERT_WRONG_HOST = "CERT_WRONG_HOST"
 CERT_WRONG_ROLE = "CERT_WRONG_ROLE"
+CERT_REVOKED = "CERT_REVOKED"
 JOIN_TOKEN_INVALID = "JOIN_TOKEN_INVALID"
 JOIN_TOKEN_EXPIRED = "JOIN_TOKEN_EXPIRED"
 JOIN_TOKEN_USED = "JOIN_TOKEN_USED"
@@ -82,6 +88,9 @@ TAG_INVALID = "TAG_INVALID"
 CA_MISSING = "CA_MISSING"
 CREDENTIALS_MISSING = "CREDENTIALS_MISSING"
 CA_EXISTS = "CA_EXISTS"
+CA_ROTATION_IN_PROGRESS = "CA_ROTATION_IN_PROGRESS"
+CA_ROTATION_NOT_STARTED = "CA_ROTATION_NOT_STARTED"
+CA_ROTATION_HOSTS_LAGGING = "CA_ROTATION_HOSTS_LAGGING"
 PKI_STORAGE_UNAVAILABLE = "PKI_STORAGE_UNAVAILABLE"
 
 
@@ -144,3 +153,11 @@ class CAExists(Conflict):
 
 class CredentialStorageUnavailable(Unavailable):
     """A credential directory cannot be read or written."""
+
+
+class CertificateRevoked(Unauthenticated):
+    """A certificate of the cluster that was revoked."""
+
+
+class CARotationRefused(Conflict):
+    """A CA rotation step that cannot be taken in the rotation's present state."""

@@ -175,17 +175,20 @@ def generate_key() -> PrivateKey:
 
 
 def create_ca(cluster: str, now: datetime, validity: timedelta = CA_VALIDITY,
-              key: PrivateKey | None = None) -> CertificateAuthority:
+              key: PrivateKey | None = None,
+              common_name: str = CA_COMMON_NAME) -> CertificateAuthority:
     """A new cluster CA named ``cluster``, valid from ``now`` for ``validity`` (see the
-    module doc). Raises CertificateInvalid (``CERT_NAME_INVALID``) for a cluster name that is
-    not 1-64 letters, digits, '.', '_' or '-'."""
+    module doc); a rotation's new CA gets another ``common_name`` so that the two CAs of a
+    trust bundle (and their CRLs) have distinct names. Raises CertificateInvalid
+    (``CERT_NAME_INVALID``) for a cluster name that is not 1-64 letters, digits, '.', '_'
+    or '-'."""
     require_aware(now)
     if not _CLUSTER_NAME.fullmatch(cluster):
         raise CertificateInvalid(CERT_NAME_INVALID, f"{cluster!r} cannot name a cluster",
                                  "use 1-64 letters, digits, '.', '_' or '-'", cluster=cluster)
     key = key or generate_key()
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster),
-                      x509.NameAttribute(NameOID.COMMON_NAME, CA_COMMON_NAME)])
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     usage = _key_usage(key_cert_sign=True, crl_sign=True)
     cert = (x509.CertificateBuilder()
             .subject_name(name).issuer_name(name).public_key(key.public_key())
@@ -293,21 +296,39 @@ def certificate_identity(cert: x509.Certificate) -> Identity:
     return identity
 
 
-def verify_certificate(cert: x509.Certificate, ca_cert: x509.Certificate,
+TrustAnchors = x509.Certificate | Sequence[x509.Certificate]
+
+
+def trust_list(trust: TrustAnchors) -> list[x509.Certificate]:
+    """``trust`` as a list of CA certificates (one CA, or a bundle during a CA rotation)."""
+    return [trust] if isinstance(trust, x509.Certificate) else list(trust)
+
+
+def issuer_in(cert: x509.Certificate, trust: TrustAnchors) -> x509.Certificate | None:
+    """The CA of ``trust`` that signed ``cert`` (None: none of them), trusting nothing else."""
+    return next((ca for ca in trust_list(trust) if _issued_by(cert, ca)), None)
+
+
+def verify_certificate(cert: x509.Certificate, trust: TrustAnchors,
                        now: datetime) -> Identity:
-    """The identity of ``cert`` once it is proven: issued by ``ca_cert`` (an end entity
-    certificate with clientAuth), valid at ``now``, naming one identity. Raises
-    CertificateUntrusted (``CERT_UNTRUSTED``) for a certificate the CA did not issue,
-    CertificateExpired (``CERT_EXPIRED``, ``CERT_NOT_YET_VALID``) for one of the CA's outside
-    its validity (or when the CA itself is), CertificateInvalid (``CERT_INVALID``) for one
-    without a proper identity."""
+    """The identity of ``cert`` once it is proven: issued by a CA of ``trust`` (the
+    cluster's CA, or during a CA rotation the old and the new one), an end entity
+    certificate with clientAuth, valid at ``now``, naming one identity. Raises
+    CertificateUntrusted (``CERT_UNTRUSTED``) for a certificate no CA of ``trust`` issued,
+    CertificateExpired (``CERT_EXPIRED``, ``CERT_NOT_YET_VALID``) for one of them outside its
+    validity (or when its CA is), CertificateInvalid (``CERT_INVALID``) for one without a
+    proper identity; ValueError for an empty ``trust``."""
     require_aware(now)
-    verifier = PolicyBuilder().store(Store([ca_cert])).time(now).build_client_verifier()
+    anchors = trust_list(trust)
+    if not anchors:
+        raise ValueError("no CA to verify against")
+    verifier = PolicyBuilder().store(Store(anchors)).time(now).build_client_verifier()
     try:
         verifier.verify(cert, [])
     except VerificationError as err:
-        _check_validity(ca_cert, now, "the cluster's CA")
-        if _issued_by(cert, ca_cert):
+        issuer = issuer_in(cert, anchors)
+        if issuer is not None:
+            _check_validity(issuer, now, "the cluster's CA")
             _check_validity(cert, now, "the certificate")
         raise CertificateUntrusted(
             CERT_UNTRUSTED, f"the certificate of {cert.subject.rfc4514_string()!r} is not "
@@ -316,15 +337,20 @@ def verify_certificate(cert: x509.Certificate, ca_cert: x509.Certificate,
     return certificate_identity(cert)
 
 
-def verify_peer(der: bytes, ca_cert: x509.Certificate, now: datetime) -> Identity:
+def verify_peer(der: bytes, trust: TrustAnchors, now: datetime) -> Identity:
     """``verify_certificate`` for a TLS peer's certificate as DER
     (``SSLSocket.getpeercert(binary_form=True)``); CertificateInvalid if it does not parse."""
+    return verify_certificate(load_der_certificate(der), trust, now)
+
+
+def load_der_certificate(der: bytes) -> x509.Certificate:
+    """The certificate in ``der``; CertificateInvalid (``CERT_INVALID``) if it does not
+    parse."""
     try:
-        cert = x509.load_der_x509_certificate(der)
+        return x509.load_der_x509_certificate(der)
     except ValueError as err:
         raise CertificateInvalid(CERT_INVALID, f"the peer's certificate does not parse: {err}",
                                  "use a certificate issued by the cluster's CA") from err
-    return verify_certificate(cert, ca_cert, now)
 
 
 def require_controller(identity: Identity) -> None:

@@ -40,6 +40,7 @@ cluster's.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -49,6 +50,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from segue.security import pem, pki
 from segue.security.errors import (
@@ -67,6 +69,10 @@ CURRENT = "current"
 SET_PREFIX = "creds-"
 CA_CERT = "ca-cert.pem"
 CA_KEY = "ca-key.pem"
+CA_CRL = "ca-crl.pem"
+NEXT_CA_CERT = "ca-next-cert.pem"
+NEXT_CA_KEY = "ca-next-key.pem"
+RETIRED_PREFIX = "ca-retired-"
 SERVER_CERT = "server-cert.pem"
 SERVER_KEY = "server-key.pem"
 CLIENT_CERT = "client-cert.pem"
@@ -98,11 +104,33 @@ class CredentialPaths:
 
 @dataclass(frozen=True)
 class Credentials:
-    """A peer's key, its certificate and the cluster's CA certificate, in memory."""
+    """A peer's key, its certificate and the cluster's CA certificate, in memory;
+    ``extra_cas``: the other CAs this peer trusts (during a CA rotation: the old or the new
+    one), written after ``ca_cert`` in the set's ``ca-cert.pem``."""
 
     key: PrivateKey
     cert: x509.Certificate
     ca_cert: x509.Certificate
+    extra_cas: tuple[x509.Certificate, ...] = ()
+
+    @property
+    def trust(self) -> list[x509.Certificate]:
+        """Every CA this peer trusts, ``ca_cert`` first, each once."""
+        return unique_certs([self.ca_cert, *self.extra_cas])
+
+
+def unique_certs(certs: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    """``certs`` in order, each certificate once."""
+    seen: dict[bytes, x509.Certificate] = {}
+    for cert in certs:
+        seen.setdefault(cert.fingerprint(hashes.SHA256()), cert)
+    return list(seen.values())
+
+
+def bundle_digest(certs: Sequence[x509.Certificate]) -> str:
+    """A short digest naming a trust bundle (the same CAs in any order give the same)."""
+    prints = sorted(c.fingerprint(hashes.SHA256()) for c in unique_certs(certs))
+    return hashlib.sha256(b"".join(prints)).hexdigest()[:12]
 
 
 def write_file_atomic(path: Path, data: bytes, mode: int) -> None:
@@ -139,7 +167,7 @@ def save_ca(root: Path, ca: CertificateAuthority) -> None:
         write_file_atomic(ca_dir / CA_KEY, pem.key_to_pem(ca.key), PRIVATE_MODE)
         write_file_atomic(ca_dir / CA_CERT, pem.cert_to_pem(ca.cert), PUBLIC_MODE)
 
-    _storage(write, ca_dir)
+    storage(write, ca_dir)
 
 
 def load_ca(root: Path) -> CertificateAuthority:
@@ -150,7 +178,7 @@ def load_ca(root: Path) -> CertificateAuthority:
     if not (ca_dir / CA_KEY).exists():
         raise CredentialsMissing(CA_MISSING, f"no cluster CA in {ca_dir}",
                                  "create the cluster first: segue cluster init")
-    key_pem, cert_pem = _storage(lambda: ((ca_dir / CA_KEY).read_bytes(),
+    key_pem, cert_pem = storage(lambda: ((ca_dir / CA_KEY).read_bytes(),
                                           (ca_dir / CA_CERT).read_bytes()), ca_dir)
     ca = CertificateAuthority(pem.cert_from_pem(cert_pem), pem.key_from_pem(key_pem))
     pki.check_key_matches(ca.cert, ca.key)
@@ -164,16 +192,25 @@ def install_credentials(root: Path, creds: Credentials, now: datetime) -> Creden
     (``CERT_KEY_MISMATCH``) and verify against the CA at ``now`` (``pki.verify_certificate``
     raises). Raises CredentialStorageUnavailable when the directory cannot be written."""
     pki.check_key_matches(creds.cert, creds.key)
-    pki.verify_certificate(creds.cert, creds.ca_cert, now)
+    pki.verify_certificate(creds.cert, creds.trust, now)
+    return storage(lambda: _install(root, set_name(creds), creds), root)
+
+
+def set_name(creds: Credentials) -> str:
+    """``creds-<serial>``, or ``creds-<serial>-<bundle digest>`` when the set trusts more
+    CAs than its certificate's (the same certificate under a new trust is a new set)."""
     name = f"{SET_PREFIX}{creds.cert.serial_number:x}"
-    return _storage(lambda: _install(root, name, creds), root)
+    trust = creds.trust
+    if len(trust) == 1 and pki.issuer_in(creds.cert, trust) is not None:
+        return name
+    return f"{name}-{bundle_digest(trust)}"
 
 
 def current_credentials(root: Path) -> CredentialPaths:
     """The set in use under ``root``, by its real path. Raises CredentialsMissing
     (``CREDENTIALS_MISSING``) when none is installed."""
     link = root / CURRENT
-    target = _storage(lambda: link.resolve() if link.is_symlink() else None, root)
+    target = storage(lambda: link.resolve() if link.is_symlink() else None, root)
     if target is None or not target.is_dir():
         raise CredentialsMissing(CREDENTIALS_MISSING, f"no credentials installed in {root}",
                                  "join the cluster first: segue agent join")
@@ -181,13 +218,40 @@ def current_credentials(root: Path) -> CredentialPaths:
 
 
 def load_credentials(paths: CredentialPaths) -> Credentials:
-    """The key and certificates of the set at ``paths``. Raises
-    CredentialStorageUnavailable, CertificateInvalid (files that are not PEM)."""
-    key_pem, cert_pem, ca_pem = _storage(
+    """The key and certificates of the set at ``paths`` (``ca_cert``: the CA of its
+    ``ca-cert.pem`` that issued the certificate, else the first; the others are
+    ``extra_cas``). Raises CredentialStorageUnavailable, CertificateInvalid (files that are
+    not PEM)."""
+    key_pem, cert_pem, ca_pem = storage(
         lambda: (paths.key.read_bytes(), paths.cert.read_bytes(), paths.ca_cert.read_bytes()),
         paths.dir)
-    return Credentials(pem.key_from_pem(key_pem), pem.cert_from_pem(cert_pem),
-                       pem.cert_from_pem(ca_pem))
+    cert = pem.cert_from_pem(cert_pem)
+    cas = unique_certs(pem.certs_from_pem(ca_pem))
+    ca_cert = pki.issuer_in(cert, cas) or cas[0]
+    return Credentials(pem.key_from_pem(key_pem), cert, ca_cert,
+                       tuple(c for c in cas if c is not ca_cert))
+
+
+def load_trust(paths: CredentialPaths) -> list[x509.Certificate]:
+    """The CA certificates the set at ``paths`` trusts (its ``ca-cert.pem``). Raises
+    CredentialStorageUnavailable, CertificateInvalid."""
+    return unique_certs(pem.certs_from_pem(storage(paths.ca_cert.read_bytes, paths.dir)))
+
+
+def install_crl(root: Path, crl_pem: bytes) -> bool:
+    """Keep ``crl_pem`` as ``ca-crl.pem`` of the set in use (replaced atomically, the one
+    file of a set that changes in place: QEMU reads it when it makes a TLS object); later
+    sets carry it over. True if it changed. Raises CredentialsMissing,
+    CredentialStorageUnavailable."""
+    target = current_credentials(root).dir / CA_CRL
+
+    def write() -> bool:
+        if target.exists() and target.read_bytes() == crl_pem:
+            return False
+        write_file_atomic(target, crl_pem, PUBLIC_MODE)
+        return True
+
+    return storage(write, root)
 
 
 def init_cluster(root: Path, cluster: str, now: datetime, *,
@@ -211,11 +275,13 @@ def init_cluster(root: Path, cluster: str, now: datetime, *,
 def _install(root: Path, name: str, creds: Credentials) -> CredentialPaths:
     _make_dir(root)
     final = root / name
-    if not final.is_dir():  # else the same certificate (serial) is installed already
-        _write_set(root / f".{name}.tmp", creds)
-        os.rename(root / f".{name}.tmp", final)
     link = root / CURRENT
     previous = link.resolve() if link.is_symlink() else None
+    if not final.is_dir():  # else the same certificate (serial) is installed already
+        crl = previous / CA_CRL if previous is not None else None
+        _write_set(root / f".{name}.tmp", creds,
+                   crl.read_bytes() if crl is not None and crl.is_file() else None)
+        os.rename(root / f".{name}.tmp", final)
     new_link = root / f".{CURRENT}.tmp"
     new_link.unlink(missing_ok=True)
     new_link.symlink_to(name)
@@ -225,7 +291,7 @@ def _install(root: Path, name: str, creds: Credentials) -> CredentialPaths:
     return CredentialPaths(final.resolve())
 
 
-def _write_set(tmp: Path, creds: Credentials) -> None:
+def _write_set(tmp: Path, creds: Credentials, crl: bytes | None) -> None:
     if tmp.exists():  # left by a crash
         shutil.rmtree(tmp)
     tmp.mkdir(mode=DIR_MODE)
@@ -235,7 +301,9 @@ def _write_set(tmp: Path, creds: Credentials) -> None:
                              (CLIENT_KEY, key_pem, PRIVATE_MODE),
                              (SERVER_CERT, cert_pem, PUBLIC_MODE),
                              (CLIENT_CERT, cert_pem, PUBLIC_MODE),
-                             (CA_CERT, pem.cert_to_pem(creds.ca_cert), PUBLIC_MODE)):
+                             (CA_CERT, b"".join(pem.cert_to_pem(c) for c in creds.trust),
+                              PUBLIC_MODE),
+                             *([(CA_CRL, crl, PUBLIC_MODE)] if crl is not None else [])):
         write_file_atomic(tmp / file, data, mode)
 
 
@@ -262,7 +330,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _storage(action: Callable[[], T], where: Path) -> T:
+def storage(action: Callable[[], T], where: Path) -> T:
+    """``action()``, its OSError raised as CredentialStorageUnavailable naming ``where``."""
     try:
         return action()
     except OSError as err:

@@ -11,9 +11,15 @@ as the only trust, from a credential set (``segue.security.store``).
   certificate bears only if it is that peer: ``segue-controller`` for the controller (no
   host may bear it), the host's name for an agent (with httpx: the URL's host, or the
   request extension ``sni_hostname`` when the URL holds an address).
-- ``reload_certificate``: rotation without restarting a service: the live context loads the
-  new certificate and key, and every later handshake presents them; connections already
-  open keep theirs. The trusted CA is not reloaded (a new CA needs a new context).
+- ``reload_certificate``: the live context loads a new certificate and key, and every later
+  handshake presents them; connections already open keep theirs. It cannot change the
+  trusted CAs (a context can add a CA, never drop one).
+- ``LiveServerContext``: rotation of everything without restarting a server: the context
+  the server was started with stays, and its SNI callback (which OpenSSL calls for every
+  handshake, with or without a server name) hands the handshake the newest context
+  (``SSLObject.context = ...``); the handshake then presents that context's certificate
+  and verifies the client against that context's CAs. A changed trust bundle (a CA
+  rotation) is a new context swapped in.
 
 Errors: what ``ssl`` raises for unreadable or mismatched files (``ssl.SSLError``, OSError);
 ``peer_identity`` raises as ``pki.verify_peer`` does, and CertificateUntrusted
@@ -25,10 +31,8 @@ from __future__ import annotations
 import ssl
 from datetime import datetime
 
-from cryptography import x509
-
 from segue.security.errors import CERT_UNTRUSTED, CertificateUntrusted
-from segue.security.pki import Identity, verify_peer
+from segue.security.pki import Identity, TrustAnchors, verify_peer
 from segue.security.store import CredentialPaths
 
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_3
@@ -56,7 +60,27 @@ def reload_certificate(ctx: ssl.SSLContext, paths: CredentialPaths) -> None:
     ctx.load_cert_chain(paths.cert, paths.key)
 
 
-def peer_identity(conn: ssl.SSLSocket | ssl.SSLObject, ca_cert: x509.Certificate,
+class LiveServerContext:
+    """A server context (``front``, given to the server once) whose handshakes use the
+    context last ``swap``-ped in (see the module doc)."""
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        self.front = ctx
+        self.current = ctx
+        ctx.sni_callback = self._pick
+
+    def swap(self, ctx: ssl.SSLContext) -> None:
+        """Use ``ctx`` for every later handshake; open connections keep theirs."""
+        self.current = ctx
+
+    def _pick(self, conn: ssl.SSLObject | ssl.SSLSocket, _name: str | None,
+              _ctx: ssl.SSLContext) -> None:
+        current = self.current
+        if current is not self.front:
+            conn.context = current
+
+
+def peer_identity(conn: ssl.SSLSocket | ssl.SSLObject, ca_cert: TrustAnchors,
                   now: datetime) -> Identity:
     """The proven identity of the peer of a finished handshake (``pki.verify_peer``)."""
     der = conn.getpeercert(binary_form=True)
