@@ -4,11 +4,14 @@
 with its reasons (the checks a migration runs, host state, capacity, policies, rules) and a
 load score; ``segue.placement.rules`` holds affinity, anti-affinity and VM-host rules (must
 or should) and their verdicts; ``segue.placement.feasibility`` refuses a rule set that
-cannot be met, naming the conflict. Nothing here does I/O: the controller gathers the
-cluster (``segue.controller.placement_service``) and calls these.
+cannot be met, naming the conflict; ``segue.placement.evacuation`` plans the emptying of a
+host (each VM's destination or blocker, and the predicted duration). Nothing here does
+I/O: the controller gathers the cluster (``segue.controller.placement_service``) and calls
+these.
 
-Errors: ``InvalidRequest`` (``RULE_INVALID``) from ``rules.check_rule``; the rest answer
-with data (``Excluded`` reasons, ``RuleConflict``), never by raising.
+Errors: ``InvalidRequest`` (``RULE_INVALID``) from ``rules.check_rule``, and
+(``MAINTENANCE_INVALID``) from ``evacuation.plan_evacuation`` for a limit below 1; the rest
+answer with data (``Excluded`` reasons, ``RuleConflict``), never by raising.
 """
 
 from segue.placement.feasibility import (
