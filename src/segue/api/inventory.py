@@ -30,6 +30,7 @@ from segue.domain.vm import VMState
 MISSING: Literal["missing"] = "missing"
 InventoryState = VMState | Literal["missing"]
 HostConnection = Literal["connected", "disconnected"]
+HostMaintenance = Literal["normal", "entering-maintenance", "in-maintenance"]
 # An enum on the wire is its value: taken from JSON as such although requests are strict.
 WireVMState = Annotated[VMState, Field(strict=False)]
 Url = Annotated[str, Field(min_length=1, max_length=255)]
@@ -160,7 +161,9 @@ class HostView(ResponseModel):
     url: str
     state: HostConnection
     migration_address: str | None = None
-    maintenance: bool = False
+    maintenance: bool = False  # maintenance_state is not normal
+    maintenance_state: HostMaintenance = "normal"
+    maintenance_reason: str | None = None  # why it is stuck entering maintenance
     migration_enabled: bool = True
     last_heartbeat: datetime | None = None
     created_at: datetime

@@ -20,8 +20,10 @@ def _mib(value: int | None) -> str:
     return "-" if value is None else f"{int(value)} MiB"
 
 
-def _yes_no(flag: bool) -> str:
-    return "yes" if flag else "no"
+def _maintenance(state: str) -> str:
+    """The maintenance state, coloured: entering (yellow), in (red), normal (plain)."""
+    colour = {"entering-maintenance": "yellow", "in-maintenance": "red"}.get(state)
+    return f"[{colour}]{state}[/]" if colour else state
 
 
 @host_app.command("list")
@@ -40,7 +42,7 @@ def list_hosts(url: str | None = URL, as_json: bool = typer.Option(False, "--jso
         table.add_row(h.name, state, h.migration_address or "-", str(h.cpus or "-"),
                       _mib(h.memory_available_mib), str(len(h.vms)),
                       "enabled" if h.migration_enabled else "disabled",
-                      _yes_no(h.maintenance), ", ".join(h.tags) or "-")
+                      _maintenance(h.maintenance_state), ", ".join(h.tags) or "-")
     console.print(table)
 
 
@@ -60,7 +62,8 @@ def show_host(name: str, url: str | None = URL,
         ("last heartbeat", host.last_heartbeat or "-"),
         ("migration address", host.migration_address or "-"),
         ("migration", "enabled" if host.migration_enabled else "disabled"),
-        ("maintenance", _yes_no(host.maintenance)),
+        ("maintenance", _maintenance(host.maintenance_state)),
+        ("maintenance reason", host.maintenance_reason or "-"),
         ("CPU", f"{facts.cpu.host_model if facts else '?'}, {host.cpus} logical, {host.accel}"),
         ("memory", f"{_mib(host.memory_available_mib)} free of "
                    f"{_mib(host.memory_total_mib)}"),

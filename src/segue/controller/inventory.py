@@ -41,6 +41,7 @@ from segue.controller.migration_models import MigrationRow
 from segue.controller.models import VM, Host, HostState, VMEvent, VMInstance, utcnow
 from segue.domain.errors import Conflict, NotFound
 from segue.domain.host import HostFacts
+from segue.domain.maintenance import MaintenanceState, in_maintenance, require_transition
 from segue.domain.vm import VMState
 from segue.engine.phases import TERMINAL
 
@@ -107,6 +108,27 @@ def set_migration_enabled(host: Host, enabled: bool) -> None:
 
 
 # ---- heartbeats ----
+def set_maintenance(host: Host, state: MaintenanceState, reason: str | None = None) -> None:
+    """Move ``host`` to maintenance ``state`` (with why it is stuck, for
+    ``entering-maintenance``); raises Conflict (``MAINTENANCE_TRANSITION_INVALID``) on a
+    transition ``segue.domain.maintenance`` does not allow."""
+    require_transition(host.name, host.maintenance_state, state)
+    host.maintenance_state = state.value
+    host.maintenance = in_maintenance(state)
+    host.maintenance_reason = reason
+
+
+def refuse_maintenance(host: Host, what: str) -> None:
+    """Raise Conflict (``HOST_IN_MAINTENANCE``) if ``host`` is in either maintenance state:
+    it takes no new VM (``what``: the refused action, for the message)."""
+    if in_maintenance(host.maintenance_state):
+        raise Conflict("HOST_IN_MAINTENANCE",
+                       f"host {host.name} is {host.maintenance_state}: {what} refused",
+                       f"choose another host, or take {host.name} out of maintenance "
+                       f"(segue host maintenance exit {host.name})", host=host.name,
+                       state=host.maintenance_state)
+
+
 def record_heartbeat(session: Session, name: str, url: str, facts: HostFacts,
                      vms: list[VMReport], now: datetime) -> Host:
     """Store an agent's heartbeat: upsert its host (connected) and reconcile its VMs.
@@ -320,6 +342,8 @@ def host_view(host: Host, vms: Iterable[str], now: datetime, timeout: float) -> 
     return HostView(
         name=host.name, url=host.url, state=host_state(host, now, timeout),
         migration_address=host.migration_address, maintenance=host.maintenance,
+        maintenance_state=MaintenanceState(host.maintenance_state).value,
+        maintenance_reason=host.maintenance_reason,
         migration_enabled=host.migration_enabled, last_heartbeat=host.last_heartbeat,
         created_at=host.created_at,
         cpus=facts.cpu.logical_cpus if known else None,

@@ -10,7 +10,8 @@ Errors: those of ``segue.controller.inventory`` and ``segue.controller.cluster``
 agents' own (passed through with their codes); ``Unavailable`` (``HOST_DISCONNECTED``) for an
 action on a host whose heartbeats stopped; ``InvalidRequest`` (``VM_SPEC_INVALID``, ``field``
 naming the spec's field) for a spec no host could run, refused before any agent is asked;
-``Conflict`` (``HOST_BELOW_BASELINE``) for the heartbeat of a new host below the CPU baseline;
+``Conflict`` (``HOST_BELOW_BASELINE``) for the heartbeat of a new host below the CPU baseline,
+(``HOST_IN_MAINTENANCE``) for creating or starting a VM on a host in either maintenance state;
 ``PolicyDenied`` (``POLICY_DENIED``, 403) when a user-defined policy refuses a create, start
 or stop (``segue.controller.policy_gate``). Views carry the objects' tags.
 """
@@ -179,6 +180,12 @@ class InventoryService:
         """The agent of the VM's host (raises as ``get_vm`` and ``_agent_of``)."""
         return self._agent_of(await self.db.run(self._vm_host, name))
 
+    def _startable_host(self, s: Session, name: str) -> HostAgent:
+        """The VM's host; refused (HOST_IN_MAINTENANCE) while it is in maintenance."""
+        row = inventory.get_host(s, inventory.get_vm(s, name).host)
+        inventory.refuse_maintenance(row, f"starting {name} there is")
+        return self._host_agent(row)
+
     def _vm_host(self, s: Session, name: str) -> HostAgent:
         return self._host_agent(inventory.get_host(s, inventory.get_vm(s, name).host))
 
@@ -203,7 +210,9 @@ class InventoryService:
     def _creation(self, s: Session, body: CreateVMBody) -> tuple[HostAgent, str]:
         """The host to define the VM on and its CPU model; refused as ``create_vm`` says."""
         inventory.refuse_existing_vm(s, body.spec.name)
-        host = self._host_agent(inventory.get_host(s, body.host))
+        row = inventory.get_host(s, body.host)
+        inventory.refuse_maintenance(row, f"creating {body.spec.name} there is")
+        host = self._host_agent(row)
         host.require_connected(self.heartbeat_timeout)
         return host, cluster.resolve_cpu_model(s, body.spec.cpu_model)
 
@@ -239,7 +248,7 @@ class InventoryService:
         fencing token (``VM_NOT_OWNED`` if the VM was claimed elsewhere since); refused
         (POLICY_DENIED) if a policy refuses it."""
         generation = await self.db.run(_generation, name)
-        host = await self.db.run(self._vm_host, name)
+        host = await self.db.run(self._startable_host, name)
         await self.policies.require("start", name, host.name, actor)
         info = await self._agent_of(host).start_vm(name, generation=generation)
         return await self._store_live(name, info, "started", {"pid": info.pid})

@@ -77,7 +77,9 @@ class Host(Base):
     migration_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
     facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     state: Mapped[str] = mapped_column(String(16), default=HostState.CONNECTED.value)
-    maintenance: Mapped[bool] = mapped_column(Boolean, default=False)
+    maintenance: Mapped[bool] = mapped_column(Boolean, default=False)  # = state not normal
+    maintenance_state: Mapped[str] = mapped_column(String(24), default="normal")
+    maintenance_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     migration_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     last_heartbeat: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
