@@ -66,3 +66,72 @@ async def test_a_host_in_maintenance_takes_no_new_vm(
         listed = {h["name"]: h["maintenance_state"] for h in
                   (await c.http.get("/hosts")).json()}
         assert listed["host3"] == "normal"
+
+
+async def enter(c: Controller, host: str = "host1", **body: object) -> dict[str, object]:
+    resp = await c.http.post(f"/hosts/{host}/maintenance/enter", json=body)
+    assert resp.status_code == 200, resp.text
+    return dict(resp.json())
+
+
+async def test_dry_run_answers_the_preflight_and_changes_nothing(
+        tmp_path: Path, hosts: list[FakeAgent]) -> None:
+    hosts[0].vms["app1"] = running(vm_spec("app1", memory_mib=2048))
+    async with controller(tmp_path, hosts) as c:
+        await cluster_of(c)
+        await c.http.post("/hosts/host2/tags", json={"add": ["one"]})
+        resp = await c.http.post("/rules", json={"name": "pin", "kind": "vm-host",
+                                                 "vms": ["web1"], "host_tag": "one"})
+        assert resp.status_code == 201, resp.text
+        answer = await enter(c, dry_run=True, max_parallel=2)
+        assert answer["dry_run"] is True and answer["state"] == "normal"
+        rows = {r["vm"]: r for r in answer["vms"]}  # type: ignore[attr-defined]
+        assert [r["vm"] for r in answer["vms"]] == ["app1", "web1", "db1"]  # type: ignore
+        assert rows["app1"]["dest"] == "host2"  # heaviest first: equal hosts, by name
+        assert rows["web1"]["dest"] == "host2"
+        assert rows["db1"]["blocker"] == "STOPPED_VM_NOT_MOVED"
+        assert 0 < rows["web1"]["predicted_s"] < rows["app1"]["predicted_s"]
+        assert answer["predicted_s"] == rows["app1"]["end_s"]  # both run at once
+        host = (await c.http.get("/hosts/host1")).json()
+        assert host["maintenance_state"] == "normal"
+        assert (await c.http.get("/migrations")).json() == []
+
+
+async def test_a_must_rule_blocker_is_named_and_the_host_is_left_entering(
+        tmp_path: Path, hosts: list[FakeAgent]) -> None:
+    async with controller(tmp_path, hosts) as c:
+        await cluster_of(c)
+        await c.http.post("/hosts/host1/tags", json={"add": ["home"]})
+        resp = await c.http.post("/rules", json={"name": "stay", "kind": "vm-host",
+                                                 "vms": ["web1"], "host_tag": "home"})
+        assert resp.status_code == 201, resp.text
+        answer = await enter(c)
+        rows = {r["vm"]: r for r in answer["vms"]}  # type: ignore[attr-defined]
+        assert rows["web1"]["blocker"] == "MUST_RULE" and "stay" in rows["web1"]["message"]
+        assert answer["state"] == "entering-maintenance"
+        assert "web1: MUST_RULE" in str(answer["reason"])
+        host = (await c.http.get("/hosts/host1")).json()
+        assert host["maintenance_state"] == "entering-maintenance"
+        assert "web1: MUST_RULE" in host["maintenance_reason"]
+
+
+async def test_an_empty_host_enters_at_once_and_exit_returns_it_to_normal(
+        tmp_path: Path, hosts: list[FakeAgent]) -> None:
+    async with controller(tmp_path, hosts) as c:
+        await cluster_of(c)
+        answer = await enter(c, "host3")
+        assert answer["state"] == "in-maintenance" and answer["vms"] == []
+        error_of(await c.http.post("/hosts/host3/maintenance/enter", json={}), 409,
+                 "MAINTENANCE_TRANSITION_INVALID")
+        error_of(await c.http.post("/hosts/host3/maintenance/exit", json={"return": True}),
+                 400, "MAINTENANCE_RETURN_UNSUPPORTED")
+        assert (await c.http.get("/hosts/host3")).json()["maintenance_state"] == \
+            "in-maintenance"
+        resp = await c.http.post("/hosts/host3/maintenance/exit", json={})
+        assert resp.status_code == 200 and resp.json()["state"] == "normal"
+        error_of(await c.http.post("/hosts/host3/maintenance/exit", json={}), 409,
+                 "MAINTENANCE_TRANSITION_INVALID")
+        error_of(await c.http.post("/hosts/nope/maintenance/enter", json={}), 404,
+                 "HOST_NOT_FOUND")
+        error_of(await c.http.post("/hosts/host3/maintenance/enter",
+                                   json={"max_parallel": 0}), 400, "REQUEST_INVALID")

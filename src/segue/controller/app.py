@@ -35,6 +35,7 @@ from segue.controller.api_access import router as access_router
 from segue.controller.api_cluster import router as cluster_router
 from segue.controller.api_inventory import router as inventory_router
 from segue.controller.api_join import router as join_router
+from segue.controller.api_maintenance import router as maintenance_router
 from segue.controller.api_migrations import router as migrations_router
 from segue.controller.api_placement import router as placement_router
 from segue.controller.api_policies import router as policies_router
@@ -139,6 +140,7 @@ def create_app(config: ControllerConfig, agents: AgentPool | None = None) -> Fas
     app.include_router(policies_router)
     app.include_router(rules_router)
     app.include_router(placement_router)
+    app.include_router(maintenance_router)
     app.include_router(trust_router)
 
     @app.get("/health", response_model=ControllerHealth, dependencies=[public()])

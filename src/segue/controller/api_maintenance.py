@@ -1,0 +1,47 @@
+"""Maintenance mode's routes: ``POST /hosts/{name}/maintenance/enter`` (body
+``segue.api.maintenance.EnterMaintenanceBody``: the pre-flight, and unless ``dry_run`` the
+host's new state) and ``POST /hosts/{name}/maintenance/exit`` (back to normal). Both need
+``host maintenance`` (operators); ``segue.controller.maintenance`` does the work and
+documents the errors. ``exit`` with ``return`` is refused (``MAINTENANCE_RETURN_UNSUPPORTED``)
+until the evacuation records which VMs left.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from segue.api.maintenance import EnterMaintenanceBody, ExitMaintenanceBody, MaintenanceAnswer
+from segue.controller.api_inventory import NamePath
+from segue.controller.authz import requires
+from segue.controller.maintenance import MaintenanceService
+from segue.controller.migrations import MigrationService
+from segue.domain.errors import InvalidRequest
+
+router = APIRouter()
+
+
+def service(request: Request) -> MaintenanceService:
+    migrations: MigrationService = request.app.state.migrations
+    return MaintenanceService(migrations.prechecks, request.app.state.config.limits)
+
+
+@router.post("/hosts/{name}/maintenance/enter", response_model=MaintenanceAnswer,
+             dependencies=[requires("host", "maintenance")])
+async def enter_maintenance(request: Request, name: NamePath,
+                            body: EnterMaintenanceBody) -> MaintenanceAnswer:
+    """The evacuation's pre-flight (each VM's destination or blocker, the predicted
+    duration); unless ``dry_run``, the host enters maintenance."""
+    return await service(request).enter(name, body.max_parallel, body.dry_run)
+
+
+@router.post("/hosts/{name}/maintenance/exit", response_model=MaintenanceAnswer,
+             dependencies=[requires("host", "maintenance")])
+async def exit_maintenance(request: Request, name: NamePath,
+                           body: ExitMaintenanceBody) -> MaintenanceAnswer:
+    """The host back to normal."""
+    if body.return_vms:
+        raise InvalidRequest("MAINTENANCE_RETURN_UNSUPPORTED",
+                             "moving the evacuated VMs back is not built yet",
+                             f"exit without return, then move them: segue vm migrate VM "
+                             f"--to {name}", field="return")
+    return await service(request).exit(name)

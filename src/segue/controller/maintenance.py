@@ -1,0 +1,191 @@
+"""Maintenance mode on the controller: the pre-flight of a host's evacuation and its
+maintenance state (``segue.domain.maintenance``).
+
+``preflight(host, max_parallel)`` gathers what the pure planner
+(``segue.placement.evacuation``) needs: every VM of the host (a running one with its
+migration question to every other host, as ``vm placement`` asks it, and the policies'
+verdict on a move by the ``maintenance`` initiator), the hosts, rules, tags and the moves
+in flight, and answers the plan. Each running VM's predicted time is its memory over its
+share of the host's migration link (the link speed the host reports, split among the
+moves run in parallel) by the engine's pre-copy model with no dirtying
+(``segue.engine.prediction.predict``): a lower bound, as no dirty rate is measured before
+the moves start. A stopped VM is not re-homed: its definition lives on its host's agent,
+which keeps reporting it there, so moving it is more than a record change; it is a blocker
+(``STOPPED_VM_NOT_MOVED``) until that is built.
+
+``enter``: the pre-flight; with ``dry_run`` nothing else. Otherwise an empty host becomes
+``in-maintenance`` at once; a host with VMs becomes ``entering-maintenance``, its reason
+naming what the evacuation must still do (the evacuation itself is not started yet: see
+docs/operations.md). ``exit``: back to ``normal``.
+
+Errors: ``NotFound`` (``HOST_NOT_FOUND``), ``Conflict`` (``MAINTENANCE_TRANSITION_INVALID``),
+those of ``Prechecker`` for an agent that cannot be asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from sqlalchemy.orm import Session
+
+from segue.api.maintenance import EvacueeView, MaintenanceAnswer
+from segue.api.rules import ExcludedView, ReasonView
+from segue.checks import HostRecord, MigrationContext, host_facts_from_dict
+from segue.controller import inventory
+from segue.controller.placement_service import cluster_view
+from segue.controller.policy_gate import check_results
+from segue.controller.precheck import HostRow, Prechecker
+from segue.controller.scheduler import HostLimits
+from segue.domain.maintenance import MaintenanceState
+from segue.engine.prediction import MiB, predict
+from segue.placement import HostSlot
+from segue.placement.evacuation import (
+    Blocker,
+    EvacuationPlan,
+    EvacuationRequest,
+    Evacuee,
+    plan_evacuation,
+    shared_link_bps,
+)
+
+STOPPED_VM_NOT_MOVED = "STOPPED_VM_NOT_MOVED"
+DEFAULT_LINK_MBPS = 1000  # when the host reports no link speed
+PREDICTION_DOWNTIME_MS = 300
+
+
+def predicted_move_s(memory_mib: int, link_mbps: int | None, parallel: int) -> float:
+    """A move's predicted time: its memory over its share of the link, no dirtying."""
+    link_bps = shared_link_bps((link_mbps or DEFAULT_LINK_MBPS) * 1e6 / 8, parallel)
+    return round(predict(memory_mib * MiB, link_bps, 0.0, PREDICTION_DOWNTIME_MS).total_s, 1)
+
+
+def _vms_of(session: Session, host: str) -> list[tuple[str, dict[str, object], str]]:
+    inventory.get_host(session, host)
+    return [(vm.name, dict(vm.spec), vm.state) for vm in inventory.list_vms(session, host)]
+
+
+def answer_of(plan: EvacuationPlan, state: str, reason: str | None, dry_run: bool,
+              stopped: Sequence[Blocker] = ()) -> MaintenanceAnswer:
+    """The plan as the API shows it, each VM in plan order, then the blocked ones."""
+    rows = [EvacueeView(vm=m.vm, running=m.running, dest=m.dest, predicted_s=m.predicted_s,
+                        start_s=m.start_s, end_s=m.end_s,
+                        warnings=[r.message for r in m.broken_should]) for m in plan.moves]
+    for b in (*plan.blocked, *stopped):
+        rows.append(EvacueeView(
+            vm=b.vm, running=b.running, blocker=b.code, message=b.message, hint=b.hint,
+            excluded=[ExcludedView(host=e.host, reasons=[ReasonView.model_validate(r.to_dict())
+                                                         for r in e.reasons])
+                      for e in b.excluded]))
+    return MaintenanceAnswer(host=plan.host, state=state,
+                             reason=reason, dry_run=dry_run, parallel=plan.parallel,
+                             predicted_s=plan.predicted_s, vms=rows)
+
+
+def blocked_reason(plan: EvacuationPlan, stopped: Sequence[Blocker]) -> str | None:
+    """Why the host cannot be emptied (None: it can)."""
+    blockers = [*plan.blocked, *stopped]
+    if not blockers:
+        return None
+    return "; ".join(f"{b.vm}: {b.code}" for b in blockers)
+
+
+class MaintenanceService:
+    """Pre-flight and maintenance state (see the module doc)."""
+
+    def __init__(self, prechecker: Prechecker, limits: HostLimits) -> None:
+        self.prechecks = prechecker
+        self.db = prechecker.db
+        self.limits = limits
+
+    async def _running(self, name: str, spec_memory: int, parallel: int) -> Evacuee:
+        plan = await self.prechecks.plan(name, None)
+        source = await self.prechecks.source(plan)
+        async with asyncio.TaskGroup() as tg:
+            tasks = {row.name: tg.create_task(self.prechecks.context(plan, source, row))
+                     for row in plan.dests}
+        contexts: dict[str, MigrationContext] = {n: t.result() for n, t in tasks.items()}
+        denials = await self.prechecks.policies.decide_many(
+            "migrate", name, list(tasks), None, "maintenance")
+        link = source.host.facts.migration.speed_mbps
+        return Evacuee(source.vm, True, frozenset(), predicted_move_s(spec_memory, link,
+                                                                     parallel),
+                       contexts, {h: tuple(check_results(d)) for h, d in denials.items()
+                                  if h is not None})
+
+    async def preflight(self, host: str, max_parallel: int
+                        ) -> tuple[EvacuationPlan, list[Blocker]]:
+        """The evacuation plan of ``host`` and the stopped VMs it leaves (module doc)."""
+        vms = await self.db.run(_vms_of, host)
+        view = await self.db.run(cluster_view, self.prechecks)
+        parallel = min(max_parallel, self.limits.max_outgoing)
+        evacuees: list[Evacuee] = []
+        stopped: list[Blocker] = []
+        for name, spec, state in vms:
+            if state != "running":
+                stopped.append(Blocker(
+                    name, STOPPED_VM_NOT_MOVED,
+                    f"{name} is {state}: a stopped VM is not moved by maintenance yet",
+                    f"start it so it migrates (segue vm start {name}), or delete it",
+                    running=False))
+                continue
+            evacuees.append(await self._running(name, int(str(spec.get("memory_mib") or 0)),
+                                                parallel))
+        tags = {r.name: r.tags for r in view.residents}
+        evacuees = [Evacuee(e.vm, e.running, tags.get(e.vm.name, frozenset()), e.predicted_s,
+                            e.contexts, e.policy) for e in evacuees]
+        fresh = {h: ctx.dest for e in evacuees for h, ctx in e.contexts.items()}
+        slots = tuple(HostSlot(_record(row, fresh), view.host_tags.get(row.name, frozenset()),
+                               view.reserved_mib.get(row.name, 0)) for row in view.hosts)
+        stopped_names = {b.vm for b in stopped}
+        request = EvacuationRequest(
+            host, slots, tuple(evacuees),
+            tuple(r for r in view.residents if r.name not in stopped_names),
+            tuple(view.rules), max_parallel, self.limits.max_outgoing,
+            self.limits.max_incoming)
+        return plan_evacuation(request), stopped
+
+    async def enter(self, host: str, max_parallel: int, dry_run: bool) -> MaintenanceAnswer:
+        """The pre-flight, and unless ``dry_run`` the host's new state (module doc)."""
+        plan, stopped = await self.preflight(host, max_parallel)
+        if dry_run:
+            state = await self.db.run(_state_of, host)
+            return answer_of(plan, state[0], state[1], True, stopped)
+        left = [*(m.vm for m in plan.moves), *(b.vm for b in (*plan.blocked, *stopped))]
+        blocked = blocked_reason(plan, stopped)
+        reason = (None if not left else blocked or
+                  f"{len(plan.moves)} VM(s) to move: the evacuation is not started by the "
+                  "controller yet")
+        target = MaintenanceState.IN if not left else MaintenanceState.ENTERING
+        await self.db.run(_set_state, host, target, reason, not left)
+        return answer_of(plan, target.value, reason, False, stopped)
+
+    async def exit(self, host: str) -> MaintenanceAnswer:
+        """Back to ``normal``; raises Conflict (``MAINTENANCE_TRANSITION_INVALID``) if the
+        host is not in maintenance."""
+        await self.db.run(_set_state, host, MaintenanceState.NORMAL, None)
+        return MaintenanceAnswer(host=host, state="normal")
+
+
+def _record(row: HostRow, fresh: dict[str, HostRecord]) -> HostRecord:
+    """The host as the agents' fresh facts show it (asked for the running VMs' questions),
+    else on its stored facts."""
+    if row.name in fresh:
+        return fresh[row.name]
+    return HostRecord(row.name, row.connected, row.maintenance, row.migration_enabled,
+                      host_facts_from_dict(row.name, row.facts))
+
+
+def _state_of(session: Session, host: str) -> tuple[str, str | None]:
+    row = inventory.get_host(session, host)
+    return row.maintenance_state, row.maintenance_reason
+
+
+def _set_state(session: Session, host: str, state: MaintenanceState,
+               reason: str | None, through_entering: bool = False) -> None:
+    """``host`` to ``state`` (``through_entering``: by way of entering-maintenance, in the
+    same transaction: an empty host)."""
+    row = inventory.get_host(session, host)
+    if through_entering:
+        inventory.set_maintenance(row, MaintenanceState.ENTERING)
+    inventory.set_maintenance(row, state, reason)
