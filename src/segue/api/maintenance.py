@@ -1,4 +1,5 @@
-"""Wire models of maintenance mode: ``POST /hosts/{name}/maintenance/enter`` and ``/exit``.
+"""Wire models of maintenance mode: ``POST /hosts/{name}/maintenance/enter`` and ``/exit``,
+and ``GET /hosts/{name}/maintenance`` (``MaintenanceStatus``).
 
 The answer of ``enter`` is the pre-flight: each VM of the host with its destination or its
 blocker (a code of ``segue.placement.evacuation.BLOCKER_CODES``, a message, a hint) and
@@ -7,6 +8,7 @@ its move's predicted time, and the evacuation's predicted duration.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from pydantic import Field
@@ -57,3 +59,34 @@ class MaintenanceAnswer(ResponseModel):
     parallel: int = 1
     predicted_s: float = 0.0
     vms: list[EvacueeView] = []
+
+
+class EvacuationMoveView(ResponseModel):
+    """One VM of an evacuation: ``phase`` planned, migrating (``job_phase``: its job's),
+    moved, blocked (``blocker``, ``message``)."""
+
+    vm: str
+    phase: str
+    dest: str | None = None
+    job_id: str | None = None
+    job_phase: str | None = None
+    predicted_s: float = 0.0
+    blocker: str | None = None
+    message: str | None = None
+
+
+class MaintenanceStatus(ResponseModel):
+    """A host's maintenance state and its latest evacuation (``evacuation``: running, done,
+    stuck, stopped; None: never evacuated); ``eta_s`` (while running): the pre-flight's
+    predicted duration less the time gone."""
+
+    host: str
+    state: HostMaintenance
+    reason: str | None = None
+    evacuation: str | None = None
+    max_parallel: int | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    predicted_s: float = 0.0
+    eta_s: float | None = None
+    vms: list[EvacuationMoveView] = []

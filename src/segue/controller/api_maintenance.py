@@ -1,8 +1,10 @@
 """Maintenance mode's routes: ``POST /hosts/{name}/maintenance/enter`` (body
 ``segue.api.maintenance.EnterMaintenanceBody``: the pre-flight, and unless ``dry_run`` the
-host's new state) and ``POST /hosts/{name}/maintenance/exit`` (back to normal). Both need
-``host maintenance`` (operators); ``segue.controller.maintenance`` does the work and
-documents the errors. ``exit`` with ``return`` is refused (``MAINTENANCE_RETURN_UNSUPPORTED``)
+host's new state and its evacuation), ``POST /hosts/{name}/maintenance/exit`` (back to
+normal) and ``GET /hosts/{name}/maintenance`` (the state and the latest evacuation, each VM's
+phase; ``host read``). The first two need ``host maintenance`` (operators);
+``segue.controller.maintenance`` and ``segue.controller.evacuation`` do the work and
+document the errors. ``exit`` with ``return`` is refused (``MAINTENANCE_RETURN_UNSUPPORTED``)
 until the evacuation records which VMs left.
 """
 
@@ -10,9 +12,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from segue.api.maintenance import EnterMaintenanceBody, ExitMaintenanceBody, MaintenanceAnswer
+from segue.api.maintenance import (
+    EnterMaintenanceBody,
+    ExitMaintenanceBody,
+    MaintenanceAnswer,
+    MaintenanceStatus,
+)
 from segue.controller.api_inventory import NamePath
 from segue.controller.authz import requires
+from segue.controller.evacuation import Evacuations
 from segue.controller.maintenance import MaintenanceService
 from segue.controller.migrations import MigrationService
 from segue.domain.errors import InvalidRequest
@@ -22,7 +30,17 @@ router = APIRouter()
 
 def service(request: Request) -> MaintenanceService:
     migrations: MigrationService = request.app.state.migrations
-    return MaintenanceService(migrations.prechecks, request.app.state.config.limits)
+    return MaintenanceService(migrations.prechecks, request.app.state.config.limits,
+                              request.app.state.evacuations)
+
+
+@router.get("/hosts/{name}/maintenance", response_model=MaintenanceStatus,
+            dependencies=[requires("host", "read")])
+async def maintenance_status(request: Request, name: NamePath) -> MaintenanceStatus:
+    """The host's maintenance state and its latest evacuation: each VM's phase, job,
+    destination or blocker, and the ETA."""
+    evacuations: Evacuations = request.app.state.evacuations
+    return await evacuations.status(name)
 
 
 @router.post("/hosts/{name}/maintenance/enter", response_model=MaintenanceAnswer,

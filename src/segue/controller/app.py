@@ -6,7 +6,8 @@ The lifespan opens the database and upgrades its schema, then keeps on ``app.sta
 (``controller.trust.ClusterTrust``: the CAs client certificates are verified against and
 the revoked certificates, in memory; the pool sends nothing to a revoked host), ``tg``
 (the asyncio.TaskGroup that owns every background task: the stale-host watcher, the audit
-log's pruning and migration jobs) and ``migrations`` (MigrationService). Leaving the
+log's pruning, migration jobs and evacuations), ``migrations`` (MigrationService) and
+``evacuations`` (``controller.evacuation.Evacuations``, resumed at start). Leaving the
 lifespan cancels running migration jobs (each rolls back, shielded) and waits for them.
 
 Access: the access gate (``segue.controller.gate``) answers 401 to every request over TCP
@@ -44,6 +45,7 @@ from segue.controller.api_trust import router as trust_router
 from segue.controller.authz import check_routes_declared, public
 from segue.controller.config import AUDIT_PRUNE_INTERVAL, AuditConfig, ControllerConfig
 from segue.controller.db import Database
+from segue.controller.evacuation import Evacuations
 from segue.controller.gate import AccessGate
 from segue.controller.inventory_service import InventoryService
 from segue.controller.migrations import MigrationService
@@ -118,12 +120,16 @@ def create_app(config: ControllerConfig, agents: AgentPool | None = None) -> Fas
                     max_auto_downtime_ms=config.max_auto_downtime_ms)
                 if recovered := await app.state.migrations.recover_all():
                     log.warning("reconciling %d unfinished migration(s)", recovered)
+                app.state.evacuations = Evacuations(db, app.state.migrations, tg)
+                if resumed := await app.state.evacuations.resume_all():
+                    log.warning("resuming %d unfinished evacuation(s)", resumed)
                 try:
                     yield
                 finally:
                     watcher.cancel()
                     pruner.cancel()
                     releases.cancel()
+                    app.state.evacuations.stop_all()  # they resume at the next start
                     app.state.migrations.stop_all()  # running jobs roll back
         finally:
             await pool.aclose()

@@ -15,11 +15,12 @@ which keeps reporting it there, so moving it is more than a record change; it is
 
 ``enter``: the pre-flight; with ``dry_run`` nothing else. Otherwise an empty host becomes
 ``in-maintenance`` at once; a host with VMs becomes ``entering-maintenance``, its reason
-naming what the evacuation must still do (the evacuation itself is not started yet: see
-docs/operations.md). ``exit``: back to ``normal``.
+naming what the evacuation must do, and its evacuation starts (``segue.controller.
+evacuation``). ``exit``: the evacuation stops requesting moves, and the host is back to
+``normal``.
 
-Errors: ``NotFound`` (``HOST_NOT_FOUND``), ``Conflict`` (``MAINTENANCE_TRANSITION_INVALID``),
-those of ``Prechecker`` for an agent that cannot be asked.
+Errors: ``NotFound`` (``HOST_NOT_FOUND``), ``Conflict`` (``MAINTENANCE_TRANSITION_INVALID``,
+``EVACUATION_RUNNING``), those of ``Prechecker`` for an agent that cannot be asked.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from segue.api.maintenance import EvacueeView, MaintenanceAnswer
 from segue.api.rules import ExcludedView, ReasonView
 from segue.checks import HostRecord, MigrationContext, host_facts_from_dict
 from segue.controller import inventory
+from segue.controller.evacuation import Evacuations
 from segue.controller.placement_service import cluster_view
 from segue.controller.policy_gate import check_results
 from segue.controller.precheck import HostRow, Prechecker
@@ -93,10 +95,12 @@ def blocked_reason(plan: EvacuationPlan, stopped: Sequence[Blocker]) -> str | No
 class MaintenanceService:
     """Pre-flight and maintenance state (see the module doc)."""
 
-    def __init__(self, prechecker: Prechecker, limits: HostLimits) -> None:
+    def __init__(self, prechecker: Prechecker, limits: HostLimits,
+                 evacuations: Evacuations) -> None:
         self.prechecks = prechecker
         self.db = prechecker.db
         self.limits = limits
+        self.evacuations = evacuations
 
     async def _running(self, name: str, spec_memory: int, parallel: int) -> Evacuee:
         plan = await self.prechecks.plan(name, None)
@@ -146,24 +150,31 @@ class MaintenanceService:
         return plan_evacuation(request), stopped
 
     async def enter(self, host: str, max_parallel: int, dry_run: bool) -> MaintenanceAnswer:
-        """The pre-flight, and unless ``dry_run`` the host's new state (module doc)."""
+        """The pre-flight, and unless ``dry_run`` the host's new state and its evacuation
+        (module doc)."""
+        if not dry_run:
+            self.evacuations.refuse_running(host)
         plan, stopped = await self.preflight(host, max_parallel)
         if dry_run:
             state = await self.db.run(_state_of, host)
             return answer_of(plan, state[0], state[1], True, stopped)
         left = [*(m.vm for m in plan.moves), *(b.vm for b in (*plan.blocked, *stopped))]
+        if not left:
+            await self.db.run(_set_state, host, MaintenanceState.IN, None, True)
+            return answer_of(plan, MaintenanceState.IN.value, None, False, stopped)
         blocked = blocked_reason(plan, stopped)
-        reason = (None if not left else blocked or
-                  f"{len(plan.moves)} VM(s) to move: the evacuation is not started by the "
-                  "controller yet")
-        target = MaintenanceState.IN if not left else MaintenanceState.ENTERING
-        await self.db.run(_set_state, host, target, reason, not left)
-        return answer_of(plan, target.value, reason, False, stopped)
+        reason = f"evacuating: {len(plan.moves)} VM(s) to move" + (
+            f"; blocked: {blocked}" if blocked else "")
+        self.evacuations.refuse_running(host)  # the pre-flight awaited: look again
+        await self.evacuations.begin(host, max_parallel, plan, stopped, reason)
+        return answer_of(plan, MaintenanceState.ENTERING.value, reason, False, stopped)
 
     async def exit(self, host: str) -> MaintenanceAnswer:
-        """Back to ``normal``; raises Conflict (``MAINTENANCE_TRANSITION_INVALID``) if the
-        host is not in maintenance."""
+        """The evacuation stops requesting moves (those requested run on) and the host is
+        back to ``normal``; raises Conflict (``MAINTENANCE_TRANSITION_INVALID``) if the host
+        is not in maintenance."""
         await self.db.run(_set_state, host, MaintenanceState.NORMAL, None)
+        await self.evacuations.stop(host)
         return MaintenanceAnswer(host=host, state="normal")
 
 

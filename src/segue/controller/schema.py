@@ -7,6 +7,7 @@ that its tables are part of the metadata (one name per model module in the impor
 from segue.controller import (  # noqa: F401 - their tables join Base.metadata
     access_models,
     cluster_models,
+    evacuation_models,
     migration_models,
     policy_models,
     rule_models,

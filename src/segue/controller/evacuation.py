@@ -1,0 +1,330 @@
+"""Maintenance evacuations on the controller: the planned moves of a host run as migration
+jobs, each evacuation a task of the controller's TaskGroup.
+
+``Evacuations.begin`` stores the plan (``segue.controller.evacuation_models``: each VM's
+destination or blocker) together with the host's ``entering-maintenance`` state, in one
+transaction, then runs it: each planned VM is requested through
+``MigrationService.request`` (initiator ``maintenance``, no actor: the policies decide on
+that), at most ``max_parallel`` of this evacuation's jobs at once (the scheduler's per-host
+limits may queue them further), and each job is awaited by polling its record. A job that
+ends other than ``completed``, or a request that is refused, makes that VM a blocker with
+the job's (or the refusal's) code and message; it is not retried. When no VM is waiting or
+migrating any more, the host becomes ``in-maintenance`` if only blocked VMs are not left on
+it, else it stays ``entering-maintenance`` with the reason naming the blockers
+(``web1: MUST_RULE; web2: MIGRATION_FAILED``), and the task ends.
+
+A VM's job id is stored as soon as its request returns. ``resume_all`` (at the controller's
+start) runs every evacuation a previous controller left running: a VM with a job id is
+awaited, never requested again; a planned VM that already has a migration in flight (a
+controller that stopped between a request and its record) adopts that job; a planned VM no
+longer on the host counts as moved. Every step is a VM event (``evacuation-requested``,
+``evacuation-moved``, ``evacuation-blocked``) in the VM's event log (``segue vm events``).
+
+Errors: ``Conflict`` (``EVACUATION_RUNNING``) from ``refuse_running``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from segue.api.maintenance import EvacuationMoveView, MaintenanceStatus
+from segue.api.migration import MigrationOptionsBody
+from segue.controller import inventory
+from segue.controller.db import Database
+from segue.controller.evacuation_models import EvacuationMoveRow, EvacuationRow
+from segue.controller.migrations import MigrationService
+from segue.controller.models import utcnow
+from segue.domain.errors import Conflict, SegueError
+from segue.domain.maintenance import MaintenanceState
+from segue.engine.phases import TERMINAL, Phase
+from segue.placement.evacuation import Blocker, EvacuationPlan
+
+log = logging.getLogger(__name__)
+POLL_S = 0.5  # seconds between looks at an evacuation's jobs
+PLANNED, MIGRATING, MOVED, BLOCKED = "planned", "migrating", "moved", "blocked"
+RUNNING, DONE, STUCK, STOPPED = "running", "done", "stuck", "stopped"
+
+
+@dataclass(frozen=True)
+class MoveRecord:
+    """One VM of an evacuation as stored."""
+
+    id: int
+    vm: str
+    dest: str | None
+    phase: str
+    job_id: str | None
+
+
+@dataclass(frozen=True)
+class EvacuationRecord:
+    id: int
+    host: str
+    max_parallel: int
+    moves: tuple[MoveRecord, ...]
+
+
+class Evacuations:
+    """Runs, resumes, stops and reports evacuations (see the module doc)."""
+
+    def __init__(self, db: Database, migrations: MigrationService, tg: asyncio.TaskGroup,
+                 poll_s: float = POLL_S) -> None:
+        self.db = db
+        self.migrations = migrations
+        self.tg = tg
+        self.poll_s = poll_s
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    def refuse_running(self, host: str) -> None:
+        """Raise Conflict (``EVACUATION_RUNNING``) if ``host``'s evacuation runs."""
+        if host in self.tasks:
+            raise Conflict("EVACUATION_RUNNING", f"host {host} is being evacuated already",
+                           f"follow it (segue host maintenance status {host}), or stop it "
+                           f"(segue host maintenance exit {host})", host=host)
+
+    async def begin(self, host: str, max_parallel: int, plan: EvacuationPlan,
+                    stopped: Sequence[Blocker], reason: str) -> None:
+        """Store the plan with the host ``entering-maintenance`` (``reason``) and run it."""
+        evacuation_id = await self.db.run(_begin, host, max_parallel, plan, stopped, reason)
+        self._start(host, evacuation_id)
+
+    def _start(self, host: str, evacuation_id: int) -> None:
+        self.tasks[host] = self.tg.create_task(self._run(host, evacuation_id),
+                                               name=f"evacuate-{host}")
+
+    async def resume_all(self) -> int:
+        """Run again every evacuation a previous controller left running; how many."""
+        left = await self.db.run(_running_evacuations)
+        for host, evacuation_id in left:
+            self._start(host, evacuation_id)
+        return len(left)
+
+    def stop_all(self) -> None:
+        """Cancel every evacuation task (they stay ``running`` in the database, to resume)."""
+        for task in self.tasks.values():
+            task.cancel()
+
+    async def stop(self, host: str) -> None:
+        """End ``host``'s evacuation (the host leaves maintenance): no new request; the
+        jobs already requested run on."""
+        task = self.tasks.pop(host, None)
+        if task is not None:
+            task.cancel()
+        await self.db.run(_stop, host)
+
+    async def status(self, host: str) -> MaintenanceStatus:
+        """``host``'s maintenance state and its latest evacuation, each VM's phase."""
+        status = await self.db.run(_status, host, utcnow())
+        vms = []
+        for row in status.vms:
+            if row.phase == MIGRATING and row.job_id is not None:
+                job = await self.migrations.get(row.job_id)
+                row = row.model_copy(update={"job_phase": job.phase})
+            vms.append(row)
+        return status.model_copy(update={"vms": vms})
+
+    async def _run(self, host: str, evacuation_id: int) -> None:
+        try:
+            while True:  # polls the jobs' records: they end in the runner's tasks
+                if await self._step(evacuation_id):
+                    return
+                await asyncio.sleep(self.poll_s)
+        except Exception as err:  # the TaskGroup must outlive one evacuation's fault
+            log.exception("the evacuation of %s stopped on an error", host)
+            await self.db.run(_end_on_error, evacuation_id, f"{type(err).__name__}: {err}")
+        finally:
+            if self.tasks.get(host) is asyncio.current_task():
+                del self.tasks[host]
+
+    async def _step(self, evacuation_id: int) -> bool:
+        """Await the jobs, request what may start; True once nothing is left to do."""
+        evacuation = await self.db.run(_record, evacuation_id)
+        if evacuation is None:
+            return True  # stopped meanwhile
+        in_flight = 0
+        for move in evacuation.moves:
+            if move.phase == MIGRATING and move.job_id is not None:
+                in_flight += not await self._ended(evacuation, move, move.job_id)
+        planned = [m for m in evacuation.moves if m.phase == PLANNED]
+        room = max(0, evacuation.max_parallel - in_flight)
+        for move in planned[:room]:
+            in_flight += await self._request(evacuation, move)
+        if in_flight or len(planned) > room:
+            return False
+        await self.db.run(_finish, evacuation_id)
+        return True
+
+    async def _ended(self, evacuation: EvacuationRecord, move: MoveRecord, job_id: str
+                     ) -> bool:
+        job = await self.migrations.get(job_id)
+        if Phase(job.phase) not in TERMINAL:
+            return False
+        if job.phase == Phase.COMPLETED:
+            await self.db.run(_moved, move.id, evacuation.host, job.destination, job_id)
+        else:
+            await self.db.run(_blocked, move.id, evacuation.host,
+                              job.error_code or "MIGRATION_FAILED",
+                              f"its migration {job_id} ended {job.phase}: {job.reason}")
+        return True
+
+    async def _request(self, evacuation: EvacuationRecord, move: MoveRecord) -> bool:
+        """Request ``move``'s migration (or adopt the one in flight); True if a job runs."""
+        active = await self.migrations.store.active_of(move.vm)
+        if active is not None:
+            await self.db.run(_requested, move.id, evacuation.host, active.id)
+            return True
+        if await self.db.run(_vm_host, move.vm) != evacuation.host:
+            await self.db.run(_moved, move.id, evacuation.host, None, None)
+            return False
+        try:
+            job = await self.migrations.request(move.vm, str(move.dest), MigrationOptionsBody(),
+                                                actor=None, initiator="maintenance")
+        except SegueError as err:
+            await self.db.run(_blocked, move.id, evacuation.host, err.code, err.message)
+            return False
+        await self.db.run(_requested, move.id, evacuation.host, job.id)
+        return True
+
+
+# ---- the database side (each runs in Database.run: one transaction) ----
+
+def _begin(session: Session, host: str, max_parallel: int, plan: EvacuationPlan,
+           stopped: Sequence[Blocker], reason: str) -> int:
+    row = inventory.get_host(session, host)
+    inventory.set_maintenance(row, MaintenanceState.ENTERING, reason)
+    now = utcnow()
+    evacuation = EvacuationRow(host=host, max_parallel=max_parallel, state=RUNNING,
+                               predicted_s=plan.predicted_s, started_at=now)
+    session.add(evacuation)
+    session.flush()
+    position = 0
+    for move in plan.moves:
+        session.add(EvacuationMoveRow(evacuation_id=evacuation.id, position=position,
+                                      vm=move.vm, dest=move.dest,
+                                      predicted_s=move.predicted_s, phase=PLANNED))
+        position += 1
+    for blocker in (*plan.blocked, *stopped):
+        session.add(EvacuationMoveRow(evacuation_id=evacuation.id, position=position,
+                                      vm=blocker.vm, phase=BLOCKED, blocker=blocker.code,
+                                      message=blocker.message))
+        inventory.record_vm_event(session, blocker.vm, "evacuation-blocked",
+                                  {"host": host, "code": blocker.code,
+                                   "message": blocker.message}, now)
+        position += 1
+    return evacuation.id
+
+
+def _running_evacuations(session: Session) -> list[tuple[str, int]]:
+    rows = session.scalars(select(EvacuationRow).where(EvacuationRow.state == RUNNING))
+    return [(r.host, r.id) for r in rows]
+
+
+def _moves(session: Session, evacuation_id: int) -> list[EvacuationMoveRow]:
+    return list(session.scalars(select(EvacuationMoveRow).where(
+        EvacuationMoveRow.evacuation_id == evacuation_id).order_by(
+        EvacuationMoveRow.position)))
+
+
+def _record(session: Session, evacuation_id: int) -> EvacuationRecord | None:
+    row = session.get(EvacuationRow, evacuation_id)
+    if row is None or row.state != RUNNING:
+        return None
+    return EvacuationRecord(row.id, row.host, row.max_parallel, tuple(
+        MoveRecord(m.id, m.vm, m.dest, m.phase, m.job_id)
+        for m in _moves(session, evacuation_id)))
+
+
+def _vm_host(session: Session, vm: str) -> str | None:
+    try:
+        return inventory.get_vm(session, vm).host
+    except SegueError:
+        return None
+
+
+def _requested(session: Session, move_id: int, host: str, job_id: str) -> None:
+    move = session.get_one(EvacuationMoveRow, move_id)
+    move.phase, move.job_id = MIGRATING, job_id
+    inventory.record_vm_event(session, move.vm, "evacuation-requested",
+                              {"host": host, "to": move.dest, "job": job_id})
+
+
+def _moved(session: Session, move_id: int, host: str, dest: str | None,
+           job_id: str | None) -> None:
+    move = session.get_one(EvacuationMoveRow, move_id)
+    move.phase = MOVED
+    if dest is None:
+        move.message = "it left the host by other means"
+    inventory.record_vm_event(session, move.vm, "evacuation-moved",
+                              {"from": host, "to": dest or move.dest, "job": job_id})
+
+
+def _blocked(session: Session, move_id: int, host: str, code: str, message: str) -> None:
+    move = session.get_one(EvacuationMoveRow, move_id)
+    move.phase, move.blocker, move.message = BLOCKED, code, message
+    inventory.record_vm_event(session, move.vm, "evacuation-blocked",
+                              {"host": host, "code": code, "message": message})
+
+
+def _finish(session: Session, evacuation_id: int) -> None:
+    """The host ``in-maintenance`` if no VM but blocked ones is left on it, else stuck."""
+    evacuation = session.get_one(EvacuationRow, evacuation_id)
+    evacuation.ended_at = utcnow()
+    host = inventory.get_host(session, evacuation.host)
+    if host.maintenance_state != MaintenanceState.ENTERING:
+        evacuation.state = STOPPED
+        return
+    moves = _moves(session, evacuation_id)
+    blocked = [f"{m.vm}: {m.blocker}" for m in moves if m.phase == BLOCKED]
+    known = {m.vm for m in moves if m.phase == BLOCKED}
+    blocked += [f"{vm.name}: NOT_PLANNED" for vm in inventory.list_vms(session, host.name)
+                if vm.name not in known]
+    if blocked:
+        evacuation.state, evacuation.reason = STUCK, "; ".join(blocked)
+        inventory.set_maintenance(host, MaintenanceState.ENTERING, evacuation.reason)
+    else:
+        evacuation.state = DONE
+        inventory.set_maintenance(host, MaintenanceState.IN)
+
+
+def _end_on_error(session: Session, evacuation_id: int, error: str) -> None:
+    evacuation = session.get_one(EvacuationRow, evacuation_id)
+    evacuation.state, evacuation.ended_at = STUCK, utcnow()
+    evacuation.reason = f"the evacuation stopped on an error ({error}); enter again to retry"
+    host = inventory.get_host(session, evacuation.host)
+    if host.maintenance_state == MaintenanceState.ENTERING:
+        inventory.set_maintenance(host, MaintenanceState.ENTERING, evacuation.reason)
+
+
+def _stop(session: Session, host: str) -> None:
+    for row in session.scalars(select(EvacuationRow).where(
+            EvacuationRow.host == host, EvacuationRow.state == RUNNING)):
+        row.state, row.ended_at = STOPPED, utcnow()
+        row.reason = "the host left maintenance before the evacuation ended"
+
+
+def _status(session: Session, host: str, now: datetime) -> MaintenanceStatus:
+    row = inventory.get_host(session, host)
+    evacuation = session.scalars(select(EvacuationRow).where(EvacuationRow.host == host)
+                                 .order_by(EvacuationRow.id.desc())).first()
+    status = MaintenanceStatus(host=host, state=row.maintenance_state,
+                               reason=row.maintenance_reason)
+    if evacuation is None:
+        return status
+    elapsed = (now - evacuation.started_at).total_seconds()
+    eta = max(0.0, round(evacuation.predicted_s - elapsed, 1)) \
+        if evacuation.state == RUNNING else None
+    return status.model_copy(update={
+        "evacuation": evacuation.state, "max_parallel": evacuation.max_parallel,
+        "started_at": evacuation.started_at, "ended_at": evacuation.ended_at,
+        "predicted_s": evacuation.predicted_s, "eta_s": eta,
+        "vms": [EvacuationMoveView(vm=m.vm, phase=m.phase, dest=m.dest, job_id=m.job_id,
+                                   predicted_s=m.predicted_s, blocker=m.blocker,
+                                   message=m.message)
+                for m in _moves(session, evacuation.id)]})

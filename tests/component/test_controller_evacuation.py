@@ -1,0 +1,190 @@
+"""Maintenance evacuations through the controller's API against fake agents whose
+migrations end when the test says so (``Moves.finish``, from the queue's tests): the moves
+run at most ``max_parallel`` at once, the host ends ``in-maintenance``, a VM that cannot
+move (a must rule, a failed job) leaves it ``entering-maintenance`` naming it, and a
+restarted controller resumes an evacuation without requesting a VM's migration twice."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from test_controller_checks import Controller
+from test_controller_queue import VMS, Moves, cluster, controller
+
+from segue.engine.phases import TERMINAL
+
+POLL_S = 0.02
+
+
+async def status(c: Controller, host: str = "host1") -> dict[str, Any]:
+    resp = await c.http.get(f"/hosts/{host}/maintenance")
+    assert resp.status_code == 200, resp.text
+    answer: dict[str, Any] = resp.json()
+    return answer
+
+
+async def until(what: str, test: Callable[[], Any], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await test():
+        assert time.monotonic() < deadline, f"never {what}"
+        await asyncio.sleep(POLL_S)
+
+
+async def enter(c: Controller, max_parallel: int = 2) -> dict[str, Any]:
+    c.app.state.evacuations.poll_s = POLL_S
+    resp = await c.http.post("/hosts/host1/maintenance/enter",
+                             json={"max_parallel": max_parallel})
+    assert resp.status_code == 200, resp.text
+    answer: dict[str, Any] = resp.json()
+    return answer
+
+
+async def active_jobs(c: Controller) -> list[dict[str, Any]]:
+    jobs = (await c.http.get("/migrations")).json()
+    return [j for j in jobs if j["phase"] not in TERMINAL]
+
+
+async def hosts_of(c: Controller) -> dict[str, str]:
+    return {v["name"]: v["host"] for v in (await c.http.get("/vms")).json()}
+
+
+def requests_of(c: Controller, vm: str) -> int:
+    """How many times a fake agent was asked to start ``vm``'s migration."""
+    return sum(call == f"start_migration {vm}" for a in c.agents.values() for call in a.calls)
+
+
+async def test_three_vms_leave_two_at_a_time_and_the_host_ends_in_maintenance(
+        tmp_path: Path) -> None:
+    moves = Moves()
+    async with controller(tmp_path, cluster(moves), outgoing=4, incoming=4) as c:
+        seen: list[int] = []
+
+        async def sample() -> None:
+            while True:
+                seen.append(len(await active_jobs(c)))
+                await asyncio.sleep(0.01)
+
+        sampler = asyncio.create_task(sample())
+        try:
+            answer = await enter(c)
+            assert answer["state"] == "entering-maintenance"
+            assert "evacuating: 3 VM(s) to move" in answer["reason"]
+
+            async def copying(n: int) -> bool:
+                return len(moves.started) >= n
+            await until("two copying", lambda: copying(2))
+            await asyncio.sleep(0.2)  # several polls of the evacuation: no third request
+            assert len(moves.started) == 2 and len(await active_jobs(c)) == 2
+            running = await status(c)
+            assert running["evacuation"] == "running" and running["eta_s"] is not None
+            phases = {v["vm"]: v["phase"] for v in running["vms"]}
+            assert sorted(phases.values()) == ["migrating", "migrating", "planned"]
+            for vm in list(moves.started):
+                moves.finish(vm)
+                await until(f"{vm} moved", lambda vm=vm: _phase_is(c, vm, "moved"))
+            await until("three copying", lambda: copying(3))
+            moves.finish(moves.started[2])
+
+            async def in_maintenance() -> bool:
+                return (await status(c))["state"] == "in-maintenance"
+            await until("in-maintenance", in_maintenance)
+        finally:
+            sampler.cancel()
+        assert max(seen) == 2  # the evacuation ran two at once, never more
+        done = await status(c)
+        assert done["evacuation"] == "done" and done["reason"] is None
+        assert {v["phase"] for v in done["vms"]} == {"moved"}
+        where = await hosts_of(c)
+        assert all(where[vm] in ("host2", "host3") for vm in VMS), where
+        assert all(requests_of(c, vm) == 1 for vm in VMS)
+        kinds = [e["kind"] for e in (await c.http.get("/vms/web1/events")).json()]
+        assert "evacuation-requested" in kinds and "evacuation-moved" in kinds
+
+
+async def _phase_is(c: Controller, vm: str, phase: str) -> bool:
+    return any(v["vm"] == vm and v["phase"] == phase for v in (await status(c))["vms"])
+
+
+async def test_a_must_rule_and_a_failed_job_leave_the_host_entering_naming_them(
+        tmp_path: Path) -> None:
+    moves = Moves()
+    async with controller(tmp_path, cluster(moves), outgoing=4, incoming=4) as c:
+        await c.http.post("/hosts/host1/tags", json={"add": ["home"]})
+        resp = await c.http.post("/rules", json={"name": "stay", "kind": "vm-host",
+                                                 "vms": ["web1"], "host_tag": "home"})
+        assert resp.status_code == 201, resp.text
+        answer = await enter(c)
+        assert "web1: MUST_RULE" in answer["reason"]
+        await until("web2 and web3 copying", lambda: _started(moves, {"web2", "web3"}))
+        again = await c.http.post("/hosts/host1/maintenance/enter", json={})
+        assert again.status_code == 409 and "EVACUATION_RUNNING" in again.text
+        moves.finish("web2")
+        web3 = next(j for j in await active_jobs(c) if j["vm"] == "web3")
+        cancelled = await c.http.post(f"/migrations/{web3['id']}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+
+        async def stuck() -> bool:
+            return (await status(c))["evacuation"] == "stuck"
+        await until("stuck", stuck)
+        left = await status(c)
+        assert left["state"] == "entering-maintenance"
+        assert "web1: MUST_RULE" in left["reason"]
+        assert "web3: MIGRATION_CANCELLED" in left["reason"]
+        rows = {v["vm"]: v for v in left["vms"]}
+        assert rows["web2"]["phase"] == "moved" and rows["web3"]["job_id"] == web3["id"]
+        assert rows["web1"]["blocker"] == "MUST_RULE" and rows["web1"]["job_id"] is None
+        where = await hosts_of(c)
+        assert where["web1"] == "host1" and where["web3"] == "host1"
+        assert where["web2"] != "host1"
+        assert requests_of(c, "web1") == 0 and requests_of(c, "web3") == 1
+        host = (await c.http.get("/hosts/host1")).json()
+        assert host["maintenance_state"] == "entering-maintenance"
+        kinds = [e["kind"] for e in (await c.http.get("/vms/web1/events")).json()]
+        assert "evacuation-blocked" in kinds
+
+
+async def _started(moves: Moves, vms: set[str]) -> bool:
+    return vms <= set(moves.started)
+
+
+async def test_a_restarted_controller_resumes_without_requesting_a_vm_twice(
+        tmp_path: Path) -> None:
+    moves = Moves()
+    agents = cluster(moves)
+    async with controller(tmp_path, agents, outgoing=4, incoming=4) as c:
+        await enter(c)
+        await until("two copying", lambda: _count_started(moves, 2))
+        first = {v["vm"]: v["job_id"] for v in (await status(c))["vms"] if v["job_id"]}
+        assert len(first) == 2
+
+        # the evacuation stops watching (as in a controller that dies) while its two
+        # jobs run on and end; the third VM was not requested yet
+        c.app.state.evacuations.stop_all()
+        for vm in first:
+            moves.finish(vm)
+
+        async def both_ended() -> bool:
+            return not await active_jobs(c)
+        await until("both jobs ended", both_ended)
+        assert len(moves.started) == 2
+    async with controller(tmp_path, agents, outgoing=4, incoming=4) as c:
+        c.app.state.evacuations.poll_s = POLL_S
+        (third,) = set(VMS) - set(first)
+        await until("the third copying", lambda: _started(moves, {third}))
+        moves.finish(third)
+
+        async def in_maintenance() -> bool:
+            return (await status(c))["state"] == "in-maintenance"
+        await until("in-maintenance", in_maintenance)
+        rows = {v["vm"]: v for v in (await status(c))["vms"]}
+        assert {vm: rows[vm]["job_id"] for vm in first} == first  # awaited, not requested
+        assert all(requests_of(c, vm) == 1 for vm in VMS), [a.calls for a in agents]
+        assert len((await c.http.get("/migrations")).json()) == 3
+
+
+async def _count_started(moves: Moves, n: int) -> bool:
+    return len(moves.started) >= n
