@@ -8,12 +8,14 @@ import typer
 from rich.table import Table
 
 from segue.cli.connect import URL, controller
+from segue.cli.maintenance import maintenance_app
 from segue.cli.output import console, err_console, handles_errors, print_json
 from segue.cli.times import parse_duration
 
 DEFAULT_HOST_PKI_DIR = "/var/lib/segue/pki"
 
 host_app = typer.Typer(help="Hosts of the cluster (via the controller).", no_args_is_help=True)
+host_app.add_typer(maintenance_app, name="maintenance")
 
 
 def _mib(value: int | None) -> str:

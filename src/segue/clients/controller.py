@@ -57,6 +57,12 @@ from segue.api.join import (
     JoinTokenCreated,
     RenewBody,
 )
+from segue.api.maintenance import (
+    EnterMaintenanceBody,
+    ExitMaintenanceBody,
+    MaintenanceAnswer,
+    MaintenanceStatus,
+)
 from segue.api.migration import (
     CheckRequestBody,
     MigrationJobView,
@@ -180,6 +186,24 @@ class ControllerClient(ServiceClient):
     async def set_migration_enabled(self, name: str, enabled: bool) -> HostView:
         action = "enable-migration" if enabled else "disable-migration"
         return await self.call(HostView, "POST", f"/hosts/{name}/{action}")
+
+    # ---- maintenance mode ----
+    async def enter_maintenance(self, host: str, max_parallel: int = 2,
+                                dry_run: bool = False) -> MaintenanceAnswer:
+        """The evacuation's pre-flight; unless ``dry_run``, ``host`` enters maintenance
+        and its evacuation starts."""
+        body = EnterMaintenanceBody(max_parallel=max_parallel, dry_run=dry_run)
+        return await self.call(MaintenanceAnswer, "POST", f"/hosts/{host}/maintenance/enter",
+                               json=body)
+
+    async def exit_maintenance(self, host: str) -> MaintenanceAnswer:
+        """``host`` back to normal (its evacuation, if running, stops)."""
+        return await self.call(MaintenanceAnswer, "POST", f"/hosts/{host}/maintenance/exit",
+                               json=ExitMaintenanceBody())
+
+    async def maintenance_status(self, host: str) -> MaintenanceStatus:
+        """``host``'s maintenance state and its latest evacuation."""
+        return await self.call(MaintenanceStatus, "GET", f"/hosts/{host}/maintenance")
 
     # ---- joining the cluster, certificates ----
     async def create_join_token(self, host: str, ttl_s: int | None = None
