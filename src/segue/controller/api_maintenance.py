@@ -5,7 +5,7 @@ normal) and ``GET /hosts/{name}/maintenance`` (the state and the latest evacuati
 phase; ``host read``). The first two need ``host maintenance`` (operators);
 ``segue.controller.maintenance`` and ``segue.controller.evacuation`` do the work and
 document the errors. ``exit`` with ``return`` is refused (``MAINTENANCE_RETURN_UNSUPPORTED``)
-until the evacuation records which VMs left.
+(moving the evacuated VMs back is not built yet).
 """
 
 from __future__ import annotations
