@@ -20,8 +20,6 @@ a disk, ``Conflict`` (``VM_EXISTS``) when a VM of that name exists (its disk is 
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -44,6 +42,7 @@ from segue.image.builder import GuestImage
 from segue.image.cmdline import guest_cmdline, parse_guest_cmdline
 from segue.lab.blackout import Breakdown, breakdown
 from segue.lab.netns import run_in_netns
+from segue.lab.tools import Tool, finish, spawn
 from segue.lab.topology import (
     DATASTORE_NAME,
     PREFIXLEN,
@@ -249,21 +248,15 @@ class BackgroundProbe:
     """A prober running in the client namespace until ``stop()`` (for timing a migration)."""
 
     def __init__(self, plan: LabPlan, ip: str, interval_ms: float = 1.5) -> None:
-        argv = ["ip", "netns", "exec", plan.client_ns, sys.executable, "-m", "segue.lab.prober",
-                "--ip", ip, "--seconds", "3600", "--interval-ms", str(interval_ms), "--json"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+        self.tool = Tool("PROBE_FAILED", "prober", "check the lab's client namespace")
+        self.proc = spawn(self.tool, plan.client_ns, "segue.lab.prober",
+                          ["--ip", ip, "--seconds", "3600", "--interval-ms", str(interval_ms),
+                           "--json"], listening=False)
         time.sleep(0.3)  # let it start sending before what it should time begins
 
     def stop(self) -> dict[str, Any]:
         """End the probe; its result (sent, received, lost, longest gap and when)."""
-        self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=30)
-        if self.proc.returncode != 0:
-            raise Unavailable("PROBE_FAILED", f"prober failed: {err.strip()[-500:]}",
-                              "check the lab's client namespace")
-        result: dict[str, Any] = json.loads(out)
-        return result
+        return finish(self.tool, self.proc, timeout=30)
 
 
 class BackgroundSniffer:
@@ -272,28 +265,15 @@ class BackgroundSniffer:
     (``SNIFFER_FAILED``) if it cannot start or its result cannot be read."""
 
     def __init__(self, ns: str, iface: str, mac: str, ip: str, port: int = 7777) -> None:
-        argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "segue.lab.sniffer",
-                "--iface", iface, "--mac", mac, "--ip", ip, "--port", str(port)]
         self.where = f"{ns}/{iface}"
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
-        assert self.proc.stderr is not None
-        line = self.proc.stderr.readline()  # "listening", or EOF if it died
-        if line.strip() != "listening":
-            self.proc.kill()
-            _, err = self.proc.communicate(timeout=10)
-            raise Unavailable("SNIFFER_FAILED", f"sniffer on {self.where} failed: "
-                              f"{(line + err).strip()[-500:]}", "check the lab's namespaces")
+        self.tool = Tool("SNIFFER_FAILED", f"sniffer on {self.where}")
+        self.proc = spawn(self.tool, ns, "segue.lab.sniffer",
+                          ["--iface", iface, "--mac", mac, "--ip", ip, "--port", str(port)],
+                          listening=True)
 
     def stop(self) -> dict[str, Any]:
         """End the capture; the sniffer's result (see ``segue.lab.sniffer``)."""
-        self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=30)
-        if self.proc.returncode != 0:
-            raise Unavailable("SNIFFER_FAILED", f"sniffer on {self.where} failed: "
-                              f"{err.strip()[-500:]}", "check the lab's namespaces")
-        result: dict[str, Any] = json.loads(out)
-        return result
+        return finish(self.tool, self.proc, timeout=30)
 
 
 @dataclass

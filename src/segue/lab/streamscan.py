@@ -30,7 +30,6 @@ import json
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from segue.domain.errors import Unavailable
+from segue.lab.tools import Tool, finish, spawn
 
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
@@ -146,31 +146,21 @@ class BackgroundStreamScan:
         self.needles = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)  # noqa: SIM115
         with self.needles:
             json.dump([n.hex() for n in needles], self.needles)
-        argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "segue.lab.streamscan",
-                "--iface", iface, "--needles", self.needles.name, "--max-mib", str(max_mib)]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
-        assert self.proc.stderr is not None
-        line = self.proc.stderr.readline()  # "listening", or EOF if it died
-        if line.strip() != "listening":
-            self.proc.kill()
-            _, err = self.proc.communicate(timeout=10)
+        self.tool = Tool("SNIFFER_FAILED", f"stream scan on {self.where}")
+        try:
+            self.proc = spawn(self.tool, ns, "segue.lab.streamscan",
+                              ["--iface", iface, "--needles", self.needles.name,
+                               "--max-mib", str(max_mib)], listening=True)
+        except Unavailable:
             Path(self.needles.name).unlink(missing_ok=True)
-            raise Unavailable("SNIFFER_FAILED", f"stream scan on {self.where} failed: "
-                              f"{(line + err).strip()[-500:]}", "check the lab's namespaces")
+            raise
 
     def stop(self) -> dict[str, Any]:
         """End the capture; the scan's result (see the module doc)."""
-        self.proc.send_signal(signal.SIGTERM)
         try:
-            out, err = self.proc.communicate(timeout=120)
+            return finish(self.tool, self.proc, timeout=120)
         finally:
             Path(self.needles.name).unlink(missing_ok=True)
-        if self.proc.returncode != 0:
-            raise Unavailable("SNIFFER_FAILED", f"stream scan on {self.where} failed: "
-                              f"{err.strip()[-500:]}", "check the lab's namespaces")
-        result: dict[str, Any] = json.loads(out)
-        return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
