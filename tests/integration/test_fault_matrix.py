@@ -154,6 +154,17 @@ def _table() -> Iterator[None]:
         print(json.dumps(row))
 
 
+@pytest.fixture(autouse=True)
+def _guests_gone() -> Iterator[None]:
+    """Each scenario's guests are destroyed after it (best effort: a scenario that failed
+    may have left one its host cannot reach; ``lab down`` takes those): TCG guests left
+    running would slow every later scenario on this 2-core machine."""
+    first = _made[0]
+    yield
+    for i in range(first + 1, _made[0] + 1):
+        segue("lab", "vm", "destroy", f"f{i}", "--name", LAB, check=False, timeout=120)
+
+
 # ---- the scenarios ----
 def test_destination_agent_killed_during_copy_then_back(lab: LabPlan) -> None:
     g = fresh_guest(lab)
