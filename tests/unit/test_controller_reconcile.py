@@ -173,3 +173,35 @@ async def test_two_requests_racing_past_the_checks_meet_the_database() -> None:
         await create("b" * 36)
     assert err.value.code == "MIGRATION_IN_PROGRESS"
     db.dispose()
+
+
+async def test_a_created_vm_shows_the_agents_answer_over_an_earlier_heartbeat() -> None:
+    """A heartbeat taken while the VM was defined but not yet started can add it first
+    (stopped); the create's answer, from the agent after the start, wins."""
+    from segue.api.inventory import CreateVMBody
+    from segue.api.vm import VMInfo
+    from segue.controller.inventory_service import InventoryService
+
+    spec = {**SPEC, "uuid": "0b8f2a52-4c33-4d5e-9a61-1f0e7d2c3b4a"}
+    stopped = VMReport(name="web1", uuid=spec["uuid"], state="stopped", role="owner",
+                       generation=1, spec=VMSpecBody.model_validate(spec))
+    db = Database("sqlite://")
+    db.upgrade()
+    beat(db, "host1")
+
+    class Agent:
+        def __init__(self, url: str, host: str) -> None:
+            pass
+
+        async def define_vm(self, given: VMSpecBody, start: bool) -> VMInfo:
+            beat(db, "host1", stopped)  # the heartbeat wins the race to the DB
+            return VMInfo.model_validate({"name": "web1", "uuid": given.uuid, "host": "host1",
+                                          "state": "running", "role": "owner", "pid": 4321,
+                                          "generation": 1, "spec": given.model_dump()})
+
+    service = InventoryService(db, Agent, heartbeat_timeout=30.0)  # type: ignore[arg-type]
+    body = CreateVMBody.model_validate({"host": "host1", "spec": spec})
+    created = await service.create_vm(body)
+    assert (created.state, created.pid) == ("running", 4321)
+    with db.session() as session:
+        assert inventory.get_vm(session, "web1").state == "running"

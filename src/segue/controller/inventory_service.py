@@ -218,6 +218,9 @@ class InventoryService:
 
     def _record_created(self, s: Session, body: CreateVMBody, info: VMInfo) -> VMDetail:
         vm = inventory.add_vm(s, info, inventory.get_host(s, body.host), self.now())
+        # a heartbeat taken before the start may have added the VM first, stopped: the
+        # agent's answer to this very call is the newer word on its state
+        inventory.update_vm_state(s, vm, info.state, info.pid, self.now())
         if body.start:
             inventory.record_vm_event(s, vm.name, "started", {"pid": info.pid})
         if body.tags:
