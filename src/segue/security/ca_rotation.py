@@ -34,11 +34,9 @@ from cryptography import x509
 
 from segue.security import pem, pki, store
 from segue.security.errors import (
-    CA_MISSING,
     CA_ROTATION_IN_PROGRESS,
     CA_ROTATION_NOT_STARTED,
     CARotationRefused,
-    CredentialsMissing,
 )
 from segue.security.pki import CertificateAuthority
 from segue.security.store import (
@@ -82,7 +80,8 @@ def load_cas(root: Path) -> ClusterCAs:
     """The cluster's CAs under ``root/ca``. Raises CredentialsMissing (``CA_MISSING``),
     CredentialStorageUnavailable, CertificateInvalid."""
     ca_dir = root / CA_DIR
-    nxt = _load_pair(ca_dir, NEXT_CA_CERT, NEXT_CA_KEY) if _rotating(ca_dir) else None
+    nxt = (store.read_ca_pair(ca_dir, NEXT_CA_CERT, NEXT_CA_KEY) if _rotating(ca_dir)
+           else None)
     if nxt is None:
         return ClusterCAs(store.load_ca(root), None)
     # mid-finish, ca-key.pem may already be the new key: the old CA is then trusted only
@@ -140,14 +139,3 @@ def finish_rotation(root: Path) -> CertificateAuthority:
 
 def _rotating(ca_dir: Path) -> bool:
     return (ca_dir / NEXT_CA_CERT).is_file() and (ca_dir / NEXT_CA_KEY).is_file()
-
-
-def _load_pair(ca_dir: Path, cert_file: str, key_file: str) -> CertificateAuthority:
-    if not (ca_dir / cert_file).is_file():
-        raise CredentialsMissing(CA_MISSING, f"no {cert_file} in {ca_dir}",
-                                 "create the cluster first: segue cluster init")
-    cert_pem, key_pem = storage(lambda: ((ca_dir / cert_file).read_bytes(),
-                                         (ca_dir / key_file).read_bytes()), ca_dir)
-    ca = CertificateAuthority(pem.cert_from_pem(cert_pem), pem.key_from_pem(key_pem))
-    pki.check_key_matches(ca.cert, ca.key)
-    return ca

@@ -178,8 +178,15 @@ def load_ca(root: Path) -> CertificateAuthority:
     if not (ca_dir / CA_KEY).exists():
         raise CredentialsMissing(CA_MISSING, f"no cluster CA in {ca_dir}",
                                  "create the cluster first: segue cluster init")
-    key_pem, cert_pem = storage(lambda: ((ca_dir / CA_KEY).read_bytes(),
-                                          (ca_dir / CA_CERT).read_bytes()), ca_dir)
+    return read_ca_pair(ca_dir, CA_CERT, CA_KEY)
+
+
+def read_ca_pair(ca_dir: Path, cert_file: str, key_file: str) -> CertificateAuthority:
+    """A CA from its certificate and key files in ``ca_dir`` (the current one, or the next
+    during a rotation). Raises CredentialStorageUnavailable, CertificateInvalid (unreadable
+    files, or a key that is not the certificate's)."""
+    cert_pem, key_pem = storage(lambda: ((ca_dir / cert_file).read_bytes(),
+                                         (ca_dir / key_file).read_bytes()), ca_dir)
     ca = CertificateAuthority(pem.cert_from_pem(cert_pem), pem.key_from_pem(key_pem))
     pki.check_key_matches(ca.cert, ca.key)
     return ca
