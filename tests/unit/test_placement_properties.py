@@ -3,7 +3,8 @@ rule sets (hypothesis), each judged by an oracle written apart from the code und
 
 1. ``find_conflicts`` accepts a rule set exactly when a brute-force search over every
    assignment of the rules' VMs finds one that keeps every must rule within the hosts'
-   memory and vCPU bounds (the guarantee its module doc states).
+   memory and vCPU bounds, and every must vm-host rule's host tag is on some host (the
+   guarantee its module doc states).
 2. No candidate ``place`` returns puts the VM against a must rule that binds it (with its
    other VMs where they run, even if they already break it among themselves), whatever the
    cluster.
@@ -17,7 +18,7 @@ import itertools
 from collections.abc import Mapping
 
 from checks_factory import host, vm
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from segue.checks.resources import memory_needed_mib
@@ -95,6 +96,8 @@ def brute_force(hosts: list[HostRoom], vms: list[VMNeed], rules: list[Rule]
     bound = sorted(set().union(*(members(r, vms) for r in must))) if must else []
     need = {v.name: v for v in vms}
     tags = {h.name: h.tags for h in hosts}
+    if any(r.kind == "vm-host" and not any(r.host_tag in h.tags for h in hosts) for r in must):
+        return None  # refused even when it binds no VM yet
     for choice in itertools.product(hosts, repeat=len(bound)):
         at = {vm_name: h.name for vm_name, h in zip(bound, choice, strict=True)}
         fits = all(sum(need[v].memory_mib for v in bound if at[v] == h.name) <= h.memory_mib
@@ -116,8 +119,16 @@ SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
+# found by CI: a must vm-host rule binding no VM yet, to a tag no host has
+UNKNOWN_TAG_NO_MEMBER = (
+    [HostRoom(f"h{i}", 1024, 1, frozenset()) for i in range(3)],
+    [VMNeed(f"v{i}", 384, 1, frozenset()) for i in range(4)],
+    [Rule("r0", "vm-host", "must", frozenset(), "x", "a")])
+
+
 @SETTINGS
 @given(clusters())
+@example(UNKNOWN_TAG_NO_MEMBER)
 def test_accepted_exactly_when_an_assignment_exists(case: tuple[list[HostRoom], list[VMNeed],
                                                                 list[Rule]]) -> None:
     hosts, vms, rules = case

@@ -3,7 +3,9 @@
 What is guaranteed, precisely: ``find_conflicts`` returns nothing if and only if there is an
 assignment of every VM a ``must`` rule binds, each to one host, that keeps every ``must``
 rule, where the VMs put on one host fit its total memory (each VM's memory plus QEMU
-overhead) and its vCPU bound (logical CPUs x ``VCPU_OVERCOMMIT``). Only the rules' VMs are
+overhead) and its vCPU bound (logical CPUs x ``VCPU_OVERCOMMIT``), and every ``must``
+vm-host rule names a host tag some host has (a rule that binds no VM yet is refused too when
+its tag is on no host: any VM it came to bind could run nowhere). Only the rules' VMs are
 counted against capacity (the others can run anywhere), and a migration in flight or a host
 that is down does not make a set infeasible: this is about the cluster's hosts, not their
 state now. ``should`` rules are never a conflict. The one exception to "if and only if":
