@@ -42,7 +42,7 @@ integration: setup
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 test: setup lint
-	$(PY) -m pytest tests -ra $(PYTEST_ARGS)
+	$(PY) -m pytest tests -ra --durations=30 $(PYTEST_ARGS)
 
 # Migration benchmark: Segue's policy against peers' defaults (tables, JSON and a PNG chart).
 bench: setup
