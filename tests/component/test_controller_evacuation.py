@@ -2,7 +2,8 @@
 migrations end when the test says so (``Moves.finish``, from the queue's tests): the moves
 run at most ``max_parallel`` at once, the host ends ``in-maintenance``, a VM that cannot
 move (a must rule, a failed job) leaves it ``entering-maintenance`` naming it, and a
-restarted controller resumes an evacuation without requesting a VM's migration twice."""
+restarted controller resumes an evacuation without requesting a VM's migration twice;
+``exit --return`` brings back the VMs the evacuation moved, not one moved elsewhere since."""
 
 from __future__ import annotations
 
@@ -188,3 +189,71 @@ async def test_a_restarted_controller_resumes_without_requesting_a_vm_twice(
 
 async def _count_started(moves: Moves, n: int) -> bool:
     return len(moves.started) >= n
+
+
+async def test_exit_return_brings_back_the_vms_it_moved_and_names_the_one_gone_elsewhere(
+        tmp_path: Path) -> None:
+    moves = Moves()
+    async with controller(tmp_path, cluster(moves), outgoing=4, incoming=4) as c:
+        await enter(c, max_parallel=3)
+        await until("three copying", lambda: _count_started(moves, 3))
+        for vm in VMS:
+            moves.finish(vm)
+
+        async def in_maintenance() -> bool:
+            return (await status(c))["state"] == "in-maintenance"
+        await until("in-maintenance", in_maintenance)
+        # web3 moves on by hand: the return must leave it where it is now
+        where = await hosts_of(c)
+        elsewhere = "host3" if where["web3"] == "host2" else "host2"
+        resp = await c.http.post("/vms/web3/migrations", json={"to": elsewhere})
+        assert resp.status_code == 202, resp.text
+        await until("web3 copying", lambda: _count_started(moves, 4))
+        moves.finish("web3")
+
+        async def web3_moved() -> bool:
+            return not await active_jobs(c) and (await hosts_of(c))["web3"] == elsewhere
+        await until("web3 moved on", web3_moved)
+
+        resp = await c.http.post("/hosts/host1/maintenance/exit",
+                                 json={"return": True, "max_parallel": 2})
+        assert resp.status_code == 200, resp.text
+        answer = resp.json()
+        assert answer["state"] == "normal"
+        assert sorted(v["vm"] for v in answer["vms"]) == list(VMS)
+        assert {v["dest"] for v in answer["vms"]} == {"host1"}
+        await until("web1 and web2 copying back", lambda: _count_started(moves, 6))
+        assert moves.started[4:] and set(moves.started[4:6]) == {"web1", "web2"}
+        for vm in ("web1", "web2"):
+            moves.finish(vm)
+
+        async def ended() -> bool:
+            return (await status(c))["evacuation"] in ("done", "stuck")
+        await until("the return ended", ended)
+        back = await status(c)
+        assert back["kind"] == "return" and back["evacuation"] == "stuck"
+        assert back["state"] == "normal"
+        rows = {v["vm"]: v for v in back["vms"]}
+        assert rows["web1"]["phase"] == rows["web2"]["phase"] == "moved"
+        assert rows["web1"]["source"] == where["web1"] and rows["web1"]["dest"] == "host1"
+        assert rows["web3"]["blocker"] == "RETURN_SKIPPED"
+        assert elsewhere in rows["web3"]["message"]
+        now = await hosts_of(c)
+        assert now["web1"] == now["web2"] == "host1" and now["web3"] == elsewhere
+        assert requests_of(c, "web3") == 2  # the evacuation and the hand move, no return
+        kinds = [e["kind"] for e in (await c.http.get("/vms/web1/events")).json()]
+        assert "return-requested" in kinds and "return-moved" in kinds
+
+
+async def test_exit_return_without_an_evacuation_moves_nothing(tmp_path: Path) -> None:
+    moves = Moves()
+    async with controller(tmp_path, cluster(moves), outgoing=4, incoming=4) as c:
+        host2 = await c.http.post("/hosts/host2/maintenance/enter", json={})
+        assert host2.json()["state"] == "in-maintenance", host2.text  # empty: at once
+        resp = await c.http.post("/hosts/host2/maintenance/exit", json={"return": True})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["state"] == "normal" and resp.json()["vms"] == []
+        assert moves.started == []
+        again = await c.http.post("/hosts/host2/maintenance/exit", json={"return": True})
+        assert again.status_code == 409, again.text
+        assert "MAINTENANCE_TRANSITION_INVALID" in again.text

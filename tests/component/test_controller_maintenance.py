@@ -123,8 +123,9 @@ async def test_an_empty_host_enters_at_once_and_exit_returns_it_to_normal(
         assert answer["state"] == "in-maintenance" and answer["vms"] == []
         error_of(await c.http.post("/hosts/host3/maintenance/enter", json={}), 409,
                  "MAINTENANCE_TRANSITION_INVALID")
-        error_of(await c.http.post("/hosts/host3/maintenance/exit", json={"return": True}),
-                 400, "MAINTENANCE_RETURN_UNSUPPORTED")
+        error_of(await c.http.post("/hosts/host3/maintenance/exit",
+                                   json={"return": True, "max_parallel": 0}),
+                 400, "REQUEST_INVALID")
         assert (await c.http.get("/hosts/host3")).json()["maintenance_state"] == \
             "in-maintenance"
         resp = await c.http.post("/hosts/host3/maintenance/exit", json={})

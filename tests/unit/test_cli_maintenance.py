@@ -1,6 +1,7 @@
 """`segue host maintenance enter|exit|status` with the controller's answers canned: the
 pre-flight table, following the evacuation until the host is in-maintenance or stuck (exit
-1 naming the blockers), --dry-run and --no-wait."""
+1 naming the blockers), --dry-run and --no-wait, and exit --return following the moves
+back."""
 
 from __future__ import annotations
 
@@ -109,3 +110,38 @@ def test_status_and_exit(answers: Any) -> None:
     assert "blocked" in out and "reason: web1: MUST_RULE" in out
     answers[("POST", "/hosts/host1/maintenance/exit")] = [{"host": "host1", "state": "normal"}]
     assert "host1 is normal" in segue("host", "maintenance", "exit", "host1")
+
+
+EXIT = ("POST", "/hosts/host1/maintenance/exit")
+RETURNING = {**status("normal", "running", {"web2": "migrating", "web3": "planned"}),
+             "kind": "return"}
+
+
+def test_exit_return_follows_the_moves_back(answers: Any) -> None:
+    answers[EXIT] = [{"host": "host1", "state": "normal", "parallel": 1,
+                      "vms": [{"vm": "web2", "running": True, "dest": "host1"},
+                              {"vm": "web3", "running": True, "dest": "host1"}]}]
+    answers[STATUS] = [RETURNING, {**status("normal", "done", {"web2": "moved",
+                                                                "web3": "moved"}),
+                                   "kind": "return"}]
+    out = segue("host", "maintenance", "exit", "host1", "--return", "--max-parallel", "1")
+    assert "bringing back: web2, web3" in out and "2 VM(s) back on host1" in out
+    assert answers["sent"][0] == ("POST", EXIT[1], {"return": True, "max_parallel": 1})
+
+
+def test_exit_return_exits_non_zero_naming_a_vm_that_did_not_come_back(
+        answers: Any) -> None:
+    answers[EXIT] = [{"host": "host1", "state": "normal",
+                      "vms": [{"vm": "web2", "running": True, "dest": "host1"},
+                              {"vm": "web1", "running": True, "dest": "host1"}]}]
+    answers[STATUS] = [{**status("normal", "stuck", {"web2": "moved", "web1": "blocked"}),
+                        "kind": "return"}]
+    out = segue("host", "maintenance", "exit", "host1", "--return", code=1)
+    assert "not every VM came back to host1" in out and "web1: MUST_RULE" in out
+
+
+def test_exit_return_with_nothing_to_bring_back(answers: Any) -> None:
+    answers[EXIT] = [{"host": "host1", "state": "normal", "vms": []}]
+    out = segue("host", "maintenance", "exit", "host1", "--return")
+    assert "no VM to bring back" in out
+    assert [s[0:2] for s in answers["sent"]] == [EXIT]

@@ -27,10 +27,11 @@ class EnterMaintenanceBody(RequestModel):
 
 
 class ExitMaintenanceBody(RequestModel):
-    """``return_vms``: move back the VMs the evacuation moved (where rules and capacity
-    allow)."""
+    """``return_vms``: move back the VMs the latest evacuation moved (where rules, capacity
+    and policies allow), ``max_parallel`` at once."""
 
     return_vms: bool = Field(False, alias="return")
+    max_parallel: Annotated[int, Field(ge=1, le=16)] = 2
 
 
 class EvacueeView(ResponseModel):
@@ -67,6 +68,7 @@ class EvacuationMoveView(ResponseModel):
 
     vm: str
     phase: str
+    source: str | None = None
     dest: str | None = None
     job_id: str | None = None
     job_phase: str | None = None
@@ -77,13 +79,15 @@ class EvacuationMoveView(ResponseModel):
 
 class MaintenanceStatus(ResponseModel):
     """A host's maintenance state and its latest evacuation (``evacuation``: running, done,
-    stuck, stopped; None: never evacuated); ``eta_s`` (while running): the pre-flight's
-    predicted duration less the time gone."""
+    stuck, stopped; None: never evacuated; ``kind``: evacuate, or return for the moves back
+    of ``exit --return``); ``eta_s`` (while running): the pre-flight's predicted duration
+    less the time gone."""
 
     host: str
     state: HostMaintenance
     reason: str | None = None
     evacuation: str | None = None
+    kind: str | None = None
     max_parallel: int | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None

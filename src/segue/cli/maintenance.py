@@ -7,6 +7,10 @@ and the controller evacuates it; the command follows the evacuation (the status 
 each second: one row per VM with its phase and destination) until the host is
 ``in-maintenance`` (exit 0) or the evacuation ends with VMs that cannot move (exit 1,
 naming them); ``--no-wait`` returns once the evacuation has started.
+
+``exit HOST`` brings the host back to normal; ``--return`` also moves back the VMs its
+latest evacuation moved, followed the same way (exit 1 naming the VMs that could not come
+back: a rule, no room, or a VM moved elsewhere since).
 """
 
 from __future__ import annotations
@@ -44,14 +48,16 @@ def preflight_table(answer: MaintenanceAnswer) -> Table:
 def progress_table(status: MaintenanceStatus) -> Table:
     """One row per VM: its phase (its job's while it migrates), destination, job."""
     eta = "-" if status.eta_s is None else f"{status.eta_s:.0f}s"
-    table = Table("VM", "phase", "destination", "job", "blocker",
-                  title=f"{status.host}: {status.state} (evacuation "
+    run = "return" if status.kind == "return" else "evacuation"
+    table = Table("VM", "phase", "from", "destination", "job", "blocker",
+                  title=f"{status.host}: {status.state} ({run} "
                         f"{status.evacuation or '-'}, ETA {eta})")
     colour = {"moved": "green", "blocked": "red", "migrating": "yellow"}
     for row in status.vms:
         phase = row.phase if row.job_phase is None else f"{row.phase} ({row.job_phase})"
         table.add_row(row.vm, f"[{colour.get(row.phase, 'default')}]{phase}[/]",
-                      row.dest or "-", row.job_id or "-", row.blocker or "-")
+                      row.source or "-", row.dest or "-", row.job_id or "-",
+                      row.blocker or "-")
     return table
 
 
@@ -67,10 +73,14 @@ def follow(c: Blocking[ControllerClient], host: str) -> MaintenanceStatus:
 
 
 def fail_stuck(status: MaintenanceStatus) -> None:
-    """Name what keeps the host from maintenance and exit 1."""
-    err_console.print(f"[bold red]{status.host} is {status.state}[/]: "
-                      f"{status.reason or 'its evacuation ' + str(status.evacuation)}",
-                      highlight=False)
+    """Name what keeps the host from maintenance (or its VMs from coming back) and exit 1."""
+    if status.kind == "return":
+        err_console.print(f"[bold red]not every VM came back to {status.host}[/]",
+                          highlight=False)
+    else:
+        err_console.print(f"[bold red]{status.host} is {status.state}[/]: "
+                          f"{status.reason or 'its evacuation ' + str(status.evacuation)}",
+                          highlight=False)
     for row in status.vms:
         if row.phase == "blocked":
             err_console.print(f"  {row.vm}: {row.blocker}: {row.message}", highlight=False)
@@ -113,11 +123,33 @@ def enter(name: str = typer.Argument(..., help="The host to evacuate."),
 @maintenance_app.command("exit")
 @handles_errors
 def exit_maintenance(name: str = typer.Argument(..., help="The host to bring back."),
+                     return_vms: bool = typer.Option(
+                         False, "--return", help="Move back the VMs its latest evacuation "
+                                                 "moved (where rules and room allow)."),
+                     max_parallel: int = typer.Option(2, "--max-parallel", min=1, max=16,
+                                                      help="Moves back at once."),
+                     no_wait: bool = typer.Option(False, "--no-wait",
+                                                  help="Return once the moves have started."),
                      url: str | None = URL) -> None:
-    """Take a host out of maintenance (a running evacuation stops requesting moves)."""
+    """Take a host out of maintenance (a running evacuation stops requesting moves);
+    ``--return`` brings its VMs back, exit 1 naming those that could not come back."""
     with controller(url) as c:
-        answer = c.run(c.client.exit_maintenance(name))
-    console.print(f"{answer.host} is {answer.state}")
+        answer = c.run(c.client.exit_maintenance(name, return_vms, max_parallel))
+        console.print(f"{answer.host} is {answer.state}")
+        if not return_vms:
+            return
+        if not answer.vms:
+            console.print("no VM to bring back: its latest evacuation moved none")
+            return
+        console.print(f"bringing back: {', '.join(v.vm for v in answer.vms)}",
+                      highlight=False)
+        if no_wait:
+            console.print(f"follow it: segue host maintenance status {name}")
+            return
+        status = follow(c, name)
+    if status.evacuation != "done":
+        fail_stuck(status)
+    console.print(f"[green]{len(answer.vms)} VM(s) back on {name}[/]")
 
 
 @maintenance_app.command("status")

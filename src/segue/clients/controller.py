@@ -196,10 +196,14 @@ class ControllerClient(ServiceClient):
         return await self.call(MaintenanceAnswer, "POST", f"/hosts/{host}/maintenance/enter",
                                json=body)
 
-    async def exit_maintenance(self, host: str) -> MaintenanceAnswer:
-        """``host`` back to normal (its evacuation, if running, stops)."""
+    async def exit_maintenance(self, host: str, return_vms: bool = False,
+                               max_parallel: int = 2) -> MaintenanceAnswer:
+        """``host`` back to normal (its evacuation, if running, stops); ``return_vms``: the
+        VMs its latest evacuation moved are requested back."""
+        body = ExitMaintenanceBody.model_validate({"return": return_vms,
+                                                   "max_parallel": max_parallel})
         return await self.call(MaintenanceAnswer, "POST", f"/hosts/{host}/maintenance/exit",
-                               json=ExitMaintenanceBody())
+                               json=body)
 
     async def maintenance_status(self, host: str) -> MaintenanceStatus:
         """``host``'s maintenance state and its latest evacuation."""

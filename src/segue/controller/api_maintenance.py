@@ -4,8 +4,8 @@ host's new state and its evacuation), ``POST /hosts/{name}/maintenance/exit`` (b
 normal) and ``GET /hosts/{name}/maintenance`` (the state and the latest evacuation, each VM's
 phase; ``host read``). The first two need ``host maintenance`` (operators);
 ``segue.controller.maintenance`` and ``segue.controller.evacuation`` do the work and
-document the errors. ``exit`` with ``return`` is refused (``MAINTENANCE_RETURN_UNSUPPORTED``)
-(moving the evacuated VMs back is not built yet).
+document the errors. ``exit`` with ``return`` requests the evacuated VMs back; the status
+route follows that run (``kind`` return).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from segue.controller.authz import requires
 from segue.controller.evacuation import Evacuations
 from segue.controller.maintenance import MaintenanceService
 from segue.controller.migrations import MigrationService
-from segue.domain.errors import InvalidRequest
 
 router = APIRouter()
 
@@ -56,10 +55,6 @@ async def enter_maintenance(request: Request, name: NamePath,
              dependencies=[requires("host", "maintenance")])
 async def exit_maintenance(request: Request, name: NamePath,
                            body: ExitMaintenanceBody) -> MaintenanceAnswer:
-    """The host back to normal."""
-    if body.return_vms:
-        raise InvalidRequest("MAINTENANCE_RETURN_UNSUPPORTED",
-                             "moving the evacuated VMs back is not built yet",
-                             f"exit without return, then move them: segue vm migrate VM "
-                             f"--to {name}", field="return")
-    return await service(request).exit(name)
+    """The host back to normal; with ``return``, the VMs its latest evacuation moved are
+    requested back (listed in the answer)."""
+    return await service(request).exit(name, body.return_vms, body.max_parallel)

@@ -20,6 +20,13 @@ controller that stopped between a request and its record) adopts that job; a pla
 longer on the host counts as moved. Every step is a VM event (``evacuation-requested``,
 ``evacuation-moved``, ``evacuation-blocked``) in the VM's event log (``segue vm events``).
 
+``begin_return`` (``segue host maintenance exit HOST --return``) runs the same way a return:
+each VM the host's latest evacuation moved is requested back to the host from where that
+evacuation put it (the migration's admission checks rules, capacity and policies, as for any
+request: a refusal makes that VM a blocker). A VM already back counts as moved; one that has
+gone elsewhere since is not moved (``RETURN_SKIPPED``). The host's state does not change;
+its events are ``return-requested``, ``return-moved``, ``return-blocked``.
+
 Errors: ``Conflict`` (``EVACUATION_RUNNING``) from ``refuse_running``.
 """
 
@@ -50,6 +57,8 @@ log = logging.getLogger(__name__)
 POLL_S = 0.5  # seconds between looks at an evacuation's jobs
 PLANNED, MIGRATING, MOVED, BLOCKED = "planned", "migrating", "moved", "blocked"
 RUNNING, DONE, STUCK, STOPPED = "running", "done", "stuck", "stopped"
+EVACUATE, RETURN = "evacuate", "return"
+RETURN_SKIPPED = "RETURN_SKIPPED"
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,7 @@ class MoveRecord:
     dest: str | None
     phase: str
     job_id: str | None
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,11 @@ class EvacuationRecord:
     host: str
     max_parallel: int
     moves: tuple[MoveRecord, ...]
+    kind: str = EVACUATE
+
+    def leaves(self, move: MoveRecord) -> str:
+        """The host ``move`` leaves."""
+        return move.source or self.host
 
 
 class Evacuations:
@@ -94,6 +109,14 @@ class Evacuations:
         """Store the plan with the host ``entering-maintenance`` (``reason``) and run it."""
         evacuation_id = await self.db.run(_begin, host, max_parallel, plan, stopped, reason)
         self._start(host, evacuation_id)
+
+    async def begin_return(self, host: str, max_parallel: int) -> list[MoveRecord]:
+        """Bring back the VMs ``host``'s latest evacuation moved (module doc); the moves
+        (none: nothing to bring back, no run stored)."""
+        evacuation_id, moves = await self.db.run(_begin_return, host, max_parallel)
+        if evacuation_id is not None:
+            self._start(host, evacuation_id)
+        return moves
 
     def _start(self, host: str, evacuation_id: int) -> None:
         self.tasks[host] = self.tg.create_task(self._run(host, evacuation_id),
@@ -167,29 +190,37 @@ class Evacuations:
         if Phase(job.phase) not in TERMINAL:
             return False
         if job.phase == Phase.COMPLETED:
-            await self.db.run(_moved, move.id, evacuation.host, job.destination, job_id)
+            await self.db.run(_moved, move.id, evacuation.leaves(move), job.destination,
+                              job_id)
         else:
-            await self.db.run(_blocked, move.id, evacuation.host,
+            await self.db.run(_blocked, move.id, evacuation.leaves(move),
                               job.error_code or "MIGRATION_FAILED",
                               f"its migration {job_id} ended {job.phase}: {job.reason}")
         return True
 
     async def _request(self, evacuation: EvacuationRecord, move: MoveRecord) -> bool:
         """Request ``move``'s migration (or adopt the one in flight); True if a job runs."""
+        leaves = evacuation.leaves(move)
         active = await self.migrations.store.active_of(move.vm)
         if active is not None:
-            await self.db.run(_requested, move.id, evacuation.host, active.id)
+            await self.db.run(_requested, move.id, leaves, active.id)
             return True
-        if await self.db.run(_vm_host, move.vm) != evacuation.host:
-            await self.db.run(_moved, move.id, evacuation.host, None, None)
+        where = await self.db.run(_vm_host, move.vm)
+        if where != leaves:
+            if evacuation.kind == RETURN and where != move.dest:
+                await self.db.run(_blocked, move.id, leaves, RETURN_SKIPPED,
+                                  f"{move.vm} runs on {where or 'no host'} now, not on "
+                                  f"{leaves} where the evacuation put it: not moved back")
+            else:
+                await self.db.run(_moved, move.id, leaves, None, None)
             return False
         try:
             job = await self.migrations.request(move.vm, str(move.dest), MigrationOptionsBody(),
                                                 actor=None, initiator="maintenance")
         except SegueError as err:
-            await self.db.run(_blocked, move.id, evacuation.host, err.code, err.message)
+            await self.db.run(_blocked, move.id, leaves, err.code, err.message)
             return False
-        await self.db.run(_requested, move.id, evacuation.host, job.id)
+        await self.db.run(_requested, move.id, leaves, job.id)
         return True
 
 
@@ -221,6 +252,31 @@ def _begin(session: Session, host: str, max_parallel: int, plan: EvacuationPlan,
     return evacuation.id
 
 
+def _begin_return(session: Session, host: str, max_parallel: int
+                  ) -> tuple[int | None, list[MoveRecord]]:
+    inventory.get_host(session, host)
+    last = session.scalars(select(EvacuationRow).where(
+        EvacuationRow.host == host, EvacuationRow.kind == EVACUATE)
+        .order_by(EvacuationRow.id.desc())).first()
+    moved = [m for m in _moves(session, last.id) if m.phase == MOVED and m.dest is not None
+             and m.job_id is not None] if last is not None else []
+    if not moved:
+        return None, []
+    evacuation = EvacuationRow(host=host, kind=RETURN, max_parallel=max_parallel,
+                               state=RUNNING, started_at=utcnow(),
+                               predicted_s=max((m.predicted_s for m in moved), default=0.0))
+    session.add(evacuation)
+    session.flush()
+    records = []
+    for position, m in enumerate(moved):
+        row = EvacuationMoveRow(evacuation_id=evacuation.id, position=position, vm=m.vm,
+                                source=m.dest, dest=host, predicted_s=m.predicted_s,
+                                phase=PLANNED)
+        session.add(row)
+        records.append(MoveRecord(0, m.vm, host, PLANNED, None, m.dest))
+    return evacuation.id, records
+
+
 def _running_evacuations(session: Session) -> list[tuple[str, int]]:
     rows = session.scalars(select(EvacuationRow).where(EvacuationRow.state == RUNNING))
     return [(r.host, r.id) for r in rows]
@@ -237,8 +293,8 @@ def _record(session: Session, evacuation_id: int) -> EvacuationRecord | None:
     if row is None or row.state != RUNNING:
         return None
     return EvacuationRecord(row.id, row.host, row.max_parallel, tuple(
-        MoveRecord(m.id, m.vm, m.dest, m.phase, m.job_id)
-        for m in _moves(session, evacuation_id)))
+        MoveRecord(m.id, m.vm, m.dest, m.phase, m.job_id, m.source)
+        for m in _moves(session, evacuation_id)), row.kind)
 
 
 def _vm_host(session: Session, vm: str) -> str | None:
@@ -248,10 +304,16 @@ def _vm_host(session: Session, vm: str) -> str | None:
         return None
 
 
+def _event(session: Session, move: EvacuationMoveRow, what: str) -> str:
+    """The event kind of ``what`` (requested, moved, blocked) for ``move``'s run."""
+    kind = session.get_one(EvacuationRow, move.evacuation_id).kind
+    return f"{'return' if kind == RETURN else 'evacuation'}-{what}"
+
+
 def _requested(session: Session, move_id: int, host: str, job_id: str) -> None:
     move = session.get_one(EvacuationMoveRow, move_id)
     move.phase, move.job_id = MIGRATING, job_id
-    inventory.record_vm_event(session, move.vm, "evacuation-requested",
+    inventory.record_vm_event(session, move.vm, _event(session, move, "requested"),
                               {"host": host, "to": move.dest, "job": job_id})
 
 
@@ -261,21 +323,30 @@ def _moved(session: Session, move_id: int, host: str, dest: str | None,
     move.phase = MOVED
     if dest is None:
         move.message = "it left the host by other means"
-    inventory.record_vm_event(session, move.vm, "evacuation-moved",
+    else:
+        move.dest = dest  # an adopted job may have gone elsewhere
+    inventory.record_vm_event(session, move.vm, _event(session, move, "moved"),
                               {"from": host, "to": dest or move.dest, "job": job_id})
 
 
 def _blocked(session: Session, move_id: int, host: str, code: str, message: str) -> None:
     move = session.get_one(EvacuationMoveRow, move_id)
     move.phase, move.blocker, move.message = BLOCKED, code, message
-    inventory.record_vm_event(session, move.vm, "evacuation-blocked",
+    inventory.record_vm_event(session, move.vm, _event(session, move, "blocked"),
                               {"host": host, "code": code, "message": message})
 
 
 def _finish(session: Session, evacuation_id: int) -> None:
-    """The host ``in-maintenance`` if no VM but blocked ones is left on it, else stuck."""
+    """The host ``in-maintenance`` if no VM but blocked ones is left on it, else stuck
+    (a return: done, or stuck naming its blockers; the host's state unchanged)."""
     evacuation = session.get_one(EvacuationRow, evacuation_id)
     evacuation.ended_at = utcnow()
+    if evacuation.kind == RETURN:
+        blocked = [f"{m.vm}: {m.blocker}" for m in _moves(session, evacuation_id)
+                   if m.phase == BLOCKED]
+        evacuation.state = STUCK if blocked else DONE
+        evacuation.reason = "; ".join(blocked) or None
+        return
     host = inventory.get_host(session, evacuation.host)
     if host.maintenance_state != MaintenanceState.ENTERING:
         evacuation.state = STOPPED
@@ -298,7 +369,7 @@ def _end_on_error(session: Session, evacuation_id: int, error: str) -> None:
     evacuation.state, evacuation.ended_at = STUCK, utcnow()
     evacuation.reason = f"the evacuation stopped on an error ({error}); enter again to retry"
     host = inventory.get_host(session, evacuation.host)
-    if host.maintenance_state == MaintenanceState.ENTERING:
+    if evacuation.kind == EVACUATE and host.maintenance_state == MaintenanceState.ENTERING:
         inventory.set_maintenance(host, MaintenanceState.ENTERING, evacuation.reason)
 
 
@@ -321,10 +392,12 @@ def _status(session: Session, host: str, now: datetime) -> MaintenanceStatus:
     eta = max(0.0, round(evacuation.predicted_s - elapsed, 1)) \
         if evacuation.state == RUNNING else None
     return status.model_copy(update={
-        "evacuation": evacuation.state, "max_parallel": evacuation.max_parallel,
+        "evacuation": evacuation.state, "kind": evacuation.kind,
+        "max_parallel": evacuation.max_parallel,
         "started_at": evacuation.started_at, "ended_at": evacuation.ended_at,
         "predicted_s": evacuation.predicted_s, "eta_s": eta,
-        "vms": [EvacuationMoveView(vm=m.vm, phase=m.phase, dest=m.dest, job_id=m.job_id,
+        "vms": [EvacuationMoveView(vm=m.vm, phase=m.phase, source=m.source or host,
+                                   dest=m.dest, job_id=m.job_id,
                                    predicted_s=m.predicted_s, blocker=m.blocker,
                                    message=m.message)
                 for m in _moves(session, evacuation.id)]})

@@ -17,13 +17,16 @@ from segue.controller.models import Base, UTCDateTime
 
 
 class EvacuationRow(Base):
-    """One evacuation: ``state`` running, done (the host emptied), stuck (blockers left),
-    stopped (the host left maintenance first)."""
+    """One evacuation: ``kind`` evacuate (the host emptied for maintenance) or return (the
+    VMs an evacuation moved, brought back by ``exit --return``); ``state`` running, done
+    (every VM moved), stuck (blockers left), stopped (the host left maintenance first)."""
 
     __tablename__ = "evacuations"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     host: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default="evacuate",
+                                      server_default="evacuate")
     max_parallel: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16))
     predicted_s: Mapped[float] = mapped_column(Float, default=0.0)
@@ -34,7 +37,8 @@ class EvacuationRow(Base):
 
 class EvacuationMoveRow(Base):
     """One VM of an evacuation: ``phase`` planned, migrating (``job_id`` set), moved,
-    blocked (``blocker`` and ``message``: the planner's or the job's error)."""
+    blocked (``blocker`` and ``message``: the planner's or the job's error); ``source``:
+    the host it leaves when not the evacuation's (a return's moves)."""
 
     __tablename__ = "evacuation_moves"
 
@@ -43,6 +47,7 @@ class EvacuationMoveRow(Base):
     position: Mapped[int] = mapped_column(Integer)
     vm: Mapped[str] = mapped_column(String(64))
     dest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    source: Mapped[str | None] = mapped_column(String(64), nullable=True)
     predicted_s: Mapped[float] = mapped_column(Float, default=0.0)
     phase: Mapped[str] = mapped_column(String(16))
     job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -17,7 +17,8 @@ which keeps reporting it there, so moving it is more than a record change; it is
 ``in-maintenance`` at once; a host with VMs becomes ``entering-maintenance``, its reason
 naming what the evacuation must do, and its evacuation starts (``segue.controller.
 evacuation``). ``exit``: the evacuation stops requesting moves, and the host is back to
-``normal``.
+``normal``; with ``return_vms`` the VMs the latest evacuation moved are requested back
+(``Evacuations.begin_return``), listed in the answer.
 
 Errors: ``NotFound`` (``HOST_NOT_FOUND``), ``Conflict`` (``MAINTENANCE_TRANSITION_INVALID``,
 ``EVACUATION_RUNNING``), those of ``Prechecker`` for an agent that cannot be asked.
@@ -169,13 +170,20 @@ class MaintenanceService:
         await self.evacuations.begin(host, max_parallel, plan, stopped, reason)
         return answer_of(plan, MaintenanceState.ENTERING.value, reason, False, stopped)
 
-    async def exit(self, host: str) -> MaintenanceAnswer:
+    async def exit(self, host: str, return_vms: bool = False, max_parallel: int = 2
+                   ) -> MaintenanceAnswer:
         """The evacuation stops requesting moves (those requested run on) and the host is
-        back to ``normal``; raises Conflict (``MAINTENANCE_TRANSITION_INVALID``) if the host
-        is not in maintenance."""
+        back to ``normal``; ``return_vms``: the VMs its latest evacuation moved are requested
+        back, at most ``max_parallel`` at once. Raises Conflict
+        (``MAINTENANCE_TRANSITION_INVALID``) if the host is not in maintenance."""
         await self.db.run(_set_state, host, MaintenanceState.NORMAL, None)
         await self.evacuations.stop(host)
-        return MaintenanceAnswer(host=host, state="normal")
+        if not return_vms:
+            return MaintenanceAnswer(host=host, state="normal")
+        moves = await self.evacuations.begin_return(host, max_parallel)
+        return MaintenanceAnswer(
+            host=host, state="normal", parallel=max_parallel,
+            vms=[EvacueeView(vm=m.vm, running=True, dest=host) for m in moves])
 
 
 def _record(row: HostRow, fresh: dict[str, HostRecord]) -> HostRecord:
