@@ -106,6 +106,16 @@ def test_create_without_host_places_first(answers: Any) -> None:
     assert "-> host3" in out and "VM web3" in out
 
 
+def test_create_with_tags_places_and_defines_it_tagged(answers: Any) -> None:
+    answers[("POST", "/placement")] = {**PLACED, "vm": "web3", "source": None}
+    answers[("POST", "/vms")] = {
+        "name": "web3", "uuid": "u", "host": "host3", "state": "stopped",
+        "updated_at": NOW, "spec": {"name": "web3", "datastore": "shared"}, "tags": ["db"]}
+    segue("vm", "create", "web3", "--no-start", "--tag", "db", "--tag", "gold")
+    assert answers["sent"][0][2]["tags"] == ["db", "gold"]  # the tags' rules place it
+    assert answers["sent"][1][2]["tags"] == ["db", "gold"]
+
+
 def test_rules_are_created_listed_and_a_conflict_exits_1(answers: Any) -> None:
     view = {"name": "apart", "kind": "anti-affinity", "strength": "must",
             "vms": ["db1", "web1"], "created_at": NOW, "created_by": "root"}

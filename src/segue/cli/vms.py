@@ -75,22 +75,25 @@ def create(
     nic: list[str] = typer.Option([], help="PORTGROUP[=MAC], repeatable."),
     datastore: str = typer.Option("shared", help="Datastore that keeps the VM's definition."),
     start: bool = typer.Option(True, "--start/--no-start", help="Start it once defined."),
+    tag: list[str] = typer.Option([], "--tag", help="A tag of the VM from its creation "
+                                  "(rules and policies match on tags), repeatable."),
     url: str | None = URL,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Define a VM on a host (and start it, unless --no-start); without --host, on the
-    host placement chooses (--json: {"placement": ..., "vm": ...})."""
+    host placement chooses, its tags' rules included (--json: {"placement": ...,
+    "vm": ...})."""
     spec = VMSpecBody(name=name, datastore=datastore, memory_mib=memory, vcpus=vcpus,
                       kernel=_absolute(kernel), initrd=_absolute(initrd), cmdline=append,
                       disks=[parse_disk(d) for d in disk], nics=[parse_nic(n) for n in nic])
     answer: PlacementAnswer | None = None
     with controller(url) as c:
         if host is None:
-            answer = c.run(c.client.place_new_vm(spec))
+            answer = c.run(c.client.place_new_vm(spec, tag))
             if not as_json:
                 print_placement(answer, RUNNERS_UP)
             host = choice_of(answer)
-        vm = c.run(c.client.create_vm(host, spec, start=start))
+        vm = c.run(c.client.create_vm(host, spec, start=start, tags=tag))
     if as_json:
         print_json(vm if answer is None else {"placement": answer, "vm": vm})
     else:

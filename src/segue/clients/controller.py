@@ -262,9 +262,13 @@ class ControllerClient(ServiceClient):
         return await self.call_list(VMView, "GET", "/vms",
                                     params={"host": host} if host else None)
 
-    async def create_vm(self, host: str, spec: VMSpecBody, start: bool = True) -> VMDetail:
+    async def create_vm(self, host: str, spec: VMSpecBody, start: bool = True,
+                        tags: list[str] | None = None) -> VMDetail:
+        """Define ``spec`` on ``host`` (and start it), tagged ``tags`` from the start (what
+        policies and rules match on)."""
         return await self.call(VMDetail, "POST", "/vms",
-                               json=CreateVMBody(host=host, spec=spec, start=start))
+                               json=CreateVMBody(host=host, spec=spec, start=start,
+                                                 tags=tags or []))
 
     async def get_vm(self, name: str) -> VMDetail:
         return await self.call(VMDetail, "GET", f"/vms/{name}")
