@@ -84,6 +84,8 @@ async def test_three_vms_leave_two_at_a_time_and_the_host_ends_in_maintenance(
             assert running["evacuation"] == "running" and running["eta_s"] is not None
             phases = {v["vm"]: v["phase"] for v in running["vms"]}
             assert sorted(phases.values()) == ["migrating", "migrating", "planned"]
+            assert all(v["job_phase"] and v["progress_pct"] is not None
+                       for v in running["vms"] if v["phase"] == "migrating"), running["vms"]
             for vm in list(moves.started):
                 moves.finish(vm)
                 await until(f"{vm} moved", lambda vm=vm: _phase_is(c, vm, "moved"))

@@ -10,8 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
+from segue.api.maintenance import MaintenanceStatus
 from segue.cli import maintenance
 from segue.cli.main import app as cli
 from segue.clients.controller import ControllerClient
@@ -90,6 +92,16 @@ def test_enter_follows_until_in_maintenance(answers: Any) -> None:
     answers[STATUS] = [RUNNING, DONE]
     out = segue("host", "maintenance", "enter", "host1")
     assert "host1 is in-maintenance" in out
+
+
+def test_the_live_rows_show_each_copy_s_progress_and_the_eta() -> None:
+    copying = {**RUNNING, "eta_s": 9.0, "vms": [
+        {**RUNNING["vms"][0], "job_phase": "copying", "progress_pct": 43.2, "eta_s": 5.0},
+        *RUNNING["vms"][1:]]}
+    console = Console(width=200, record=True)
+    console.print(maintenance.progress_table(MaintenanceStatus.model_validate(copying)))
+    out = console.export_text()
+    assert "43% (5s left)" in out and "ETA 9s" in out and "migrating (copying)" in out
 
 
 def test_no_wait_returns_at_once(answers: Any) -> None:

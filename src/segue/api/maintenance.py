@@ -63,8 +63,9 @@ class MaintenanceAnswer(ResponseModel):
 
 
 class EvacuationMoveView(ResponseModel):
-    """One VM of an evacuation: ``phase`` planned, migrating (``job_phase``: its job's),
-    moved, blocked (``blocker``, ``message``)."""
+    """One VM of an evacuation: ``phase`` planned, migrating (``job_phase``: its job's;
+    ``progress_pct``: the memory sent over sent plus remaining, ``eta_s``: the job's own
+    estimate), moved, blocked (``blocker``, ``message``)."""
 
     vm: str
     phase: str
@@ -72,6 +73,8 @@ class EvacuationMoveView(ResponseModel):
     dest: str | None = None
     job_id: str | None = None
     job_phase: str | None = None
+    progress_pct: float | None = None
+    eta_s: float | None = None
     predicted_s: float = 0.0
     blocker: str | None = None
     message: str | None = None

@@ -49,13 +49,15 @@ def progress_table(status: MaintenanceStatus) -> Table:
     """One row per VM: its phase (its job's while it migrates), destination, job."""
     eta = "-" if status.eta_s is None else f"{status.eta_s:.0f}s"
     run = "return" if status.kind == "return" else "evacuation"
-    table = Table("VM", "phase", "from", "destination", "job", "blocker",
+    table = Table("VM", "phase", "progress", "from", "destination", "job", "blocker",
                   title=f"{status.host}: {status.state} ({run} "
                         f"{status.evacuation or '-'}, ETA {eta})")
     colour = {"moved": "green", "blocked": "red", "migrating": "yellow"}
     for row in status.vms:
         phase = row.phase if row.job_phase is None else f"{row.phase} ({row.job_phase})"
-        table.add_row(row.vm, f"[{colour.get(row.phase, 'default')}]{phase}[/]",
+        progress = "-" if row.progress_pct is None else f"{row.progress_pct:.0f}%" + (
+            "" if row.eta_s is None else f" ({row.eta_s:.0f}s left)")
+        table.add_row(row.vm, f"[{colour.get(row.phase, 'default')}]{phase}[/]", progress,
                       row.source or "-", row.dest or "-", row.job_id or "-",
                       row.blocker or "-")
     return table

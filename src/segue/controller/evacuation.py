@@ -149,9 +149,18 @@ class Evacuations:
         for row in status.vms:
             if row.phase == MIGRATING and row.job_id is not None:
                 job = await self.migrations.get(row.job_id)
-                row = row.model_copy(update={"job_phase": job.phase})
+                sample = job.progress
+                sent = (sample.transferred, sample.transferred + sample.remaining) \
+                    if sample is not None else (0, 0)
+                row = row.model_copy(update={
+                    "job_phase": job.phase,
+                    "progress_pct": round(100 * sent[0] / sent[1], 1) if sent[1] else None,
+                    "eta_s": sample.eta_s if sample is not None else None})
             vms.append(row)
-        return status.model_copy(update={"vms": vms})
+        eta = status.eta_s
+        if eta is not None:  # no sooner than the slowest move running says
+            eta = max([eta, *(r.eta_s for r in vms if r.eta_s is not None)])
+        return status.model_copy(update={"vms": vms, "eta_s": eta})
 
     async def _run(self, host: str, evacuation_id: int) -> None:
         try:
