@@ -7,7 +7,9 @@ Source: ``POST /vms/{name}/migrate``, ``POST /vms/{name}/migration/cancel``,
 ``POST /vms/{name}/release``, ``POST /vms/{name}/resume``, ``POST /vms/{name}/dirty-rate``,
 ``POST /vms/{name}/migration/parameters``, ``POST /vms/{name}/migration/postcopy``,
 ``POST /vms/{name}/migration/resume``. Either: ``GET /vms/{name}/migration``,
-``POST /vms/{name}/migration/pause``. Bodies and answers are the wire models of
+``POST /vms/{name}/migration/pause``. Re-homing a stopped VM (``segue.agent.rehome``):
+``POST /vms/{name}/adopt`` on the new host, then ``POST /vms/{name}/release-definition``
+on the old one. Bodies and answers are the wire models of
 ``segue.api.agent`` (what ``segue.clients.agent.AgentClient`` sends and decodes); errors map
 to HTTP in ``segue.httpapi``. The source's ``migrate``, ``migration/cancel`` and ``resume``
 take an optional ``generation`` query, the fencing token (``segue.agent.guards``); the
@@ -21,7 +23,9 @@ from fastapi import APIRouter, Request
 from segue.agent.api_params import CalcTimeMs, LeaseGeneration, VMName
 from segue.agent.incoming import Incoming
 from segue.agent.outgoing import Outgoing
+from segue.agent.rehome import Rehoming
 from segue.api.agent import (
+    AdoptRequest,
     DirtyRateAnswer,
     IncomingAnswer,
     IncomingRequest,
@@ -68,6 +72,24 @@ async def abort_incoming(request: Request, name: VMName) -> None:
 @router.post("/migrations/incoming/{name}/recover", response_model=RecoverAnswer)
 async def recover_incoming(request: Request, name: VMName) -> RecoverAnswer:
     return await _incoming(request).recover(name)
+
+
+# ---- re-homing a stopped VM ----
+def _rehoming(request: Request) -> Rehoming:
+    rehoming: Rehoming = request.app.state.rehoming
+    return rehoming
+
+
+@router.post("/vms/{name}/adopt", response_model=VMInfo)
+async def adopt(request: Request, name: VMName, body: AdoptRequest) -> VMInfo:
+    """Take up the stopped VM's definition from ``from_host`` (stopped here)."""
+    return await _rehoming(request).adopt(name, body.datastore, body.from_host)
+
+
+@router.post("/vms/{name}/release-definition", status_code=204, response_model=None)
+async def release_definition(request: Request, name: VMName) -> None:
+    """Forget this host's copy of a stopped VM another host adopted."""
+    await _rehoming(request).release_definition(name)
 
 
 # ---- source ----

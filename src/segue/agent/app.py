@@ -37,6 +37,7 @@ from segue.agent.incoming import Incoming
 from segue.agent.migpath import ProbeListeners
 from segue.agent.outgoing import Outgoing
 from segue.agent.peergate import ControllerOnly
+from segue.agent.rehome import Rehoming
 from segue.agent.vms import VMManager
 from segue.api.agent import Health, SerialAnswer, VMEvent
 from segue.api.vm import VMInfo, VMSpecBody
@@ -61,6 +62,7 @@ def create_app(config: AgentConfig, caps: QemuCapabilities | None = None) -> Fas
         manager.hook = incoming  # before load: an adopted arrival is resumed by it
         app.state.incoming = incoming
         app.state.outgoing = Outgoing(manager)
+        app.state.rehoming = Rehoming(manager)
         async with asyncio.TaskGroup() as tg:
             await manager.load(tg)
             app.state.manager = manager

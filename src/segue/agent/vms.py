@@ -29,6 +29,10 @@ A VM's files must lie under this host's datastores or image dirs (``segue.agent.
 checked on define and at every launch (QEMU opens the resolved paths); a stored spec that
 fails loads all the same, logged, and cannot start. The console log is the runtime dir's.
 
+A stopped VM can be re-homed to another host (``segue.agent.rehome``): once the datastore's
+vm.json names that host, this one refuses to start it (``VM_REHOMED``) and, at its next
+start, forgets the copy it kept.
+
 Start, stop and destroy are guarded (``segue.agent.guards``); stop and destroy take the
 caller's ``generation`` (its fencing token), a start the lease generation its claim expects.
 Errors: ``NotFound`` (``VM_NOT_FOUND``), ``Conflict`` (``VM_NOT_STOPPED``,
@@ -127,6 +131,11 @@ class VMManager:
             alive = pid is not None and process.is_qemu_of(pid, spec.uuid)
             if vm.incoming is not None and not alive:
                 log.info("forgetting %s: its incoming QEMU is gone", spec.name)
+                shutil.rmtree(vm.runtime.directory, ignore_errors=True)
+                continue
+            if not alive and vm.incoming is None and not self.owns_datastore_entry(spec):
+                log.warning("forgetting %s: stopped here, and its datastore entry names "
+                            "another host (re-homed there)", spec.name)
                 shutil.rmtree(vm.runtime.directory, ignore_errors=True)
                 continue
             self.vms[spec.name] = vm
@@ -345,8 +354,13 @@ class VMManager:
     async def start(self, vm: ManagedVM, generation: int | None = None) -> VMInfo:
         """Claim the VM's lease (``generation``: the one the caller believes current), start
         its QEMU, plug its taps, let it run. A failed start leaves no QEMU and no lease.
-        Raises Conflict (``VM_LOCKED``, ``DISK_IN_USE``, ``VM_NOT_OWNED``) besides the
-        admission errors."""
+        Raises Conflict (``VM_LOCKED``, ``DISK_IN_USE``, ``VM_NOT_OWNED``; ``VM_REHOMED``
+        when the datastore's vm.json names another host: it was re-homed there,
+        ``segue.agent.rehome``) besides the admission errors."""
+        if not self.owns_datastore_entry(vm.spec):
+            raise Conflict("VM_REHOMED", f"{vm.name}'s definition names another host now "
+                           f"(re-homed from {self.config.host})",
+                           f"start it where the inventory puts it (segue vm start {vm.name})")
         paths = self.file_paths(vm.spec)
         view = self.host_view(list(paths.values()))
         admission.check_references(vm.spec, view, paths)

@@ -60,7 +60,7 @@ class VMStore:
         for root in self.datastores.values():
             for vm_file in sorted(root.glob(f"*/{VM_FILE}")):
                 try:
-                    entry = _datastore_entry(json.loads(vm_file.read_text()), vm_file)
+                    entry = datastore_entry(json.loads(vm_file.read_text()), vm_file)
                 except (ValueError, OSError, InvalidRequest):
                     continue
                 yield entry
@@ -104,7 +104,7 @@ class VMStore:
             shared.parent.rmdir()
 
 
-def _datastore_entry(data: object, path: Path) -> DatastoreEntry:
+def datastore_entry(data: object, path: Path) -> DatastoreEntry:
     """A datastore's ``vm.json`` (``{"host": ..., "generation": ..., "spec": {...}}``,
     generation only once claimed); raises InvalidRequest
     (``VM_SPEC_INVALID``) if it is not one."""

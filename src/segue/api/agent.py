@@ -159,6 +159,14 @@ class VMCpu(ResponseModel):
     features: list[str]
 
 
+class AdoptRequest(RequestModel):
+    """Re-homing a stopped VM (``segue.agent.rehome``): take up its definition from
+    ``from_host``, read from its home ``datastore``'s vm.json."""
+
+    datastore: Name
+    from_host: Name
+
+
 class FileRef(RequestModel):
     """A file by datastore name and path inside it."""
 

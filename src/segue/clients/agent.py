@@ -29,6 +29,7 @@ from __future__ import annotations
 from pydantic import JsonValue
 
 from segue.api.agent import (
+    AdoptRequest,
     Capabilities,
     DirtyRateAnswer,
     FileRef,
@@ -157,6 +158,15 @@ class AgentClient(ServiceClient):
 
     async def release(self, name: str) -> None:
         await self.request("POST", f"/vms/{name}/release")
+
+    async def adopt(self, name: str, datastore: str, from_host: str) -> VMInfo:
+        """Re-homing a stopped VM: this host takes up its definition from ``from_host``."""
+        return await self.call(VMInfo, "POST", f"/vms/{name}/adopt",
+                               json=AdoptRequest(datastore=datastore, from_host=from_host))
+
+    async def release_definition(self, name: str) -> None:
+        """Re-homing a stopped VM: this host forgets its copy (another adopted it)."""
+        await self.request("POST", f"/vms/{name}/release-definition")
 
     async def dirty_rate(self, name: str, calc_time_ms: int = 300) -> DirtyRateAnswer:
         return await self.call(DirtyRateAnswer, "POST", f"/vms/{name}/dirty-rate",
