@@ -33,7 +33,7 @@ from segue.controller.app import create_app
 from segue.controller.config import ControllerConfig
 from segue.controller.migration_models import MigrationRow
 from segue.controller.models import utcnow
-from segue.domain.errors import NotFound, Unavailable
+from segue.domain.errors import Conflict, NotFound, Unavailable
 from segue.domain.host import HostFacts
 
 DS_UUID = "0b7c5d4e-1f2a-4b3c-8d9e-0f1a2b3c4d5e"
@@ -80,6 +80,7 @@ class FakeAgent:
     path_ok: bool = True
     invisible: set[str] = field(default_factory=set)  # "datastore:path" this host lacks
     calls: list[str] = field(default_factory=list)
+    peers: dict[str, FakeAgent] = field(default_factory=dict)  # the pool's, by host
 
     def _answer(self, call: str) -> None:
         self.calls.append(call)
@@ -142,6 +143,21 @@ class FakeAgent:
         self._answer("prepare_incoming")
         raise Unavailable("FAKE_PREPARE_FAILED", "this fake starts no QEMU", "")
 
+    async def adopt(self, name: str, datastore: str, from_host: str) -> VMInfo:
+        """Re-homing: the stopped VM's record taken from ``from_host`` (kept there until its
+        release, as an agent's copy is)."""
+        self._answer(f"adopt {name} {from_host}")
+        source = self.peers[from_host].vms.get(name)
+        if source is None or source.get("state") != "stopped":
+            raise Conflict("VM_LOCKED", f"{name} is not stopped on {from_host}", "stop it")
+        self.vms[name] = dict(source)
+        return self._vm(name)
+
+    async def release_definition(self, name: str) -> None:
+        self._answer(f"release_definition {name}")
+        self._vm(name)
+        self.vms.pop(name)
+
     async def abort_incoming(self, name: str) -> None:
         self._answer("abort_incoming")
 
@@ -165,6 +181,8 @@ class FakePool(AgentPool):
     def __init__(self, agents: dict[str, FakeAgent]) -> None:
         super().__init__()
         self.fakes = {f"http://{a.name}:7600": a for a in agents.values()}
+        for agent in agents.values():
+            agent.peers = agents
 
     def typed(self, url: str, host: str = "") -> Any:
         return self.fakes[url]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from test_controller_checks import Controller
-from test_controller_queue import VMS, Moves, cluster, controller
+from test_controller_queue import VMS, Moves, cluster, controller, running, vm_spec
 
 from segue.engine.phases import TERMINAL
 
@@ -245,6 +245,40 @@ async def test_exit_return_brings_back_the_vms_it_moved_and_names_the_one_gone_e
         assert requests_of(c, "web3") == 2  # the evacuation and the hand move, no return
         kinds = [e["kind"] for e in (await c.http.get("/vms/web1/events")).json()]
         assert "return-requested" in kinds and "return-moved" in kinds
+
+
+async def test_a_stopped_vm_is_re_homed_without_a_slot_and_returned_stopped(
+        tmp_path: Path) -> None:
+    moves = Moves()
+    agents = cluster(moves)
+    agents[0].vms["db1"] = {**running(vm_spec("db1")), "state": "stopped", "pid": None}
+    async with controller(tmp_path, agents, outgoing=4, incoming=4) as c:
+        answer = await enter(c, max_parallel=1)
+        rows = {v["vm"]: v for v in answer["vms"]}
+        assert rows["db1"]["running"] is False and rows["db1"]["dest"] in ("host2", "host3")
+        await until("one copying", lambda: _count_started(moves, 1))
+        # db1 needs no migration slot: it is re-homed while the first copy runs
+        await until("db1 re-homed", lambda: _phase_is(c, "db1", "moved"))
+        dest = rows["db1"]["dest"]
+        assert (await hosts_of(c))["db1"] == dest
+        assert "db1" in agents[int(dest[-1]) - 1].vms and "db1" not in agents[0].vms
+        assert "adopt db1 host1" in agents[int(dest[-1]) - 1].calls
+        assert "release_definition db1" in agents[0].calls
+        assert requests_of(c, "db1") == 0 and len(moves.started) == 1
+
+        async def in_maintenance() -> bool:  # each copy finished as soon as it starts
+            for vm in moves.started:
+                moves.finish(vm)
+            return (await status(c))["state"] == "in-maintenance"
+        await until("in-maintenance", in_maintenance)
+        events = (await c.http.get("/vms/db1/events")).json()
+        assert any(e["kind"] == "evacuation-moved" and e["detail"].get("rehomed")
+                   for e in events), events
+
+        resp = await c.http.post("/hosts/host1/maintenance/exit", json={"return": True})
+        assert "db1" in [v["vm"] for v in resp.json()["vms"]], resp.text
+        await until("db1 back", lambda: _phase_is(c, "db1", "moved"))
+        assert (await hosts_of(c))["db1"] == "host1" and "db1" in agents[0].vms
 
 
 async def test_exit_return_without_an_evacuation_moves_nothing(tmp_path: Path) -> None:

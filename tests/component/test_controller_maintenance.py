@@ -89,7 +89,8 @@ async def test_dry_run_answers_the_preflight_and_changes_nothing(
         assert [r["vm"] for r in answer["vms"]] == ["app1", "web1", "db1"]  # type: ignore
         assert rows["app1"]["dest"] == "host2"  # heaviest first: equal hosts, by name
         assert rows["web1"]["dest"] == "host2"
-        assert rows["db1"]["blocker"] == "STOPPED_VM_NOT_MOVED"
+        assert rows["db1"]["dest"] in ("host2", "host3")  # stopped: re-homed
+        assert rows["db1"]["running"] is False and rows["db1"]["predicted_s"] == 0
         assert 0 < rows["web1"]["predicted_s"] < rows["app1"]["predicted_s"]
         assert answer["predicted_s"] == rows["app1"]["end_s"]  # both run at once
         host = (await c.http.get("/hosts/host1")).json()

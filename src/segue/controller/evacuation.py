@@ -20,6 +20,13 @@ controller that stopped between a request and its record) adopts that job; a pla
 longer on the host counts as moved. Every step is a VM event (``evacuation-requested``,
 ``evacuation-moved``, ``evacuation-blocked``) in the VM's event log (``segue vm events``).
 
+A planned VM that is stopped when its turn comes is re-homed instead of migrated, at once
+and without a migration slot: the destination's agent adopts its definition, the old
+host's agent releases its copy (``segue.agent.rehome``; one that cannot be told then drops
+it at its next start), and the inventory records the VM on the destination (``moved``
+event). A refused adoption makes it a blocker with the agent's code. A VM neither running
+nor stopped then (paused, missing, ...) is a blocker (``VM_STATE_BLOCKS``).
+
 ``begin_return`` (``segue host maintenance exit HOST --return``) runs the same way a return:
 each VM the host's latest evacuation moved is requested back to the host from where that
 evacuation put it (the migration's admission checks rules, capacity and policies, as for any
@@ -50,6 +57,7 @@ from segue.controller.migrations import MigrationService
 from segue.controller.models import utcnow
 from segue.domain.errors import Conflict, SegueError
 from segue.domain.maintenance import MaintenanceState
+from segue.domain.vm import VMState
 from segue.engine.phases import TERMINAL, Phase
 from segue.placement.evacuation import Blocker, EvacuationPlan
 
@@ -59,6 +67,9 @@ PLANNED, MIGRATING, MOVED, BLOCKED = "planned", "migrating", "moved", "blocked"
 RUNNING, DONE, STUCK, STOPPED = "running", "done", "stuck", "stopped"
 EVACUATE, RETURN = "evacuate", "return"
 RETURN_SKIPPED = "RETURN_SKIPPED"
+OTHER_MEANS = "it left the host by other means"
+REHOMED = "re-homed: stopped, its definition moved"
+VM_STATE_BLOCKS = "VM_STATE_BLOCKS"
 
 
 @dataclass(frozen=True)
@@ -105,9 +116,9 @@ class Evacuations:
                            f"(segue host maintenance exit {host})", host=host)
 
     async def begin(self, host: str, max_parallel: int, plan: EvacuationPlan,
-                    stopped: Sequence[Blocker], reason: str) -> None:
+                    unmovable: Sequence[Blocker], reason: str) -> None:
         """Store the plan with the host ``entering-maintenance`` (``reason``) and run it."""
-        evacuation_id = await self.db.run(_begin, host, max_parallel, plan, stopped, reason)
+        evacuation_id = await self.db.run(_begin, host, max_parallel, plan, unmovable, reason)
         self._start(host, evacuation_id)
 
     async def begin_return(self, host: str, max_parallel: int) -> list[MoveRecord]:
@@ -184,11 +195,14 @@ class Evacuations:
         for move in evacuation.moves:
             if move.phase == MIGRATING and move.job_id is not None:
                 in_flight += not await self._ended(evacuation, move, move.job_id)
-        planned = [m for m in evacuation.moves if m.phase == PLANNED]
-        room = max(0, evacuation.max_parallel - in_flight)
-        for move in planned[:room]:
+        waiting = 0
+        for move in (m for m in evacuation.moves if m.phase == PLANNED):
+            if in_flight >= evacuation.max_parallel and await self.db.run(
+                    _vm_state, move.vm) != VMState.STOPPED.value:
+                waiting += 1  # a migration slot is needed; a re-homing goes on at once
+                continue
             in_flight += await self._request(evacuation, move)
-        if in_flight or len(planned) > room:
+        if in_flight or waiting:
             return False
         await self.db.run(_finish, evacuation_id)
         return True
@@ -214,7 +228,7 @@ class Evacuations:
         if active is not None:
             await self.db.run(_requested, move.id, leaves, active.id)
             return True
-        where = await self.db.run(_vm_host, move.vm)
+        where, state = await self.db.run(_vm_place, move.vm)
         if where != leaves:
             if evacuation.kind == RETURN and where != move.dest:
                 await self.db.run(_blocked, move.id, leaves, RETURN_SKIPPED,
@@ -222,6 +236,14 @@ class Evacuations:
                                   f"{leaves} where the evacuation put it: not moved back")
             else:
                 await self.db.run(_moved, move.id, leaves, None, None)
+            return False
+        if state == VMState.STOPPED.value:
+            await self._rehome(move, leaves)
+            return False
+        if state != VMState.RUNNING.value:
+            await self.db.run(_blocked, move.id, leaves, VM_STATE_BLOCKS,
+                              f"{move.vm} is {state}: only a running VM migrates and a "
+                              "stopped one is re-homed")
             return False
         try:
             job = await self.migrations.request(move.vm, str(move.dest), MigrationOptionsBody(),
@@ -233,10 +255,28 @@ class Evacuations:
         return True
 
 
+    async def _rehome(self, move: MoveRecord, leaves: str) -> None:
+        """Move the stopped VM's definition from ``leaves`` to ``move.dest`` (module doc)."""
+        dest = str(move.dest)
+        urls, datastore = await self.db.run(_rehome_facts, move.vm, (leaves, dest))
+        agents = self.migrations.prechecks.agents
+        try:
+            await agents.typed(urls[dest], dest).adopt(move.vm, datastore, leaves)
+        except SegueError as err:
+            await self.db.run(_blocked, move.id, leaves, err.code, err.message)
+            return
+        try:
+            await agents.typed(urls[leaves], leaves).release_definition(move.vm)
+        except SegueError as err:  # it cannot start it any more; it drops it when restarted
+            log.warning("%s: %s kept its copy of %s's definition (%s)", move.vm, leaves,
+                        move.vm, err)
+        await self.db.run(_rehomed, move.id, leaves, dest)
+
+
 # ---- the database side (each runs in Database.run: one transaction) ----
 
 def _begin(session: Session, host: str, max_parallel: int, plan: EvacuationPlan,
-           stopped: Sequence[Blocker], reason: str) -> int:
+           unmovable: Sequence[Blocker], reason: str) -> int:
     row = inventory.get_host(session, host)
     inventory.set_maintenance(row, MaintenanceState.ENTERING, reason)
     now = utcnow()
@@ -250,7 +290,7 @@ def _begin(session: Session, host: str, max_parallel: int, plan: EvacuationPlan,
                                       vm=move.vm, dest=move.dest,
                                       predicted_s=move.predicted_s, phase=PLANNED))
         position += 1
-    for blocker in (*plan.blocked, *stopped):
+    for blocker in (*plan.blocked, *unmovable):
         session.add(EvacuationMoveRow(evacuation_id=evacuation.id, position=position,
                                       vm=blocker.vm, phase=BLOCKED, blocker=blocker.code,
                                       message=blocker.message))
@@ -268,7 +308,7 @@ def _begin_return(session: Session, host: str, max_parallel: int
         EvacuationRow.host == host, EvacuationRow.kind == EVACUATE)
         .order_by(EvacuationRow.id.desc())).first()
     moved = [m for m in _moves(session, last.id) if m.phase == MOVED and m.dest is not None
-             and m.job_id is not None] if last is not None else []
+             and m.message != OTHER_MEANS] if last is not None else []
     if not moved:
         return None, []
     evacuation = EvacuationRow(host=host, kind=RETURN, max_parallel=max_parallel,
@@ -306,11 +346,30 @@ def _record(session: Session, evacuation_id: int) -> EvacuationRecord | None:
         for m in _moves(session, evacuation_id)), row.kind)
 
 
-def _vm_host(session: Session, vm: str) -> str | None:
-    try:
-        return inventory.get_vm(session, vm).host
-    except SegueError:
-        return None
+def _vm_place(session: Session, vm: str) -> tuple[str | None, str | None]:
+    """The VM's host and inventory state (None, None: not in the inventory)."""
+    row = inventory.find_vm(session, vm)
+    return (row.host, row.state) if row is not None else (None, None)
+
+
+def _vm_state(session: Session, vm: str) -> str | None:
+    return _vm_place(session, vm)[1]
+
+
+def _rehome_facts(session: Session, vm: str, hosts: Sequence[str]
+                  ) -> tuple[dict[str, str], str]:
+    """The agents' URLs of ``hosts`` and the VM's home datastore."""
+    spec = dict(inventory.get_vm(session, vm).spec)
+    return ({h: inventory.get_host(session, h).url for h in hosts},
+            str(spec.get("datastore") or ""))
+
+
+def _rehomed(session: Session, move_id: int, host: str, dest: str) -> None:
+    move = session.get_one(EvacuationMoveRow, move_id)
+    inventory.move_vm(session, move.vm, dest)
+    move.phase, move.dest, move.message = MOVED, dest, REHOMED
+    inventory.record_vm_event(session, move.vm, _event(session, move, "moved"),
+                              {"from": host, "to": dest, "rehomed": True})
 
 
 def _event(session: Session, move: EvacuationMoveRow, what: str) -> str:
@@ -331,7 +390,7 @@ def _moved(session: Session, move_id: int, host: str, dest: str | None,
     move = session.get_one(EvacuationMoveRow, move_id)
     move.phase = MOVED
     if dest is None:
-        move.message = "it left the host by other means"
+        move.message = OTHER_MEANS
     else:
         move.dest = dest  # an adopted job may have gone elsewhere
     inventory.record_vm_event(session, move.vm, _event(session, move, "moved"),

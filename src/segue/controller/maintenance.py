@@ -9,9 +9,10 @@ in flight, and answers the plan. Each running VM's predicted time is its memory 
 share of the host's migration link (the link speed the host reports, split among the
 moves run in parallel) by the engine's pre-copy model with no dirtying
 (``segue.engine.prediction.predict``): a lower bound, as no dirty rate is measured before
-the moves start. A stopped VM is not re-homed: its definition lives on its host's agent,
-which keeps reporting it there, so moving it is more than a record change; it is a blocker
-(``STOPPED_VM_NOT_MOVED``) until that is built.
+the moves start. A stopped VM is planned too (placed as the creation checks and the
+policies' verdicts on a maintenance move allow); the evacuation re-homes it
+(``segue.agent.rehome``: its definition moves, no QEMU runs). A VM neither running nor
+stopped (paused, crashed, missing, ...) is a blocker (``VM_STATE_BLOCKS``).
 
 ``enter``: the pre-flight; with ``dry_run`` nothing else. Otherwise an empty host becomes
 ``in-maintenance`` at once; a host with VMs becomes ``entering-maintenance``, its reason
@@ -35,12 +36,13 @@ from segue.api.maintenance import EvacueeView, MaintenanceAnswer
 from segue.api.rules import ExcludedView, ReasonView
 from segue.checks import HostRecord, MigrationContext, host_facts_from_dict
 from segue.controller import inventory
-from segue.controller.evacuation import Evacuations
+from segue.controller.evacuation import VM_STATE_BLOCKS, Evacuations
 from segue.controller.placement_service import cluster_view
 from segue.controller.policy_gate import check_results
 from segue.controller.precheck import HostRow, Prechecker
 from segue.controller.scheduler import HostLimits
 from segue.domain.maintenance import MaintenanceState
+from segue.domain.vm import vm_spec_from_dict
 from segue.engine.prediction import MiB, predict
 from segue.placement import HostSlot
 from segue.placement.evacuation import (
@@ -52,7 +54,6 @@ from segue.placement.evacuation import (
     shared_link_bps,
 )
 
-STOPPED_VM_NOT_MOVED = "STOPPED_VM_NOT_MOVED"
 DEFAULT_LINK_MBPS = 1000  # when the host reports no link speed
 PREDICTION_DOWNTIME_MS = 300
 
@@ -69,12 +70,12 @@ def _vms_of(session: Session, host: str) -> list[tuple[str, dict[str, object], s
 
 
 def answer_of(plan: EvacuationPlan, state: str, reason: str | None, dry_run: bool,
-              stopped: Sequence[Blocker] = ()) -> MaintenanceAnswer:
+              unmovable: Sequence[Blocker] = ()) -> MaintenanceAnswer:
     """The plan as the API shows it, each VM in plan order, then the blocked ones."""
     rows = [EvacueeView(vm=m.vm, running=m.running, dest=m.dest, predicted_s=m.predicted_s,
                         start_s=m.start_s, end_s=m.end_s,
                         warnings=[r.message for r in m.broken_should]) for m in plan.moves]
-    for b in (*plan.blocked, *stopped):
+    for b in (*plan.blocked, *unmovable):
         rows.append(EvacueeView(
             vm=b.vm, running=b.running, blocker=b.code, message=b.message, hint=b.hint,
             excluded=[ExcludedView(host=e.host, reasons=[ReasonView.model_validate(r.to_dict())
@@ -85,9 +86,9 @@ def answer_of(plan: EvacuationPlan, state: str, reason: str | None, dry_run: boo
                              predicted_s=plan.predicted_s, vms=rows)
 
 
-def blocked_reason(plan: EvacuationPlan, stopped: Sequence[Blocker]) -> str | None:
+def blocked_reason(plan: EvacuationPlan, unmovable: Sequence[Blocker]) -> str | None:
     """Why the host cannot be emptied (None: it can)."""
-    blockers = [*plan.blocked, *stopped]
+    blockers = [*plan.blocked, *unmovable]
     if not blockers:
         return None
     return "; ".join(f"{b.vm}: {b.code}" for b in blockers)
@@ -118,57 +119,67 @@ class MaintenanceService:
                        contexts, {h: tuple(check_results(d)) for h, d in denials.items()
                                   if h is not None})
 
+    async def _stopped(self, name: str, spec: dict[str, object]) -> Evacuee:
+        plan = await self.prechecks.plan(name, None)
+        denials = await self.prechecks.policies.decide_many(
+            "migrate", name, [row.name for row in plan.dests], None, "maintenance")
+        return Evacuee(vm_spec_from_dict(spec), False, frozenset(), 0.0, {},
+                       {h: tuple(check_results(d)) for h, d in denials.items()
+                        if h is not None})
+
     async def preflight(self, host: str, max_parallel: int
                         ) -> tuple[EvacuationPlan, list[Blocker]]:
-        """The evacuation plan of ``host`` and the stopped VMs it leaves (module doc)."""
+        """The evacuation plan of ``host`` and the unmovable VMs it leaves (module doc)."""
         vms = await self.db.run(_vms_of, host)
         view = await self.db.run(cluster_view, self.prechecks)
         parallel = min(max_parallel, self.limits.max_outgoing)
         evacuees: list[Evacuee] = []
-        stopped: list[Blocker] = []
+        unmovable: list[Blocker] = []
         for name, spec, state in vms:
-            if state != "running":
-                stopped.append(Blocker(
-                    name, STOPPED_VM_NOT_MOVED,
-                    f"{name} is {state}: a stopped VM is not moved by maintenance yet",
-                    f"start it so it migrates (segue vm start {name}), or delete it",
+            if state == "running":
+                evacuees.append(await self._running(
+                    name, int(str(spec.get("memory_mib") or 0)), parallel))
+            elif state == "stopped":
+                evacuees.append(await self._stopped(name, spec))
+            else:
+                unmovable.append(Blocker(
+                    name, VM_STATE_BLOCKS,
+                    f"{name} is {state}: only a running VM migrates and a stopped one is "
+                    "re-homed", f"start or stop it (segue vm show {name}), then enter again",
                     running=False))
-                continue
-            evacuees.append(await self._running(name, int(str(spec.get("memory_mib") or 0)),
-                                                parallel))
         tags = {r.name: r.tags for r in view.residents}
         evacuees = [Evacuee(e.vm, e.running, tags.get(e.vm.name, frozenset()), e.predicted_s,
                             e.contexts, e.policy) for e in evacuees]
         fresh = {h: ctx.dest for e in evacuees for h, ctx in e.contexts.items()}
         slots = tuple(HostSlot(_record(row, fresh), view.host_tags.get(row.name, frozenset()),
                                view.reserved_mib.get(row.name, 0)) for row in view.hosts)
-        stopped_names = {b.vm for b in stopped}
+        unmovable_names = {b.vm for b in unmovable}
         request = EvacuationRequest(
             host, slots, tuple(evacuees),
-            tuple(r for r in view.residents if r.name not in stopped_names),
+            tuple(r for r in view.residents if r.name not in unmovable_names),
             tuple(view.rules), max_parallel, self.limits.max_outgoing,
             self.limits.max_incoming)
-        return plan_evacuation(request), stopped
+        return plan_evacuation(request), unmovable
 
     async def enter(self, host: str, max_parallel: int, dry_run: bool) -> MaintenanceAnswer:
         """The pre-flight, and unless ``dry_run`` the host's new state and its evacuation
         (module doc)."""
         if not dry_run:
             self.evacuations.refuse_running(host)
-        plan, stopped = await self.preflight(host, max_parallel)
+        plan, unmovable = await self.preflight(host, max_parallel)
         if dry_run:
             state = await self.db.run(_state_of, host)
-            return answer_of(plan, state[0], state[1], True, stopped)
-        left = [*(m.vm for m in plan.moves), *(b.vm for b in (*plan.blocked, *stopped))]
+            return answer_of(plan, state[0], state[1], True, unmovable)
+        left = [*(m.vm for m in plan.moves), *(b.vm for b in (*plan.blocked, *unmovable))]
         if not left:
             await self.db.run(_set_state, host, MaintenanceState.IN, None, True)
-            return answer_of(plan, MaintenanceState.IN.value, None, False, stopped)
-        blocked = blocked_reason(plan, stopped)
+            return answer_of(plan, MaintenanceState.IN.value, None, False, unmovable)
+        blocked = blocked_reason(plan, unmovable)
         reason = f"evacuating: {len(plan.moves)} VM(s) to move" + (
             f"; blocked: {blocked}" if blocked else "")
         self.evacuations.refuse_running(host)  # the pre-flight awaited: look again
-        await self.evacuations.begin(host, max_parallel, plan, stopped, reason)
-        return answer_of(plan, MaintenanceState.ENTERING.value, reason, False, stopped)
+        await self.evacuations.begin(host, max_parallel, plan, unmovable, reason)
+        return answer_of(plan, MaintenanceState.ENTERING.value, reason, False, unmovable)
 
     async def exit(self, host: str, return_vms: bool = False, max_parallel: int = 2
                    ) -> MaintenanceAnswer:
