@@ -1,12 +1,14 @@
 """Maintenance mode for real: a 3-host lab, four guests on host1 (two dirtying memory, two
-bound by a must anti-affinity rule).
+bound by a must anti-affinity rule) and a fifth defined there but stopped.
 
 1. ``segue host maintenance enter host1 --max-parallel 2`` ends with host1 ``in-maintenance``
    and every guest on host2 or host3 with its memory verified and its boot unchanged, the
    anti-affinity pair apart, and never more than two of the migrations running at once (from
    the controller's own record of when each held its slot); a move to host1 is refused with
-   ``HOST_IN_MAINTENANCE``; ``exit --return`` brings three back and exits non-zero naming
-   the fourth, which the anti-affinity rule keeps from joining its pair on host1.
+   ``HOST_IN_MAINTENANCE``. The stopped guest is re-homed (no migration) and starts on its
+   new host, but no longer on host1. ``exit --return`` brings three running guests and the
+   stopped one back and exits non-zero naming the fourth, which the anti-affinity rule keeps
+   from joining its pair on host1.
 2. With a must rule tying one guest to host1, the evacuation (one at a time, on a slowed
    link) loses its controller to SIGKILL during its first copy: the restarted controller
    carries on, every other guest of host1 moves exactly once, the bound one stays running on
@@ -33,6 +35,7 @@ from segue.lab.topology import LabPlan
 pytestmark = pytest.mark.integration
 LAB = "maint"
 VMS = ("m1", "m2", "m3", "m4")  # m1, m2 dirty memory; m3, m4 must run apart
+STOPPED = "m5"  # defined on host1, never started there
 
 
 def segue(*args: str) -> str:
@@ -51,6 +54,8 @@ def lab() -> Iterator[LabPlan]:
             dirty = ("--dirty-mbps", "2", "--hot-mib", "16") if name in ("m1", "m2") else ()
             segue("lab", "vm", "create", name, "--host", "host1", "--memory", "128", *dirty,
                   "--name", LAB)
+        segue("lab", "vm", "create", STOPPED, "--host", "host1", "--memory", "128",
+              "--no-start", "--name", LAB)
         for name in VMS:
             guests.wait_answering(plan, name, timeout=240)
         segue("rule", "create", "apart", "anti-affinity", "--vm", "m3", "--vm", "m4")
@@ -88,6 +93,11 @@ def most_at_once(jobs: list[dict[str, Any]]) -> int:
     return max(itertools.accumulate(d for _, d in edges), default=0)
 
 
+def vm_record(name: str) -> dict[str, Any]:
+    answer: dict[str, Any] = json.loads(segue("vm", "show", name, "--json"))
+    return answer
+
+
 def maintenance(host: str = "host1") -> dict[str, Any]:
     answer: dict[str, Any] = json.loads(segue("host", "maintenance", "status", host, "--json"))
     return answer
@@ -117,6 +127,15 @@ def test_enter_evacuates_two_at_a_time_and_exit_return_brings_them_back(
     refused = lab_cli.run(LAB, "vm", "migrate", "m1", "--to", "host1", check=False)
     assert refused.returncode != 0 and "HOST_IN_MAINTENANCE" in refused.stdout + refused.stderr
 
+    rehomed = vm_record(STOPPED)
+    assert rehomed["host"] in ("host2", "host3") and rehomed["state"] == "stopped", rehomed
+    with guests.agent(lab.host("host1")) as old:
+        assert STOPPED not in [v.name for v in old.run(old.client.list_vms())]
+    segue("vm", "start", STOPPED)
+    started = vm_record(STOPPED)
+    assert started["host"] == rehomed["host"] and started["state"] == "running", started
+    segue("vm", "stop", STOPPED, "--force")
+
     back = lab_cli.run(LAB, "host", "maintenance", "exit", "host1", "--return", check=False)
     said = back.stdout + back.stderr
     assert back.returncode == 1 and "not every VM came back to host1" in said, said
@@ -128,6 +147,8 @@ def test_enter_evacuates_two_at_a_time_and_exit_return_brings_them_back(
     now = where(lab)
     assert now[kept["vm"]] == placed[kept["vm"]], "the blocked guest moved"
     assert all(h == "host1" for vm, h in now.items() if vm != kept["vm"]), now
+    back = vm_record(STOPPED)
+    assert back["host"] == "host1" and back["state"] == "stopped", back
     assert {name: boot_of(lab, name) for name in VMS} == boots, "a guest rebooted"
 
 
