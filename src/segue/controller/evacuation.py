@@ -258,9 +258,9 @@ class Evacuations:
     async def _rehome(self, move: MoveRecord, leaves: str) -> None:
         """Move the stopped VM's definition from ``leaves`` to ``move.dest`` (module doc)."""
         dest = str(move.dest)
-        urls, datastore = await self.db.run(_rehome_facts, move.vm, (leaves, dest))
         agents = self.migrations.prechecks.agents
-        try:
+        try:  # (typed() itself refuses a revoked host)
+            urls, datastore = await self.db.run(_rehome_facts, move.vm, (leaves, dest))
             await agents.typed(urls[dest], dest).adopt(move.vm, datastore, leaves)
         except SegueError as err:
             await self.db.run(_blocked, move.id, leaves, err.code, err.message)
