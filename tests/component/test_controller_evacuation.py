@@ -189,6 +189,34 @@ async def test_a_restarted_controller_resumes_without_requesting_a_vm_twice(
         assert len((await c.http.get("/migrations")).json()) == 3
 
 
+async def test_a_move_the_controller_s_stop_rolled_back_is_requested_once_more(
+        tmp_path: Path) -> None:
+    moves = Moves()
+    agents = cluster(moves)
+    async with controller(tmp_path, agents, outgoing=4, incoming=4) as c:
+        await enter(c, max_parallel=1)
+        await until("one copying", lambda: _count_started(moves, 1))
+        first = moves.started[0]
+    # the clean stop rolled that copy back (CONTROLLER_STOPPED): it runs on host1 again
+    async with controller(tmp_path, agents, outgoing=4, incoming=4) as c:
+        c.app.state.evacuations.poll_s = POLL_S
+
+        async def in_maintenance() -> bool:  # each copy finished as soon as it starts
+            for vm in moves.started[1:]:
+                moves.finish(vm)
+            return (await status(c))["state"] == "in-maintenance"
+        await until("in-maintenance", in_maintenance, timeout=60)  # three moves, one by one
+        jobs = [j for j in (await c.http.get("/migrations")).json() if j["vm"] == first]
+        assert sorted(j["phase"] for j in jobs) == ["completed", "failed"], jobs
+        assert {j["error_code"] for j in jobs} == {None, "CONTROLLER_STOPPED"}
+        assert requests_of(c, first) == 2 and moves.started.count(first) == 2
+        assert all(requests_of(c, vm) == 1 for vm in VMS if vm != first)
+        row = next(v for v in (await status(c))["vms"] if v["vm"] == first)
+        assert row["phase"] == "moved" and "CONTROLLER_STOPPED" in row["message"]
+        kinds = [e["kind"] for e in (await c.http.get(f"/vms/{first}/events")).json()]
+        assert "evacuation-retried" in kinds
+
+
 async def _count_started(moves: Moves, n: int) -> bool:
     return len(moves.started) >= n
 
