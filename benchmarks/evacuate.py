@@ -215,9 +215,9 @@ async def move_back(plan: LabPlan, segue: bool) -> None:
         await scheduled(client, away, 2, lambda _i, _vm: SOURCE)
         away = [vm.name for vm in await client.list_vms() if vm.host != SOURCE]
         await scheduled(client, away, 1, lambda _i, _vm: SOURCE)
+        left = [vm.name for vm in await client.list_vms() if vm.host != SOURCE]
     finally:
         await client.aclose()
-    left = [vm.name for vm in guests.all_vms(plan) if vm.host != SOURCE]
     if left:
         raise RuntimeError(f"could not bring {left} back to {SOURCE}")
 
