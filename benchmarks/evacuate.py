@@ -47,10 +47,13 @@ every ``--probe-ms`` ms: 5 by default rather than the 1.5 ms of the other benchm
 probers leave CPU to the six TCG guests on a 2-core machine; a gap is measured to within the
 interval); their median and worst; QEMU's own downtime from each job's summary beside it;
 the moves that failed or were refused; for ``segue`` the ETA against the actual time
-(``(predicted - actual) / actual``). After the evacuation each guest's dirtying is stopped
-and its memory verified (same boot id, VERIFY ok): a guest that fails counts as a failure
-(a dead one is replaced). Then the guests are moved back to host1, unmeasured (``segue``:
-``maintenance exit host1 --return``; the others: two at a time).
+(``(predicted - actual) / actual``), and what the same model would answer for the same
+plan with the measured bandwidth (``eta_at_measured_link``): the lab's agents report their
+veth's nominal speed (10 Gbit/s), which the tc shaping does not change. After the
+evacuation each guest's dirtying is stopped and its memory verified (same boot id, VERIFY
+ok): a guest that fails counts as a failure (a dead one is replaced). Then the guests are
+moved back to host1, unmeasured (``segue``: ``maintenance exit host1 --return``; the
+others: two at a time).
 
 Runs are interleaved: every repetition runs every strategy, in a shuffled order. Writes
 ``evacuate.json`` to ``--out``; prints the table (per strategy: total time median / worst
@@ -75,11 +78,13 @@ from typing import Any
 
 from segue.api.migration import MigrationJobView, MigrationRequestBody
 from segue.clients.controller import ControllerClient
+from segue.controller.maintenance import predicted_move_s
 from segue.domain.errors import SegueError
 from segue.engine.phases import TERMINAL, Phase
 from segue.image.builder import build_image
 from segue.lab import guests
 from segue.lab.topology import LabPlan
+from segue.placement.evacuation import predict_schedule
 
 sys.path.insert(0, str(Path(__file__).parent))
 from benchlab import fresh_lab
@@ -311,6 +316,24 @@ def one_run(plan: LabPlan, lab: Guests, strategy: str, bandwidth: float, probe_m
 
 # ---- summary and tables ----
 
+def eta_at_measured_link(results: dict[str, Any], run: dict[str, Any]) -> float | None:
+    """What the pre-flight's model would have answered for ``run``'s plan (its order,
+    destinations and parallelism) had host1's agent reported the measured bandwidth rather
+    than its interface's nominal speed: ``predicted_move_s`` per move, then the planner's
+    ``predict_schedule``. Not what Segue answered: the model's own error once its link speed
+    is right (it still leaves out dirtying and each move's fixed costs). None without a
+    plan."""
+    plan = [p for p in run.get("plan") or [] if p.get("dest")]
+    if not plan:
+        return None
+    mbps = int(results["bandwidth_bytes_per_s"] * 8 / 1e6)
+    parallel = run["parallel"]
+    durations = [(p["dest"], predicted_move_s(results["guest_memory_mib"], mbps, parallel))
+                 for p in plan]
+    ends = predict_schedule(durations, parallel, results["limits"]["max_incoming_per_host"])
+    return round(max(end for _, end in ends), 1)
+
+
 def summarize(runs: Sequence[dict[str, Any]], strategies: Sequence[str]
               ) -> list[dict[str, Any]]:
     """One row per strategy with runs: total time (median, worst over the runs), blackout
@@ -387,9 +410,13 @@ def print_tables(results: dict[str, Any]) -> None:
     print("\n".join(guests_table(rows)))
     for run in results["runs"]:
         if run["strategy"] == "segue" and run.get("plan"):
+            at_link = eta_at_measured_link(results, run)
             print(f"\nsegue's plan (rep {run['rep']}, {run.get('parallel')} at once): "
                   + ", ".join(f"{p['vm']}->{p['dest']}" for p in run["plan"])
-                  + f"; ETA {run['eta_s']:.1f} s, took {fmt(run['total_s'], 's')} s")
+                  + f"; ETA {run['eta_s']:.1f} s, took {fmt(run['total_s'], 's')} s "
+                  f"({fmt(run['eta_error'], '%+')}); the same model at the measured link: "
+                  f"{fmt(at_link, 's')} s "
+                  f"({fmt(relative_error(at_link, run['total_s']), '%+')})")
 
 
 # ---- main ----
