@@ -72,7 +72,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +334,17 @@ def eta_at_measured_link(results: dict[str, Any], run: dict[str, Any]) -> float 
     return round(max(end for _, end in ends), 1)
 
 
+def first_request_s(run: dict[str, Any]) -> float | None:
+    """Seconds from the run's start to its first job's creation (its request's checks done;
+    for ``segue`` the pre-flight too); None without a job."""
+    moves = run["guests"].values()
+    ends = [datetime.fromisoformat(g["finished_at"]) for g in moves if g.get("finished_at")]
+    asked = [datetime.fromisoformat(g["requested_at"]) for g in moves if g.get("requested_at")]
+    if not ends or not asked or run["total_s"] is None:
+        return None
+    return (min(asked) - (max(ends) - timedelta(seconds=run["total_s"]))).total_seconds()
+
+
 def summarize(runs: Sequence[dict[str, Any]], strategies: Sequence[str]
               ) -> list[dict[str, Any]]:
     """One row per strategy with runs: total time (median, worst over the runs), blackout
@@ -352,6 +363,7 @@ def summarize(runs: Sequence[dict[str, Any]], strategies: Sequence[str]
         rows.append({
             "strategy": strategy, "runs": len(mine), "moves": len(moves),
             "total_s": total["median"], "total_s_max": total["max"],
+            "first_request_s": spread(first_request_s(r) for r in mine)["median"],
             "blackout_ms": blackout["median"], "blackout_ms_max": blackout["max"],
             "qemu_downtime_ms": downtime["median"], "qemu_downtime_ms_max": downtime["max"],
             "postcopy": sum(bool(g.get("postcopy")) for g in moves),
@@ -366,18 +378,20 @@ def summarize(runs: Sequence[dict[str, Any]], strategies: Sequence[str]
 
 
 def table(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The main table: per strategy, total time, blackout, QEMU downtime, post-copies, ETA
-    error and failures."""
-    head = (f"{'strategy':<14} {'runs':>4} | {'total s':^15} | {'blackout ms':^15} | "
+    """The main table: per strategy, total time, when the first job was created (median),
+    blackout, QEMU downtime, post-copies, ETA error and failures."""
+    head = (f"{'strategy':<14} {'runs':>4} | {'total s':^15} | {'1st':>5} | {'blackout ms':^15} | "
             f"{'QEMU downtime ms':^16} | {'post':>4} | {'ETA error':^15} | {'failed':>6}")
-    sub = (f"{'':<14} {'':>4} | {'median':>7} {'worst':>7} | {'median':>7} {'worst':>7} | "
+    sub = (f"{'':<14} {'':>4} | {'median':>7} {'worst':>7} | {'job s':>5} | "
+           f"{'median':>7} {'worst':>7} | "
            f"{'median':>7} {'worst':>8} | {'copy':>4} | {'median':>7} {'worst':>7} | "
            f"{'':>6}")
     lines = [head, sub, "-" * len(sub)]
     for r in rows:
         lines.append(
             f"{r['strategy']:<14} {r['runs']:>4} | {fmt(r['total_s'], 's'):>7} "
-            f"{fmt(r['total_s_max'], 's'):>7} | {fmt(r['blackout_ms'], 'ms'):>7} "
+            f"{fmt(r['total_s_max'], 's'):>7} | {fmt(r.get('first_request_s'), 's'):>5} | "
+            f"{fmt(r['blackout_ms'], 'ms'):>7} "
             f"{fmt(r['blackout_ms_max'], 'ms'):>7} | {fmt(r['qemu_downtime_ms'], 'ms'):>7} "
             f"{fmt(r['qemu_downtime_ms_max'], 'ms'):>8} | {r['postcopy']:>4} | "
             f"{fmt(r['eta_error'], '%+'):>7} {fmt(r['eta_error_max'], '%+'):>7} | "
