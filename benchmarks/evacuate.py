@@ -13,10 +13,11 @@ not follow their load (``MIX``):
 
 - idle (g2, g5): 16 MiB of hot pages, not written;
 - light (g1, g4): 24 MiB hot, rewritten at 10 % of the measured bandwidth (~4.6 MiB/s on
-  400 Mbit/s): converges in a pass or two even with the link shared four ways;
-- heavy (g3, g6): 32 MiB hot, rewritten at 40 % (~18.5 MiB/s): alone it converges in a few
-  passes; on a link shared by two its share (~23 MiB/s) barely outruns its dirtying, shared
-  by three or more it does not (the migration policy then has to go to post-copy or wait).
+  400 Mbit/s), below its share of the link however many moves share it here;
+- heavy (g3, g6): 32 MiB hot, rewritten at 40 % (~18.5 MiB/s): alone it is well below the
+  link; on a link shared by two its share (~23 MiB/s) barely outruns its dirtying, shared by
+  three or more it does not, and only its small hot set (what a pass must send again at
+  most) lets pre-copy converge; the migration policy may go to post-copy instead.
 
 (The hot sets are small because the guest checker's VERIFY, a scan of them, must answer
 within the prober's 5 s on a loaded 2-core machine.)
