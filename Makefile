@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: setup deps venv image demo test unit component integration lint bench bench-warmup bench-switchover bench-faults clean
+.PHONY: setup deps venv image demo test unit component integration lint bench bench-warmup bench-switchover bench-faults bench-evacuate clean
 
 setup: deps venv image
 
@@ -60,6 +60,10 @@ bench-switchover: setup
 # Fault loops: the fault matrix's scenarios repeated (50 times by default), summary table.
 bench-faults: setup
 	$(PY) benchmarks/faults.py $(BENCH_ARGS)
+
+# A host of 6 guests evacuated by Segue's maintenance mode and by the peers' schedules.
+bench-evacuate: setup
+	$(PY) benchmarks/evacuate.py $(BENCH_ARGS)
 
 clean:
 	-$(SEGUE) lab down

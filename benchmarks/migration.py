@@ -151,18 +151,23 @@ class LabGuests:
 
     def replace(self, vm: str) -> None:
         """Destroy a dead guest wherever it is and boot a fresh one on host1 (same spec)."""
-        with guests.controller(self.plan) as client:
-            spec = client.run(client.client.get_vm(vm)).spec
-            for host in self.plan.hosts:  # the inventory may not know where it ended
-                with Blocking(AgentClient(agent_url(self.plan, host.name))) as agent:
-                    if any(v.name == vm for v in agent.run(agent.client.list_vms())):
-                        agent.run(agent.client.destroy_vm(vm))
-            with contextlib.suppress(SegueError):  # gone from its host: the inventory forgets
-                client.run(client.client.destroy_vm(vm))
-            client.run(client.client.create_vm("host1", guests.respec(spec, uuid=""),
-                                               start=True))
+        replace_guest(self.plan, vm)
         self.running.add(vm)
-        guests.wait_answering(self.plan, vm)
+
+
+def replace_guest(plan: LabPlan, vm: str, host: str = "host1") -> None:
+    """Destroy a dead guest wherever it is, boot a fresh one (same spec) on ``host`` and
+    wait until it answers."""
+    with guests.controller(plan) as client:
+        spec = client.run(client.client.get_vm(vm)).spec
+        for where_ in plan.hosts:  # the inventory may not know where it ended
+            with Blocking(AgentClient(agent_url(plan, where_.name))) as agent:
+                if any(v.name == vm for v in agent.run(agent.client.list_vms())):
+                    agent.run(agent.client.destroy_vm(vm))
+        with contextlib.suppress(SegueError):  # gone from its host: the inventory forgets
+            client.run(client.client.destroy_vm(vm))
+        client.run(client.client.create_vm(host, guests.respec(spec, uuid=""), start=True))
+    guests.wait_answering(plan, vm)
 
 
 def one_run(plan: LabPlan, lab: LabGuests, policy: str, scenario: str, rate: int,
