@@ -62,21 +62,21 @@ class BenchStore:
     summary: dict[str, JsonValue] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def transition(self, job_id: str, target: Phase, message: str = "", *,
+    async def transition(self, job_id: str, target: Phase, message: str = "", *,
                    reason: str | None = None, error_code: str | None = None) -> None:
         check_transition(self.phase, target)
         self.phase, self.reason = target, reason if reason is not None else self.reason
 
-    def note(self, job_id: str, message: str) -> None:
+    async def note(self, job_id: str, message: str) -> None:
         self.notes.append(message)
 
-    def record_sample(self, job_id: str, t: float, progress: Progress) -> None:
+    async def record_sample(self, job_id: str, t: float, progress: Progress) -> None:
         self.last = progress
 
-    def set_summary(self, job_id: str, summary: dict[str, JsonValue]) -> None:
+    async def set_summary(self, job_id: str, summary: dict[str, JsonValue]) -> None:
         self.summary = dict(summary)
 
-    def commit_location(self, vm: str, host: str, generation: int | None) -> None:
+    async def commit_location(self, vm: str, host: str, generation: int | None) -> None:
         return None
 
 
@@ -86,7 +86,7 @@ class KnownFacts:
 
     facts: dict[str, HostFacts]
 
-    def host_facts(self, host: str) -> HostFacts:
+    async def host_facts(self, host: str) -> HostFacts:
         return self.facts[host]
 
 
