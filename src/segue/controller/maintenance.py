@@ -5,14 +5,21 @@ maintenance state (``segue.domain.maintenance``).
 (``segue.placement.evacuation``) needs: every VM of the host (a running one with its
 migration question to every other host, as ``vm placement`` asks it, and the policies'
 verdict on a move by the ``maintenance`` initiator), the hosts, rules, tags and the moves
-in flight, and answers the plan. Each running VM's predicted time is its memory over its
-share of the host's migration link (the link speed the host reports, split among the
-moves run in parallel) by the engine's pre-copy model with no dirtying
-(``segue.engine.prediction.predict``): a lower bound, as no dirty rate is measured before
-the moves start. A stopped VM is planned too (placed as the creation checks and the
-policies' verdicts on a maintenance move allow); the evacuation re-homes it
-(``segue.agent.rehome``: its definition moves, no QEMU runs). A VM neither running nor
-stopped (paused, crashed, missing, ...) is a blocker (``VM_STATE_BLOCKS``).
+in flight, and answers the plan; the VMs are asked about at once, so the pre-flight takes
+about as long as its slowest VM's questions. Each running VM's predicted time comes from
+the engine's own record of the host's last completed migrations (``MoveHistory``):
+the fixed cost of a move (its time from the checks to the release, less QEMU's copy) and
+the link the engine measured, and the VM's own last copy time. It is that fixed cost plus
+the longer of the VM's last copy and its memory over its share of the link (the measured
+link, else the speed the host reports, split among the moves run in parallel) by the
+engine's pre-copy model with no dirtying (``segue.engine.prediction.predict``). With no
+record it is the model alone: a lower bound (no fixed cost, no dirtying). The measured
+link is what each job had while others ran beside it, so sharing it again errs long.
+
+A stopped VM is planned too (placed as the creation checks and the policies' verdicts on a
+maintenance move allow); the evacuation re-homes it (``segue.agent.rehome``: its
+definition moves, no QEMU runs). A VM neither running nor stopped (paused, crashed,
+missing, ...) is a blocker (``VM_STATE_BLOCKS``).
 
 ``enter``: the pre-flight; with ``dry_run`` nothing else. Otherwise an empty host becomes
 ``in-maintenance`` at once; a host with VMs becomes ``entering-maintenance``, its reason
@@ -28,8 +35,11 @@ Errors: ``NotFound`` (``HOST_NOT_FOUND``), ``Conflict`` (``MAINTENANCE_TRANSITIO
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from segue.api.maintenance import EvacueeView, MaintenanceAnswer
@@ -37,12 +47,14 @@ from segue.api.rules import ExcludedView, ReasonView
 from segue.checks import HostRecord, MigrationContext, host_facts_from_dict
 from segue.controller import inventory
 from segue.controller.evacuation import VM_STATE_BLOCKS, Evacuations
+from segue.controller.migration_models import MigrationRow
 from segue.controller.placement_service import cluster_view
 from segue.controller.policy_gate import check_results
 from segue.controller.precheck import HostRow, Prechecker
 from segue.controller.scheduler import HostLimits
 from segue.domain.maintenance import MaintenanceState
 from segue.domain.vm import vm_spec_from_dict
+from segue.engine.phases import Phase
 from segue.engine.prediction import MiB, predict
 from segue.placement import HostSlot
 from segue.placement.evacuation import (
@@ -58,10 +70,58 @@ DEFAULT_LINK_MBPS = 1000  # when the host reports no link speed
 PREDICTION_DOWNTIME_MS = 300
 
 
-def predicted_move_s(memory_mib: int, link_mbps: int | None, parallel: int) -> float:
-    """A move's predicted time: its memory over its share of the link, no dirtying."""
-    link_bps = shared_link_bps((link_mbps or DEFAULT_LINK_MBPS) * 1e6 / 8, parallel)
-    return round(predict(memory_mib * MiB, link_bps, 0.0, PREDICTION_DOWNTIME_MS).total_s, 1)
+HISTORY_JOBS = 10  # the host's last completed migrations the predictions learn from
+
+
+@dataclass(frozen=True)
+class MoveHistory:
+    """What the engine recorded of a host's last completed migrations (medians; None: no
+    record): ``overhead_s`` a move's time beyond QEMU's copy, ``link_mibs`` the link the
+    engine measured; ``copy_s``: each VM's last copy time (QEMU's), by name."""
+
+    overhead_s: float | None = None
+    link_mibs: float | None = None
+    copy_s: Mapping[str, float] = field(default_factory=dict)
+
+
+def predicted_move_s(memory_mib: int, link_mbps: int | None, parallel: int,
+                     history: MoveHistory = MoveHistory(), vm: str = "") -> float:
+    """A move's predicted time (the module doc): the recorded fixed cost plus the longer of
+    the VM's last copy and its memory over its share of the link, no dirtying."""
+    link = history.link_mibs * MiB if history.link_mibs else \
+        (link_mbps or DEFAULT_LINK_MBPS) * 1e6 / 8
+    copy = predict(memory_mib * MiB, shared_link_bps(link, parallel), 0.0,
+                   PREDICTION_DOWNTIME_MS).total_s
+    return round((history.overhead_s or 0.0) + max(copy, history.copy_s.get(vm, 0.0)), 1)
+
+
+def _number(summary: Mapping[str, object], key: str) -> float | None:
+    value = summary.get(key)
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
+def move_history(session: Session, host: str, vms: Sequence[str]) -> MoveHistory:
+    """``MoveHistory`` from the host's last ``HISTORY_JOBS`` completed migrations (any
+    host's if it has none) and each of ``vms``' last completed one."""
+    done = select(MigrationRow).where(MigrationRow.phase == Phase.COMPLETED.value) \
+        .order_by(MigrationRow.finished_at.desc())
+    rows = session.scalars(done.where(MigrationRow.source_host == host)
+                           .limit(HISTORY_JOBS)).all() \
+        or session.scalars(done.limit(HISTORY_JOBS)).all()
+    overheads, links = [], []
+    for row in rows:
+        total, copy_ms = _number(row.summary, "total_s"), _number(row.summary, "qemu_total_ms")
+        if total is not None and copy_ms is not None and total > copy_ms / 1000:
+            overheads.append(total - copy_ms / 1000)
+        if (link := _number(row.summary, "link_measured_mibs")) is not None:
+            links.append(link)
+    copies = {}
+    for vm in vms:
+        last = session.scalars(done.where(MigrationRow.vm_name == vm).limit(1)).first()
+        if last is not None and (ms := _number(last.summary, "qemu_total_ms")) is not None:
+            copies[vm] = ms / 1000
+    return MoveHistory(statistics.median(overheads) if overheads else None,
+                       statistics.median(links) if links else None, copies)
 
 
 def _vms_of(session: Session, host: str) -> list[tuple[str, dict[str, object], str]]:
@@ -104,7 +164,8 @@ class MaintenanceService:
         self.limits = limits
         self.evacuations = evacuations
 
-    async def _running(self, name: str, spec_memory: int, parallel: int) -> Evacuee:
+    async def _running(self, name: str, spec_memory: int, parallel: int,
+                       history: MoveHistory) -> Evacuee:
         plan = await self.prechecks.plan(name, None)
         source = await self.prechecks.source(plan)
         async with asyncio.TaskGroup() as tg:
@@ -114,8 +175,8 @@ class MaintenanceService:
         denials = await self.prechecks.policies.decide_many(
             "migrate", name, list(tasks), None, "maintenance")
         link = source.host.facts.migration.speed_mbps
-        return Evacuee(source.vm, True, frozenset(), predicted_move_s(spec_memory, link,
-                                                                     parallel),
+        return Evacuee(source.vm, True, frozenset(),
+                       predicted_move_s(spec_memory, link, parallel, history, name),
                        contexts, {h: tuple(check_results(d)) for h, d in denials.items()
                                   if h is not None})
 
@@ -133,20 +194,24 @@ class MaintenanceService:
         vms = await self.db.run(_vms_of, host)
         view = await self.db.run(cluster_view, self.prechecks)
         parallel = min(max_parallel, self.limits.max_outgoing)
-        evacuees: list[Evacuee] = []
+        history = await self.db.run(move_history, host, [name for name, _, _ in vms])
         unmovable: list[Blocker] = []
-        for name, spec, state in vms:
-            if state == "running":
-                evacuees.append(await self._running(
-                    name, int(str(spec.get("memory_mib") or 0)), parallel))
-            elif state == "stopped":
-                evacuees.append(await self._stopped(name, spec))
-            else:
-                unmovable.append(Blocker(
-                    name, VM_STATE_BLOCKS,
-                    f"{name} is {state}: only a running VM migrates and a stopped one is "
-                    "re-homed", f"start or stop it (segue vm show {name}), then enter again",
-                    running=False))
+        asked = []
+        async with asyncio.TaskGroup() as tg:  # every VM's questions at once
+            for name, spec, state in vms:
+                if state == "running":
+                    asked.append(tg.create_task(self._running(
+                        name, int(str(spec.get("memory_mib") or 0)), parallel, history)))
+                elif state == "stopped":
+                    asked.append(tg.create_task(self._stopped(name, spec)))
+                else:
+                    unmovable.append(Blocker(
+                        name, VM_STATE_BLOCKS,
+                        f"{name} is {state}: only a running VM migrates and a stopped one "
+                        "is re-homed",
+                        f"start or stop it (segue vm show {name}), then enter again",
+                        running=False))
+        evacuees = [task.result() for task in asked]
         tags = {r.name: r.tags for r in view.residents}
         evacuees = [Evacuee(e.vm, e.running, tags.get(e.vm.name, frozenset()), e.predicted_s,
                             e.contexts, e.policy) for e in evacuees]
