@@ -67,12 +67,6 @@ def lab() -> Iterator[LabPlan]:
     assert not netns.list_namespaces(f"{LAB}-")
 
 
-def boot_of(plan: LabPlan, name: str) -> str:
-    verdict = lab_cli.verify_fields(guests.verify_vm(plan, name))
-    assert verdict["result"] == "ok", verdict
-    return verdict["boot"]
-
-
 def where(plan: LabPlan) -> dict[str, str]:
     return {name: guests.find_vm(plan, name)[0].name for name in VMS}
 
@@ -88,9 +82,8 @@ def most_at_once(jobs: list[dict[str, Any]]) -> int:
     """The most jobs that held a slot at one time (from entering ``check`` to the end)."""
     edges = []
     for job in jobs:
-        start = next(t["at"] for t in job["transitions"] if t["to"] == "check")
-        edges += [(datetime.fromisoformat(start), 1),
-                  (datetime.fromisoformat(job["finished_at"]), -1)]
+        start, end = lab_cli.held_slots(job)
+        edges += [(start, 1), (end, -1)]
     edges.sort(key=lambda e: (e[0], e[1]))  # an end before a start at the same instant
     return max(itertools.accumulate(d for _, d in edges), default=0)
 
@@ -112,7 +105,7 @@ def controller_time() -> datetime:
 
 def test_enter_evacuates_two_at_a_time_and_exit_return_brings_them_back(
         lab: LabPlan) -> None:
-    boots = {name: boot_of(lab, name) for name in VMS}
+    boots = {name: lab_cli.boot_of(lab, name) for name in VMS}
     start = controller_time()
     out = segue("host", "maintenance", "enter", "host1", "--max-parallel", "2")
     assert "host1 is in-maintenance" in out, out
@@ -124,7 +117,7 @@ def test_enter_evacuates_two_at_a_time_and_exit_return_brings_them_back(
     assert sorted(j["vm"] for j in jobs) == sorted(VMS), jobs  # one move each
     assert all(j["phase"] == "completed" for j in jobs), [j["reason"] for j in jobs]
     assert most_at_once(jobs) == 2, "the evacuation ran more (or fewer) than 2 at once"
-    assert {name: boot_of(lab, name) for name in VMS} == boots, "a guest rebooted"
+    assert {name: lab_cli.boot_of(lab, name) for name in VMS} == boots, "a guest rebooted"
 
     refused = lab_cli.run(LAB, "vm", "migrate", "m1", "--to", "host1", check=False)
     assert refused.returncode != 0 and "HOST_IN_MAINTENANCE" in refused.stdout + refused.stderr
@@ -151,14 +144,14 @@ def test_enter_evacuates_two_at_a_time_and_exit_return_brings_them_back(
     assert all(h == "host1" for vm, h in now.items() if vm != kept["vm"]), now
     back = vm_record(STOPPED)
     assert back["host"] == "host1" and back["state"] == "stopped", back
-    assert {name: boot_of(lab, name) for name in VMS} == boots, "a guest rebooted"
+    assert {name: lab_cli.boot_of(lab, name) for name in VMS} == boots, "a guest rebooted"
 
 
 def test_a_must_rule_blocks_one_guest_and_a_killed_controller_resumes_the_rest(
         lab: LabPlan) -> None:
     segue("host", "tag", "host1", "home")
     segue("rule", "create", "stay", "vm-host", "--vm", "m1", "--host-tag", "home")
-    boots = {name: boot_of(lab, name) for name in VMS}
+    boots = {name: lab_cli.boot_of(lab, name) for name in VMS}
     movable = sorted(vm for vm, h in where(lab).items() if h == "host1" and vm != "m1")
     assert len(movable) == 2, movable  # m2 and one of the pair (the first test's end)
     start = controller_time()
@@ -190,7 +183,7 @@ def test_a_must_rule_blocks_one_guest_and_a_killed_controller_resumes_the_rest(
     assert most_at_once(jobs) == 1  # one at a time: never two jobs of a guest at once
     placed = where(lab)
     assert placed["m1"] == "host1" and placed["m3"] != placed["m4"], placed
-    assert {name: boot_of(lab, name) for name in VMS} == boots, "a guest rebooted"
+    assert {name: lab_cli.boot_of(lab, name) for name in VMS} == boots, "a guest rebooted"
 
     again = lab_cli.run(LAB, "host", "maintenance", "enter", "host1", check=False)
     assert again.returncode == 1, again.stdout + again.stderr

@@ -9,7 +9,6 @@ import itertools
 import json
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 import lab_cli
@@ -41,12 +40,6 @@ def lab() -> Iterator[LabPlan]:
     assert not netns.list_namespaces(f"{LAB}-")
 
 
-def boot_of(plan: LabPlan, name: str) -> str:
-    verdict = lab_cli.verify_fields(guests.verify_vm(plan, name))
-    assert verdict["result"] == "ok", verdict
-    return verdict["boot"]
-
-
 def wait_ended(job_id: str, timeout: float = 300) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -55,12 +48,6 @@ def wait_ended(job_id: str, timeout: float = 300) -> dict[str, Any]:
             return job
         time.sleep(0.5)
     raise AssertionError(f"migration {job_id} did not end")
-
-
-def ran(job: dict[str, Any]) -> tuple[datetime, datetime]:
-    """When the job held its slot: from entering ``check`` to its end."""
-    start = next(t["at"] for t in job["transitions"] if t["to"] == "check")
-    return datetime.fromisoformat(start), datetime.fromisoformat(job["finished_at"])
 
 
 def test_three_migrations_from_one_host_run_one_at_a_time_in_order(lab: LabPlan) -> None:
@@ -72,7 +59,7 @@ def test_three_migrations_from_one_host_run_one_at_a_time_in_order(lab: LabPlan)
               "--dirty-mbps", "2", "--hot-mib", "16", "--name", LAB)
     for name in names:
         guests.wait_answering(lab, name, timeout=240)
-    boots = {name: boot_of(lab, name) for name in names}
+    boots = {name: lab_cli.boot_of(lab, name) for name in names}
     assert len(set(boots.values())) == len(names), boots  # four distinct guests answer
 
     # a slow migration network (64 Mbit/s), so the requests overlap in time
@@ -89,7 +76,7 @@ def test_three_migrations_from_one_host_run_one_at_a_time_in_order(lab: LabPlan)
     finally:
         guests.shape_migration_link(lab, "host1", None)
     assert [j["phase"] for j in jobs] == ["completed"] * 3, [j.get("reason") for j in jobs]
-    spans = [ran(j) for j in jobs]
+    spans = [lab_cli.held_slots(j) for j in jobs]
     assert [s for s, _ in spans] == sorted(s for s, _ in spans), "not started in request order"
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, f"two migrations out of host1 overlapped: {spans}"
@@ -99,4 +86,4 @@ def test_three_migrations_from_one_host_run_one_at_a_time_in_order(lab: LabPlan)
         "queued", "cancelled"]
     with guests.agent(lab.host("host2")) as agent:
         assert "q4" not in [v.name for v in agent.run(agent.client.list_vms())]
-    assert {name: boot_of(lab, name) for name in names} == boots, "a guest rebooted"
+    assert {name: lab_cli.boot_of(lab, name) for name in names} == boots, "a guest rebooted"
