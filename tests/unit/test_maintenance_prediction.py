@@ -1,6 +1,7 @@
 """The pre-flight's move predictions (``segue.controller.maintenance``): learnt from the
 engine's record of the host's last completed migrations (in-memory SQLite), a fixed cost
-and the measured link, and each VM's own last copy; the bare model without a record."""
+and the measured link, and each VM's own last copy; the model at the dirty rate measured;
+the bare model without a record."""
 
 from __future__ import annotations
 
@@ -68,3 +69,6 @@ def test_the_prediction_adds_the_fixed_cost_to_the_longer_copy() -> None:
                              "a")
     assert dirty == 43.0  # its last copy took longer than the model's: dirtying
     assert predicted_move_s(128, 400, 2, MoveHistory(copy_s={"a": 40.0}), "b") == bare
+    dirtying = predicted_move_s(128, 400, 2, dirty_mibs=10.0)
+    assert dirtying > bare  # the passes resending what the guest dirtied
+    assert predicted_move_s(128, 400, 2, dirty_mibs=100.0) > dirtying  # then post-copy

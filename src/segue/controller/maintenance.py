@@ -10,10 +10,12 @@ about as long as its slowest VM's questions. Each running VM's predicted time co
 the engine's own record of the host's last completed migrations (``MoveHistory``):
 the fixed cost of a move (its time from the checks to the release, less QEMU's copy) and
 the link the engine measured, and the VM's own last copy time. It is that fixed cost plus
-the longer of the VM's last copy and its memory over its share of the link (the measured
-link, else the speed the host reports, split among the moves run in parallel) by the
-engine's pre-copy model with no dirtying (``segue.engine.prediction.predict``). With no
-record it is the model alone: a lower bound (no fixed cost, no dirtying). The measured
+the longer of the VM's last copy and the engine's pre-copy model
+(``segue.engine.prediction.predict``) of its memory over its share of the link (the
+measured link, else the speed the host reports, split among the moves run in parallel) at
+the dirty rate QEMU measures now (``DIRTY_SAMPLE_MS``, every VM at once; none if it cannot).
+With no record it is the model alone: a lower bound (no fixed cost). The longest moves
+start first (``segue.placement.evacuation``), so the heavy dirtiers go first. The measured
 link is what each job had while others ran beside it, so sharing it again errs long.
 
 A stopped VM is planned too (placed as the creation checks and the policies' verdicts on a
@@ -45,13 +47,15 @@ from sqlalchemy.orm import Session
 from segue.api.maintenance import EvacueeView, MaintenanceAnswer
 from segue.api.rules import ExcludedView, ReasonView
 from segue.checks import HostRecord, MigrationContext, host_facts_from_dict
+from segue.clients.agent import AgentClient
 from segue.controller import inventory
 from segue.controller.evacuation import VM_STATE_BLOCKS, Evacuations
 from segue.controller.migration_models import MigrationRow
 from segue.controller.placement_service import cluster_view
 from segue.controller.policy_gate import check_results
-from segue.controller.precheck import HostRow, Prechecker
+from segue.controller.precheck import HostRow, Prechecker, bounded
 from segue.controller.scheduler import HostLimits
+from segue.domain.errors import SegueError
 from segue.domain.maintenance import MaintenanceState
 from segue.domain.vm import vm_spec_from_dict
 from segue.engine.phases import Phase
@@ -71,6 +75,7 @@ PREDICTION_DOWNTIME_MS = 300
 
 
 HISTORY_JOBS = 10  # the host's last completed migrations the predictions learn from
+DIRTY_SAMPLE_MS = 300  # QEMU's dirty-rate measurement per running VM in the pre-flight
 
 
 @dataclass(frozen=True)
@@ -85,12 +90,14 @@ class MoveHistory:
 
 
 def predicted_move_s(memory_mib: int, link_mbps: int | None, parallel: int,
-                     history: MoveHistory = MoveHistory(), vm: str = "") -> float:
+                     history: MoveHistory = MoveHistory(), vm: str = "",
+                     dirty_mibs: float = 0.0) -> float:
     """A move's predicted time (the module doc): the recorded fixed cost plus the longer of
-    the VM's last copy and its memory over its share of the link, no dirtying."""
+    the VM's last copy and the model of its memory over its share of the link at
+    ``dirty_mibs``."""
     link = history.link_mibs * MiB if history.link_mibs else \
         (link_mbps or DEFAULT_LINK_MBPS) * 1e6 / 8
-    copy = predict(memory_mib * MiB, shared_link_bps(link, parallel), 0.0,
+    copy = predict(memory_mib * MiB, shared_link_bps(link, parallel), dirty_mibs * MiB,
                    PREDICTION_DOWNTIME_MS).total_s
     return round((history.overhead_s or 0.0) + max(copy, history.copy_s.get(vm, 0.0)), 1)
 
@@ -171,12 +178,14 @@ class MaintenanceService:
         async with asyncio.TaskGroup() as tg:
             tasks = {row.name: tg.create_task(self.prechecks.context(plan, source, row))
                      for row in plan.dests}
+            dirty = tg.create_task(_dirty_mibs(source.client, name, plan.source.url))
         contexts: dict[str, MigrationContext] = {n: t.result() for n, t in tasks.items()}
         denials = await self.prechecks.policies.decide_many(
             "migrate", name, list(tasks), None, "maintenance")
         link = source.host.facts.migration.speed_mbps
         return Evacuee(source.vm, True, frozenset(),
-                       predicted_move_s(spec_memory, link, parallel, history, name),
+                       predicted_move_s(spec_memory, link, parallel, history, name,
+                                        dirty.result()),
                        contexts, {h: tuple(check_results(d)) for h, d in denials.items()
                                   if h is not None})
 
@@ -260,6 +269,14 @@ class MaintenanceService:
         return MaintenanceAnswer(
             host=host, state="normal", parallel=max_parallel,
             vms=[EvacueeView(vm=m.vm, running=True, dest=host) for m in moves])
+
+
+async def _dirty_mibs(client: AgentClient, vm: str, where: str) -> float:
+    """The VM's dirty rate as QEMU measures it (MiB/s); 0 when it cannot."""
+    try:
+        return (await bounded(client.dirty_rate(vm, DIRTY_SAMPLE_MS), where)).dirty_rate_mibs
+    except SegueError:
+        return 0.0
 
 
 def _record(row: HostRow, fresh: dict[str, HostRecord]) -> HostRecord:
