@@ -8,9 +8,9 @@ it to another host in two calls, destination first:
    ``from_host`` (or this host: a repeated call), no host may hold the VM's lease (it runs
    nowhere), and the VM must pass this host's admission checks (its files within this
    host's roots and present, its CPU model, its port groups, names and MACs unique); then
-   this host stores the spec and ``vm.json`` names it. From here on ``from_host`` can no
-   longer start the VM (``VMManager.start`` refuses a VM whose ``vm.json`` names another
-   host), so no two hosts ever run it.
+   this host stores the spec and ``vm.json`` names it, adopted from ``from_host``. From here
+   on ``from_host`` can no longer start the VM (``VMManager.start`` refuses a VM re-homed
+   away, ``VM_REHOMED``), so no two hosts ever run it.
 2. ``release_definition(name)`` on the old host: the VM must be stopped here and its
    ``vm.json`` must name another host; this host forgets its own copy (runtime dir and
    spec), never the datastore's files. An agent that was not reachable then drops such a
@@ -97,7 +97,7 @@ class Rehoming:
         admission.check_unique(spec, view)
         admission.check_references(spec, view, paths)
         admission.check_cpu(spec, view)
-        await asyncio.to_thread(self.m.store.save, spec)
+        await asyncio.to_thread(self.m.store.save, spec, from_host)
         self.m.vms[name] = ManagedVM(spec=spec,
                                      runtime=RuntimePaths(self.m.store.runtime_dir(name)))
         log.info("adopted the definition of %s from %s", name, from_host)

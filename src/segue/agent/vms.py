@@ -30,8 +30,9 @@ checked on define and at every launch (QEMU opens the resolved paths); a stored 
 fails loads all the same, logged, and cannot start. The console log is the runtime dir's.
 
 A stopped VM can be re-homed to another host (``segue.agent.rehome``): once the datastore's
-vm.json names that host, this one refuses to start it (``VM_REHOMED``) and, at its next
-start, forgets the copy it kept.
+vm.json names that host as having adopted it from this one, this one refuses to start it
+(``VM_REHOMED``) and, at its next start, forgets the copy it kept. (A start by the new host
+writes vm.json afresh: from then on the lease decides, as after a migration.)
 
 Start, stop and destroy are guarded (``segue.agent.guards``); stop and destroy take the
 caller's ``generation`` (its fencing token), a start the lease generation its claim expects.
@@ -66,7 +67,7 @@ from segue.agent.leases import Leases
 from segue.agent.managed import ManagedVM, read_incoming
 from segue.agent.roles import role_of
 from segue.agent.taps import attach_tap
-from segue.agent.vmstore import VM_FILE, VMStore
+from segue.agent.vmstore import REHOMED_FROM, VM_FILE, VMStore
 from segue.api.agent import MigrationView, VMEvent
 from segue.api.qemu import QueryMigrate
 from segue.api.vm import VMInfo, VMSpecBody
@@ -133,7 +134,7 @@ class VMManager:
                 log.info("forgetting %s: its incoming QEMU is gone", spec.name)
                 shutil.rmtree(vm.runtime.directory, ignore_errors=True)
                 continue
-            if not alive and vm.incoming is None and not self.owns_datastore_entry(spec):
+            if not alive and vm.incoming is None and self.rehomed_away(spec):
                 log.warning("forgetting %s: stopped here, and its datastore entry names "
                             "another host (re-homed there)", spec.name)
                 shutil.rmtree(vm.runtime.directory, ignore_errors=True)
@@ -333,14 +334,24 @@ class VMManager:
         self.forget(vm)
         log.info("destroyed %s", vm.name)
 
-    def owns_datastore_entry(self, spec: VMSpec) -> bool:
-        """True unless the datastore's vm.json of the VM names another host."""
+    def rehomed_away(self, spec: VMSpec) -> bool:
+        """True if the datastore's vm.json names another host that adopted the VM from this
+        one (``segue.agent.rehome``), and no host has run it since."""
+        data = self._datastore_entry(spec)
+        return data.get("host", self.config.host) != self.config.host \
+            and data.get(REHOMED_FROM) == self.config.host
+
+    def _datastore_entry(self, spec: VMSpec) -> dict[str, object]:
         root = self.config.datastores.get(spec.datastore)
         try:
             data = json.loads((root / spec.name / VM_FILE).read_text()) if root else {}
         except (OSError, ValueError):
-            return True
-        return not isinstance(data, dict) or data.get("host", self.config.host) == self.config.host
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def owns_datastore_entry(self, spec: VMSpec) -> bool:
+        """True unless the datastore's vm.json of the VM names another host."""
+        return self._datastore_entry(spec).get("host", self.config.host) == self.config.host
 
     def forget(self, vm: ManagedVM) -> None:
         """Remove the VM's local definition and runtime dir (never the datastore's vm.json)."""
@@ -357,7 +368,7 @@ class VMManager:
         Raises Conflict (``VM_LOCKED``, ``DISK_IN_USE``, ``VM_NOT_OWNED``; ``VM_REHOMED``
         when the datastore's vm.json names another host: it was re-homed there,
         ``segue.agent.rehome``) besides the admission errors."""
-        if not self.owns_datastore_entry(vm.spec):
+        if self.rehomed_away(vm.spec):
             raise Conflict("VM_REHOMED", f"{vm.name}'s definition names another host now "
                            f"(re-homed from {self.config.host})",
                            f"start it where the inventory puts it (segue vm start {vm.name})")

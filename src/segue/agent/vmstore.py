@@ -21,6 +21,7 @@ from segue.domain.vm import VMSpec, vm_spec_from_dict
 from segue.files import write_json_atomic
 
 VM_FILE = "vm.json"
+REHOMED_FROM = "rehomed_from"  # vm.json: the host a re-homing took the VM from
 
 
 @dataclass(frozen=True)
@@ -65,14 +66,18 @@ class VMStore:
                     continue
                 yield entry
 
-    def save(self, spec: VMSpec) -> None:
-        """Write the spec locally and on its datastore; on failure neither stays written."""
+    def save(self, spec: VMSpec, rehomed_from: str | None = None) -> None:
+        """Write the spec locally and on its datastore (``rehomed_from``: adopted from that
+        host); on failure neither stays written."""
         local = self.runtime_dir(spec.name) / "spec.json"
         shared = self.datastores[spec.datastore] / spec.name / VM_FILE
         created_shared_dir = not shared.parent.exists()
         try:
             write_json_atomic(local, spec.to_dict())
-            write_json_atomic(shared, {"host": self.host, "spec": spec.to_dict()})
+            entry: dict[str, object] = {"host": self.host, "spec": spec.to_dict()}
+            if rehomed_from is not None:
+                entry[REHOMED_FROM] = rehomed_from
+            write_json_atomic(shared, entry)
         except OSError:
             shutil.rmtree(self.runtime_dir(spec.name), ignore_errors=True)
             shared.unlink(missing_ok=True)
