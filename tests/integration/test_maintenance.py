@@ -11,10 +11,10 @@ bound by a must anti-affinity rule) and a fifth defined there but stopped.
    from joining its pair on host1.
 2. With a must rule tying one guest to host1, the evacuation (one at a time, on a slowed
    link) loses its controller to SIGKILL during its first copy: the restarted controller
-   carries on (the copy it found unwatched is rolled back by the engine and requested once
-   more, never while another of that guest's jobs runs), every other guest of host1 ends
-   moved by exactly one completed job, the bound one stays running on host1, and ``enter``
-   exits non-zero naming it.
+   carries on (a move that failed, as the copy it found unwatched and rolled back, is
+   requested once more, never while another of that guest's jobs runs), every other guest
+   of host1 ends moved by exactly one completed job, the bound one stays running on host1,
+   and ``enter`` exits non-zero naming it.
 """
 
 from __future__ import annotations
@@ -177,9 +177,8 @@ def test_a_must_rule_blocks_one_guest_and_a_killed_controller_resumes_the_rest(
     jobs = jobs_since(start)
     done = sorted(j["vm"] for j in jobs if j["phase"] == "completed")
     assert done == movable, [(j["vm"], j["phase"], j["reason"]) for j in jobs]  # m1 never
-    assert all(j["error_code"] == "CONTROLLER_RESTARTED" for j in jobs
-               if j["phase"] != "completed"), [(j["vm"], j["reason"]) for j in jobs]
-    assert len(jobs) <= len(movable) + 1  # at most the interrupted copy was asked again
+    assert all(j["phase"] == "failed" for j in jobs if j["phase"] != "completed"), jobs
+    assert all(sum(j["vm"] == vm for j in jobs) <= 2 for vm in movable), jobs  # once more
     assert most_at_once(jobs) == 1  # one at a time: never two jobs of a guest at once
     placed = where(lab)
     assert placed["m1"] == "host1" and placed["m3"] != placed["m4"], placed

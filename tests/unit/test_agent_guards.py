@@ -50,6 +50,8 @@ EXPECTED: dict[str, tuple[set[VMRole], set[VMState], str, bool, bool, bool]] = {
     "claim": ({INCOMING}, {S.RUNNING}, "VM_NOT_RUNNING", False, True, True),
     "abort": ({INCOMING}, EVERY_STATE - {S.RUNNING}, "VM_RUNNING", False, True, True),
     "recover": ({INCOMING}, LIVE, "VM_NOT_RUNNING", False, False, False),
+    # re-homing a stopped VM (segue.agent.rehome)
+    "release_definition": (OWNED, {S.STOPPED}, "VM_NOT_STOPPED", False, False, True),
 }
 
 # the operations that take the caller's generation, the fencing token (VM_NOT_OWNED)

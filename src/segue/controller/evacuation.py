@@ -8,11 +8,12 @@ transaction, then runs it: each planned VM is requested through
 that), at most ``max_parallel`` of this evacuation's jobs at once (the scheduler's per-host
 limits may queue them further), and each job is awaited by polling its record. A job that
 ends other than ``completed``, or a request that is refused, makes that VM a blocker with
-the job's (or the refusal's) code and message; it is not retried, but for a job the
-controller's own stop or restart rolled back (``CONTROLLER_STOPPED``,
-``CONTROLLER_RESTARTED``: the engine rolls back a copy no controller watched, and the VM
-runs on its source as before), which is requested once more (``evacuation-retried``):
-never two of a VM's jobs at once. When no VM is waiting or
+the job's (or the refusal's) code and message; but a job that *failed* (not cancelled)
+and left the VM running on its source, as every failure before the commit point does (a
+controller's own stop or restart rolling back a copy no controller watched,
+``CONTROLLER_STOPPED``, ``CONTROLLER_RESTARTED``; a destination that did not resume in
+time; an agent's timeout), is requested once more (``evacuation-retried``), never while
+another of the VM's jobs runs; a second failure makes it a blocker. When no VM is waiting or
 migrating any more, the host becomes ``in-maintenance`` if only blocked VMs are not left on
 it, else it stays ``entering-maintenance`` with the reason naming the blockers
 (``web1: MUST_RULE; web2: MIGRATION_FAILED``), and the task ends.
@@ -74,8 +75,6 @@ RETURN_SKIPPED = "RETURN_SKIPPED"
 OTHER_MEANS = "it left the host by other means"
 REHOMED = "re-homed: stopped, its definition moved"
 RETRIED = "requested again"
-# a job the controller's own stop or restart rolled back: the VM runs on its source as before
-RETRIED_CODES = frozenset({"CONTROLLER_RESTARTED", "CONTROLLER_STOPPED"})
 VM_STATE_BLOCKS = "VM_STATE_BLOCKS"
 
 
@@ -223,9 +222,9 @@ class Evacuations:
         if job.phase == Phase.COMPLETED:
             await self.db.run(_moved, move.id, evacuation.leaves(move), job.destination,
                               job_id)
-        elif job.error_code in RETRIED_CODES and not move.retried:
+        elif job.phase == Phase.FAILED and not move.retried:
             await self.db.run(_retry, move.id, evacuation.leaves(move), job_id,
-                              str(job.error_code))
+                              job.error_code or "MIGRATION_FAILED")
         else:
             await self.db.run(_blocked, move.id, evacuation.leaves(move),
                               job.error_code or "MIGRATION_FAILED",
@@ -412,7 +411,7 @@ def _moved(session: Session, move_id: int, host: str, dest: str | None,
 def _retry(session: Session, move_id: int, host: str, job_id: str, code: str) -> None:
     move = session.get_one(EvacuationMoveRow, move_id)
     move.phase, move.job_id = PLANNED, None
-    move.message = f"{RETRIED}: its migration {job_id} was rolled back ({code})"
+    move.message = f"{RETRIED}: its migration {job_id} failed ({code})"
     inventory.record_vm_event(session, move.vm, _event(session, move, "retried"),
                               {"host": host, "job": job_id, "code": code})
 
