@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: setup deps venv image demo test unit component integration lint bench bench-warmup bench-switchover bench-faults bench-evacuate clean
+.PHONY: setup deps venv image demo test test-slow unit component integration lint bench bench-warmup bench-switchover bench-faults bench-evacuate clean
 
 setup: deps venv image
 
@@ -43,7 +43,11 @@ integration: setup
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 test: setup lint
-	$(PY) -m pytest tests -ra --durations=30 $(PYTEST_ARGS)
+	$(PY) -m pytest tests -ra -m "not slow" --durations=30 $(PYTEST_ARGS)
+
+# The slow fault scenarios (each waits out the engine's patience around a switchover).
+test-slow: setup
+	$(PY) -m pytest tests -ra -m slow --durations=10 $(PYTEST_ARGS)
 
 # Migration benchmark: Segue's policy against peers' defaults (tables, JSON and a PNG chart).
 bench: setup

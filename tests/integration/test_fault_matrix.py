@@ -16,7 +16,10 @@ Each scenario breaks something during a live migration and then checks four inva
   the VM, in ``running``.
 
 Scenarios are moves of a guest dirtying memory over a shaped migration link (so that a copy
-lasts long enough to break). The README's fault-matrix table is made from these.
+lasts long enough to break). The README's fault-matrix table is made from these. The
+scenarios marked ``slow`` wait out the engine's patience around the switchover (a minute
+or more each): ``make test-slow`` runs them (CI runs it after ``make test``), so that
+``make test`` stays within its half hour.
 """
 
 from __future__ import annotations
@@ -166,6 +169,7 @@ def _guests_gone() -> Iterator[None]:
 
 
 # ---- the scenarios ----
+@pytest.mark.slow
 def test_destination_agent_killed_during_copy_then_back(lab: LabPlan) -> None:
     g = fresh_guest(lab)
     with watched(lab, g, "host2"):
@@ -181,6 +185,7 @@ def test_destination_agent_killed_during_copy_then_back(lab: LabPlan) -> None:
     record("destination agent killed during the copy, back 2 s later", job, owner, started)
 
 
+@pytest.mark.slow
 def test_destination_agent_killed_at_switchover_then_back(lab: LabPlan) -> None:
     """The headline case: the destination's agent dies as the copy ends and comes back later.
     Its QEMU completed the copy but, with no agent, never took the VM's lease over nor ran
@@ -206,6 +211,7 @@ def test_destination_agent_killed_at_switchover_then_back(lab: LabPlan) -> None:
                for e in events), events
 
 
+@pytest.mark.slow
 def test_destination_agent_back_before_the_job_gives_up(lab: LabPlan) -> None:
     """The agent dies as the copy ends and is back within the job's patience: it takes the
     VM over and the move is finished."""
@@ -250,6 +256,7 @@ def test_source_qemu_killed_during_copy(lab: LabPlan) -> None:
                     "runs_on": "nowhere (crashed; starts again)", "settled_s": None})
 
 
+@pytest.mark.slow
 def test_destination_host_loses_power_right_after_completion(lab: LabPlan) -> None:
     """Every process of the destination host dies as the move completes. Once the guest ran
     there, the source's copy is older and must never run: the VM is down until started
@@ -312,6 +319,7 @@ def test_a_moved_vm_cannot_start_on_its_old_host(lab: LabPlan) -> None:
     assert owner == "host2"
 
 
+@pytest.mark.slow
 def test_controller_cut_off_from_the_destination_across_the_switchover(lab: LabPlan) -> None:
     """The destination's management link goes down as the copy ends and comes back 20 s
     later: the destination takes the VM over and runs it on its own (the lease needs no
@@ -380,6 +388,7 @@ def test_controller_killed_in_prepare(lab: LabPlan) -> None:
     record(f"controller killed in {seen}", job, owner, started)
 
 
+@pytest.mark.slow
 def test_controller_and_destination_agent_killed_at_the_switchover(lab: LabPlan) -> None:
     """The copy ends while the destination's agent is dead, and the controller dies in the
     switchover (before its patience ran out); the agent comes back first and, the handover
@@ -442,6 +451,7 @@ def test_controller_killed_during_the_copy(lab: LabPlan) -> None:
     record("controller killed during the copy", job, owner, started)
 
 
+@pytest.mark.slow
 def test_controller_killed_in_finalize(lab: LabPlan) -> None:
     """Timed with hung agents: the destination's hangs through the copy (its QEMU completes
     but waits), the source's from the switchover on; the destination's continues, runs the
@@ -496,6 +506,7 @@ def test_cancel_racing_completion(lab: LabPlan) -> None:
     record(f"cancel racing completion (cancel {answer})", job, owner, started)
 
 
+@pytest.mark.slow
 def test_cancel_past_the_commit_point_finishes_the_move(lab: LabPlan) -> None:
     """The copy completed and the destination's agent hangs: a cancel now is refused (the
     guest's newest state is on the destination) and the move finishes."""
