@@ -17,9 +17,11 @@ Each scenario breaks something during a live migration and then checks four inva
 
 Scenarios are moves of a guest dirtying memory over a shaped migration link (so that a copy
 lasts long enough to break). The README's fault-matrix table is made from these. The
-scenarios marked ``slow`` wait out the engine's patience around the switchover (a minute
-or more each): ``make test-slow`` runs them (CI runs it after ``make test``), so that
-``make test`` stays within its half hour.
+scenarios marked ``slow`` (45-80 s each: most wait out the engine's patience around the
+switchover) are run by ``make test-slow`` (CI runs it after ``make test``), so that
+``make test`` stays within its half hour; the five left in it break the copy itself
+(controller killed in prepare and during the copy, source QEMU and agent killed, a cancel
+racing the completion).
 """
 
 from __future__ import annotations
@@ -282,6 +284,7 @@ def test_destination_host_loses_power_right_after_completion(lab: LabPlan) -> No
                     "runs_on": "nowhere (its host died after it ran there)", "settled_s": None})
 
 
+@pytest.mark.slow
 def test_two_migrate_requests_racing(lab: LabPlan) -> None:
     g = fresh_guest(lab)
 
@@ -302,6 +305,7 @@ def test_two_migrate_requests_racing(lab: LabPlan) -> None:
     record("two migrate requests racing", job, owner, started)
 
 
+@pytest.mark.slow
 def test_a_moved_vm_cannot_start_on_its_old_host(lab: LabPlan) -> None:
     g = fresh_guest(lab)
     job = wait_job(lab, start_move(lab, g.name, "host2"))
@@ -409,6 +413,7 @@ def test_controller_and_destination_agent_killed_at_the_switchover(lab: LabPlan)
     record("controller and destination agent killed at the switchover", job, owner, started)
 
 
+@pytest.mark.slow
 def test_source_agent_gone_at_the_switchover_then_back(lab: LabPlan) -> None:
     """The source's agent hangs during the copy (SIGSTOP) and is killed once QEMU, on its
     own, completed it and the destination runs the VM: the job, blind to the completion,
@@ -526,6 +531,7 @@ def test_cancel_past_the_commit_point_finishes_the_move(lab: LabPlan) -> None:
     record("cancel past the commit point (refused)", job, owner, started)
 
 
+@pytest.mark.slow
 def test_a_second_vm_on_the_same_disk_is_refused(lab: LabPlan) -> None:
     """Another VM defined on the running VM's disk, on the other host, through the
     controller and straight through that host's agent: refused, nothing made."""
