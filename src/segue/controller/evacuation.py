@@ -78,6 +78,11 @@ RETRIED = "requested again"
 VM_STATE_BLOCKS = "VM_STATE_BLOCKS"
 
 
+def state_blocks(vm: str, state: str | None) -> str:
+    """The message of a VM neither running nor stopped (``VM_STATE_BLOCKS``)."""
+    return f"{vm} is {state}: only a running VM migrates and a stopped one is re-homed"
+
+
 @dataclass(frozen=True)
 class MoveRecord:
     """One VM of an evacuation as stored."""
@@ -252,8 +257,7 @@ class Evacuations:
             return False
         if state != VMState.RUNNING.value:
             await self.db.run(_blocked, move.id, leaves, VM_STATE_BLOCKS,
-                              f"{move.vm} is {state}: only a running VM migrates and a "
-                              "stopped one is re-homed")
+                              state_blocks(move.vm, state))
             return False
         try:
             job = await self.migrations.request(move.vm, str(move.dest), MigrationOptionsBody(),

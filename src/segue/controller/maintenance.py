@@ -49,7 +49,7 @@ from segue.api.rules import ExcludedView, ReasonView
 from segue.checks import HostRecord, MigrationContext, host_facts_from_dict
 from segue.clients.agent import AgentClient
 from segue.controller import inventory
-from segue.controller.evacuation import VM_STATE_BLOCKS, Evacuations
+from segue.controller.evacuation import VM_STATE_BLOCKS, Evacuations, state_blocks
 from segue.controller.migration_models import MigrationRow
 from segue.controller.placement_service import cluster_view
 from segue.controller.policy_gate import check_results
@@ -215,9 +215,7 @@ class MaintenanceService:
                     asked.append(tg.create_task(self._stopped(name, spec)))
                 else:
                     unmovable.append(Blocker(
-                        name, VM_STATE_BLOCKS,
-                        f"{name} is {state}: only a running VM migrates and a stopped one "
-                        "is re-homed",
+                        name, VM_STATE_BLOCKS, state_blocks(name, state),
                         f"start or stop it (segue vm show {name}), then enter again",
                         running=False))
         evacuees = [task.result() for task in asked]
